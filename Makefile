@@ -1,0 +1,34 @@
+# sabench: `make bench` sets up and runs the main job, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of torch lies on this workplace's disk; pinning it keeps pip from
+# pulling a multi-GB CUDA build. On a GPU box set TORCH_SPEC to what fits your CUDA
+# (e.g. TORCH_SPEC="torch" with the CUDA index), or pre-install torch in the venv.
+TORCH_SPEC ?= torch==2.13.0
+SUITE ?= $(shell $(PY) -c "import torch; print('llama-3.1-8b' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
+
+.PHONY: install test bench inspect clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(VENV)/bin/sabench run $(SUITE)
+
+inspect: install
+	$(VENV)/bin/sabench inspect --model llama-3.1-8b --variant baseline --variant cla:2 --variant sa:23-30 --seq-len 8192
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,160 @@
+"""Closed forms: parameters, KV-cache bytes, FLOPs and bytes moved, for any plan.
+
+Conventions (the README states them too):
+- 2 FLOPs per multiply-add; only matrix products are counted here. Norms, RoPE,
+  SiLU, softmax and residual adds are elementwise and listed apart by flops.py.
+- Causal attention counts the lower triangle: a query at absolute position p
+  attends p + 1 keys. A prefill of T tokens from an empty cache has T(T+1)/2
+  query-key pairs per head; one decode step at context c has c + 1.
+- A layer that computes attention does QK^T and PV; an SA layer does PV only.
+- Prefill computes logits for the last position only (time to first token);
+  a decode step computes logits for its one token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sabench.dtypes import dtype_bytes
+from sabench.plan import SharingPlan, parse_variant
+from sabench.presets import ModelConfig, resolve_config
+
+
+def _plan(cfg: ModelConfig, plan) -> SharingPlan:
+    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, cfg.num_layers)
+
+
+def layer_params(cfg: ModelConfig, lp) -> int:
+    h, d = cfg.hidden_size, cfg.head_dim
+    q_out, kv_out = cfg.num_heads * d, cfg.num_kv_heads * d
+    qkv_bias = cfg.qkv_bias or cfg.o_bias
+    n = 2 * h  # two RMSNorm weights
+    n += 3 * h * cfg.intermediate_size + (2 * cfg.intermediate_size + h if cfg.mlp_bias else 0)
+    n += q_out * h + (h if cfg.o_bias else 0)  # o_proj
+    if lp.has_q:
+        n += h * q_out + (q_out if qkv_bias else 0)
+    if lp.has_k:
+        n += h * kv_out + (kv_out if qkv_bias else 0)
+    if lp.has_v:
+        n += h * kv_out + (kv_out if qkv_bias else 0)
+    return n
+
+
+def params(cfg, plan="baseline") -> int:
+    cfg = resolve_config(cfg)
+    p = _plan(cfg, plan)
+    emb = cfg.vocab_size * cfg.hidden_size
+    return emb * (1 if cfg.tie_word_embeddings else 2) + cfg.hidden_size + sum(
+        layer_params(cfg, lp) for lp in p.layers)
+
+
+def kv_bytes_per_token(cfg, plan="baseline", dtype="bfloat16") -> int:
+    """Bytes the cache holds per token per sequence: K where a layer has K, V where it owns V."""
+    cfg = resolve_config(cfg)
+    p = _plan(cfg, plan)
+    per_tensor = cfg.num_kv_heads * cfg.head_dim * dtype_bytes(dtype)
+    return per_tensor * sum(int(lp.has_k) + int(lp.has_v) for lp in p.layers)
+
+
+def kv_cache_bytes(cfg, plan, batch_size: int, max_len: int, dtype="bfloat16") -> int:
+    return kv_bytes_per_token(cfg, plan, dtype) * batch_size * max_len
+
+
+@dataclass(frozen=True)
+class Flops:
+    projections: int
+    attention: int
+    mlp: int
+    lm_head: int
+
+    @property
+    def total(self) -> int:
+        return self.projections + self.attention + self.mlp + self.lm_head
+
+    def to_dict(self) -> dict:
+        return {"projections": self.projections, "attention": self.attention, "mlp": self.mlp,
+                "lm_head": self.lm_head, "total": self.total}
+
+    def __add__(self, o: "Flops") -> "Flops":
+        return Flops(self.projections + o.projections, self.attention + o.attention,
+                     self.mlp + o.mlp, self.lm_head + o.lm_head)
+
+
+def _flops(cfg: ModelConfig, plan: SharingPlan, tokens: int, pairs: int, logit_tokens: int) -> Flops:
+    """tokens: new tokens in the whole batch; pairs: query-key pairs per head, whole batch."""
+    h, d = cfg.hidden_size, cfg.head_dim
+    q_out, kv_out = cfg.num_heads * d, cfg.num_kv_heads * d
+    proj = attn = 0
+    for lp in plan.layers:
+        out = q_out  # o_proj (input q_out, output h: same product)
+        out += q_out if lp.has_q else 0
+        out += kv_out if lp.has_k else 0
+        out += kv_out if lp.has_v else 0
+        proj += 2 * tokens * h * out
+        attn += 2 * cfg.num_heads * pairs * d * (2 if lp.computes_attention else 1)
+    mlp = 2 * tokens * 3 * h * cfg.intermediate_size * cfg.num_layers
+    return Flops(proj, attn, mlp, 2 * logit_tokens * h * cfg.vocab_size)
+
+
+def causal_pairs(q_len: int, context: int = 0) -> int:
+    """Query-key pairs of q_len new tokens after `context` cached ones (lower triangle)."""
+    return q_len * context + q_len * (q_len + 1) // 2
+
+
+def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = False) -> Flops:
+    cfg = resolve_config(cfg)
+    return _flops(cfg, _plan(cfg, plan), batch_size * seq_len, batch_size * causal_pairs(seq_len),
+                  batch_size * (seq_len if all_logits else 1))
+
+
+def decode_flops(cfg, plan, batch_size: int, context: int) -> Flops:
+    """One decode step (one new token per sequence) with `context` tokens already cached."""
+    cfg = resolve_config(cfg)
+    return _flops(cfg, _plan(cfg, plan), batch_size, batch_size * (context + 1), batch_size)
+
+
+def decode_phase_flops(cfg, plan, batch_size: int, context: int, steps: int) -> Flops:
+    """`steps` decode steps starting from `context` cached tokens."""
+    total = Flops(0, 0, 0, 0)
+    for i in range(steps):
+        total = total + decode_flops(cfg, plan, batch_size, context + i)
+    return total
+
+
+def weight_bytes_read(cfg, plan, dtype) -> int:
+    """Weights a forward reads in full: all of them but an untied embedding table (rows gathered)."""
+    cfg = resolve_config(cfg)
+    n = params(cfg, plan) - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    return n * dtype_bytes(dtype)
+
+
+def decode_step_bytes(cfg, plan, batch_size: int, kv_len: int, dtype) -> int:
+    """Bytes one decode step must move: every weight once, and the cache over kv_len positions."""
+    return weight_bytes_read(cfg, plan, dtype) + kv_cache_bytes(cfg, plan, batch_size, kv_len, dtype)
+
+
+def prefill_bytes(cfg, plan, batch_size: int, seq_len: int, dtype) -> int:
+    """Bytes a prefill must move at least: every weight once and the cache it writes."""
+    return weight_bytes_read(cfg, plan, dtype) + kv_cache_bytes(cfg, plan, batch_size, seq_len, dtype)
+
+
+def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16") -> dict:
+    """What `sabench inspect --json` prints for one variant."""
+    cfg = resolve_config(cfg)
+    p = _plan(cfg, plan)
+    pre = prefill_flops(cfg, p, batch_size, seq_len)
+    dec = decode_flops(cfg, p, batch_size, seq_len)
+    return {
+        "model": cfg.name,
+        "variant": p.variant,
+        "plan": p.describe(),
+        "dtype": dtype if isinstance(dtype, str) else str(dtype).replace("torch.", ""),
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "params": params(cfg, p),
+        "kv_cache_bytes_per_token": kv_bytes_per_token(cfg, p, dtype),
+        "kv_cache_bytes": kv_cache_bytes(cfg, p, batch_size, seq_len, dtype),
+        "flops": {"prefill": pre.total, "decode_step": dec.total,
+                  "prefill_breakdown": pre.to_dict(), "decode_step_breakdown": dec.to_dict()},
+        "bytes_moved": {"prefill": prefill_bytes(cfg, p, batch_size, seq_len, dtype),
+                        "decode_step": decode_step_bytes(cfg, p, batch_size, seq_len + 1, dtype)},
+    }

@@ -1,0 +1,405 @@
+"""One Llama-family decoder that executes any sharing plan.
+
+Module names follow transformers' Llama (`model.layers.N.self_attn.q_proj`, ...)
+so a checkpoint's state dict loads as is; a plan only removes the projections a
+layer no longer needs (no Q/K for an SA layer, no K/V for a CLA non-owner).
+
+The KV cache is preallocated and written in place with `index_copy_`; a decode
+step has static shapes (it attends over the whole buffer under a mask) and never
+reads a value back to the host, so it can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sabench import ops
+from sabench.dtypes import parse_dtype
+from sabench.plan import LayerPlan, SharingPlan, parse_variant
+from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weight_files
+
+
+# ---------------------------------------------------------------- building blocks
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and cast back before the weight, as Llama does.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    rs = cfg.rope_scaling
+    if not rs:
+        return inv_freq
+    # Llama 3.1 scaling: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
+    factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return torch.where(medium, blended, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=b)
+        self.up_proj = nn.Linear(h, i, bias=b)
+        self.down_proj = nn.Linear(i, h, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+# ---------------------------------------------------------------- cache and step context
+class KVCache:
+    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V."""
+
+    def __init__(self, cfg: ModelConfig, plan: SharingPlan, batch_size: int, max_len: int,
+                 dtype: torch.dtype, device):
+        shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_k else None for lp in plan.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_v else None for lp in plan.layers]
+        self.batch_size, self.max_len = batch_size, max_len
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in self.k + self.v if t is not None]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass
+class _Step:
+    """What every layer of one forward needs to know about positions and masking."""
+
+    cache: KVCache
+    cos: torch.Tensor  # [T, D]
+    sin: torch.Tensor
+    write_pos: torch.Tensor  # [T] absolute positions of the new tokens
+    kv_len: int  # cache positions attended over
+    mask: Optional[torch.Tensor]  # [T, kv_len] bool, None when causal
+    causal: bool
+    probs: dict = field(default_factory=dict)  # layer -> P, for the SA layers after it
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+        super().__init__()
+        self.lp, self.keeps_probs = lp, keeps_probs
+        self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.scale = cfg.head_dim ** -0.5
+        hid, bias = cfg.hidden_size, cfg.qkv_bias or cfg.o_bias
+        if lp.has_q:
+            self.q_proj = nn.Linear(hid, self.h * self.d, bias=bias)
+        if lp.has_k:
+            self.k_proj = nn.Linear(hid, self.hkv * self.d, bias=bias)
+        if lp.has_v:
+            self.v_proj = nn.Linear(hid, self.hkv * self.d, bias=bias)
+        self.o_proj = nn.Linear(self.h * self.d, hid, bias=cfg.o_bias)
+
+    def _heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        return proj(x).view(b, t, n, self.d).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
+        lp, cache = self.lp, st.cache
+        b, t, _ = x.shape
+        if lp.has_k:
+            k = apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin)
+            cache.k[lp.index].index_copy_(2, st.write_pos, k)
+        if lp.has_v:
+            cache.v[lp.index].index_copy_(2, st.write_pos, self._heads(self.v_proj, x, self.hkv))
+        v = cache.v[lp.kv_source][:, :, : st.kv_len]
+        if lp.computes_attention:
+            q = apply_rope(self._heads(self.q_proj, x, self.h), st.cos, st.sin)
+            k = cache.k[lp.kv_source][:, :, : st.kv_len]
+            if self.keeps_probs:
+                p = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
+                st.probs[lp.index] = p
+                out = ops.attn_apply(p, v, st.causal)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=st.mask, is_causal=st.causal, scale=self.scale,
+                    enable_gqa=self.h != self.hkv)
+        else:  # Shared Attention: P of the span's source layer applied to this layer's V
+            out = ops.attn_apply(st.probs[lp.attn_source], v, st.causal)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+        super().__init__()
+        self.self_attn = Attention(cfg, lp, keeps_probs)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, st: _Step):
+        x = x + self.self_attn(self.input_layernorm(x), st)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---------------------------------------------------------------- the model
+class SharedLlama(nn.Module):
+    """A Llama-family decoder executing `plan`.
+
+    model(input_ids) -> logits [B, T, vocab] (full forward, a throwaway cache);
+    model.generate(input_ids, max_new_tokens=n) -> ids [B, T+n], greedy, cached.
+    For benchmarking: new_cache, prefill, decode_step.
+    """
+
+    def __init__(self, cfg: ModelConfig, plan: SharingPlan):
+        super().__init__()
+        if plan.num_layers != cfg.num_layers:
+            raise ValueError(f"plan has {plan.num_layers} layers, model {cfg.num_layers}")
+        self.cfg, self.plan = cfg, plan
+        sources = plan.sources_of_attention()
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.model.layers = nn.ModuleList(DecoderLayer(cfg, lp, lp.index in sources) for lp in plan.layers)
+        self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._rope_len = 0
+        self.cos = self.sin = self.inv_freq
+
+    # -- weights ---------------------------------------------------------------
+    @property
+    def lm_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+
+    @torch.no_grad()
+    def init_random(self, std: float = 0.02, seed: int = 0) -> "SharedLlama":
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            elif p.device.type == "cpu":
+                p.normal_(0.0, std, generator=gen)
+            else:  # generate on the device: a CPU detour would cost minutes for 8B weights
+                torch.manual_seed(seed * 100_003 + zlib.crc32(name.encode()))
+                p.normal_(0.0, std)
+        return self
+
+    # -- positions -------------------------------------------------------------
+    def _rope_tables(self, length: int):
+        if self._rope_len < length or self.cos.device != self.inv_freq.device:
+            pos = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
+            freqs = torch.outer(pos, self.inv_freq.float())
+            emb = torch.cat((freqs, freqs), dim=-1)
+            dtype = self.model.embed_tokens.weight.dtype
+            self.cos, self.sin, self._rope_len = emb.cos().to(dtype), emb.sin().to(dtype), length
+        return self.cos, self.sin
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """Preallocate the cache for `max_len` positions; sized by the plan."""
+        if max_len > self.cfg.max_position_embeddings:
+            raise ValueError(f"{max_len} positions exceed the model's {self.cfg.max_position_embeddings}")
+        w = self.model.embed_tokens.weight
+        self._rope_tables(max_len)
+        return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device)
+
+    # -- execution -------------------------------------------------------------
+    def _run(self, input_ids: torch.Tensor, st: _Step, logits_last_only: bool) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, st)
+        if logits_last_only:
+            x = x[:, -1:]
+        return F.linear(self.model.norm(x), self.lm_weight)
+
+    def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, last_only: bool):
+        t = ids.shape[1]
+        end = start + t
+        if end > cache.max_len:
+            raise ValueError(f"prompt ends at position {end}, beyond the cache's {cache.max_len}")
+        dev = ids.device
+        causal = start == 0
+        mask = None if causal else ops._causal_mask(t, end, dev)
+        st = _Step(cache, self.cos[start:end], self.sin[start:end],
+                   torch.arange(start, end, device=dev), end, mask, causal)
+        return self._run(ids, st, last_only)
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, chunk_size: Optional[int] = None,
+                start: int = 0) -> torch.Tensor:
+        """Fill the cache with the prompt; logits of the last position [B, 1, vocab].
+
+        chunk_size bounds activation memory (notably SA's materialised P, which is
+        B x H x chunk x context instead of B x H x T x T) by running the whole
+        model over query blocks, each attending to everything cached before it.
+        """
+        t = input_ids.shape[1]
+        step = chunk_size or t
+        if step < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        logits = None
+        for s in range(0, t, step):
+            logits = self._prefill_chunk(input_ids[:, s: s + step], cache, start + s, last_only=True)
+        return logits
+
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per sequence. tokens [B, 1], pos: 1-element long tensor on the device.
+
+        Static shapes, no host reads: attends over the whole buffer with positions
+        beyond `pos` masked, so the step can be captured in a CUDA graph.
+        """
+        cos = self.cos.index_select(0, pos)
+        sin = self.sin.index_select(0, pos)
+        mask = (self._positions(cache) <= pos)[None, :]
+        st = _Step(cache, cos, sin, pos, cache.max_len, mask, False)
+        return self._run(tokens, st, logits_last_only=True)
+
+    def _positions(self, cache: KVCache) -> torch.Tensor:
+        p = getattr(self, "_pos_arange", None)
+        if p is None or p.numel() != cache.max_len or p.device != self.inv_freq.device:
+            p = self._pos_arange = torch.arange(cache.max_len, device=self.inv_freq.device)
+        return p
+
+    def greedy_step_fn(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor):
+        """A zero-argument step for loops and CUDA graphs: decode `tokens` at `pos`,
+        write the argmax back into `tokens` and advance `pos`, all on the device."""
+        self._positions(cache)
+
+        def step():
+            logits = self.decode_step(tokens, pos, cache)
+            tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
+            pos.add_(1)
+            return logits
+
+        return step
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full forward without a persistent cache: logits [B, T, vocab]."""
+        b, t = input_ids.shape
+        cache = self.new_cache(b, t)
+        return self._prefill_chunk(input_ids, cache, 0, last_only=False)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None):
+        """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens]."""
+        b, t = input_ids.shape
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=input_ids.device)
+        out[:, :t] = input_ids
+        if max_new_tokens == 0:
+            return out
+        cache = self.new_cache(b, t + max_new_tokens)
+        logits = self.prefill(input_ids, cache, prefill_chunk)
+        tokens = logits[:, -1].argmax(-1, keepdim=True)
+        out[:, t: t + 1] = tokens
+        pos = torch.tensor([t], device=input_ids.device)
+        step = self.greedy_step_fn(cache, tokens, pos)
+        for _ in range(max_new_tokens - 1):
+            step()
+            out.index_copy_(1, pos, tokens)
+        return out
+
+
+# ---------------------------------------------------------------- loading
+def _resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+def build_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="meta") -> SharedLlama:
+    """The model's modules with uninitialised storage (meta by default: no memory, for accounting)."""
+    cfg = resolve_config(source)
+    plan = variant if isinstance(variant, SharingPlan) else parse_variant(variant, cfg.num_layers)
+    with torch.device("meta"):
+        m = SharedLlama(cfg, plan)
+    m = m.to(dtype=parse_dtype(dtype)).requires_grad_(False)  # inference only: no autograd bookkeeping
+    if str(device) != "meta":
+        m = m.to_empty(device=_resolve_device(device))
+        m.inv_freq = rope_inv_freq(cfg).to(m.inv_freq.device)
+    return m.eval()
+
+
+@torch.no_grad()
+def load_weights(model: SharedLlama, files) -> dict:
+    """Copy checkpoint tensors into `model`; tensors of projections the plan removed are skipped.
+
+    Returns {"loaded": n, "dropped": [names]}; raises ModelSourceError when the
+    checkpoint lacks a tensor the model needs or holds one no plan would explain.
+    """
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    base_names = {n for n, _ in build_model(model.cfg, "baseline").named_parameters()}  # meta: free
+    loaded, dropped, unexpected = set(), [], []
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            for name in sf.keys():
+                if name in params:
+                    t = sf.get_tensor(name)
+                    if t.shape != params[name].shape:
+                        raise ModelSourceError(
+                            f"{f}: tensor {name} has shape {tuple(t.shape)}, the config implies "
+                            f"{tuple(params[name].shape)}")
+                    params[name].copy_(t)
+                    loaded.add(name)
+                elif name in base_names or (name == "lm_head.weight" and model.cfg.tie_word_embeddings):
+                    dropped.append(name)
+                elif not name.endswith("rotary_emb.inv_freq"):
+                    unexpected.append(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ModelSourceError(f"checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
+    if unexpected:
+        raise ModelSourceError(f"checkpoint holds {len(unexpected)} tensors sabench does not know, "
+                               f"e.g. {unexpected[:3]}")
+    return {"loaded": len(loaded), "dropped": sorted(dropped)}
+
+
+def load_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="cuda",
+               weights: str = "auto", seed: int = 0) -> SharedLlama:
+    """A ready model: `source` is a preset, an HF model directory or a config.json path.
+
+    weights="auto" loads safetensors when the directory holds them, random
+    weights (std 0.02, seeded) otherwise; "random" always uses random weights.
+    """
+    if weights not in ("auto", "random"):
+        raise ValueError(f"weights must be 'auto' or 'random', got {weights!r}")
+    cfg = resolve_config(source)
+    files = weight_files(source) if weights == "auto" and cfg.source != "preset" else []
+    m = build_model(cfg, variant, dtype, device)
+    if files:
+        m.load_report = load_weights(m, files)
+    else:
+        m.init_random(seed=seed)
+    return m

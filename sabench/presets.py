@@ -1,0 +1,214 @@
+"""Model shapes: presets with real architectures' numbers, and Hugging Face configs.
+
+A `ModelConfig` is everything the runtime and the closed forms need to know about
+a Llama-family decoder. Sources: a preset name, a model directory holding
+`config.json` (and maybe safetensors weights), or a path to a `config.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be resolved to a config."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rope_theta: float = 10000.0
+    # Llama-3 style scaling: {"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None for plain RoPE.
+    rope_scaling: Optional[dict] = field(default=None, hash=False, compare=True)
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2: biases on q/k/v only
+    o_bias: bool = False  # Llama attention_bias=True: biases on q/k/v and o
+    mlp_bias: bool = False
+    source: str = "preset"
+
+    def __post_init__(self):
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                    "num_kv_heads", "head_dim", "max_position_embeddings"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < 1:
+                raise ModelSourceError(f"model {self.name!r}: {key} must be a positive integer, got {v!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelSourceError(
+                f"model {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ModelSourceError(f"model {self.name!r}: head_dim must be even for RoPE, got {self.head_dim}")
+
+    @property
+    def attention_kind(self) -> str:
+        if self.num_kv_heads == self.num_heads:
+            return "MHA"
+        if self.num_kv_heads == 1:
+            return "MQA"
+        return f"GQA{self.num_heads // self.num_kv_heads}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_hf_dict(self) -> dict:
+        """A `config.json` for transformers' LlamaConfig (or Qwen2Config when qkv_bias)."""
+        d = {
+            "model_type": "qwen2" if self.qkv_bias and not self.o_bias else "llama",
+            "architectures": ["Qwen2ForCausalLM" if self.qkv_bias and not self.o_bias else "LlamaForCausalLM"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+        }
+        if self.rope_scaling:
+            d["rope_scaling"] = dict(self.rope_scaling, rope_type="llama3")
+        if d["model_type"] == "llama":
+            d["attention_bias"] = self.o_bias
+            d["mlp_bias"] = self.mlp_bias
+        return d
+
+
+_LLAMA3_SCALING_8B = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192}
+_LLAMA3_SCALING_SMALL = dict(_LLAMA3_SCALING_8B, factor=32.0)
+
+PRESETS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        ModelConfig("llama-2-7b", 32000, 4096, 11008, 32, 32, 32, 128, 4096, 10000.0),
+        ModelConfig("llama-3-8b", 128256, 4096, 14336, 32, 32, 8, 128, 8192, 500000.0),
+        ModelConfig("llama-3.1-8b", 128256, 4096, 14336, 32, 32, 8, 128, 131072, 500000.0,
+                    _LLAMA3_SCALING_8B),
+        ModelConfig("llama-3.2-1b", 128256, 2048, 8192, 16, 32, 8, 64, 131072, 500000.0,
+                    _LLAMA3_SCALING_SMALL, tie_word_embeddings=True),
+        ModelConfig("llama-3.2-3b", 128256, 3072, 8192, 28, 24, 8, 128, 131072, 500000.0,
+                    _LLAMA3_SCALING_SMALL, tie_word_embeddings=True),
+        ModelConfig("mistral-7b", 32768, 4096, 14336, 32, 32, 8, 128, 32768, 1000000.0),
+        ModelConfig("qwen2.5-7b", 152064, 3584, 18944, 28, 28, 4, 128, 32768, 1000000.0,
+                    rms_norm_eps=1e-6, qkv_bias=True),
+        # The CLA paper's 1B design space (Table 1): d_model 2048, 20 layers, 16 heads of 128.
+        # Vocabulary and MLP width are not in that table: we take Llama-2's 32000 and 5632.
+        ModelConfig("cla-1b-mha", 32000, 2048, 5632, 20, 16, 16, 128, 4096, 10000.0),
+        ModelConfig("cla-1b-gqa4", 32000, 2048, 5632, 20, 16, 4, 128, 4096, 10000.0),
+        ModelConfig("cla-1b-mqa", 32000, 2048, 5632, 20, 16, 1, 128, 4096, 10000.0),
+        # The CLA paper's 3B scale; our reading of its shape: d_model 3072, 32 layers, 24 heads of 128.
+        ModelConfig("cla-3b-mqa", 32000, 3072, 8192, 32, 24, 1, 128, 4096, 10000.0),
+        # CPU work: small enough that a test suite and the smoke benchmark run in seconds.
+        ModelConfig("tiny", 512, 64, 176, 4, 4, 2, 16, 4096, 10000.0),
+    ]
+}
+
+
+def _cfg_from_hf_dict(d: dict, name: str, source: str) -> ModelConfig:
+    mt = d.get("model_type")
+    if mt not in ("llama", "mistral", "qwen2"):
+        raise ModelSourceError(
+            f"{source}: model_type {mt!r} is not a Llama-family decoder sabench runs "
+            "(supported: llama, mistral, qwen2)"
+        )
+    try:
+        hidden = int(d["hidden_size"])
+        heads = int(d["num_attention_heads"])
+        head_dim = d.get("head_dim") or hidden // heads
+        # transformers 4 writes `rope_scaling` (+ top-level rope_theta); 5 writes `rope_parameters`.
+        rs = d.get("rope_scaling") or d.get("rope_parameters") or None
+        if rs is not None:
+            rtype = rs.get("rope_type", rs.get("type"))
+            if rtype in (None, "default"):
+                rs = None
+            elif rtype != "llama3":
+                raise ModelSourceError(f"{source}: rope_scaling type {rtype!r} is not supported (llama3 is)")
+            else:
+                rs = {k: float(rs[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")} | {
+                    "original_max_position_embeddings": int(rs["original_max_position_embeddings"])}
+        rope_theta = d.get("rope_theta")
+        if rope_theta is None:  # transformers 5 nests it under rope_parameters
+            rope_theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        attention_bias = bool(d.get("attention_bias", False))
+        return ModelConfig(
+            name=name,
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(d["intermediate_size"]),
+            num_layers=int(d["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+            rope_theta=float(rope_theta),
+            rope_scaling=rs,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=(mt == "qwen2") or attention_bias,
+            o_bias=attention_bias and mt != "qwen2",
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            source=source,
+        )
+    except KeyError as e:
+        raise ModelSourceError(f"{source}: config has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ModelSourceError):
+            raise
+        raise ModelSourceError(f"{source}: malformed config ({e})") from None
+
+
+def weight_files(source: str | os.PathLike) -> list[Path]:
+    """Safetensors files of a model directory (empty when it holds only a config)."""
+    p = Path(source)
+    if p.is_file():
+        p = p.parent
+    return sorted(p.glob("*.safetensors")) if p.is_dir() else []
+
+
+def resolve_config(source: str | os.PathLike | ModelConfig) -> ModelConfig:
+    """A preset name, a model directory, or a config.json path -> ModelConfig."""
+    if isinstance(source, ModelConfig):
+        return source
+    s = str(source)
+    if s.lower() in PRESETS:
+        return PRESETS[s.lower()]
+    p = Path(s).expanduser()
+    if p.is_dir():
+        cfg_path = p / "config.json"
+        if not cfg_path.is_file():
+            raise ModelSourceError(f"model directory {s!r} has no config.json")
+    elif p.is_file():
+        cfg_path = p
+    else:
+        raise ModelSourceError(
+            f"unknown model {s!r}: not a preset ({', '.join(PRESETS)}) and no such file or directory"
+        )
+    try:
+        d = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"cannot read {str(cfg_path)!r}: {e}") from None
+    if not isinstance(d, dict):
+        raise ModelSourceError(f"{str(cfg_path)!r} is not a JSON object")
+    name = p.name if p.is_dir() else p.parent.name or "model"
+    return _cfg_from_hf_dict(d, name=name, source=str(cfg_path))
+
+
+def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,25 @@
+"""Readers of results.json: report, compare, check (CI regressions) and the SQLite history.
+
+`import sabench.report` is light: matplotlib and scipy load only when a figure is
+drawn or a timing is tested.
+"""
+from sabench.report.results import ResultsError, load_results
+
+__all__ = ["ResultsError", "load_results", "write_report", "compare_runs", "check", "CheckResult",
+           "parse_threshold", "record_run", "import_paths", "query_trend"]
+
+
+def __getattr__(name):  # lazy: keep `import sabench.report` cheap for the CLI
+    if name == "write_report":
+        from sabench.report.report import write_report
+        return write_report
+    if name == "compare_runs":
+        from sabench.report.compare import compare_runs
+        return compare_runs
+    if name in ("check", "CheckResult", "parse_threshold"):
+        from sabench.report import check as _check
+        return getattr(_check, name)
+    if name in ("record_run", "import_paths", "query_trend"):
+        from sabench.report import history as _history
+        return getattr(_history, name)
+    raise AttributeError(f"module 'sabench.report' has no attribute {name!r}")

@@ -1,0 +1,278 @@
+"""report.md (+ PNGs) for one run: setup, computed findings, figures, per-phase tables."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from sabench.report.results import (BASELINE, Key, fmt_ms, fmt_pct, fmt_rate, fmt_x, get_num,
+                                    human_bytes, index_records, is_ok, load_results, median_ms,
+                                    one_line, p90_ms, peak_memory, phases_of, results_path, speedup,
+                                    truncate, variants_of)
+from sabench.report.tables import phase_table, setup_table
+
+FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
+                "speedup_prefill.png", "speedup_decode.png", "flops_breakdown.png", "roofline.png")
+MAX_LISTED = 12
+
+
+def write_report(run_dir) -> Path:
+    """Write RUN_DIR/report.md and its PNGs beside it; returns the report path.
+
+    `run_dir` may also be the results.json path itself.
+    """
+    src = results_path(run_dir)
+    results = load_results(src)
+    out_dir = src.parent
+    index = index_records(results)
+    for name in FIGURE_FILES:  # no stale figures from an earlier report of a different run
+        (out_dir / name).unlink(missing_ok=True)
+    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+
+    figs = plots.all_figures(results, index, out_dir)
+    md = render_markdown(results, index, figs)
+    out = out_dir / "report.md"
+    out.write_text(md, encoding="utf-8")
+    return out
+
+
+def _pt(k: Tuple) -> str:
+    return f"b={k[1]} s={k[2]}"
+
+
+def _listing(items: List[str], limit: int = MAX_LISTED) -> str:
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
+
+
+def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
+    """Markdown bullets computed from the numbers (each one depends on the data)."""
+    out: List[str] = []
+    variants = variants_of(results)
+    others = [v for v in variants if v != BASELINE]
+    has_base = BASELINE in variants
+    phases = phases_of(results)
+
+    if not has_base:
+        out.append("No `baseline` variant in this run, so speedups and savings against it are not computed.")
+    # --- speedups
+    slower: List[str] = []
+    for phase in phases:
+        if not has_base or not others:
+            break
+        best = None
+        per_variant = []
+        for v in others:
+            sps = []
+            for k, r in index.items():
+                if k[0] != v or k[3] != phase:
+                    continue
+                sp = speedup(index.get((BASELINE, k[1], k[2], phase)), r)
+                if sp is not None:
+                    sps.append((sp, k))
+                    if best is None or sp > best[0]:
+                        best = (sp, k)
+                    if sp < 1.0:
+                        slower.append((phase, sp, k))
+            if sps:
+                gm = math.exp(sum(math.log(s) for s, _ in sps) / len(sps))
+                lo, hi = min(sps), max(sps)
+                per_variant.append(
+                    f"  - `{v}`: geometric mean {fmt_x(gm)} over {len(sps)} points "
+                    f"(from {fmt_x(lo[0])} at {_pt(lo[1])} to {fmt_x(hi[0])} at {_pt(hi[1])})")
+        if best is not None:
+            sp, k = best
+            b_ms = median_ms(index.get((BASELINE, k[1], k[2], phase)))
+            v_ms = median_ms(index[k])
+            unit = "ms" if phase == "prefill" else "ms/token"
+            out.append(f"**{phase.capitalize()}**: the largest speedup over baseline is **{fmt_x(sp)}**, "
+                       f"`{k[0]}` at batch {k[1]}, seq_len {k[2]} ({fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit}).")
+            out.extend(per_variant)
+    if has_base and others:
+        if slower:
+            slower.sort(key=lambda t: t[1])
+            items = [f"{ph} `{k[0]}` {_pt(k)} ({fmt_x(sp)})" for ph, sp, k in slower]
+            n_cmp = sum(1 for k, r in index.items() if k[0] != BASELINE
+                        and speedup(index.get((BASELINE, k[1], k[2], k[3])), r) is not None)
+            out.append(f"**Slower than baseline** at {len(slower)} of {n_cmp} compared points, slowest first: "
+                       + _listing(items) + ".")
+        else:
+            out.append("No variant is slower than baseline at any point where both ran.")
+
+    # --- KV cache and memory savings
+    if has_base:
+        for v in others:
+            ratios = []
+            for k, r in index.items():
+                if k[0] != v:
+                    continue
+                mine = get_num(r, "kv_cache_bytes")
+                base = get_num(index.get((BASELINE,) + k[1:]), "kv_cache_bytes")
+                if mine is not None and base:
+                    ratios.append((mine / base, k[1] * k[2], k, mine, base))
+            if not ratios:
+                continue
+            lo, hi = min(x[0] for x in ratios), max(x[0] for x in ratios)
+            _, _, k, mine, base = max(ratios, key=lambda x: x[1])
+            ratio = f"{lo:.2f}×" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}×"
+            smaller = f"{1 / hi:.2f}× smaller" if hi < 1 else ("the same size" if abs(hi - 1) < 1e-9 and lo == hi
+                                                                else f"{hi:.2f}× larger at most")
+            line = (f"`{v}` keeps **{ratio}** the baseline's KV cache ({smaller}; {human_bytes(mine)} vs "
+                    f"{human_bytes(base)} at {_pt(k)})")
+            mem = _memory_ratio(index, v)
+            if mem:
+                r_, kk, mv, mb, src = mem
+                line += (f"; measured peak memory ({src}) at the largest point both ran, {_pt(kk)}: "
+                         f"{human_bytes(mv)} vs {human_bytes(mb)} ({r_:.2f}×)")
+            out.append(line + ".")
+
+    # --- failures
+    ooms = sorted({(k[0], k[1], k[2]) for k, r in index.items() if r.get("status") == "oom"},
+                  key=lambda t: (variants.index(t[0]) if t[0] in variants else 99, t[1], t[2]))
+    if ooms:
+        items = [f"`{v}` b={b} s={s}" for v, b, s in ooms]
+        out.append(f"**Out of memory** at {len(ooms)} point(s): " + _listing(items) + ".")
+        base_oom = [(b, s) for v, b, s in ooms if v == BASELINE]
+        rescued = []
+        for b, s in base_oom:
+            ran = [v for v in others
+                   if all(is_ok(index.get((v, b, s, p))) for p in phases if (v, b, s, p) in index)
+                   and any((v, b, s, p) in index for p in phases)]
+            if ran:
+                rescued.append(f"b={b} s={s} ({', '.join('`' + v + '`' for v in ran)})")
+        if rescued:
+            out.append("Baseline ran out of memory where sharing variants fit: " + _listing(rescued) + ".")
+    else:
+        out.append("No point ran out of memory.")
+    errors = [(k, r) for k, r in index.items() if r.get("status") == "error"]
+    if errors:
+        items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.get('error') or 'unknown'), 80)}"
+                 for k, r in errors]
+        out.append(f"**Errors** at {len(errors)} point(s): " + _listing(items, 5) + ".")
+    skipped = sum(1 for r in index.values() if r.get("status") == "skipped_after_oom")
+    if skipped:
+        out.append(f"{skipped} point(s) were skipped after an OOM at a smaller size.")
+
+    # --- distance to the roofline floor
+    dec = [(get_num(r, "tokens_per_s"), k, r) for k, r in index.items()
+           if k[3] == "decode" and is_ok(r) and get_num(r, "tokens_per_s")]
+    if dec:
+        tps, k, r = max(dec, key=lambda t: t[0])
+        line = (f"**Best decode throughput**: {fmt_rate(tps)} tokens/s, `{k[0]}` at batch {k[1]}, "
+                f"context {k[2]}")
+        floor, med = get_num(r, "floor_ms"), median_ms(r)
+        if floor and med:
+            line += (f"; its {fmt_ms(med)} ms per token is {med / floor:.2f}× the roofline floor "
+                     f"({fmt_ms(floor)} ms)")
+        if get_num(r, "mbu") is not None:
+            line += f", MBU {fmt_pct(r['mbu'])}"
+        out.append(line + ".")
+    for phase, key, name in (("prefill", "mfu", "MFU"), ("decode", "mbu", "MBU")):
+        vals = [(get_num(r, key), k) for k, r in index.items() if k[3] == phase and is_ok(r)
+                and get_num(r, key) is not None]
+        if vals:
+            hi = max(vals)
+            gm_ratio = _floor_ratio(index, phase)
+            out.append(f"Highest {phase} {name}: {fmt_pct(hi[0])} (`{hi[1][0]}` {_pt(hi[1])})"
+                       + (f"; the median {phase} point runs at {gm_ratio:.2f}× its floor" if gm_ratio else "")
+                       + ".")
+    # --- timing noise
+    noisy = []
+    for k, r in index.items():
+        m, p = median_ms(r), p90_ms(r)
+        if m and p and p > 1.2 * m:
+            noisy.append(f"`{k[0]}` {_pt(k)} {k[3]} (p90 {p / m:.2f}× median)")
+    if noisy:
+        out.append(f"**Noisy timings** (p90 more than 20% above the median) at {len(noisy)} point(s): "
+                   + _listing(noisy, 6) + ".")
+    return out
+
+
+def _floor_ratio(index, phase) -> Optional[float]:
+    rs = sorted(median_ms(r) / get_num(r, "floor_ms") for k, r in index.items()
+                if k[3] == phase and is_ok(r) and get_num(r, "floor_ms") and median_ms(r))
+    return rs[len(rs) // 2] if rs else None
+
+
+def _memory_ratio(index, v):
+    best = None
+    for k, r in index.items():
+        if k[0] != v or not is_ok(r):
+            continue
+        base = index.get((BASELINE,) + k[1:])
+        if not is_ok(base):
+            continue
+        mv, src = peak_memory(r)
+        mb, src_b = peak_memory(base)
+        if mv is None or mb is None or src != src_b:
+            continue
+        size = (k[1] * k[2], k[3] == "decode")
+        if best is None or size > best[0]:
+            best = (size, (mv / mb, k, mv, mb, src))
+    return best[1] if best else None
+
+
+def _figure(figs, key, alt) -> List[str]:
+    name = figs.get(key)
+    return [f"![{alt}]({name})", ""] if name else []
+
+
+def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optional[str]]) -> str:
+    suite = results.get("suite", {})
+    env = results.get("env", {})
+    title = suite.get("name") or "run"
+    lines = [f"# sabench report: {title}", ""]
+    n_ok = sum(1 for r in index.values() if is_ok(r))
+    lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
+              + (f", created {results['created']}" if results.get("created") else "") + ".", ""]
+    lines += ["## Setup", "", setup_table(results), ""]
+    lines += ["## What this run says", ""]
+    lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
+    lines += [""]
+
+    lines += ["## Figures", ""]
+    lines += ["### Latency", ""]
+    lines += _figure(figs, "prefill_latency", "prefill latency vs sequence length")
+    lines += _figure(figs, "decode_latency", "decode per-token latency vs context length")
+    lines += _figure(figs, "decode_throughput", "decode throughput vs batch size")
+    if figs.get("speedup_prefill") or figs.get("speedup_decode"):
+        lines += ["### Speedup over baseline", ""]
+        lines += _figure(figs, "speedup_prefill", "prefill speedup heatmap")
+        lines += _figure(figs, "speedup_decode", "decode speedup heatmap")
+    if figs.get("memory"):
+        lines += ["### Memory", ""] + _figure(figs, "memory", "peak memory and KV cache vs sequence length")
+    if figs.get("flops_breakdown") or figs.get("roofline"):
+        lines += ["### FLOPs and roofline", ""]
+        lines += _figure(figs, "flops_breakdown", "analytic FLOPs by component")
+        lines += _figure(figs, "roofline", "measured latency vs roofline floor")
+
+    for phase in phases_of(results):
+        lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
+        lines += [_phase_notes(results, index, phase, env), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _phase_notes(results, index, phase, env) -> str:
+    recs = [r for k, r in index.items() if k[3] == phase]
+    srcs = sorted({peak_memory(r)[1] for r in recs if peak_memory(r)[1]})
+    mem_note = {"NVML": "NVML = device-wide peak seen by the driver",
+                "allocated": "allocated = torch's peak allocated bytes",
+                "RSS": "RSS = peak resident memory of the process"}
+    notes = []
+    if phase == "prefill":
+        notes.append("Latency is one forward over the whole prompt; tokens/s = batch × seq_len / median.")
+        notes.append("MFU = analytic FLOPs / median / peak FLOP/s.")
+    else:
+        dt = results.get("suite", {}).get("decode_tokens")
+        modes = sorted({r.get("decode_mode") for r in recs if r.get("decode_mode")})
+        notes.append("Latency is one single-token step after a prompt of seq_len tokens"
+                     + (f" ({dt} steps per run)" if dt else "")
+                     + (f", {'/'.join(modes)} mode" if modes else "") + "; tokens/s = batch / median step.")
+        notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
+    notes.append("Speedup = baseline median / variant median at the same batch and seq_len.")
+    if srcs:
+        notes.append("Peak memory: " + "; ".join(mem_note[s] for s in srcs) + ".")
+    notes.append("KV cache and FLOPs are analytic; floor = roofline floor of one sample"
+                 + ("" if env.get("peak_flops_per_s") else " (no peaks known: MFU/MBU not computed)") + ".")
+    return "_" + " ".join(notes) + "_"

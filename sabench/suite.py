@@ -1,0 +1,436 @@
+"""Declarative benchmark suites: a YAML file says what to measure, this module checks it.
+
+A suite is validated completely before anything runs: every variant is parsed for
+the model's layer count and every sweep point is checked against the model's
+positions, so a typo costs a second, not a half-finished GPU run. Errors are one
+line, ``FILE: key.path: what was wrong, what is allowed``, so the CLI can print
+them as they are.
+
+Suite files are data, never code: they are read with ``yaml.safe_load``, and any
+tag that safe loading cannot construct (``!!python/object/...``, custom ``!tags``)
+is rejected with its key path before loading. Schema::
+
+    name: smoke                 # required; letters, digits, - and _
+    description: ...            # optional string
+    model: tiny                 # required; preset, model directory or config.json path
+                                # (relative paths: the suite file's directory first, then cwd)
+    dtype: float32              # optional, default bfloat16 (fp32/bf16/fp16 accepted)
+    device: auto                # optional, default auto; auto | cpu | cuda | cuda:N
+    variants: [baseline, "cla:2", "sa:2-3"]
+    sweep:
+      batch_size: [1, 4]        # positive ints, no duplicates (a single int is accepted)
+      seq_len: [32, 128]        # prompt lengths, same rules
+    decode_tokens: 16           # optional, default 32; >= 1
+    warmup: 2                   # optional, default 2; >= 0
+    repeats: 5                  # optional, default 5; >= 1
+    prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import yaml
+
+from sabench.dtypes import dtype_name
+from sabench.plan import PlanError, parse_variant
+from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
+from sabench.schema import point_key
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+DEFAULTS = {
+    "description": "",
+    "dtype": "bfloat16",
+    "device": "auto",
+    "decode_tokens": 32,
+    "warmup": 2,
+    "repeats": 5,
+    "prefill_chunk": None,
+}
+REQUIRED = ("name", "model", "variants", "sweep")
+ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
+                "decode_tokens", "warmup", "repeats", "prefill_chunk")
+SWEEP_KEYS = ("batch_size", "seq_len")
+
+_SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run as written. str(e) is one line: ``FILE: key.path: problem``.
+
+    `source` is the file (or suite label), `key` the dotted key path (None when the
+    problem is the file as a whole), `problem` the explanation.
+    """
+
+    def __init__(self, source: str, key: Optional[str], problem: str):
+        self.source, self.key, self.problem = str(source), key, problem
+        parts = [self.source] + ([key] if key else []) + [problem]
+        # Messages quoted from YAML, presets or plans may wrap; the CLI contract is one line.
+        super().__init__(" ".join(": ".join(parts).split()))
+
+
+class Point(NamedTuple):
+    """One cell of the sweep: a variant at one batch size and prompt length."""
+
+    variant: str
+    batch_size: int
+    seq_len: int
+
+    @property
+    def key(self) -> str:
+        """The results.json key for this point (schema.point_key)."""
+        return point_key(self.variant, self.batch_size, self.seq_len)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite: every field canonical, every point known to fit the model."""
+
+    name: str
+    description: str
+    model: str
+    model_config: ModelConfig
+    dtype: str
+    device: str
+    variants: tuple
+    batch_sizes: tuple
+    seq_lens: tuple
+    decode_tokens: int
+    warmup: int
+    repeats: int
+    prefill_chunk: Optional[int]
+    path: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "model_config": self.model_config.to_dict(),
+            "dtype": self.dtype,
+            "device": self.device,
+            "variants": list(self.variants),
+            "sweep": {"batch_size": list(self.batch_sizes), "seq_len": list(self.seq_lens)},
+            "decode_tokens": self.decode_tokens,
+            "warmup": self.warmup,
+            "repeats": self.repeats,
+            "prefill_chunk": self.prefill_chunk,
+            "path": self.path,
+        }
+
+    def points(self) -> list[Point]:
+        """Every point, per variant with batch size then seq_len ascending.
+
+        Ascending sizes within a variant let the runner skip the rest of a
+        variant's larger points once one runs out of memory.
+        """
+        return [Point(v, b, t) for v in self.variants for b in self.batch_sizes for t in self.seq_lens]
+
+    def with_variants(self, variants) -> "Suite":
+        """A copy running only `variants` (e.g. from ``--variant``), in the order given.
+
+        Variants the suite does not list are allowed: they are checked against the
+        suite's model like the file's own.
+        """
+        source = self.path or self.name
+        if isinstance(variants, str) or not list(variants):
+            raise SuiteError(source, "--variant", "expected at least one variant string")
+        canon = []
+        for text in variants:
+            try:
+                v = parse_variant(text, self.model_config.num_layers).variant
+            except PlanError as e:
+                raise SuiteError(source, "--variant", str(e)) from None
+            if v in canon:
+                raise SuiteError(source, "--variant", f"{text!r} is given twice (as {v!r})")
+            canon.append(v)
+        return dataclasses.replace(self, variants=tuple(canon))
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' or 'cpu'; 'cuda[:N]' checked against this machine.
+
+    Kept out of validation on purpose: a suite written for a GPU box must still
+    validate on a laptop; only running it needs the device.
+    """
+    import torch
+
+    d = str(device).strip().lower()
+    if not _DEVICE.match(d):
+        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cpu":
+        return d
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use auto or cpu")
+    index = int(d.split(":")[1]) if ":" in d else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return d
+
+
+def find_suite(name_or_path) -> Path:
+    """A suite file path, or a bare name like ``smoke`` -> ``<repo>/suites/smoke.yaml``."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p
+    looks_like_path = p.suffix in (".yaml", ".yml") or "/" in text or "\\" in text
+    if looks_like_path:
+        raise SuiteError(text, None, "no such suite file")
+    for ext in (".yaml", ".yml"):
+        candidate = SUITES_DIR / f"{text}{ext}"
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(available_suites()) or "none"
+    raise SuiteError(text, None, f"unknown suite; available suites: {names} (or give a path to a .yaml file)")
+
+
+def available_suites() -> list[str]:
+    """Names of the suites shipped in <repo>/suites."""
+    if not SUITES_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in SUITES_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_suite(path) -> Suite:
+    """Read, parse and fully validate a suite file; SuiteError on any problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(source, None, f"cannot read suite file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SuiteError(source, None, f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    return parse_suite(_read_yaml(text, source), source)
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    """YAML text -> plain data, refusing anything safe loading would not build as data."""
+    try:
+        # Composing builds only the node tree (no object is constructed), so the tree
+        # can be vetted, with key paths for the messages, before safe_load runs.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise SuiteError(source, None, f"empty suite file; expected a mapping with keys {', '.join(REQUIRED)}")
+        _vet_nodes(root, "", source)
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = ": ".join(p for p in (e.context, e.problem) if p)
+        raise SuiteError(source, where, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise SuiteError(source, None, f"invalid YAML: {e}") from None
+
+
+def _vet_nodes(node, path: str, source: str, seen=None) -> None:
+    """Reject tags safe loading cannot construct, and keys written twice in one mapping.
+
+    YAML silently keeps the last of two equal keys; in a suite that hides an edit.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # aliases can make the tree a graph
+        return
+    seen.add(id(node))
+    line = node.start_mark.line + 1
+    if node.tag not in yaml.SafeLoader.yaml_constructors:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise SuiteError(
+            source, path or None,
+            f"tag {tag!r} (line {line}) is not allowed; a suite is plain data: "
+            "strings, numbers, booleans, null, lists and mappings",
+        )
+    if isinstance(node, yaml.MappingNode):
+        keys: dict = {}
+        for key_node, value_node in node.value:
+            child = _join(path, key_node.value if isinstance(key_node, yaml.ScalarNode) else "<key>")
+            _vet_nodes(key_node, child, source, seen)
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in keys:
+                    raise SuiteError(
+                        source, child,
+                        f"duplicate key (lines {keys[key_node.value]} and {key_node.start_mark.line + 1}); "
+                        "each key may appear once",
+                    )
+                keys[key_node.value] = key_node.start_mark.line + 1
+            _vet_nodes(value_node, child, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _vet_nodes(item, f"{path}[{i}]", source, seen)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(value) -> str:
+    """A value as the suite author wrote it (YAML spelling for booleans and null)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} {value!r}"
+    return repr(value)
+
+
+def _is_int(value) -> bool:
+    # bool is an int subclass; `warmup: yes` is a typo, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise SuiteError(source, _join(path, key), f"unknown key; allowed keys: {', '.join(allowed)}")
+    for key in required:
+        if key not in mapping:
+            raise SuiteError(source, _join(path, key), "required key missing")
+
+
+def _int_field(value, key: str, minimum: int, source: str) -> int:
+    if not _is_int(value) or value < minimum:
+        raise SuiteError(source, key, f"expected an integer >= {minimum}, got {_show(value)}")
+    return value
+
+
+def _string_field(value, key: str, what: str, source: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SuiteError(source, key, f"expected {what}, got {_show(value)}")
+    return value.strip()
+
+
+def _int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]:
+    """A positive int or a non-empty list of distinct ones -> (sorted values, key path of each)."""
+    if _is_int(value):
+        items, paths = [value], [key]
+    elif isinstance(value, list):
+        items, paths = value, [f"{key}[{i}]" for i in range(len(value))]
+    else:
+        raise SuiteError(source, key, f"expected a positive integer or a list of them, got {_show(value)}")
+    if not items:
+        raise SuiteError(source, key, "expected a non-empty list of positive integers, got []")
+    first = {}
+    for item, p in zip(items, paths):
+        _int_field(item, p, 1, source)
+        if item in first:
+            raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
+        first[item] = p
+    order = sorted(range(len(items)), key=items.__getitem__)
+    return tuple(items[i] for i in order), [paths[i] for i in order]
+
+
+def _resolve_model(model: str, path: Optional[str]) -> ModelConfig:
+    """Presets first, then a relative path against the suite's directory, then cwd.
+
+    Resolving against the suite's directory keeps a suite that ships next to its
+    config.json runnable from anywhere.
+    """
+    if model.lower() not in PRESETS and path is not None:
+        p = Path(model).expanduser()
+        if not p.is_absolute():
+            beside = Path(path).parent / p
+            if beside.exists():
+                return resolve_config(beside)
+    return resolve_config(model)
+
+
+def parse_suite(data, path: Optional[str] = None) -> Suite:
+    """Validate suite data (as read from YAML) into a Suite; SuiteError names the first problem.
+
+    `path` labels the messages and anchors relative model paths; None means the
+    data came from elsewhere (messages say ``<suite>``, model paths resolve from cwd).
+    """
+    source = path if path is not None else "<suite>"
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}"
+        raise SuiteError(source, None, f"top level is {what}; expected a mapping with keys "
+                                       f"{', '.join(REQUIRED)}")
+    _check_keys(data, ALLOWED_KEYS, REQUIRED, "", source)
+    d = {**DEFAULTS, **data}
+
+    name = d["name"]
+    if not isinstance(name, str) or not _SLUG.match(name):
+        raise SuiteError(source, "name", f"expected a slug of letters, digits, - and _, got {_show(name)}")
+    description = d["description"]
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise SuiteError(source, "description", f"expected a string, got {_show(description)}")
+
+    try:
+        dtype = dtype_name(d["dtype"])
+    except ValueError as e:
+        raise SuiteError(source, "dtype", str(e)) from None
+    device = d["device"].strip().lower() if isinstance(d["device"], str) else d["device"]
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise SuiteError(source, "device", f"expected auto, cpu, cuda or cuda:N, got {_show(d['device'])}")
+
+    decode_tokens = _int_field(d["decode_tokens"], "decode_tokens", 1, source)
+    warmup = _int_field(d["warmup"], "warmup", 0, source)
+    repeats = _int_field(d["repeats"], "repeats", 1, source)
+    prefill_chunk = d["prefill_chunk"]
+    if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
+        raise SuiteError(source, "prefill_chunk", f"expected null or an integer >= 1, got {_show(prefill_chunk)}")
+
+    sweep = d["sweep"]
+    if not isinstance(sweep, dict):
+        raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
+    _check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
+    batch_sizes, _ = _int_list(sweep["batch_size"], "sweep.batch_size", source)
+    seq_lens, seq_paths = _int_list(sweep["seq_len"], "sweep.seq_len", source)
+
+    model = _string_field(d["model"], "model", "a preset name, model directory or config.json path", source)
+    try:
+        cfg = _resolve_model(model, path)
+    except ModelSourceError as e:
+        raise SuiteError(source, "model", str(e)) from None
+
+    variants = _parse_variants(d["variants"], cfg.num_layers, source)
+
+    limit = cfg.max_position_embeddings
+    for seq, p in zip(seq_lens, seq_paths):
+        if seq + decode_tokens > limit:
+            raise SuiteError(
+                source, p,
+                f"{seq} + decode_tokens {decode_tokens} exceeds the model's {limit} positions; "
+                f"seq_len may be at most {limit - decode_tokens}",
+            )
+
+    return Suite(
+        name=name, description=description, model=model, model_config=cfg, dtype=dtype,
+        device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
+        decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
+        path=path,
+    )
+
+
+def _parse_variants(value, num_layers: int, source: str) -> tuple[str, ...]:
+    """Each variant parsed for this model; canonical spellings, no two the same."""
+    if not isinstance(value, list) or not value:
+        raise SuiteError(source, "variants", f"expected a non-empty list of variant strings, got {_show(value)}")
+    canon: dict[str, str] = {}
+    for i, text in enumerate(value):
+        key = f"variants[{i}]"
+        if not isinstance(text, str):
+            # `- sa: 2-3` (a space after the colon) reads as a mapping in YAML.
+            raise SuiteError(source, key, f"expected a variant string like baseline, \"cla:2\" or \"sa:2-3\" "
+                                          f"(quoted, no space after ':'), got {_show(text)}")
+        try:
+            v = parse_variant(text, num_layers).variant
+        except PlanError as e:
+            raise SuiteError(source, key, str(e)) from None
+        if v in canon:
+            raise SuiteError(source, key, f"{text!r} duplicates {canon[v]} (both are {v!r}); list each variant once")
+        canon[v] = key
+    return tuple(canon)

@@ -1,0 +1,30 @@
+"""Small configs and transformers references shared by the tests."""
+import torch
+
+from sabench.presets import ModelConfig
+
+LLAMA3_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}
+
+# name -> (heads, kv_heads, head_dim): MHA, GQA, MQA, and a head_dim that is not hidden/heads
+SHAPES = {
+    "mha": (4, 4, 16),
+    "gqa": (4, 2, 16),
+    "mqa": (4, 1, 16),
+    "head_dim": (4, 2, 24),
+}
+
+
+def small_config(kind="gqa", layers=4, tie=False, scaling=True, **kw) -> ModelConfig:
+    h, kv, d = SHAPES[kind]
+    return ModelConfig(f"test-{kind}", 256, 64, 128, layers, h, kv, d, 512, 10000.0,
+                       LLAMA3_SCALING if scaling else None, tie_word_embeddings=tie, **kw)
+
+
+def hf_model(cfg: ModelConfig, seed=0):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = cfg.to_hf_dict()
+    hf_cfg = AutoConfig.for_model(d.pop("model_type"), **{k: v for k, v in d.items() if k != "architectures"})
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32).eval()

@@ -1,0 +1,146 @@
+"""Every plan executes faithfully: cached decoding, SA semantics, and the savings it claims."""
+import pytest
+import torch
+
+from sabench import accounting
+from sabench.model import build_model, load_model
+from sabench.presets import PRESETS
+from tests.helpers import hf_model, small_config
+
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+
+
+def _model(variant, kind="gqa", layers=4, seed=0, **kw):
+    m = load_model(small_config(kind, layers=layers, **kw), variant, dtype=torch.float32, device="cpu", seed=seed)
+    with torch.no_grad():  # larger weights than the 0.02 init: argmax ties would hide bugs
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(5.0)
+    return m
+
+
+def _greedy_by_recompute(model, ids, n):
+    x = ids
+    for _ in range(n):
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["gqa", "mqa"])
+def test_cached_generate_equals_full_recompute(variant, kind):
+    m = _model(variant, kind)
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(m.generate(ids, max_new_tokens=9), _greedy_by_recompute(m, ids, 9))
+
+
+@pytest.mark.parametrize("variant", ["baseline", "sa:2-3", "cla:2+sa:2-3"])
+def test_chunked_prefill_equals_one_shot(variant):
+    m = _model(variant)
+    ids = torch.randint(0, 256, (2, 37))
+    whole = m.prefill(ids, m.new_cache(2, 40))
+    for chunk in (1, 8, 16):
+        assert torch.allclose(m.prefill(ids, m.new_cache(2, 40), chunk_size=chunk), whole, atol=1e-5)
+    gen = m.generate(ids, 3, prefill_chunk=8)
+    assert torch.equal(gen, m.generate(ids, 3))
+
+
+def test_sa_layer_output_is_source_probs_times_own_v():
+    """Layer 2 of sa:2-3 must output o_proj(P_1 . V_2), P_1 computed here independently."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    cfg = small_config("gqa", scaling=False)
+    m = _model("sa:2-3", scaling=False)
+    seen = {}
+
+    def grab(i):
+        def hook(mod, args, out):
+            seen[i] = (args[0].clone(), out.clone())
+        return hook
+
+    for i in (1, 2):
+        m.model.layers[i].self_attn.register_forward_hook(grab(i))
+    b, t = 2, 13
+    m(torch.randint(0, 256, (b, t)))
+    x1, x2 = seen[1][0], seen[2][0]
+    a1, a2 = m.model.layers[1].self_attn, m.model.layers[2].self_attn
+    h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = (x1 @ a1.q_proj.weight.T).view(b, t, h, d).transpose(1, 2)
+    k = (x1 @ a1.k_proj.weight.T).view(b, t, hkv, d).transpose(1, 2)
+    hf_cfg = LlamaConfig(hidden_size=64, num_attention_heads=h, num_key_value_heads=hkv, head_dim=d,
+                         max_position_embeddings=512, rope_theta=10000.0)
+    cos, sin = LlamaRotaryEmbedding(hf_cfg)(x1, torch.arange(t)[None])
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = k.repeat_interleave(h // hkv, dim=1)
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    p1 = scores.softmax(-1)
+    v2 = (x2 @ a2.v_proj.weight.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
+    expected = (p1 @ v2).transpose(1, 2).reshape(b, t, h * d) @ a2.o_proj.weight.T
+    assert not hasattr(a2, "q_proj") and not hasattr(a2, "k_proj")
+    assert torch.allclose(seen[2][1], expected, atol=1e-5)
+
+
+def test_plan_sharing_nothing_equals_baseline_exactly():
+    base, same = _model("baseline"), _model("cla:1")
+    same.load_state_dict(base.state_dict())
+    ids = torch.randint(0, 256, (2, 19))
+    assert torch.equal(base(ids), same(ids))
+    assert torch.equal(base.generate(ids, 5), same.generate(ids, 5))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_really_saves_params_and_cache(variant):
+    cfg = small_config("gqa")
+    base = build_model(cfg, "baseline", torch.float32, "meta")
+    m = build_model(cfg, variant, torch.float32, "meta")
+    n = sum(p.numel() for p in m.parameters())
+    assert n == accounting.params(cfg, variant)
+    cache = load_model(cfg, variant, torch.float32, "cpu").new_cache(3, 50)
+    assert cache.nbytes == accounting.kv_cache_bytes(cfg, variant, 3, 50, "float32")
+    if variant != "baseline":
+        assert n < sum(p.numel() for p in base.parameters())
+        assert cache.nbytes < accounting.kv_cache_bytes(cfg, "baseline", 3, 50, "float32")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_meta_model_param_count_equals_closed_form(name):
+    for variant in ("baseline", "cla:2", "sa:2-3"):
+        m = build_model(name, variant, device="meta")
+        assert sum(p.numel() for p in m.parameters()) == accounting.params(name, variant)
+
+
+def test_decode_step_writes_in_place_and_keeps_shapes():
+    m = _model("cla:2+sa:2-3")
+    cache = m.new_cache(2, 24)
+    ptrs = [t.data_ptr() for t in cache.tensors()]
+    logits = m.prefill(torch.randint(0, 256, (2, 8)), cache)
+    tokens = logits[:, -1].argmax(-1, keepdim=True)
+    pos = torch.tensor([8])
+    step = m.greedy_step_fn(cache, tokens, pos)
+    tok_ptr, shapes = tokens.data_ptr(), [t.shape for t in cache.tensors()]
+    for _ in range(10):
+        out = step()
+        assert out.shape == (2, 1, 256)
+    assert pos.item() == 18 and tokens.data_ptr() == tok_ptr
+    assert [t.data_ptr() for t in cache.tensors()] == ptrs
+    assert [t.shape for t in cache.tensors()] == shapes
+
+
+def test_sa_model_from_transformers_weights_keeps_the_weights_it_uses(tmp_path):
+    """save_pretrained a transformers Llama, load it with SA and CLA plans: used weights are the checkpoint's."""
+    cfg = small_config("gqa")
+    hf = hf_model(cfg, seed=5)
+    hf.save_pretrained(tmp_path)
+    base = load_model(tmp_path, "baseline", torch.float32, "cpu")
+    ids = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        assert (base(ids) - hf(ids).logits).abs().max().item() < 1e-4
+    sa = load_model(tmp_path, "sa:2-3", torch.float32, "cpu")
+    assert "model.layers.2.self_attn.q_proj.weight" in sa.load_report["dropped"]
+    assert torch.equal(sa.model.layers[2].self_attn.v_proj.weight, hf.model.layers[2].self_attn.v_proj.weight)
+    assert torch.equal(sa.model.layers[3].self_attn.o_proj.weight, hf.model.layers[3].self_attn.o_proj.weight)
+    cla = load_model(tmp_path / "config.json", "cla:2", torch.float32, "cpu")
+    assert "model.layers.1.self_attn.k_proj.weight" in cla.load_report["dropped"]
+    assert torch.equal(cla.model.layers[1].self_attn.q_proj.weight, hf.model.layers[1].self_attn.q_proj.weight)
