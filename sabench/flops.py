@@ -75,7 +75,7 @@ class FlopCount:
     total: int  # FLOPs (2 per multiply-add) of every matrix-class operator
     by_operator: dict  # op -> FLOPs
     elementwise_ops: dict  # op -> occurrences; not in `total`, by convention
-    fvcore_alone: int  # what fvcore reports without sabench's handles (it misses attention)
+    fvcore_alone: int | None  # fvcore without sabench's handles (it misses attention); None: not run
 
     def to_dict(self) -> dict:
         return {"total": self.total, "by_operator": self.by_operator,
@@ -99,16 +99,17 @@ def _analyse(module: nn.Module, inputs: tuple, with_handles: bool):
     return fa, total
 
 
-def count(module: nn.Module, inputs: tuple) -> FlopCount:
+def count(module: nn.Module, inputs: tuple, compare_alone: bool = True) -> FlopCount:
     fa, total = _analyse(module, inputs, with_handles=True)
     unsupported = Counter(fa.unsupported_ops())
     missed = sorted(op for op in unsupported if _MATRIX_OPS.search(op))
     if missed:
         raise UncountedOperatorError(f"fvcore has no handle for matrix operators {missed}: "
                                      "the count would silently leave them out")
-    _, alone = _analyse(module, inputs, with_handles=False)
+    alone = _analyse(module, inputs, with_handles=False)[1] if compare_alone else None
     return FlopCount(total=2 * int(total), by_operator={k: 2 * int(v) for k, v in fa.by_operator().items()},
-                     elementwise_ops=dict(sorted(unsupported.items())), fvcore_alone=2 * int(alone))
+                     elementwise_ops=dict(sorted(unsupported.items())),
+                     fvcore_alone=None if alone is None else 2 * int(alone))
 
 
 class _Prefill(nn.Module):
@@ -137,19 +138,20 @@ def _model(source, variant, dtype) -> SharedLlama:
 
 
 def count_prefill(source, variant="baseline", batch_size=1, seq_len=128, dtype="bfloat16",
-                  chunk_size=None) -> FlopCount:
+                  chunk_size=None, compare_alone=True) -> FlopCount:
     """FLOPs of the prefill the harness times (logits for the last position only)."""
     m = _model(source, variant, dtype)
     dev = m.inv_freq.device
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device=dev)
-    return count(_Prefill(m, batch_size, seq_len, chunk_size), (ids,))
+    return count(_Prefill(m, batch_size, seq_len, chunk_size), (ids,), compare_alone)
 
 
-def count_decode_step(source, variant="baseline", batch_size=1, cache_len=129, dtype="bfloat16") -> FlopCount:
+def count_decode_step(source, variant="baseline", batch_size=1, cache_len=129, dtype="bfloat16",
+                      compare_alone=True) -> FlopCount:
     """FLOPs of one decode step over a static cache of `cache_len` positions (all attended,
     masked or not: that is what the kernel executes)."""
     m = _model(source, variant, dtype)
     dev = m.inv_freq.device
     tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
     pos = torch.tensor([cache_len - 1], device=dev)
-    return count(_Decode(m, batch_size, cache_len), (tokens, pos))
+    return count(_Decode(m, batch_size, cache_len), (tokens, pos), compare_alone)

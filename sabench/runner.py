@@ -1,0 +1,296 @@
+"""Run a suite: every point in its own process, OOM as data, results that survive anything.
+
+results.json is rewritten atomically (temp file, fsync, rename) after every
+point, so killing the runner at any moment leaves a valid file; `--resume` with
+the same `--out` measures only the points missing from it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from sabench.schema import PHASES, SCHEMA, point_key
+from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- results file
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def default_out_dir(suite: Suite) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return REPO / "reports" / suite.name / f"{stamp}-{socket.gethostname()}"
+
+
+# Suite settings that change what a number means: a resumed run must not mix them.
+_COMPARABLE = ("model_config", "dtype", "decode_tokens", "warmup", "repeats", "prefill_chunk")
+
+
+def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
+    path = out / "results.json"
+    if not path.exists():
+        if resume:
+            raise ValueError(f"--resume: {path} does not exist; nothing to resume")
+        return None
+    if not resume:
+        raise ValueError(f"{path} already exists: pass --resume to complete it, or another --out")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--resume: cannot read {path}: {e}") from None
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"--resume: {path} has schema {data.get('schema')!r}, this sabench writes {SCHEMA!r}")
+    old, new = data.get("suite", {}), suite.to_dict()
+    diff = [k for k in _COMPARABLE if old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
+                         "use another --out")
+    return data
+
+
+# ---------------------------------------------------------------- one point
+_CTX = None
+
+
+def _context():
+    """A forkserver that has imported torch and sabench once: each point is still a fresh
+    process (its own allocator, its own CUDA context) but starts in milliseconds, not the
+    1-2 s an interpreter needs to import torch. The server never touches CUDA."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
+
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["sabench._forkserver_preload"])
+    return _CTX
+
+
+def run_point(spec: dict, workdir: Path) -> tuple[dict, dict]:
+    """Measure one point in its own process; returns (records by phase, overhead)."""
+    from sabench.worker import child_main
+
+    key = point_key(spec["variant"], spec["batch_size"], spec["seq_len"])
+    result_path, stderr_path = workdir / "result.json", workdir / "stderr.txt"
+    for f in (result_path, stderr_path):
+        if f.exists():
+            f.unlink()
+    spec = dict(spec, t_spawn=time.time())
+    t0 = time.perf_counter()
+    proc = _context().Process(target=child_main, args=(spec, str(result_path), str(stderr_path)), daemon=True)
+    proc.start()
+    proc.join()
+    wall = time.perf_counter() - t0
+    if proc.exitcode == 0 and result_path.exists():
+        result = json.loads(result_path.read_text())
+        overhead = dict(result["overhead"], total_s=wall)
+        return {r["phase"]: r for r in result["records"]}, overhead
+    tail = stderr_path.read_text(errors="replace").strip().splitlines() if stderr_path.exists() else []
+    if proc.exitcode is not None and proc.exitcode < 0:
+        sig = signal.Signals(-proc.exitcode).name
+        msg = f"worker killed by {sig}" + (" (the kernel's OOM killer, likely)" if sig == "SIGKILL" else "")
+        status = "oom" if sig == "SIGKILL" else "error"
+    else:
+        msg = f"worker exited with code {proc.exitcode}: " + (tail[-1] if tail else "no message")
+        status = "error"
+    records = {}
+    for phase in PHASES:
+        records[phase] = {"variant": spec["variant"], "batch_size": spec["batch_size"],
+                          "seq_len": spec["seq_len"], "phase": phase, "status": status, "error": msg[:500],
+                          "stderr_tail": "\n".join(tail[-20:])}
+    return records, {"total_s": wall, "point": key}
+
+
+# ---------------------------------------------------------------- progress
+class _Progress:
+    """A bar with the current point and an ETA on a terminal; plain lines otherwise."""
+
+    def __init__(self, total: int, done: int):
+        self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.measured = 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="point", dynamic_ncols=True)
+
+    def start(self, label: str):
+        if self.bar is not None:
+            self.bar.set_description(label)
+        else:
+            print(f"[{self.done + 1}/{self.total}] {label} ...", file=sys.stderr, flush=True)
+
+    def finish(self, label: str, summary: str):
+        self.done += 1
+        self.measured += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary)
+            self.bar.update(1)
+            return
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - self.done
+        eta = elapsed / self.measured * left
+        print(f"[{self.done}/{self.total}] {label}: {summary} (ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(records: dict) -> str:
+    parts = []
+    for phase in PHASES:
+        r = records.get(phase, {})
+        if r.get("status") == "ok":
+            parts.append(f"{phase} {r['latency_ms']['median']:.3g} ms")
+        else:
+            parts.append(f"{phase} {r.get('status')}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- calibration
+def calibrate_in_subprocess(device: str, dtype: str, workdir: Path) -> dict:
+    """Roofline ceilings measured in a child, so the runner never holds a CUDA context."""
+    out = workdir / "calibration.json"
+    code = ("import json,sys; from sabench.measure.calibrate import calibrate; from sabench.dtypes import parse_dtype;"
+            f"c = calibrate({device!r}, parse_dtype({dtype!r})); json.dump(c, open({str(out)!r}, 'w'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        return {"calibration_error": (proc.stderr.strip().splitlines() or ["unknown"])[-1]}
+    return json.loads(out.read_text())
+
+
+def _env(device: str, dtype: str, workdir: Path) -> dict:
+    from sabench.measure.env import capture_env
+
+    env = capture_env("cpu")  # the parent stays off the GPU; device facts come from the child below
+    env["device"] = device
+    cal = calibrate_in_subprocess(device, dtype, workdir)
+    env.update({k: v for k, v in cal.items() if k != "calibration"})
+    env["calibration"] = cal.get("calibration")
+    if device.startswith("cuda"):
+        code = ("import json,torch; from sabench.measure.env import capture_env; "
+                f"print(json.dumps(capture_env({device!r})))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode == 0:
+            gpu = json.loads(proc.stdout.strip().splitlines()[-1])
+            env.update({k: v for k, v in gpu.items() if v is not None})
+    return env
+
+
+# ---------------------------------------------------------------- the sweep
+def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
+              threads: Optional[int] = None) -> int:
+    """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored)."""
+    suite = suite_arg if isinstance(suite_arg, Suite) else load_suite(find_suite(suite_arg))
+    if variants:
+        suite = suite.with_variants(variants)
+    try:
+        device = resolve_device(suite.device)
+    except ValueError as e:
+        raise SuiteError(suite.path or suite.name, "device", str(e)) from None
+    if resume and out is None:
+        raise ValueError("--resume needs --out: the run directory to complete")
+    out = Path(out) if out is not None else default_out_dir(suite)
+    out.mkdir(parents=True, exist_ok=True)
+    existing = _open_results(out, suite, resume)
+    path = out / "results.json"
+    workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
+
+    if existing is None:
+        data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "env": _env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
+                "records": []}
+        write_json_atomic(path, data)
+    else:
+        data = existing
+        data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
+    peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
+
+    done = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in data["records"]}
+    points = suite.points()
+    todo = [p for p in points if any((*p, ph) not in done for ph in PHASES)]
+    progress = _Progress(len(points), len(points) - len(todo))
+    if resume:
+        print(f"resuming {path}: {len(points) - len(todo)} of {len(points)} points already measured",
+              file=sys.stderr)
+    oom_at: dict = {}  # (variant, batch) -> smallest seq_len that ran out of memory
+    for r in data["records"]:
+        if r.get("status") == "oom":
+            k = (r["variant"], r["batch_size"])
+            oom_at[k] = min(oom_at.get(k, r["seq_len"]), r["seq_len"])
+    failed = 0
+    try:
+        for p in todo:
+            label = f"{p.variant} B={p.batch_size} T={p.seq_len}"
+            k = (p.variant, p.batch_size)
+            if k in oom_at and p.seq_len > oom_at[k]:
+                records = {ph: {"variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
+                                "phase": ph, "status": "skipped_after_oom",
+                                "error": f"seq_len {oom_at[k]} already ran out of memory at this batch size"}
+                           for ph in PHASES}
+                overhead = None
+            else:
+                progress.start(label)
+                spec = {"model_config": suite.model_config.to_dict(), "device": device, "dtype": suite.dtype,
+                        "variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
+                        "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
+                        "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
+                        "threads": threads}
+                records, overhead = run_point(spec, workdir)
+                if any(r["status"] == "oom" for r in records.values()) and records["prefill"]["status"] == "oom" \
+                        and records["decode"]["status"] == "oom":
+                    oom_at[k] = min(oom_at.get(k, p.seq_len), p.seq_len)
+            for ph in PHASES:
+                if (*p, ph) not in done:
+                    data["records"].append(records[ph])
+                    failed += records[ph]["status"] == "error"
+            if overhead is not None:
+                data["overhead"][p.key] = overhead
+            write_json_atomic(path, data)
+            if overhead is not None:
+                progress.finish(label, _summary(records))
+    finally:
+        progress.close()
+    print(f"results: {path}", file=sys.stderr)
+    if report:
+        _finish(out, path)
+    return 1 if failed else 0
+
+
+def _finish(out: Path, path: Path) -> None:
+    """Report and history; a failure here must not lose the measurements already on disk."""
+    try:
+        from sabench.report import write_report
+
+        print(f"report:  {write_report(out)}", file=sys.stderr)
+    except Exception as e:  # pragma: no cover - report failures are reported, results are kept
+        print(f"sabench: report not written ({type(e).__name__}: {e}); results are intact", file=sys.stderr)
+    try:
+        from sabench.report.history import record_run
+
+        record_run(path)
+    except Exception as e:  # pragma: no cover
+        print(f"sabench: history not updated ({type(e).__name__}: {e})", file=sys.stderr)

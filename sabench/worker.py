@@ -1,0 +1,281 @@
+"""Measure one benchmark point (variant, batch, seq_len) in its own process.
+
+The runner starts `python -m sabench.worker SPEC RESULT` for every point so that
+an out-of-memory error, a crash or a leaked allocation cannot touch the next
+point's numbers. The worker writes RESULT (JSON: the point's two records and its
+overhead) and exits 0; anything else is the runner's to classify.
+
+Phases:
+- prefill: the prompt forward that fills a fresh cache (time to first token),
+  `warmup` untimed then `repeats` timed calls;
+- decode: `decode_tokens` single-token steps from a cache filled to seq_len;
+  `warmup` untimed sequences then `repeats` timed ones, every step a sample.
+  On CUDA the step is also captured in a CUDA graph and replayed: graph mode is
+  the headline (decode at small batch is launch-bound in eager mode), eager kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch  # noqa: E402
+
+from sabench import accounting, flops  # noqa: E402
+from sabench.dtypes import parse_dtype  # noqa: E402
+from sabench.measure import (AllocatorTracker, CudaGraphStep, is_oom_error, peak_rss_bytes,  # noqa: E402
+                             reset_peak_rss, summarize, sync, time_fn, time_steps)
+from sabench.model import load_model  # noqa: E402
+from sabench.presets import ModelConfig  # noqa: E402
+from sabench.schema import point_key  # noqa: E402
+
+FAULT_ENV = "SABENCH_FAULT_OOM"  # fault injection: point keys that raise an OOM, comma-separated
+
+
+class _Memory:
+    """The memory trackers of one phase: NVML device sampler, allocator peaks, process RSS."""
+
+    def __init__(self, device: torch.device, sampler):
+        self.device, self.sampler = device, sampler
+        self.alloc = AllocatorTracker(device)
+
+    def __enter__(self):
+        reset_peak_rss()
+        self.alloc.start()
+        if self.sampler is not None:
+            self.sampler.read_idle()
+            self.sampler.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.result = {}
+        if self.sampler is not None:
+            r = self.sampler.stop()
+            self.nvml = r
+            if r.get("peak_minus_idle_bytes") is not None:
+                self.result["peak_nvml"] = int(r["peak_minus_idle_bytes"])
+            if r.get("peak_process_bytes") is not None:
+                self.result["peak_nvml_process"] = int(r["peak_process_bytes"])
+            self.nvml_summary = {k: r.get(k) for k in ("idle_used_bytes", "peak_used_bytes", "n_samples",
+                                                       "achieved_hz", "device_mapping", "notes")}
+        for k, v in self.alloc.stop().items():
+            if v is not None:
+                self.result[k] = int(v)
+        self.result["peak_rss"] = peak_rss_bytes()
+        return False
+
+
+def _open_sampler(device: torch.device, notes: list):
+    if device.type != "cuda":
+        return None
+    from sabench.measure.nvml import NvmlSampler
+
+    avail = NvmlSampler.available()
+    if not avail:
+        notes.append(f"NVML unavailable: {getattr(avail, 'reason', avail)}")
+        return None
+    try:
+        return NvmlSampler(device.index or 0)
+    except Exception as e:  # NVML trouble must not cost the timing
+        notes.append(f"NVML sampler failed to start: {e}")
+        return None
+
+
+def _base_record(spec, phase: str) -> dict:
+    return {"variant": spec["variant"], "batch_size": spec["batch_size"], "seq_len": spec["seq_len"],
+            "phase": phase, "warmup": spec["warmup"], "repeats": spec["repeats"]}
+
+
+def _roofline(rec: dict, flops_per_sample: float, bytes_per_sample: float, peaks: dict, metric: str):
+    bw, pf = peaks.get("peak_bandwidth_bytes_per_s"), peaks.get("peak_flops_per_s")
+    med_s = rec["latency_ms"]["median"] / 1e3
+    floors = []
+    if pf:
+        floors.append(flops_per_sample / pf)
+        rec["mfu"] = flops_per_sample / (med_s * pf)
+    if bw:
+        floors.append(bytes_per_sample / bw)
+        rec["mbu"] = bytes_per_sample / (med_s * bw)
+    if floors:
+        rec["floor_ms"] = max(floors) * 1e3
+    rec["roofline_metric"] = metric  # which of mfu/mbu is the headline for this phase
+
+
+def _maybe_inject_oom(spec, where: str):
+    keys = [k.strip() for k in os.environ.get(FAULT_ENV, "").split(",") if k.strip()]
+    if point_key(spec["variant"], spec["batch_size"], spec["seq_len"]) in keys:
+        raise torch.OutOfMemoryError(f"out of memory (injected by {FAULT_ENV} at {where})")
+
+
+def measure(spec: dict) -> dict:
+    t_start = time.time()
+    cfg = ModelConfig(**spec["model_config"])
+    device = torch.device(spec["device"])
+    dtype = parse_dtype(spec["dtype"])
+    v, b, t, n = spec["variant"], spec["batch_size"], spec["seq_len"], spec["decode_tokens"]
+    chunk = spec.get("prefill_chunk")
+    peaks = spec.get("peaks") or {}
+    notes: list = []
+    overhead = {"process_start_s": max(0.0, t_start - spec["t_spawn"]) if spec.get("t_spawn") else None}
+
+    t0 = time.perf_counter()
+    pre_count = flops.count_prefill(cfg, v, b, t, dtype, chunk_size=chunk, compare_alone=False)
+    dec_count = flops.count_decode_step(cfg, v, b, t + n, dtype, compare_alone=False)
+    overhead["count_flops_s"] = time.perf_counter() - t0
+    pre_an = accounting.prefill_flops(cfg, v, b, t)
+    dec_an = accounting.decode_phase_flops(cfg, v, b, t, n)
+    common = {"params": accounting.params(cfg, v),
+              "kv_cache_bytes": accounting.kv_cache_bytes(cfg, v, b, t + n, dtype)}
+
+    prefill = _base_record(spec, "prefill") | common | {
+        "flops": {"counted": pre_count.total, "analytic": pre_an.total,
+                  "analytic_breakdown": pre_an.to_dict()},
+        "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype)}
+    decode = _base_record(spec, "decode") | common | {
+        "decode_tokens": n,
+        "flops": {"counted": dec_count.total * n, "analytic": dec_an.total,
+                  "analytic_breakdown": dec_an.to_dict()},
+        # every step reads all weights and the whole static cache buffer (masked positions too)
+        "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}
+
+    t0 = time.perf_counter()
+    _maybe_inject_oom(spec, "model build")
+    model = load_model(cfg, v, dtype, device, weights="random", seed=spec.get("seed", 0))
+    sync(device)
+    overhead["model_build_s"] = time.perf_counter() - t0
+    sampler = _open_sampler(device, notes)
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    ids = torch.randint(0, cfg.vocab_size, (b, t), generator=gen).to(device)
+
+    cache = None
+    try:  # ---- prefill
+        _maybe_inject_oom(spec, "prefill")
+        cache = model.new_cache(b, t + n)
+        with torch.no_grad(), _Memory(device, sampler) as mem:
+            samples = time_fn(lambda: model.prefill(ids, cache, chunk), warmup=spec["warmup"],
+                              repeats=spec["repeats"], device=device)
+        lat = summarize(samples)
+        prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3),
+                       memory_bytes=mem.result)
+        if getattr(mem, "nvml_summary", None):
+            prefill["nvml"] = mem.nvml_summary
+        _roofline(prefill, pre_an.total, prefill["bytes_moved"], peaks, "mfu")
+    except Exception as e:
+        prefill.update(_failure(e))
+    _release(device)
+
+    try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
+        if cache is None:
+            cache = model.new_cache(b, t + n)
+        decode.update(_measure_decode(model, cache, spec, device, sampler, notes))
+        lat = decode["latency_ms"]
+        decode["tokens_per_s"] = b / (lat["median"] / 1e3)
+        _roofline(decode, dec_an.total / n, decode["bytes_moved"] / n, peaks, "mbu")
+    except Exception as e:
+        decode.update(_failure(e))
+    if sampler is not None:
+        sampler.close()
+    overhead["total_in_worker_s"] = time.time() - t_start
+    if notes:
+        prefill["notes"] = decode["notes"] = notes
+    return {"records": [prefill, decode], "overhead": overhead}
+
+
+def _measure_decode(model, cache, spec, device, sampler, notes) -> dict:
+    t, n = spec["seq_len"], spec["decode_tokens"]
+    b = spec["batch_size"]
+    tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
+    pos = torch.tensor([t], device=device)
+    step = model.greedy_step_fn(cache, tokens, pos)
+
+    def reset():  # the same n positions every sequence: identical work per repeat
+        pos.fill_(t)
+        tokens.fill_(1)
+
+    def run_sequences(fn):
+        samples = []
+        for i in range(spec["warmup"] + spec["repeats"]):
+            s = time_steps(lambda _i: fn(), n, device=device, setup=reset)
+            if i >= spec["warmup"]:
+                samples += s
+        return samples
+
+    out = {}
+    with torch.no_grad(), _Memory(device, sampler) as mem:
+        _maybe_inject_oom(spec, "decode")
+        step()  # the first call is never timed, even with warmup 0
+        eager = run_sequences(step)
+        if device.type == "cuda":
+            reset()
+            graph = CudaGraphStep(step, device=device)
+            graph_samples = run_sequences(graph.replay)
+            graph.close()
+    if device.type == "cuda":
+        out.update(latency_ms=summarize(graph_samples), latency_eager_ms=summarize(eager), decode_mode="graph")
+    else:
+        out.update(latency_ms=summarize(eager), decode_mode="eager")
+    out.update(status="ok", memory_bytes=mem.result)
+    if getattr(mem, "nvml_summary", None):
+        out["nvml"] = mem.nvml_summary
+    return out
+
+
+def _failure(e: BaseException) -> dict:
+    msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+    if is_oom_error(e):
+        return {"status": "oom", "error": msg}
+    tb = traceback.format_exc(limit=3)
+    return {"status": "error", "error": msg, "traceback": tb[-2000:]}
+
+
+def _release(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _die_with_parent():
+    """No orphan keeps measuring (and skewing the machine) after the runner is killed."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_main(spec: dict, result_path: str, stderr_path: str) -> None:
+    """Entry point in the forked point process: stderr to a file the runner reads on failure."""
+    _die_with_parent()
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    _write(measure(spec), result_path)
+
+
+def _write(result: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m sabench.worker SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(open(argv[0]).read())
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    _write(measure(spec), argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Closed forms against public figures, and fvcore (with sabench's handles) against closed forms."""
+import pytest
+
+from sabench import accounting as A
+from sabench import flops as F
+
+
+def test_public_parameter_counts():
+    assert A.params("llama-2-7b") == 6_738_415_616
+    assert A.params("llama-3-8b") == 8_030_261_248
+    assert A.params("llama-3.1-8b") == 8_030_261_248
+    assert A.params("llama-3.2-1b") == 1_235_814_400  # tied embeddings
+    assert A.params("mistral-7b") == 7_248_023_552
+    assert A.params("qwen2.5-7b") == 7_615_616_512  # q/k/v biases
+
+
+def test_cla_paper_table1_bytes_per_token_16bit():
+    assert A.kv_bytes_per_token("cla-1b-mha", "baseline", "bf16") == 163840
+    assert A.kv_bytes_per_token("cla-1b-gqa4", "baseline", "bf16") == 40960
+    assert A.kv_bytes_per_token("cla-1b-mqa", "baseline", "bf16") == 10240
+    assert A.kv_bytes_per_token("cla-1b-mqa", "cla:2", "bf16") == 5120
+    assert A.kv_bytes_per_token("cla-1b-mqa", "cla:3", "fp16") == 3584
+
+
+def test_sa_paper_llama2_span_keeps_448_of_512_kib():
+    assert A.kv_bytes_per_token("llama-2-7b", "baseline", "bf16") == 524288
+    assert A.kv_bytes_per_token("llama-2-7b", "sa:23-30", "bf16") == 458752
+
+
+def test_float32_doubles_bytes():
+    assert A.kv_bytes_per_token("tiny", "cla:2", "float32") == 2 * A.kv_bytes_per_token("tiny", "cla:2", "bf16")
+
+
+def test_prefill_flops_closed_form_by_hand():
+    """llama-2-7b, B=1, T=2: every term written out."""
+    h, i, layers, vocab, T = 4096, 11008, 32, 32000, 2
+    proj = 2 * T * h * (4 * h) * layers
+    attn = 2 * 32 * (T * (T + 1) // 2) * 128 * 2 * layers
+    mlp = 2 * T * 3 * h * i * layers
+    f = A.prefill_flops("llama-2-7b", "baseline", 1, T)
+    assert (f.projections, f.attention, f.mlp, f.lm_head) == (proj, attn, mlp, 2 * h * vocab)
+
+
+def test_sa_drops_qk_projection_and_score_flops():
+    base = A.prefill_flops("llama-2-7b", "baseline", 1, 1024)
+    sa = A.prefill_flops("llama-2-7b", "sa:23-30", 1, 1024)
+    assert base.projections - sa.projections == 8 * 2 * 1024 * 4096 * (2 * 4096)
+    assert base.attention - sa.attention == 8 * 2 * 32 * (1024 * 1025 // 2) * 128
+    assert sa.mlp == base.mlp
+
+
+def test_decode_phase_sums_steps():
+    total = A.decode_phase_flops("tiny", "cla:2", 2, 100, 3)
+    assert total.total == sum(A.decode_flops("tiny", "cla:2", 2, c).total for c in (100, 101, 102))
+
+
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fvcore_with_handles_agrees_with_closed_form_where_fvcore_alone_misses_attention(variant):
+    b, t = 2, 96
+    pre = F.count_prefill("tiny", variant, b, t, "float32")
+    want = A.prefill_flops("tiny", variant, b, t)
+    assert abs(pre.total - want.total) <= 0.01 * want.total
+    # fvcore out of the box leaves attention out: the gap is exactly the attention term
+    assert pre.fvcore_alone < pre.total
+    assert pre.total - pre.fvcore_alone == want.attention
+    print(f"{variant}: closed form {want.total}, fvcore+handles {pre.total}, fvcore alone {pre.fvcore_alone}")
+    dec = F.count_decode_step("tiny", variant, b, t + 1, "float32")
+    want_dec = A.decode_flops("tiny", variant, b, t)
+    assert abs(dec.total - want_dec.total) <= 0.01 * want_dec.total
+    assert dec.fvcore_alone < dec.total
+
+
+def test_elementwise_ops_are_listed_apart_not_dropped_silently():
+    pre = F.count_prefill("tiny", "sa:2-3", 1, 16, "float32")
+    assert {"aten::mul", "aten::add", "aten::silu"} <= set(pre.elementwise_ops)
+    assert not any("attention" in op or "sabench::" in op for op in pre.elementwise_ops)
+    assert pre.by_operator["attn_probs"] > 0 and pre.by_operator["attn_apply"] > 0
+
+
+def test_unhandled_matrix_operator_is_refused():
+    import torch
+
+    class Bmm(torch.nn.Module):
+        def forward(self, a):
+            return torch.ops.aten.baddbmm(a, a, a)
+
+    F.HANDLES.pop("aten::baddbmm", None)
+    with pytest.raises(F.UncountedOperatorError, match="baddbmm"):
+        F.count(Bmm(), (torch.zeros(1, 2, 2),))
+
+
+def test_counting_works_on_meta_for_a_full_size_model():
+    pre = F.count_prefill("llama-3.1-8b", "sa:23-30", 1, 512)
+    assert pre.total == A.prefill_flops("llama-3.1-8b", "sa:23-30", 1, 512).total
