@@ -22,6 +22,9 @@ from sabench.schema import PHASES, SCHEMA, point_key
 from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
+# Fault injection for tests: point keys ("variant|batch|seq", comma-separated) whose worker
+# raises an out-of-memory error, so OOM handling is exercised on machines that never run out.
+FAULT_ENV = "SABENCH_FAULT_OOM"
 
 
 # ---------------------------------------------------------------- results file
@@ -258,7 +261,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                         "variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
                         "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
                         "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
-                        "threads": threads}
+                        "threads": threads, "fault_oom": os.environ.get(FAULT_ENV)}
                 records, overhead = run_point(spec, workdir)
                 if any(r["status"] == "oom" for r in records.values()) and records["prefill"]["status"] == "oom" \
                         and records["decode"]["status"] == "oom":

@@ -5,8 +5,10 @@ drawn or a timing is tested.
 """
 from sabench.report.results import ResultsError, load_results
 
-__all__ = ["ResultsError", "load_results", "write_report", "compare_runs", "check", "CheckResult",
+__all__ = ["ResultsError", "load_results", "write_report", "compare_runs", "CheckResult",
            "parse_threshold", "record_run", "import_paths", "query_trend"]
+# The regression gate is `sabench.report.check.check(...)`: the submodule `check` shadows
+# any package-level function of that name, so it is not re-exported here.
 
 
 def __getattr__(name):  # lazy: keep `import sabench.report` cheap for the CLI
@@ -16,10 +18,10 @@ def __getattr__(name):  # lazy: keep `import sabench.report` cheap for the CLI
     if name == "compare_runs":
         from sabench.report.compare import compare_runs
         return compare_runs
-    if name in ("check", "CheckResult", "parse_threshold"):
-        from sabench.report import check as _check
+    if name in ("CheckResult", "parse_threshold"):
+        import sabench.report.check as _check
         return getattr(_check, name)
     if name in ("record_run", "import_paths", "query_trend"):
-        from sabench.report import history as _history
+        import sabench.report.history as _history
         return getattr(_history, name)
     raise AttributeError(f"module 'sabench.report' has no attribute {name!r}")

@@ -14,16 +14,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sabench.report.results import (BASELINE, Key, axis_values, get_num, human_flops,
+from sabench.report.results import (BASELINE, Key, axis_values, get_num,
                                     is_ok, median_ms, peak_memory, speedup, variants_of)
 
 DPI = 100
-MAX_FACETS = 12
+MAX_FACETS = 9
 PHASE_MARKERS = {"prefill": "o", "decode": "^"}
 FAIL_STYLE = dict(marker="X", markersize=9, markeredgecolor="red", markeredgewidth=1.5, linestyle="none")
 
@@ -60,17 +60,34 @@ def pick_facets(values: List[int], limit: int = MAX_FACETS) -> Tuple[List[int], 
     return picked, f" (showing {len(picked)} of {len(values)})"
 
 
-def facet_grid(n: int, w: float = 4.0, h: float = 3.0, max_cols: int = 4, sharex: bool = True):
-    ncols = n if n <= 3 else min(max_cols, math.ceil(math.sqrt(n)))
-    if n == 4:
-        ncols = 2
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols + 0.4, h * nrows + 1.2),
-                             squeeze=False, sharex=sharex, layout="constrained")
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
+class Grid:
+    """A grid of facets laid out with fixed margins in inches (much cheaper than constrained layout)."""
+
+    def __init__(self, n: int, w: float = 3.9, h: float = 2.8, max_cols: int = 3, legend_items: int = 0,
+                 legend_cols: int = 6, right: float = 0.25, wspace: float = 0.85, hspace: float = 0.85):
+        ncols = min(n, max_cols) if n != 4 else 2
+        nrows = math.ceil(n / ncols)
+        self.legend_rows = math.ceil(legend_items / legend_cols) if legend_items else 0
+        self.legend_cols = legend_cols
+        left, top = 0.85, 0.75
+        bottom = 0.65 + 0.27 * self.legend_rows
+        W = left + right + ncols * w + (ncols - 1) * wspace
+        H = top + bottom + nrows * h + (nrows - 1) * hspace
+        self.W, self.H = W, H
+        self.fig = plt.figure(figsize=(W, H))
+        gs = self.fig.add_gridspec(nrows, ncols, left=left / W, right=1 - right / W, top=1 - top / H,
+                                   bottom=bottom / H, wspace=wspace / w, hspace=hspace / h)
+        self.axes = [self.fig.add_subplot(gs[i // ncols, i % ncols]) for i in range(n)]
+        self.right_edge = 1 - right / W
+        self.top_edge, self.bottom_edge = 1 - top / H, bottom / H
+
+    def title(self, text: str):
+        self.fig.suptitle(text, y=1 - 0.22 / self.H, va="top")
+
+    def legend(self, handles):
+        if handles:
+            self.fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / self.H),
+                            ncol=min(len(handles), self.legend_cols), frameon=False)
 
 
 def size_axis(ax, which: str, values: Sequence[float]):
@@ -98,9 +115,29 @@ def _short_int(x: float) -> str:
 
 
 def value_axis(ax, values: Sequence[float], which: str = "y"):
+    """Log scale when the values span 20x or more, with 1-2-5 ticks labelled as plain numbers."""
     vals = [v for v in values if v is not None and v > 0]
-    if vals and max(vals) / min(vals) >= 20:
-        (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    if not vals or max(vals) / min(vals) < 20:
+        return
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    decades = math.log10(max(vals) / min(vals))
+    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else ((1.0, 3.0) if decades <= 3.5 else (1.0,))
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda x, _: fmt_tick(x)))
+
+
+def fmt_tick(x: float) -> str:
+    if x <= 0:
+        return "0"
+    if x >= 1e9:
+        return f"{x / 1e9:g}G"
+    if x >= 1e6:
+        return f"{x / 1e6:g}M"
+    if x >= 1e4:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
 
 
 def mark_failures(ax, xs: Sequence[float], color: str, slot: int, label: Optional[str] = None):
@@ -119,10 +156,9 @@ def save(fig, out_dir: Path, name: str) -> str:
     return name
 
 
-def _legend(fig, variants: Sequence[str], colors: Dict[str, str], extra: Sequence[Line2D] = ()):
-    handles = [Line2D([], [], color=colors[v], marker="o", markersize=4, label=v) for v in variants]
-    handles += list(extra)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
+def _variant_handles(variants: Sequence[str], colors: Dict[str, str]) -> List[Line2D]:
+    return [Line2D([], [], color=colors[v], marker="o", markersize=4,
+                   linestyle="--" if v == BASELINE else "-", label=v) for v in variants]
 
 
 def _fail_handle(label="OOM / error / skipped (marked at top)") -> Line2D:
@@ -132,137 +168,122 @@ def _fail_handle(label="OOM / error / skipped (marked at top)") -> Line2D:
 # ---------------------------------------------------------------------------- figures
 
 
-def latency_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path, phase: str) -> Optional[str]:
-    """Median latency vs seq_len, one line per variant, one facet per batch size."""
+def _x_limits(ax, xs: Sequence[float]):
+    lo, hi = min(xs), max(xs)
+    if ax.get_xscale() == "log":
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+    else:
+        pad = (hi - lo) * 0.05 or 0.5
+        ax.set_xlim(lo - pad, hi + pad)
+
+
+def _facet_lines(results: dict, index: Dict[Key, dict], out_dir: Path, name: str, title: str, *,
+                 phases: Sequence[str], facet: str, x: str, facet_label: str, xlabel: str, ylabel: str,
+                 series: Sequence[Tuple[str, str]], value, extra_handles: Sequence[Line2D] = ()
+                 ) -> Optional[str]:
+    """One facet per `facet` value, x = `x` field, one line per (variant, series style).
+
+    value(records_at_point, series_id) -> y or None; records_at_point are those of `phases`.
+    A point whose records include a non-ok one is marked at the top of the facet.
+    """
     variants = variants_of(results)
     colors = variant_colors(variants)
-    batches, note = pick_facets(axis_values(results, "batch_size", phase))
-    seqs = axis_values(results, "seq_len", phase)
-    if not batches or not seqs:
+    recs = [r for k, r in index.items() if k[3] in phases]
+    facets, note = pick_facets(sorted({int(r[facet]) for r in recs}))
+    xs_all = sorted({int(r[x]) for r in recs})
+    if not facets or not xs_all:
         return None
-    if not any(is_ok(r) for k, r in index.items() if k[3] == phase):
-        return None
-    fig, axes = facet_grid(len(batches), sharex=True)
-    any_fail = False
-    for ax, b in zip(axes, batches):
+    any_fail = any(not is_ok(r) for r in recs)
+    handles = _variant_handles(variants, colors) + list(extra_handles)
+    if any_fail:
+        handles.append(_fail_handle())
+    grid = Grid(len(facets), legend_items=len(handles))
+    have_any = False
+    for ax, f in zip(grid.axes, facets):
         all_y = []
         for slot, v in enumerate(variants):
-            pts = [(s, index.get((v, b, s, phase))) for s in seqs]
-            xy = [(s, median_ms(r)) for s, r in pts if is_ok(r)]
-            if xy:
-                xs, ys = zip(*xy)
-                ax.plot(xs, ys, color=colors[v], marker="o", markersize=3.5, linewidth=1.6,
-                        linestyle="-" if v != BASELINE else "--")
-                all_y += ys
-            fails = [s for s, r in pts if r is not None and not is_ok(r)]
-            if fails:
-                any_fail = True
-                mark_failures(ax, fails, colors[v], slot)
-        size_axis(ax, "x", seqs)
+            at = {}
+            for xv in xs_all:
+                key = {facet: f, x: xv}
+                rs = [index.get((v, key["batch_size"], key["seq_len"], p)) for p in phases]
+                rs = [r for r in rs if r is not None]
+                if rs:
+                    at[xv] = rs
+            for sid, style in series:
+                xy = [(xv, value(rs, sid)) for xv, rs in at.items()]
+                xy = [(a, b) for a, b in xy if b is not None and b > 0]
+                if xy:
+                    have_any = True
+                    px, py = zip(*xy)
+                    ls = "--" if (v == BASELINE and style == "-") else style
+                    ax.plot(px, py, color=colors[v], linestyle=ls, marker="o" if style == "-" else None,
+                            markersize=3.5, linewidth=1.6 if style == "-" else 2.2)
+                    all_y += py
+            fails = [xv for xv, rs in at.items() if any(not is_ok(r) for r in rs)]
+            mark_failures(ax, fails, colors[v], slot)
+        size_axis(ax, "x", xs_all)
+        _x_limits(ax, xs_all)
         value_axis(ax, all_y)
-        ax.set_title(f"batch {b}")
-    for ax in axes:
-        ax.set_xlabel("context length (tokens)" if phase == "decode" else "sequence length (tokens)")
-        ax.set_ylabel("median latency (ms)" if phase == "prefill" else "median per-token latency (ms)")
+        ax.set_title(f"{facet_label} {f}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if not have_any:
+        plt.close(grid.fig)
+        return None
+    grid.title(title + note)
+    grid.legend(handles)
+    return save(grid.fig, out_dir, name)
+
+
+def _median_of(rs, _sid):
+    return median_ms(rs[0]) if rs and is_ok(rs[0]) else None
+
+
+def latency_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path, phase: str) -> Optional[str]:
+    """Median latency vs seq_len, one line per variant, one facet per batch size."""
     if phase == "prefill":
-        fig.suptitle("Prefill latency vs sequence length" + note)
+        title, xl, yl = "Prefill latency vs sequence length", "sequence length (tokens)", "median latency (ms)"
     else:
-        fig.suptitle("Decode per-token latency vs context length" + note)
-    _legend(fig, variants, colors, [_fail_handle()] if any_fail else [])
-    return save(fig, out_dir, f"{phase}_latency.png")
+        title, xl, yl = ("Decode per-token latency vs context length", "context length (prompt tokens)",
+                         "median per-token latency (ms)")
+    return _facet_lines(results, index, out_dir, f"{phase}_latency.png", title, phases=(phase,),
+                        facet="batch_size", x="seq_len", facet_label="batch", xlabel=xl, ylabel=yl,
+                        series=[("median", "-")], value=_median_of)
 
 
 def decode_throughput(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optional[str]:
     """Decode tokens/s vs batch size, one line per variant, one facet per context length."""
-    variants = variants_of(results)
-    colors = variant_colors(variants)
-    seqs, note = pick_facets(axis_values(results, "seq_len", "decode"))
-    batches = axis_values(results, "batch_size", "decode")
-    if not any(is_ok(r) and r.get("tokens_per_s") for k, r in index.items() if k[3] == "decode"):
-        return None
-    fig, axes = facet_grid(len(seqs), sharex=True)
-    any_fail = False
-    for ax, s in zip(axes, seqs):
-        all_y = []
-        for slot, v in enumerate(variants):
-            pts = [(b, index.get((v, b, s, "decode"))) for b in batches]
-            xy = [(b, get_num(r, "tokens_per_s")) for b, r in pts if is_ok(r) and get_num(r, "tokens_per_s")]
-            if xy:
-                xs, ys = zip(*xy)
-                ax.plot(xs, ys, color=colors[v], marker="o", markersize=3.5, linewidth=1.6,
-                        linestyle="-" if v != BASELINE else "--")
-                all_y += ys
-            fails = [b for b, r in pts if r is not None and not is_ok(r)]
-            if fails:
-                any_fail = True
-                mark_failures(ax, fails, colors[v], slot)
-        size_axis(ax, "x", batches)
-        value_axis(ax, all_y)
-        ax.set_title(f"context {s}")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("decode throughput (tokens/s)")
-    fig.suptitle("Decode throughput vs batch size" + note)
-    _legend(fig, variants, colors, [_fail_handle()] if any_fail else [])
-    return save(fig, out_dir, "decode_throughput.png")
+    def tps(rs, _sid):
+        return get_num(rs[0], "tokens_per_s") if rs and is_ok(rs[0]) else None
+
+    return _facet_lines(results, index, out_dir, "decode_throughput.png", "Decode throughput vs batch size",
+                        phases=("decode",), facet="seq_len", x="batch_size", facet_label="context",
+                        xlabel="batch size", ylabel="decode throughput (tokens/s)",
+                        series=[("tps", "-")], value=tps)
 
 
 def memory_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optional[str]:
-    """Peak measured memory (solid) and analytic KV-cache bytes (dashed) vs seq_len; OOM at the top."""
-    variants = variants_of(results)
-    colors = variant_colors(variants)
-    batches, note = pick_facets(axis_values(results, "batch_size"))
-    seqs = axis_values(results, "seq_len")
-    sources = set()
-    have_any = False
-    fig, axes = facet_grid(len(batches), sharex=True)
-    any_fail = False
-    for ax, b in zip(axes, batches):
-        all_y = []
-        for slot, v in enumerate(variants):
-            mem_xy, kv_xy, fails = [], [], []
-            for s in seqs:
-                recs = [index.get((v, b, s, p)) for p in ("prefill", "decode")]
-                recs = [r for r in recs if r is not None]
-                if not recs:
-                    continue
-                if any(not is_ok(r) for r in recs):
-                    fails.append(s)
-                peaks = [peak_memory(r) for r in recs if is_ok(r)]
-                peaks = [p for p in peaks if p[0] is not None]
-                if peaks:
-                    val, src = max(peaks)
-                    sources.add(src)
-                    mem_xy.append((s, val / 2 ** 30))
-                kv = [get_num(r, "kv_cache_bytes") for r in recs]
-                kv = [x for x in kv if x]
-                if kv:
-                    kv_xy.append((s, max(kv) / 2 ** 30))
-            for xy, ls in ((mem_xy, "-"), (kv_xy, ":")):
-                if xy:
-                    have_any = True
-                    xs, ys = zip(*xy)
-                    ax.plot(xs, ys, color=colors[v], linestyle=ls, marker="o" if ls == "-" else None,
-                            markersize=3.5, linewidth=1.6 if ls == "-" else 2.0)
-                    all_y += ys
-            if fails:
-                any_fail = True
-                mark_failures(ax, fails, colors[v], slot)
-        size_axis(ax, "x", seqs)
-        value_axis(ax, all_y)
-        ax.set_title(f"batch {b}")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("GiB")
-    if not have_any:
-        plt.close(fig)
-        return None
-    src = "/".join(sorted(sources)) or "measured"
-    fig.suptitle(f"Peak memory ({src}, solid) and KV cache (analytic, dotted) vs sequence length" + note)
-    extra = [Line2D([], [], color="gray", linestyle="-", label=f"peak memory ({src})"),
-             Line2D([], [], color="gray", linestyle=":", linewidth=2, label="KV cache")]
-    if any_fail:
-        extra.append(_fail_handle("OOM / error (marked at top)"))
-    _legend(fig, variants, colors, extra)
-    return save(fig, out_dir, "memory.png")
+    """Peak measured memory (solid) and analytic KV-cache bytes (dotted) vs seq_len; failures at the top."""
+    sources = sorted({peak_memory(r)[1] for r in index.values() if is_ok(r) and peak_memory(r)[1]})
+    src = "/".join(sources) or "measured"
+
+    def value(rs, sid):
+        if sid == "mem":
+            peaks = [peak_memory(r)[0] for r in rs if is_ok(r)]
+            peaks = [p for p in peaks if p is not None]
+            return max(peaks) / 2 ** 30 if peaks else None
+        kv = [get_num(r, "kv_cache_bytes") for r in rs]
+        kv = [k for k in kv if k]
+        return max(kv) / 2 ** 30 if kv else None
+
+    extra = [Line2D([], [], color="gray", linestyle="-", marker="o", markersize=4,
+                    label=f"peak memory ({src})"),
+             Line2D([], [], color="gray", linestyle=":", linewidth=2.2, label="KV cache (analytic)")]
+    return _facet_lines(results, index, out_dir, "memory.png",
+                        f"Peak memory ({src}, solid) and KV cache (dotted) vs sequence length",
+                        phases=("prefill", "decode"), facet="batch_size", x="seq_len", facet_label="batch",
+                        xlabel="sequence length (tokens)", ylabel="memory (GiB)",
+                        series=[("mem", "-"), ("kv", ":")], value=value, extra_handles=extra)
 
 
 def speedup_heatmap(results: dict, index: Dict[Key, dict], out_dir: Path, phase: str) -> Optional[str]:
@@ -291,41 +312,45 @@ def speedup_heatmap(results: dict, index: Dict[Key, dict], out_dir: Path, phase:
                 elif not is_ok(cur):
                     labels[i][j] = {"oom": "OOM", "error": "err"}.get(cur["status"], "skip")
                 elif base is None:
-                    labels[i][j] = "no base"
+                    labels[i][j] = "no\nbase"
                 elif not is_ok(base):
-                    labels[i][j] = "base\nOOM" if base["status"] == "oom" else "base\nfail"
+                    labels[i][j] = "base\n" + {"oom": "OOM", "error": "err"}.get(base["status"], "skip")
         data[v] = (grid, labels)
     lim = min(lim, 4.0)
-    norm = TwoSlopeNorm(vmin=1 / lim, vcenter=1.0, vmax=lim)
-    n = len(variants)
-    cell_w, cell_h = 0.62, 0.42
-    w = max(3.2, cell_w * ns + 1.6)
-    h = max(2.4, cell_h * nb + 1.2)
-    fig, axes = facet_grid(n, w=w, h=h, max_cols=3 if ns <= 8 else 2, sharex=False)
+    norm = LogNorm(vmin=1 / lim, vmax=lim)  # symmetric around 1x on a log scale
+    w = max(3.0, 0.55 * ns + 0.6)
+    h = max(2.0, 0.36 * nb + 0.4)
+    g = Grid(len(variants), w=w, h=h, max_cols=3 if ns <= 6 else 2, right=1.3, wspace=0.85, hspace=1.0)
     fs = 8 if ns <= 8 else 7
     cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#dddddd")
+    cmap.set_bad("#e4e4e4")
     im = None
-    for ax, v in zip(axes, variants):
-        grid, labels = data[v]
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto", origin="lower")
+    for ax, v in zip(g.axes, variants):
+        arr, labels = data[v]
+        im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, norm=norm, aspect="auto", origin="lower",
+                       interpolation="nearest")
         ax.grid(False)
         for i in range(nb):
             for j in range(ns):
                 txt = labels[i][j]
                 if txt:
-                    ax.text(j, i, txt, ha="center", va="center", fontsize=fs if "\n" not in txt else fs - 1,
-                            color="black")
+                    ax.text(j, i, txt, ha="center", va="center", color="black",
+                            fontsize=fs if "\n" not in txt else fs - 1.5)
         ax.set_xticks(range(ns), [_short_int(s) for s in seqs], rotation=45 if ns > 8 else 0)
         ax.set_yticks(range(nb), [str(b) for b in batches])
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel("batch size")
         ax.set_title(v)
     if im is not None:
-        cb = fig.colorbar(im, ax=axes, shrink=0.8, label="speedup over baseline (×, >1 = faster)")
-        cb.ax.set_yscale("linear")
-    fig.suptitle(f"{phase.capitalize()} speedup over baseline (baseline median / variant median)")
-    return save(fig, out_dir, f"speedup_{phase}.png")
+        cax = g.fig.add_axes([g.right_edge + 0.35 / g.W, g.bottom_edge, 0.18 / g.W,
+                              g.top_edge - g.bottom_edge])
+        cb = g.fig.colorbar(im, cax=cax, label="speedup (×, > 1 = faster than baseline)")
+        ticks = [t for t in (0.25, 1 / 3, 0.5, 2 / 3, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0) if 1 / lim <= t <= lim]
+        cb.ax.yaxis.set_major_locator(FixedLocator(ticks))
+        cb.ax.yaxis.set_minor_locator(NullLocator())
+        cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}×"))
+    g.title(f"{phase.capitalize()} speedup over baseline (baseline median / variant median)")
+    return save(g.fig, out_dir, f"speedup_{phase}.png")
 
 
 FLOP_PARTS = ("projections", "attention", "mlp", "lm_head")
@@ -349,40 +374,50 @@ def representative_point(results: dict, index: Dict[Key, dict]) -> Optional[Tupl
 
 
 def flops_breakdown(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optional[str]:
+    """Stacked analytic FLOPs (projections/attention/mlp/lm_head) per variant at one representative point."""
     pt = representative_point(results, index)
     if pt is None:
         return None
     b, s = pt
     variants = variants_of(results)
-    phases = [p for p in ("prefill", "decode")
-              if any((index.get((v, b, s, p)) or {}).get("flops", {}).get("analytic_breakdown")
-                     for v in variants)]
-    fig, axes = plt.subplots(1, len(phases), figsize=(max(4.5, 1.1 * len(variants) + 2) * len(phases), 4.6),
-                             squeeze=False, layout="constrained")
+
+    def bd_of(v, phase):
+        return ((index.get((v, b, s, phase)) or {}).get("flops") or {}).get("analytic_breakdown") or {}
+
+    phases = [p for p in ("prefill", "decode") if any(bd_of(v, p) for v in variants)]
+    width = max(4.8, 0.95 * len(variants) + 2.2)
+    fig, axes = plt.subplots(1, len(phases), figsize=(width * len(phases), 4.9), squeeze=False)
+    fig.subplots_adjust(left=0.8 / (width * len(phases)), right=0.98, top=0.84, bottom=0.24, wspace=0.25)
     for ax, phase in zip(axes[0], phases):
+        table = np.array([[float(bd_of(v, phase).get(part) or 0.0) for v in variants] for part in FLOP_PARTS])
+        totals = table.sum(axis=0)
+        unit, scale = _flop_unit(totals.max())
         bottoms = np.zeros(len(variants))
-        totals = []
-        for part in FLOP_PARTS:
-            vals = []
-            for v in variants:
-                bd = ((index.get((v, b, s, phase)) or {}).get("flops") or {}).get("analytic_breakdown") or {}
-                vals.append(float(bd.get(part) or 0.0))
-            vals = np.array(vals)
-            ax.bar(range(len(variants)), vals / 1e9, bottom=bottoms / 1e9, color=FLOP_COLORS[part],
+        for part, vals in zip(FLOP_PARTS, table):
+            ax.bar(range(len(variants)), vals / scale, bottom=bottoms / scale, color=FLOP_COLORS[part],
                    label=part, width=0.65)
             bottoms += vals
-        totals = bottoms
         for i, t in enumerate(totals):
             if t:
-                ax.text(i, t / 1e9, human_flops(t), ha="center", va="bottom", fontsize=8)
+                ax.text(i, t / scale, f"{t / scale:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(variants)), variants, rotation=20 if len(variants) > 4 else 0)
-        ax.set_ylabel("analytic GFLOP")
-        what = "forward" if phase == "prefill" else f"all {_decode_tokens(results, index)} steps"
-        ax.set_title(f"{phase} ({what})")
-        ax.margins(y=0.12)
-    axes[0][0].legend(loc="upper right", frameon=True)
-    fig.suptitle(f"Analytic FLOPs by component at batch {b}, seq_len {s}")
+        ax.set_ylabel(f"analytic {unit}")
+        what = "one forward" if phase == "prefill" else f"all {_decode_tokens(results, index)} decode steps"
+        ax.set_title(f"{phase}: {what}")
+        ax.set_ylim(0, totals.max() / scale * 1.12 if totals.max() else 1)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=FLOP_COLORS[p]) for p in FLOP_PARTS]
+    fig.legend(handles, FLOP_PARTS, loc="lower center", ncol=4, frameon=False)
+    all_ok = all(is_ok(index.get((v, b, s, "prefill"))) for v in variants)
+    fig.suptitle(f"Analytic FLOPs by component at batch {b}, seq_len {s}"
+                 + (" (the largest point where every variant ran)" if all_ok else ""))
     return save(fig, out_dir, "flops_breakdown.png")
+
+
+def _flop_unit(x: float) -> Tuple[str, float]:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= scale:
+            return unit, scale
+    return "FLOP", 1.0
 
 
 def _decode_tokens(results, index) -> str:
@@ -450,3 +485,113 @@ def all_figures(results: dict, index: Dict[Key, dict], out_dir: Path) -> Dict[st
     figs["flops_breakdown"] = flops_breakdown(results, index, out_dir)
     figs["roofline"] = roofline_scatter(results, index, out_dir)
     return figs
+
+
+# ---------------------------------------------------------------------------- compare figures
+
+RATIO_TICKS = [0.1, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0,
+               5.0, 10.0]
+RUN_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+
+
+def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
+    """Median latency vs seq_len, one facet per variant, colour = batch size, line style = run."""
+    pts = {k for k in shared if k[3] == phase}
+    if not pts:
+        return None
+    ref = runs[0]
+    order = {v: i for i, v in enumerate(variants_of(ref.results))}
+    variants, note = pick_facets(sorted({k[0] for k in pts}, key=lambda v: (order.get(v, 1e9), v)))
+    batches_all = sorted({k[1] for k in pts})
+    batches, _ = pick_facets(batches_all, 4)
+    seqs = sorted({k[2] for k in pts})
+    cmap = plt.get_cmap("viridis")
+    bcolor = {b: cmap(0.85 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    handles = [Line2D([], [], color="gray", linestyle=ls, marker=m, markersize=4, label=r.label)
+               for r, (ls, m) in zip(runs, RUN_STYLES * 3)]
+    handles += [Line2D([], [], color=bcolor[b], linewidth=3, label=f"batch {b}") for b in batches]
+    g = Grid(len(variants), legend_items=len(handles), legend_cols=8)
+    for ax, v in zip(g.axes, variants):
+        ys_all = []
+        for r, (ls, m) in zip(runs, RUN_STYLES * 3):
+            for b in batches:
+                xy = [(s, median_ms(r.index.get((v, b, s, phase)))) for s in seqs if (v, b, s, phase) in pts]
+                xy = [(x, y) for x, y in xy if y]
+                if xy:
+                    xs, ys = zip(*xy)
+                    ax.plot(xs, ys, color=bcolor[b], linestyle=ls, marker=m, markersize=3.5, linewidth=1.5)
+                    ys_all += ys
+        size_axis(ax, "x", seqs)
+        _x_limits(ax, seqs)
+        value_axis(ax, ys_all)
+        ax.set_title(v)
+        ax.set_xlabel("sequence length (tokens)" if phase == "prefill" else "context length (tokens)")
+        ax.set_ylabel("median latency (ms)" if phase == "prefill" else "median per-token latency (ms)")
+    more = f", {len(batches)} of {len(batches_all)} batch sizes" if len(batches) < len(batches_all) else ""
+    g.title(f"{phase.capitalize()} latency per run (line style = run, colour = batch{more})" + note)
+    g.legend(handles)
+    return save(g.fig, out_dir, f"compare_{phase}_latency.png")
+
+
+def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
+    """Per variant and phase: every shared point's latency ratio run / first run, and the geometric mean."""
+    ref = runs[0]
+    order = {v: i for i, v in enumerate(variants_of(ref.results))}
+    variants = sorted({k[0] for k in shared}, key=lambda v: (order.get(v, 1e9), v))
+    phases = [p for p in ("prefill", "decode") if any(k[3] == p for k in shared)]
+    rng = np.random.default_rng(0)
+    width = max(5.0, 1.0 * len(variants) * max(1, len(runs) - 1) + 2.0)
+    fig, axes = plt.subplots(1, len(phases), figsize=(width * len(phases), 4.8), squeeze=False)
+    fig.subplots_adjust(left=0.9 / (width * len(phases)), right=0.98, top=0.84, bottom=0.24, wspace=0.22)
+    colors = _PALETTE
+    drawn = False
+    for ax, phase in zip(axes[0], phases):
+        nrun = len(runs) - 1
+        for ri, r in enumerate(runs[1:]):
+            for vi, v in enumerate(variants):
+                ratios = []
+                for k in shared:
+                    if k[0] == v and k[3] == phase:
+                        a, b = median_ms(ref.index.get(k)), median_ms(r.index.get(k))
+                        if a and b:
+                            ratios.append(b / a)
+                if not ratios:
+                    continue
+                drawn = True
+                x0 = vi + (ri - (nrun - 1) / 2) * (0.7 / nrun)
+                ax.scatter(x0 + rng.uniform(-0.12, 0.12, len(ratios)) / nrun, ratios, s=10, alpha=0.45,
+                           color=colors[ri % len(colors)], edgecolors="none")
+                gm = math.exp(float(np.mean(np.log(ratios))))
+                ax.plot([x0 - 0.2 / nrun, x0 + 0.2 / nrun], [gm, gm], color="black", linewidth=2.2)
+        ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        lo, hi = min(lo, 0.95), max(hi, 1.05)
+        ax.set_ylim(lo, hi)
+        ticks = [t for t in RATIO_TICKS if lo <= t <= hi]
+        if len(ticks) > 9:
+            ticks = ticks[::math.ceil(len(ticks) / 9)] + [1.0]
+        ax.yaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}×"))
+        ax.set_xticks(range(len(variants)), variants, rotation=20 if len(variants) > 4 else 0)
+        ax.set_xlim(-0.6, len(variants) - 0.4)
+        ax.set_ylabel(f"median latency / {ref.label} (< 1 = faster)")
+        ax.set_title(phase)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles = [Line2D([], [], color=colors[i % len(colors)], marker="o", linestyle="none", label=r.label)
+               for i, r in enumerate(runs[1:])]
+    handles.append(Line2D([], [], color="black", linewidth=2.2, label="geometric mean"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(f"Latency of each run relative to {ref.label}, every shared point")
+    return save(fig, out_dir, "compare_ratio.png")
+
+
+def compare_figures(runs, shared, out_dir: Path) -> Dict[str, Optional[str]]:
+    out_dir = Path(out_dir)
+    return {"latency_prefill": compare_latency(runs, shared, out_dir, "prefill"),
+            "latency_decode": compare_latency(runs, shared, out_dir, "decode"),
+            "ratio": compare_ratio(runs, shared, out_dir)}
+

@@ -150,9 +150,9 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
         items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.get('error') or 'unknown'), 80)}"
                  for k, r in errors]
         out.append(f"**Errors** at {len(errors)} point(s): " + _listing(items, 5) + ".")
-    skipped = sum(1 for r in index.values() if r.get("status") == "skipped_after_oom")
+    skipped = [f"`{k[0]}` {_pt(k)} {k[3]}" for k, r in index.items() if r.get("status") == "skipped_after_oom"]
     if skipped:
-        out.append(f"{skipped} point(s) were skipped after an OOM at a smaller size.")
+        out.append(f"Skipped after an OOM: {len(skipped)} measurement(s): " + _listing(skipped) + ".")
 
     # --- distance to the roofline floor
     dec = [(get_num(r, "tokens_per_s"), k, r) for k, r in index.items()

@@ -234,7 +234,7 @@ def fmt_rate(v) -> str:
     v = _num(v)
     if v is None:
         return "—"
-    if abs(v) >= 1e4:
+    if abs(v) >= 1e3:
         return f"{v:,.0f}"
     return _sig(v, 3)
 

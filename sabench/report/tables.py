@@ -96,7 +96,8 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
     util_key = "mfu" if phase == "prefill" else "mbu"
     lat = "ms" if phase == "prefill" else "ms/token"
     headers = ["variant", "batch", "seq_len", f"median {lat}", f"p90 {lat}", "tokens/s",
-               "speedup vs baseline", "KV cache", mem_header, "FLOPs", f"floor {lat}", util]
+               "speedup vs baseline", "KV cache", mem_header,
+               "FLOPs" if phase == "prefill" else "FLOPs (all steps)", f"floor {lat}", util]
     align = ["left", "right", "right", "right", "right", "right", "right", "right", "right", "right",
              "right", "right"]
     rows = []
@@ -107,16 +108,19 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
         mem_cell = human_bytes(mem) if mem is not None else "—"
         if mixed_mem and mem is not None:
             mem_cell += f" ({src})"
-        if v == BASELINE:
+        base = index.get((BASELINE, b, s, phase))
+        if v == BASELINE or not ok:
             sp = "—"
+        elif base is not None and not is_ok(base):
+            sp = "— (base " + {"oom": "OOM", "error": "error"}.get(base.get("status"), "skipped") + ")"
         else:
-            sp = fmt_x(speedup(index.get((BASELINE, b, s, phase)), r)) if ok else "—"
+            sp = fmt_x(speedup(base, r))
         flops = (r.get("flops") or {}).get("analytic")
         if flops is None:
             flops = (r.get("flops") or {}).get("counted")
         rows.append([
             v, str(b), str(s),
-            fmt_ms(median_ms(r)) if ok else status_text(r),
+            fmt_ms(median_ms(r)) if ok else status_text(r, 36),
             fmt_ms(p90_ms(r)) if ok else "—",
             fmt_rate(r.get("tokens_per_s")) if ok else "—",
             sp,

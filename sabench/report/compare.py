@@ -1,0 +1,261 @@
+"""compare.md (+ PNGs): runs of the same suite on different hardware / software, side by side."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from sabench.report.results import (Key, ResultsError, fmt_ms, fmt_rate, fmt_x, get_num, human_bytes,
+                                    index_records, is_ok, load_results, median_ms, peak_memory,
+                                    results_path, status_text, variants_of)
+from sabench.report.tables import md_table
+
+MAX_LISTED = 20
+
+
+class Run:
+    def __init__(self, label: str, path: Path, results: dict):
+        self.label, self.path, self.results = label, path, results
+        self.index = index_records(results)
+
+
+def _labels(paths: Sequence[Path]) -> List[str]:
+    """Short unique labels: the run directory names (parents added, then #i, until unique)."""
+    names = [p.parent.name or str(p.parent) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.parent.name}/{p.parent.name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def default_out_dir() -> Path:
+    base = Path("reports") / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
+    """Write OUT_DIR/compare.md and its PNGs for two or more runs; returns the markdown path.
+
+    The first run is the reference: ratio columns are run / first run.
+    Default OUT_DIR: reports/compare/<timestamp>/ (relative to the working directory).
+    """
+    if len(run_dirs) < 2:
+        raise ResultsError("compare needs at least two runs")
+    paths = [results_path(p) for p in run_dirs]
+    runs = [Run(label, p, load_results(p)) for label, p in zip(_labels(paths), paths)]
+    out = Path(out_dir) if out_dir is not None else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+
+    shared = set(runs[0].index)
+    for r in runs[1:]:
+        shared &= set(r.index)
+    if not shared:
+        raise ResultsError("the runs share no (variant, batch, seq_len, phase) point: nothing to compare")
+
+    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+
+    figs = plots.compare_figures(runs, shared, out)
+    md = render(runs, shared, figs, out)
+    p = out / "compare.md"
+    p.write_text(md, encoding="utf-8")
+    return p
+
+
+def _flat(d: dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def differences(runs: List[Run], section: str) -> Tuple[List[str], List[List[str]]]:
+    flats = [_flat(r.results.get(section, {})) for r in runs]
+    keys = []
+    for f in flats:
+        for k in f:
+            if k not in keys:
+                keys.append(k)
+    rows = []
+    for k in keys:
+        vals = [f.get(k) for f in flats]
+        if any(v != vals[0] for v in vals[1:]):
+            rows.append([k] + [_cell(v) for v in vals])
+    return ["key"] + [r.label for r in runs], rows
+
+
+def _sorted_points(runs: List[Run], keys) -> List[Key]:
+    order = {v: i for i, v in enumerate(variants_of(runs[0].results))}
+    return sorted(keys, key=lambda k: (k[3] != "prefill", order.get(k[0], 1e9), k[0], k[1], k[2]))
+
+
+def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fmt) -> Tuple[List[str], List[List[str]]]:
+    """value(run, (v, b, s)) -> (number or None, text when there is no number)."""
+    headers = ["variant", "batch", "seq_len"]
+    for i, r in enumerate(runs):
+        headers.append(r.label)
+        if i:
+            headers.append(f"{r.label} / {runs[0].label}")
+    rows = []
+    for pt in points:
+        row = [pt[0], str(pt[1]), str(pt[2])]
+        ref = None
+        for i, r in enumerate(runs):
+            num, text = value(r, pt)
+            row.append(fmt(num) if num is not None else text)
+            if i == 0:
+                ref = num
+            else:
+                row.append(fmt_x(num / ref) if (num is not None and ref) else "—")
+        rows.append(row)
+    return headers, rows
+
+
+def _lat(phase):
+    def value(run: Run, pt):
+        r = run.index.get(pt + (phase,))
+        return (median_ms(r), status_text(r, 30)) if is_ok(r) else (None, status_text(r, 30))
+    return value
+
+
+def _tps(phase):
+    def value(run: Run, pt):
+        r = run.index.get(pt + (phase,))
+        return (get_num(r, "tokens_per_s"), status_text(r, 30)) if is_ok(r) else (None, status_text(r, 30))
+    return value
+
+
+def _mem(run: Run, pt):
+    rs = [run.index.get(pt + (p,)) for p in ("prefill", "decode")]
+    peaks = [peak_memory(r) for r in rs if is_ok(r)]
+    peaks = [p for p in peaks if p[0] is not None]
+    if peaks:
+        v, src = max(peaks)
+        return v, None
+    bad = [r for r in rs if r is not None and not is_ok(r)]
+    return None, status_text(bad[0], 30) if bad else "—"
+
+
+def geo_ratio(runs: List[Run], run: Run, phase: str, shared) -> Optional[Tuple[float, float, float, int]]:
+    """Geometric mean, min and max of run/first median latency over shared ok points of a phase."""
+    ratios = []
+    for k in shared:
+        if k[3] != phase:
+            continue
+        a, b = median_ms(runs[0].index.get(k)), median_ms(run.index.get(k))
+        if a and b:
+            ratios.append(b / a)
+    if not ratios:
+        return None
+    gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+    return gm, min(ratios), max(ratios), len(ratios)
+
+
+def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -> str:
+    ref = runs[0]
+    lines = [f"# sabench compare: {', '.join(r.label for r in runs)}", ""]
+    lines += ["Runs: " + "; ".join(f"**{r.label}** = `{r.path}`" for r in runs)
+              + f". Ratios are run / {ref.label} (the first run).", ""]
+
+    lines += ["## Environment differences", ""]
+    headers, rows = differences(runs, "env")
+    lines += [md_table(headers, rows) if rows else "The environments record the same values for every key.", ""]
+    headers, rows = differences(runs, "suite")
+    if rows:
+        lines += ["The suites differ too (only the shared points are compared):", "", md_table(headers, rows), ""]
+
+    # --- summary
+    lines += ["## Summary", ""]
+    for r in runs[1:]:
+        for phase in ("prefill", "decode"):
+            g = geo_ratio(runs, r, phase, shared)
+            if g:
+                gm, lo, hi, n = g
+                verdict = (f"{1 / gm:.2f}× as fast" if gm < 1 else f"{gm:.2f}× as slow")
+                lines.append(f"- {phase}: **{r.label}** takes {fmt_x(gm)} the time of {ref.label} "
+                             f"(geometric mean over {n} points, range {fmt_x(lo)}–{fmt_x(hi)}), "
+                             f"i.e. {verdict}.")
+    flips = []
+    for k in _sorted_points(runs, shared):
+        sts = [r.index[k].get("status") for r in runs]
+        if len(set(sts)) > 1:
+            flips.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (" + ", ".join(
+                f"{r.label}: {st}" for r, st in zip(runs, sts)) + ")")
+    if flips:
+        lines.append(f"- Status differs at {len(flips)} point(s): " + _listing(flips) + ".")
+    lines.append(f"- {len(shared)} points are in every run.")
+    left = _left_out(runs, shared)
+    if left:
+        lines += ["", "### Points left out (not in every run)", ""]
+        for r, pts in left:
+            lines.append(f"- **{r.label}**: {len(pts)} point(s) compared nowhere: " + _listing(pts) + ".")
+    lines.append("")
+
+    if any(figs.values()):
+        lines += ["## Figures", ""]
+        for key, alt in (("latency_prefill", "prefill latency per run"),
+                         ("latency_decode", "decode per-token latency per run"),
+                         ("ratio", "latency ratio against the first run")):
+            if figs.get(key):
+                lines += [f"![{alt}]({figs[key]})", ""]
+
+    pts3 = sorted({k[:3] for k in shared},
+                  key=lambda p: ({v: i for i, v in enumerate(variants_of(ref.results))}.get(p[0], 1e9),
+                                 p[0], p[1], p[2]))
+    for phase, title, value, fmt in (
+            ("prefill", "Prefill median latency (ms)", _lat("prefill"), fmt_ms),
+            ("decode", "Decode median per-token latency (ms)", _lat("decode"), fmt_ms),
+            ("prefill", "Prefill throughput (tokens/s)", _tps("prefill"), fmt_rate),
+            ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate)):
+        pts = [p for p in pts3 if p + (phase,) in shared]
+        if pts:
+            h, rows = _metric_table(runs, pts, value, fmt)
+            lines += [f"## {title}", "", md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
+    pts = [p for p in pts3 if any(p + (ph,) in shared for ph in ("prefill", "decode"))]
+    if pts:
+        srcs = []
+        for r in runs:
+            s = sorted({peak_memory(x)[1] for x in r.index.values() if peak_memory(x)[1]})
+            srcs.append(f"{r.label}: {'/'.join(s) or 'none'}")
+        h, rows = _metric_table(runs, pts, _mem, human_bytes)
+        lines += ["## Peak memory", "", f"_Max over prefill and decode. Sources: {'; '.join(srcs)}._", "",
+                  md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _left_out(runs: List[Run], shared):
+    out = []
+    for r in runs:
+        extra = _sorted_points(runs, set(r.index) - shared)
+        if extra:
+            missing_in = []
+            for k in extra:
+                lacking = [o.label for o in runs if k not in o.index]
+                missing_in.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (not in {', '.join(lacking)})")
+            out.append((r, missing_in))
+    return out
+
+
+def _listing(items: List[str], limit: int = MAX_LISTED) -> str:
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", and {len(items) - limit} more"

@@ -1,0 +1,478 @@
+"""An SQLite history of runs, so trends across commits (and machines) can be queried and plotted.
+
+Database: the `db_path` argument, else $SABENCH_HISTORY, else reports/history.sqlite.
+
+Tables::
+
+    runs(id, run_key UNIQUE, suite, machine, git_commit, git_dirty, created, host, device,
+         device_name, source, recorded_at)
+    metrics(run_id, variant, batch_size, seq_len, phase, metric, value, rel_iqr, status)
+
+A run is keyed by suite name, machine fingerprint (hash of host + device_name + cpu +
+driver), git commit and the results' created timestamp: recording the same results twice
+adds nothing. One metrics row per record and metric (METRICS below); `value` is NULL for
+timings of a point that did not run ok (its `status` says why); `rel_iqr` is the
+relative inter-quartile range of the point's latency samples (the run's own noise).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from sabench.report.results import (ResultsError, fmt_ms, fmt_rate, get_num, human_bytes, human_flops,
+                                    is_ok, load_results, median_ms, peak_memory, results_path)
+
+DEFAULT_DB = Path("reports") / "history.sqlite"
+ENV_VAR = "SABENCH_HISTORY"
+
+# metric -> (unit label, formatter, deterministic?)
+METRICS = {
+    "median_ms": ("median latency (ms; decode: per token)", fmt_ms, False),
+    "tokens_per_s": ("throughput (tokens/s)", fmt_rate, False),
+    "peak_memory_bytes": ("peak memory (bytes)", human_bytes, False),
+    "kv_cache_bytes": ("KV cache (bytes)", human_bytes, True),
+    "flops_analytic": ("analytic FLOPs", human_flops, True),
+    "flops_counted": ("counted FLOPs", human_flops, True),
+}
+TIMING_METRICS = ("median_ms", "tokens_per_s")
+MEASURED = TIMING_METRICS + ("peak_memory_bytes",)
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    run_key TEXT NOT NULL UNIQUE,
+    suite TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    git_commit TEXT,
+    git_dirty INTEGER,
+    created TEXT NOT NULL,
+    host TEXT, device TEXT, device_name TEXT,
+    source TEXT,
+    recorded_at TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    variant TEXT NOT NULL, batch_size INTEGER NOT NULL, seq_len INTEGER NOT NULL, phase TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    rel_iqr REAL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (run_id, variant, batch_size, seq_len, phase, metric)
+);
+CREATE INDEX IF NOT EXISTS metrics_by_metric ON metrics (metric, variant, phase);
+"""
+RUN_COLS = ("run_key", "suite", "machine", "git_commit", "git_dirty", "created", "host", "device",
+            "device_name", "source", "recorded_at")
+METRIC_COLS = ("variant", "batch_size", "seq_len", "phase", "metric", "value", "rel_iqr", "status")
+
+
+def resolve_db(db_path=None) -> Path:
+    if db_path:
+        return Path(db_path)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_DB
+
+
+def connect(db_path=None, create: bool = True) -> sqlite3.Connection:
+    p = resolve_db(db_path)
+    if not create and not p.exists():
+        raise ResultsError(f"no history database at {p} (record a run first, or pass --db)")
+    if create:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(str(p), timeout=30)
+        con.execute("PRAGMA foreign_keys = ON")
+        con.executescript(SCHEMA_SQL)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema', 'sabench-history/1')")
+        con.commit()
+    except sqlite3.DatabaseError as e:
+        raise ResultsError(f"{p} is not a usable history database ({e})") from None
+    return con
+
+
+def machine_fingerprint(env: dict) -> str:
+    parts = [str(env.get(k) or "") for k in ("host", "device_name", "cpu", "driver")]
+    if not env.get("device_name"):
+        parts[1] = str(env.get("device") or "")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def run_key(results: dict) -> str:
+    env, suite = results.get("env", {}), results.get("suite", {})
+    ident = "|".join([str(suite.get("name") or "unnamed"), machine_fingerprint(env),
+                      str(env.get("git_commit") or ""), str(results.get("created") or "")])
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _rel_iqr(r: dict) -> Optional[float]:
+    s = (r.get("latency_ms") or {}).get("samples") or []
+    if len(s) < 2:
+        return None
+    a = np.asarray(s, dtype=float)
+    q25, q50, q75 = np.percentile(a, [25, 50, 75])
+    return float((q75 - q25) / q50) if q50 > 0 else None
+
+
+def metric_rows(results: dict) -> List[tuple]:
+    rows = []
+    for r in results.get("records", []):
+        status = str(r.get("status"))
+        ok = is_ok(r)
+        iqr = _rel_iqr(r) if ok else None
+        vals = {
+            "median_ms": median_ms(r) if ok else None,
+            "tokens_per_s": get_num(r, "tokens_per_s") if ok else None,
+            "peak_memory_bytes": peak_memory(r)[0] if ok else None,
+            "kv_cache_bytes": get_num(r, "kv_cache_bytes"),
+            "flops_analytic": get_num(r, "flops", "analytic"),
+            "flops_counted": get_num(r, "flops", "counted"),
+        }
+        for m, v in vals.items():
+            # measured metrics of a failed point are kept as NULL rows (their status says why);
+            # figures that were simply not computed are left out
+            if v is None and (ok or m not in MEASURED):
+                continue
+            rows.append((str(r["variant"]), int(r["batch_size"]), int(r["seq_len"]), str(r["phase"]), m, v,
+                         iqr if m in TIMING_METRICS else None, status))
+    return rows
+
+
+@dataclass
+class RecordOutcome:
+    run_key: str
+    inserted: bool
+    db_path: Path
+    metrics: int = 0
+
+
+def record_run(results_path_or_dir, db_path=None, results: Optional[dict] = None) -> RecordOutcome:
+    """Add one run (a run dir or results.json) to the history; a run already there is left alone."""
+    src = results_path(results_path_or_dir)
+    data = results if results is not None else load_results(src)
+    db = resolve_db(db_path)
+    with closing(connect(db)) as con:
+        return _insert(con, data, str(src.resolve()), db)
+
+
+def _insert(con: sqlite3.Connection, data: dict, source: str, db: Path) -> RecordOutcome:
+    env, suite = data.get("env", {}), data.get("suite", {})
+    key = run_key(data)
+    row = (key, str(suite.get("name") or "unnamed"), machine_fingerprint(env), env.get("git_commit"),
+           None if env.get("git_dirty") is None else int(bool(env.get("git_dirty"))),
+           str(data.get("created") or ""), env.get("host"), env.get("device"), env.get("device_name"),
+           source, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    with con:
+        cur = con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLS)}) VALUES "
+                          f"({', '.join('?' * len(RUN_COLS))})", row)
+        if cur.rowcount == 0:
+            return RecordOutcome(key, False, db)
+        run_id = cur.lastrowid
+        rows = [(run_id,) + r for r in metric_rows(data)]
+        con.executemany(f"INSERT OR REPLACE INTO metrics (run_id, {', '.join(METRIC_COLS)}) VALUES "
+                        f"(?, {', '.join('?' * len(METRIC_COLS))})", rows)
+    return RecordOutcome(key, True, db, len(rows))
+
+
+def _is_sqlite(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def import_paths(paths: Iterable, db_path=None) -> Tuple[int, int]:
+    """Merge runs into the history: directories are searched for results.json files, a results.json
+    is recorded, another history .sqlite is merged. Returns (runs added, runs already present)."""
+    added = present = 0
+    db = resolve_db(db_path)
+    with closing(connect(db)) as con:
+        for raw in paths:
+            p = Path(raw)
+            if p.is_dir():
+                found = sorted(p.rglob("results.json"))
+                if not found:
+                    raise ResultsError(f"no results.json under {p}")
+                for f in found:
+                    out = _insert(con, load_results(f), str(f.resolve()), db)
+                    added, present = added + out.inserted, present + (not out.inserted)
+            elif p.is_file() and _is_sqlite(p):
+                if p.resolve() == db.resolve():
+                    continue
+                a, b = _merge(con, p)
+                added, present = added + a, present + b
+            elif p.is_file():
+                out = _insert(con, load_results(p), str(p.resolve()), db)
+                added, present = added + out.inserted, present + (not out.inserted)
+            else:
+                raise ResultsError(f"{p}: no such file or directory")
+    return added, present
+
+
+def _merge(con: sqlite3.Connection, other: Path) -> Tuple[int, int]:
+    try:
+        with closing(sqlite3.connect(f"file:{other}?mode=ro", uri=True, timeout=30)) as src:
+            runs = src.execute(f"SELECT id, {', '.join(RUN_COLS)} FROM runs ORDER BY created, id").fetchall()
+            added = present = 0
+            with con:
+                for run in runs:
+                    cur = con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLS)}) VALUES "
+                                      f"({', '.join('?' * len(RUN_COLS))})", run[1:])
+                    if cur.rowcount == 0:
+                        present += 1
+                        continue
+                    added += 1
+                    new_id = cur.lastrowid
+                    rows = src.execute(f"SELECT {', '.join(METRIC_COLS)} FROM metrics WHERE run_id = ?",
+                                       (run[0],)).fetchall()
+                    con.executemany(f"INSERT OR REPLACE INTO metrics (run_id, {', '.join(METRIC_COLS)}) "
+                                    f"VALUES (?, {', '.join('?' * len(METRIC_COLS))})",
+                                    [(new_id,) + tuple(r) for r in rows])
+    except sqlite3.DatabaseError as e:
+        raise ResultsError(f"{other} is not a sabench history database ({e})") from None
+    return added, present
+
+
+# ---------------------------------------------------------------------------- trends
+
+
+@dataclass
+class RunInfo:
+    run_key: str
+    suite: str
+    machine: str
+    git_commit: Optional[str]
+    created: str
+    host: Optional[str]
+    device_name: Optional[str]
+
+    @property
+    def commit_short(self) -> str:
+        return (self.git_commit or "nocommit")[:7]
+
+
+@dataclass
+class TrendPoint:
+    run: RunInfo
+    value: Optional[float]
+    rel_iqr: Optional[float]
+    status: str
+    change: Optional[float] = None     # relative to the previous point with a value
+    step: Optional[str] = None         # "up" / "down" when the move is beyond the noise
+
+
+@dataclass
+class Trend:
+    suite: str
+    machine: str
+    variant: str
+    batch_size: int
+    seq_len: int
+    phase: str
+    metric: str
+    points: List[TrendPoint] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.phase} {self.variant} b={self.batch_size} s={self.seq_len}"
+
+    @property
+    def steps(self) -> List[TrendPoint]:
+        return [p for p in self.points if p.step]
+
+
+def mark_steps(points: List[TrendPoint], metric: str, threshold: float) -> None:
+    """Flag moves larger than the noise: max(3 x relative IQR of either run, threshold) for timings,
+    `threshold` for peak memory, any change at all for the deterministic figures."""
+    prev = None
+    deterministic = METRICS.get(metric, ("", None, False))[2]
+    for p in points:
+        p.change, p.step = None, None
+        if p.value is None:
+            continue
+        if prev is not None and prev.value:
+            ch = p.value / prev.value - 1
+            p.change = ch
+            if deterministic:
+                noise = 0.0
+            else:
+                iqr = max(prev.rel_iqr or 0.0, p.rel_iqr or 0.0)
+                noise = max(3 * iqr, threshold)
+            if abs(ch) > noise:
+                p.step = "up" if ch > 0 else "down"
+        prev = p
+
+
+def query_trend(db_path=None, suite: Optional[str] = None, metric: str = "median_ms",
+                variant: Optional[str] = None, phase: Optional[str] = None, machine: Optional[str] = None,
+                batch_size: Optional[int] = None, seq_len: Optional[int] = None,
+                threshold: float = 0.05) -> List[Trend]:
+    """Trends of one metric per (suite, machine, point), runs ordered by their created time."""
+    if metric not in METRICS:
+        raise ResultsError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    where, args = ["m.metric = ?"], [metric]
+    for col, val in (("r.suite", suite), ("m.variant", variant), ("m.phase", phase),
+                     ("m.batch_size", batch_size), ("m.seq_len", seq_len)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    if machine is not None:
+        where.append("(r.machine LIKE ? OR r.host = ?)")
+        args += [machine + "%", machine]
+    sql = (f"SELECT r.run_key, r.suite, r.machine, r.git_commit, r.created, r.host, r.device_name, "
+           f"m.variant, m.batch_size, m.seq_len, m.phase, m.value, m.rel_iqr, m.status "
+           f"FROM metrics m JOIN runs r ON r.id = m.run_id WHERE {' AND '.join(where)} "
+           f"ORDER BY r.created, r.id")
+    with closing(connect(db_path, create=False)) as con:
+        rows = con.execute(sql, args).fetchall()
+    trends: Dict[tuple, Trend] = {}
+    for (rk, st, mach, commit, created, host, dev, v, b, s, ph, val, iqr, status) in rows:
+        key = (st, mach, v, b, s, ph)
+        t = trends.get(key)
+        if t is None:
+            t = trends[key] = Trend(st, mach, v, b, s, ph, metric)
+        t.points.append(TrendPoint(RunInfo(rk, st, mach, commit, created, host, dev), val, iqr, status))
+    for t in trends.values():
+        mark_steps(t.points, metric, threshold)
+    return sorted(trends.values(), key=lambda t: (t.suite, t.machine, t.phase != "prefill", t.variant,
+                                                 t.batch_size, t.seq_len))
+
+
+def _groups(trends: List[Trend]) -> List[Tuple[Tuple[str, str], List[Trend], List[RunInfo]]]:
+    groups: Dict[Tuple[str, str], List[Trend]] = {}
+    for t in trends:
+        groups.setdefault((t.suite, t.machine), []).append(t)
+    out = []
+    for key, ts in groups.items():
+        runs: Dict[str, RunInfo] = {}
+        for t in ts:
+            for p in t.points:
+                runs.setdefault(p.run.run_key, p.run)
+        out.append((key, ts, sorted(runs.values(), key=lambda r: r.created)))
+    return out
+
+
+def format_trends(trends: List[Trend], last: int = 10) -> str:
+    """Plain-text tables: one per (suite, machine), a row per point, a column per run (oldest first)."""
+    from tabulate import tabulate
+
+    if not trends:
+        return "no matching history\n"
+    metric = trends[0].metric
+    unit, fmt, _ = METRICS[metric]
+    out = []
+    for (suite, machine), ts, runs in _groups(trends):
+        shown = runs[-last:] if last else runs
+        info = runs[0]
+        out.append(f"{metric} [{unit}], suite {suite!r}, machine {machine} "
+                   f"({info.host or '?'}, {info.device_name or 'cpu'}): "
+                   f"{len(runs)} run(s)" + (f", showing the last {len(shown)}" if len(shown) < len(runs) else ""))
+        seen: Dict[str, int] = {}
+        headers = ["point"]
+        for r in shown:
+            n = seen.get(r.commit_short, 0) + 1
+            seen[r.commit_short] = n
+            headers.append(r.commit_short + (f"#{n}" if n > 1 else ""))
+        rows = []
+        for t in ts:
+            by = {p.run.run_key: p for p in t.points}
+            row = [t.label]
+            for r in shown:
+                p = by.get(r.run_key)
+                if p is None:
+                    row.append("")
+                elif p.value is None:
+                    row.append({"oom": "OOM", "skipped_after_oom": "skipped"}.get(p.status, p.status))
+                else:
+                    mark = {"up": " ▲", "down": " ▼"}.get(p.step or "", "")
+                    row.append(fmt(p.value) + mark)
+            rows.append(row)
+        out.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                            colalign=["left"] + ["right"] * len(shown)))
+        out.append("runs: " + ", ".join(f"{h} = {r.created}" for h, r in zip(headers[1:], shown)))
+        steps = sum(len(t.steps) for t in ts)
+        out.append(f"▲/▼: moved by more than the noise ({steps} step(s))" + "\n")
+    return "\n".join(out)
+
+
+def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path]:
+    """One panel per (suite, machine); x = runs in time order (commit labels), one line per point,
+    steps circled in red. When there are more points than `max_lines`, the ones that moved most are drawn."""
+    if not trends:
+        return None
+    from sabench.report import plots
+
+    plt = plots.plt
+    groups = _groups(trends)
+    metric = trends[0].metric
+    unit = METRICS[metric][0]
+    n = len(groups)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 4.2 * n + 0.8), squeeze=False)
+    fig.subplots_adjust(left=0.09, right=0.70, top=1 - 0.55 / (4.2 * n + 0.8), bottom=0.9 / (4.2 * n + 0.8),
+                        hspace=0.55)
+    for ax, ((suite, machine), ts, runs) in zip(axes[:, 0], groups):
+        pos = {r.run_key: i for i, r in enumerate(runs)}
+
+        def spread(t: Trend) -> float:
+            vals = [p.value for p in t.points if p.value]
+            return (len(t.steps), (max(vals) / min(vals)) if vals else 1.0)
+
+        chosen = sorted(ts, key=spread, reverse=True)[:max_lines]
+        chosen.sort(key=lambda t: ts.index(t))
+        colors = plt.get_cmap("tab10")
+        all_vals = []
+        for i, t in enumerate(chosen):
+            xy = [(pos[p.run.run_key], p.value) for p in t.points if p.value is not None]
+            if not xy:
+                continue
+            xs, ys = zip(*xy)
+            all_vals += ys
+            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, color=colors(i % 10), label=t.label)
+            st = [(pos[p.run.run_key], p.value) for p in t.points if p.step]
+            if st:
+                sx, sy = zip(*st)
+                ax.scatter(sx, sy, s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
+            fails = [pos[p.run.run_key] for p in t.points if p.value is None]
+            if fails:
+                plots.mark_failures(ax, fails, colors(i % 10), i)
+        plots.value_axis(ax, all_vals)
+        labels = []
+        seen: Dict[str, int] = {}
+        for r in runs:
+            k = seen.get(r.commit_short, 0) + 1
+            seen[r.commit_short] = k
+            labels.append(r.commit_short + (f"#{k}" if k > 1 else "") + "\n" + r.created[:10])
+        ax.set_xticks(range(len(runs)), labels, rotation=0 if len(runs) <= 8 else 45, fontsize=8)
+        ax.set_xlim(-0.5, len(runs) - 0.5)
+        ax.set_xlabel("run (git commit, date), oldest first")
+        ax.set_ylabel(unit)
+        host = runs[0].host or "?"
+        more = f", {len(chosen)} of {len(ts)} points (most moved)" if len(chosen) < len(ts) else ""
+        ax.set_title(f"suite {suite}, machine {machine} ({host}){more}", fontsize=10)
+        handles, lbls = ax.get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+        handles.append(Line2D([], [], marker="o", markersize=10, markerfacecolor="none",
+                              markeredgecolor="red", linestyle="none"))
+        lbls.append("step beyond noise")
+        ax.legend(handles, lbls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(f"History of {metric}", fontweight="bold")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=plots.DPI)
+    plt.close(fig)
+    return out
+
+
+def list_suites(db_path=None) -> List[Tuple[str, int]]:
+    with closing(connect(db_path, create=False)) as con:
+        return con.execute("SELECT suite, COUNT(*) FROM runs GROUP BY suite ORDER BY suite").fetchall()

@@ -1,0 +1,144 @@
+"""The harness end to end on the CPU: completeness, resume after SIGKILL, OOM as data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sabench import accounting
+from sabench.cli import main
+from sabench.runner import FAULT_ENV
+
+SUITE = """\
+name: mini
+model: tiny
+dtype: float32
+device: cpu
+variants: [baseline, "cla:2", "sa:2-3"]
+sweep:
+  batch_size: [1, 2]
+  seq_len: [16, 32]
+decode_tokens: 4
+warmup: 1
+repeats: 3
+"""
+
+
+def _suite(tmp_path, text=SUITE, name="mini.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _records(out):
+    return json.loads((Path(out) / "results.json").read_text())["records"]
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mini")
+    out = tmp / "run"
+    rc = main(["run", str(_suite(tmp)), "--out", str(out), "--no-report"])
+    return rc, out
+
+
+def test_every_point_and_phase_recorded_once_with_the_contracted_fields(mini_run):
+    rc, out = mini_run
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema"] == "sabench-results/1"
+    for key in ("torch", "transformers", "sabench", "python", "git_commit", "host", "cpu"):
+        assert key in data["env"]
+    assert data["env"]["peak_bandwidth_bytes_per_s"] > 0 and data["env"]["peak_flops_per_s"] > 0
+    keys = sorted((r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in data["records"])
+    want = sorted((v, b, t, ph) for v in ("baseline", "cla:2", "sa:2-3") for b in (1, 2) for t in (16, 32)
+                  for ph in ("prefill", "decode"))
+    assert keys == want
+    for r in data["records"]:
+        assert r["status"] == "ok", r
+        lat = r["latency_ms"]
+        assert lat["p10"] <= lat["median"] <= lat["p90"]
+        n = 3 if r["phase"] == "prefill" else 3 * 4  # decode: every step of every timed sequence
+        assert len(lat["samples"]) == n and all(s > 0 for s in lat["samples"])
+        assert r["tokens_per_s"] > 0 and r["memory_bytes"]["peak_rss"] > 0
+        assert 0 < r["mfu"] and 0 < r["mbu"] and r["floor_ms"] > 0
+    assert set(data["overhead"]) == {f"{v}|{b}|{t}" for v in ("baseline", "cla:2", "sa:2-3")
+                                     for b in (1, 2) for t in (16, 32)}
+
+
+def test_flops_and_kv_bytes_match_inspect(mini_run, capsys):
+    _, out = mini_run
+    for r in _records(out):
+        capsys.readouterr()
+        assert main(["inspect", "--model", "tiny", "--variant", r["variant"], "--dtype", "fp32",
+                     "--batch", str(r["batch_size"]), "--seq-len", str(r["seq_len"]), "--json"]) == 0
+        ins = json.loads(capsys.readouterr().out)
+        assert r["params"] == ins["params"]
+        assert r["kv_cache_bytes"] == ins["kv_cache_bytes_per_token"] * r["batch_size"] * (r["seq_len"] + 4)
+        if r["phase"] == "prefill":
+            assert r["flops"]["analytic"] == r["flops"]["counted"] == ins["flops"]["prefill"]
+        else:
+            steps = [accounting.decode_flops("tiny", r["variant"], r["batch_size"], r["seq_len"] + i).total
+                     for i in range(4)]
+            assert steps[0] == ins["flops"]["decode_step"]
+            assert r["flops"]["analytic"] == sum(steps)
+            # counted: what the kernels execute over the static cache (all seq_len + 4 positions)
+            assert r["flops"]["counted"] >= r["flops"]["analytic"]
+
+
+def test_sigkill_halfway_then_resume_measures_each_point_exactly_once(tmp_path):
+    suite = _suite(tmp_path)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "sabench.cli", "run", str(suite), "--out", str(out),
+                             "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if results.exists() and len(_records(out)) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _records(out)  # a kill at any moment leaves a valid file
+    assert 4 <= len(before) < 24
+    assert main(["run", str(suite), "--out", str(out), "--resume", "--no-report"]) == 0
+    after = _records(out)
+    keys = [(r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in after]
+    assert len(keys) == len(set(keys)) == 24
+    assert after[: len(before)] == before  # finished points were not re-measured
+
+
+def test_injected_oom_is_data_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    suite = _suite(tmp_path, SUITE.replace("seq_len: [16, 32]", "seq_len: [16, 32, 48]")
+                   .replace("batch_size: [1, 2]", "batch_size: [1]"))
+    monkeypatch.setenv(FAULT_ENV, "cla:2|1|32")
+    out = tmp_path / "run"
+    assert main(["run", str(suite), "--out", str(out), "--no-report"]) == 0
+    by = {(r["variant"], r["seq_len"], r["phase"]): r for r in _records(out)}
+    assert by[("cla:2", 32, "prefill")]["status"] == "oom"
+    assert "out of memory" in by[("cla:2", 32, "prefill")]["error"]
+    assert by[("cla:2", 48, "decode")]["status"] == "skipped_after_oom"
+    others = [r for k, r in by.items() if k[0] != "cla:2" or k[1] == 16]
+    assert len(others) == 14 and all(r["status"] == "ok" for r in others)
+
+
+def test_existing_results_are_never_overwritten(mini_run, capsys):
+    _, out = mini_run
+    before = (out / "results.json").read_text()
+    assert main(["run", "smoke", "--out", str(out), "--no-report"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+
+
+def test_resume_needs_out_and_a_matching_suite(tmp_path, mini_run, capsys):
+    _, out = mini_run
+    assert main(["run", "smoke", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    changed = _suite(tmp_path, SUITE.replace("decode_tokens: 4", "decode_tokens: 5"))
+    assert main(["run", str(changed), "--out", str(out), "--resume"]) == 2
+    assert "decode_tokens" in capsys.readouterr().err
