@@ -30,7 +30,8 @@ import numpy as np
 from sabench.report.results import (ResultsError, fmt_ms, fmt_rate, get_num, human_bytes, human_flops,
                                     is_ok, load_results, median_ms, peak_memory, results_path)
 
-DEFAULT_DB = Path("reports") / "history.sqlite"
+# Anchored to the checkout, not the working directory: one history per clone.
+DEFAULT_DB = Path(__file__).resolve().parents[2] / "reports" / "history.sqlite"
 ENV_VAR = "SABENCH_HISTORY"
 
 # metric -> (unit label, formatter, deterministic?)
@@ -109,8 +110,12 @@ def machine_fingerprint(env: dict) -> str:
 
 def run_key(results: dict) -> str:
     env, suite = results.get("env", {}), results.get("suite", {})
+    created = results.get("created")
+    if not created:  # no timestamp: tell runs apart by their content instead
+        import json
+        created = hashlib.sha256(json.dumps(results.get("records", []), sort_keys=True).encode()).hexdigest()
     ident = "|".join([str(suite.get("name") or "unnamed"), machine_fingerprint(env),
-                      str(env.get("git_commit") or ""), str(results.get("created") or "")])
+                      str(env.get("git_commit") or ""), str(created)])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -431,21 +436,27 @@ def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path
         chosen.sort(key=lambda t: ts.index(t))
         colors = plt.get_cmap("tab10")
         all_vals = []
+        # several points of different magnitudes: plot each relative to its first value
+        relative = len(chosen) > 1
         for i, t in enumerate(chosen):
             xy = [(pos[p.run.run_key], p.value) for p in t.points if p.value is not None]
             if not xy:
                 continue
-            xs, ys = zip(*xy)
+            ref = xy[0][1] if relative and xy[0][1] else 1.0
+            xs, ys = zip(*[(x, y / ref) for x, y in xy])
             all_vals += ys
             ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, color=colors(i % 10), label=t.label)
-            st = [(pos[p.run.run_key], p.value) for p in t.points if p.step]
+            st = [(pos[p.run.run_key], p.value / ref) for p in t.points if p.step]
             if st:
                 sx, sy = zip(*st)
                 ax.scatter(sx, sy, s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
             fails = [pos[p.run.run_key] for p in t.points if p.value is None]
             if fails:
                 plots.mark_failures(ax, fails, colors(i % 10), i)
-        plots.value_axis(ax, all_vals)
+        if relative:
+            ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+        else:
+            plots.value_axis(ax, all_vals)
         labels = []
         seen: Dict[str, int] = {}
         for r in runs:
@@ -455,7 +466,7 @@ def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path
         ax.set_xticks(range(len(runs)), labels, rotation=0 if len(runs) <= 8 else 45, fontsize=8)
         ax.set_xlim(-0.5, len(runs) - 0.5)
         ax.set_xlabel("run (git commit, date), oldest first")
-        ax.set_ylabel(unit)
+        ax.set_ylabel(f"{unit}\nrelative to the point's first run" if relative else unit)
         host = runs[0].host or "?"
         more = f", {len(chosen)} of {len(ts)} points (most moved)" if len(chosen) < len(ts) else ""
         ax.set_title(f"suite {suite}, machine {machine} ({host}){more}", fontsize=10)

@@ -67,11 +67,15 @@ class Grid:
                  legend_cols: int = 6, right: float = 0.25, wspace: float = 0.85, hspace: float = 0.85):
         ncols = min(n, max_cols) if n != 4 else 2
         nrows = math.ceil(n / ncols)
-        self.legend_rows = math.ceil(legend_items / legend_cols) if legend_items else 0
-        self.legend_cols = legend_cols
         left, top = 0.85, 0.75
-        bottom = 0.65 + 0.27 * self.legend_rows
         W = left + right + ncols * w + (ncols - 1) * wspace
+        if isinstance(legend_items, int):
+            self.legend_cols = min(legend_cols, legend_items) or 1
+            self.legend_rows = math.ceil(legend_items / self.legend_cols) if legend_items else 0
+        else:  # the handles themselves: fit the columns to the width
+            self.legend_cols = min(legend_cols, legend_columns(legend_items, W))
+            self.legend_rows = math.ceil(len(legend_items) / self.legend_cols) if legend_items else 0
+        bottom = 0.65 + 0.27 * self.legend_rows
         H = top + bottom + nrows * h + (nrows - 1) * hspace
         self.W, self.H = W, H
         self.fig = plt.figure(figsize=(W, H))
@@ -87,7 +91,7 @@ class Grid:
     def legend(self, handles):
         if handles:
             self.fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / self.H),
-                            ncol=min(len(handles), self.legend_cols), frameon=False)
+                            ncol=self.legend_cols, frameon=False, columnspacing=1.2, handletextpad=0.5)
 
 
 def size_axis(ax, which: str, values: Sequence[float]):
@@ -145,9 +149,30 @@ def mark_failures(ax, xs: Sequence[float], color: str, slot: int, label: Optiona
     if not xs:
         return
     tr = blended_transform_factory(ax.transData, ax.transAxes)
-    y = 0.97 - 0.045 * (slot % 6)
+    y = 0.965 - 0.03 * (slot % 4)
     ax.plot(xs, [y] * len(xs), transform=tr, markerfacecolor=color, clip_on=False, label=label,
             **FAIL_STYLE)
+
+
+def headroom(ax, frac: float = 0.16):
+    """Free the top of the axes for the failure markers."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log" and lo > 0:
+        ax.set_ylim(lo, hi * (hi / lo) ** frac)
+    else:
+        ax.set_ylim(lo, hi + (hi - lo) * frac)
+
+
+def legend_columns(handles, width_in: float) -> int:
+    """As many columns as fit in the figure width (labels at ~0.075 in per character)."""
+    widths = [0.75 + 0.075 * len(h.get_label()) for h in handles]
+    ncol = len(handles)
+    while ncol > 1:
+        rows = [widths[i::ncol] for i in range(ncol)]
+        if sum(max(col) for col in rows if col) <= width_in - 0.3:
+            break
+        ncol -= 1
+    return max(1, ncol)
 
 
 def save(fig, out_dir: Path, name: str) -> str:
@@ -197,10 +222,10 @@ def _facet_lines(results: dict, index: Dict[Key, dict], out_dir: Path, name: str
     handles = _variant_handles(variants, colors) + list(extra_handles)
     if any_fail:
         handles.append(_fail_handle())
-    grid = Grid(len(facets), legend_items=len(handles))
+    grid = Grid(len(facets), legend_items=handles)
     have_any = False
     for ax, f in zip(grid.axes, facets):
-        all_y = []
+        all_y, facet_fail = [], False
         for slot, v in enumerate(variants):
             at = {}
             for xv in xs_all:
@@ -221,9 +246,12 @@ def _facet_lines(results: dict, index: Dict[Key, dict], out_dir: Path, name: str
                     all_y += py
             fails = [xv for xv, rs in at.items() if any(not is_ok(r) for r in rs)]
             mark_failures(ax, fails, colors[v], slot)
+            facet_fail = facet_fail or bool(fails)
         size_axis(ax, "x", xs_all)
         _x_limits(ax, xs_all)
         value_axis(ax, all_y)
+        if facet_fail:
+            headroom(ax)
         ax.set_title(f"{facet_label} {f}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -266,15 +294,18 @@ def memory_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optio
     """Peak measured memory (solid) and analytic KV-cache bytes (dotted) vs seq_len; failures at the top."""
     sources = sorted({peak_memory(r)[1] for r in index.values() if is_ok(r) and peak_memory(r)[1]})
     src = "/".join(sources) or "measured"
+    biggest = max([peak_memory(r)[0] or 0 for r in index.values() if is_ok(r)]
+                  + [get_num(r, "kv_cache_bytes") or 0 for r in index.values()] + [0])
+    unit, scale = next(((u, f) for u, f in (("GiB", 2 ** 30), ("MiB", 2 ** 20)) if biggest >= f), ("KiB", 1024))
 
     def value(rs, sid):
         if sid == "mem":
             peaks = [peak_memory(r)[0] for r in rs if is_ok(r)]
             peaks = [p for p in peaks if p is not None]
-            return max(peaks) / 2 ** 30 if peaks else None
+            return max(peaks) / scale if peaks else None
         kv = [get_num(r, "kv_cache_bytes") for r in rs]
         kv = [k for k in kv if k]
-        return max(kv) / 2 ** 30 if kv else None
+        return max(kv) / scale if kv else None
 
     extra = [Line2D([], [], color="gray", linestyle="-", marker="o", markersize=4,
                     label=f"peak memory ({src})"),
@@ -282,7 +313,7 @@ def memory_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optio
     return _facet_lines(results, index, out_dir, "memory.png",
                         f"Peak memory ({src}, solid) and KV cache (dotted) vs sequence length",
                         phases=("prefill", "decode"), facet="batch_size", x="seq_len", facet_label="batch",
-                        xlabel="sequence length (tokens)", ylabel="memory (GiB)",
+                        xlabel="sequence length (tokens)", ylabel=f"memory ({unit})",
                         series=[("mem", "-"), ("kv", ":")], value=value, extra_handles=extra)
 
 
@@ -316,14 +347,15 @@ def speedup_heatmap(results: dict, index: Dict[Key, dict], out_dir: Path, phase:
                 elif not is_ok(base):
                     labels[i][j] = "base\n" + {"oom": "OOM", "error": "err"}.get(base["status"], "skip")
         data[v] = (grid, labels)
-    lim = min(lim, 4.0)
+    if all(np.isnan(g).all() for g, _ in data.values()):
+        return None
+    lim = min(max(lim, 1.25), 4.0)  # a few % either way stays pale
     norm = LogNorm(vmin=1 / lim, vmax=lim)  # symmetric around 1x on a log scale
     w = max(3.0, 0.55 * ns + 0.6)
     h = max(2.0, 0.36 * nb + 0.4)
     g = Grid(len(variants), w=w, h=h, max_cols=3 if ns <= 6 else 2, right=1.3, wspace=0.85, hspace=1.0)
     fs = 8 if ns <= 8 else 7
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#e4e4e4")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#e4e4e4")
     im = None
     for ax, v in zip(g.axes, variants):
         arr, labels = data[v]
@@ -344,11 +376,12 @@ def speedup_heatmap(results: dict, index: Dict[Key, dict], out_dir: Path, phase:
     if im is not None:
         cax = g.fig.add_axes([g.right_edge + 0.35 / g.W, g.bottom_edge, 0.18 / g.W,
                               g.top_edge - g.bottom_edge])
-        cb = g.fig.colorbar(im, cax=cax, label="speedup (×, > 1 = faster than baseline)")
-        ticks = [t for t in (0.25, 1 / 3, 0.5, 2 / 3, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0) if 1 / lim <= t <= lim]
+        cb = g.fig.colorbar(im, cax=cax, label="speedup (> 1: faster)")
+        ticks = [t for t in (0.25, 1 / 3, 0.5, 2 / 3, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
+                 if 1 / lim <= t * 1.0001 and t <= lim * 1.0001]
         cb.ax.yaxis.set_major_locator(FixedLocator(ticks))
         cb.ax.yaxis.set_minor_locator(NullLocator())
-        cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}×"))
+        cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}×"))
     g.title(f"{phase.capitalize()} speedup over baseline (baseline median / variant median)")
     return save(g.fig, out_dir, f"speedup_{phase}.png")
 
@@ -459,6 +492,8 @@ def roofline_scatter(results: dict, index: Dict[Key, dict], out_dir: Path) -> Op
     ax.plot(line, 10 * line, color="gray", linestyle=":", linewidth=1, label="10× floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda x, _: fmt_tick(x)))
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi * 2)
     ax.set_xlabel("roofline floor per sample (ms)")
@@ -510,7 +545,7 @@ def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
     handles = [Line2D([], [], color="gray", linestyle=ls, marker=m, markersize=4, label=r.label)
                for r, (ls, m) in zip(runs, RUN_STYLES * 3)]
     handles += [Line2D([], [], color=bcolor[b], linewidth=3, label=f"batch {b}") for b in batches]
-    g = Grid(len(variants), legend_items=len(handles), legend_cols=8)
+    g = Grid(len(variants), legend_items=handles, legend_cols=8)
     for ax, v in zip(g.axes, variants):
         ys_all = []
         for r, (ls, m) in zip(runs, RUN_STYLES * 3):

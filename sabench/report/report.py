@@ -54,6 +54,8 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
     has_base = BASELINE in variants
     phases = phases_of(results)
 
+    if not index:
+        return ["The results hold no measurements."]
     if not has_base:
         out.append("No `baseline` variant in this run, so speedups and savings against it are not computed.")
     # --- speedups
@@ -75,7 +77,9 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
                         best = (sp, k)
                     if sp < 1.0:
                         slower.append((phase, sp, k))
-            if sps:
+            if len(sps) == 1:
+                per_variant.append(f"  - `{v}`: {fmt_x(sps[0][0])} at its only compared point, {_pt(sps[0][1])}")
+            elif sps:
                 gm = math.exp(sum(math.log(s) for s, _ in sps) / len(sps))
                 lo, hi = min(sps), max(sps)
                 per_variant.append(
@@ -86,15 +90,23 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             b_ms = median_ms(index.get((BASELINE, k[1], k[2], phase)))
             v_ms = median_ms(index[k])
             unit = "ms" if phase == "prefill" else "ms/token"
+            caution = ""
+            for who, rec in (("baseline", index.get((BASELINE, k[1], k[2], phase))), (f"`{k[0]}`", index[k])):
+                m, p = median_ms(rec), p90_ms(rec)
+                if m and p and p > 1.2 * m:
+                    caution += f" Caution: {who}'s timing there is noisy (p90 {p / m:.2f}× the median)."
             out.append(f"**{phase.capitalize()}**: the largest speedup over baseline is **{fmt_x(sp)}**, "
-                       f"`{k[0]}` at batch {k[1]}, seq_len {k[2]} ({fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit}).")
+                       f"`{k[0]}` at batch {k[1]}, seq_len {k[2]} ({fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit})."
+                       + caution)
             out.extend(per_variant)
     if has_base and others:
-        if slower:
+        n_cmp = sum(1 for k, r in index.items() if k[0] != BASELINE
+                    and speedup(index.get((BASELINE, k[1], k[2], k[3])), r) is not None)
+        if not n_cmp:
+            out.append("No point where both baseline and another variant ran ok: no speedups to report.")
+        elif slower:
             slower.sort(key=lambda t: t[1])
             items = [f"{ph} `{k[0]}` {_pt(k)} ({fmt_x(sp)})" for ph, sp, k in slower]
-            n_cmp = sum(1 for k, r in index.items() if k[0] != BASELINE
-                        and speedup(index.get((BASELINE, k[1], k[2], k[3])), r) is not None)
             out.append(f"**Slower than baseline** at {len(slower)} of {n_cmp} compared points, slowest first: "
                        + _listing(items) + ".")
         else:
@@ -231,11 +243,13 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
     lines += [""]
 
-    lines += ["## Figures", ""]
-    lines += ["### Latency", ""]
-    lines += _figure(figs, "prefill_latency", "prefill latency vs sequence length")
-    lines += _figure(figs, "decode_latency", "decode per-token latency vs context length")
-    lines += _figure(figs, "decode_throughput", "decode throughput vs batch size")
+    if any(figs.values()):
+        lines += ["## Figures", ""]
+    if figs.get("prefill_latency") or figs.get("decode_latency") or figs.get("decode_throughput"):
+        lines += ["### Latency", ""]
+        lines += _figure(figs, "prefill_latency", "prefill latency vs sequence length")
+        lines += _figure(figs, "decode_latency", "decode per-token latency vs context length")
+        lines += _figure(figs, "decode_throughput", "decode throughput vs batch size")
     if figs.get("speedup_prefill") or figs.get("speedup_decode"):
         lines += ["### Speedup over baseline", ""]
         lines += _figure(figs, "speedup_prefill", "prefill speedup heatmap")

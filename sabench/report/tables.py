@@ -59,8 +59,9 @@ def setup_table(results: dict) -> str:
         else suite["model"].get("name", str(suite["model"])))
     add("dtype", suite.get("dtype"))
     add("variants", ", ".join(variants_of(results)))
-    bs = suite.get("batch_sizes") or sorted({r["batch_size"] for r in results["records"]})
-    sl = suite.get("seq_lens") or sorted({r["seq_len"] for r in results["records"]})
+    sweep = suite.get("sweep") or {}
+    bs = suite.get("batch_sizes") or sweep.get("batch_size") or sorted({r["batch_size"] for r in results["records"]})
+    sl = suite.get("seq_lens") or sweep.get("seq_len") or sorted({r["seq_len"] for r in results["records"]})
     add("sweep", f"batch {_list(bs)} × seq_len {_list(sl)}")
     add("decode tokens", suite.get("decode_tokens"))
     warm = suite.get("warmup", _distinct(results, "warmup"))

@@ -1,0 +1,194 @@
+import copy
+import json
+import time
+
+import pytest
+
+from report_fixtures import big_results, make_results, scale_timings, write_results
+from sabench.report import ResultsError
+from sabench.report.check import check, parse_threshold
+from sabench.report.commands import main
+
+
+@pytest.fixture(scope="module")
+def base():
+    return make_results(seed=3)
+
+
+def _run(tmp_path, capsys, base, cur, *extra):
+    a = write_results(base, tmp_path / "base")
+    b = write_results(cur, tmp_path / "cur")
+    code = main(["check", str(a), str(b), *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _rec(res, variant, b, s, phase):
+    return next(r for r in res["records"] if (r["variant"], r["batch_size"], r["seq_len"], r["phase"])
+                == (variant, b, s, phase))
+
+
+def test_identical_passes(tmp_path, capsys, base):
+    code, out, _ = _run(tmp_path, capsys, base, copy.deepcopy(base))
+    assert code == 0
+    assert "PASS: 0 regression(s)" in out
+
+
+def test_uniform_2pct_drift_passes(tmp_path, capsys, base):
+    code, out, _ = _run(tmp_path, capsys, base, scale_timings(base, 1.02))
+    assert code == 0
+    assert "0 regression(s), 0 improvement(s), 33 unchanged" in out
+
+
+def test_25pct_decode_slowdown_of_one_variant_fails(tmp_path, capsys, base):
+    cur = scale_timings(base, 1.25, variant="cla:2", phase="decode")
+    code, out, _ = _run(tmp_path, capsys, base, cur)
+    assert code == 1
+    assert "FAIL: 6 regression(s)" in out
+    assert "decode cla:2 b=4 s=512" in out and "+25.0%" in out
+    points = [line.split("  ")[0] for line in out.split("Regressions")[1].splitlines()
+              if line.startswith(("prefill ", "decode "))]
+    assert len(points) == 6 and all(p.startswith("decode cla:2 ") for p in points)
+
+
+def test_changed_kv_bytes_fails(tmp_path, capsys, base):
+    cur = copy.deepcopy(base)
+    _rec(cur, "sa:6-11", 4, 512, "prefill")["kv_cache_bytes"] += 4096
+    code, out, _ = _run(tmp_path, capsys, base, cur)
+    assert code == 1
+    assert "prefill sa:6-11 b=4 s=512" in out and "kv_cache_bytes" in out and "+4,096" in out
+
+
+@pytest.mark.parametrize("field", ["params", "flops.analytic", "flops.counted"])
+def test_other_deterministic_changes_fail(base, field):
+    cur = copy.deepcopy(base)
+    r = _rec(cur, "baseline", 1, 128, "decode")
+    if "." in field:
+        r["flops"][field.split(".")[1]] += 1
+    else:
+        r[field] += 1
+    res = check(base, cur)
+    assert res.exit_code == 1
+    assert [(f.metric, f.key) for f in res.regressions] == [(field, ("baseline", 1, 128, "decode"))]
+
+
+def test_oom_where_there_was_ok_fails(tmp_path, capsys, base):
+    cur = copy.deepcopy(base)
+    r = _rec(cur, "cla:2", 4, 2048, "prefill")
+    for k in ("latency_ms", "tokens_per_s", "mfu", "memory_bytes"):
+        r.pop(k)
+    r.update(status="oom", error="CUDA out of memory")
+    code, out, _ = _run(tmp_path, capsys, base, cur)
+    assert code == 1
+    assert "prefill cla:2 b=4 s=2048" in out and "status" in out and "OOM" in out
+
+
+def test_improvement_and_ok_after_oom_are_not_failures(base):
+    cur = scale_timings(base, 0.75, variant="cla:2", phase="decode")
+    fixed = _rec(base, "cla:2", 1, 128, "prefill")
+    r = _rec(cur, "baseline", 4, 2048, "prefill")
+    r.update({k: copy.deepcopy(v) for k, v in fixed.items() if k not in ("variant", "batch_size", "seq_len")})
+    r.update(params=_rec(base, "baseline", 4, 2048, "prefill")["params"],
+             kv_cache_bytes=_rec(base, "baseline", 4, 2048, "prefill")["kv_cache_bytes"],
+             flops=_rec(base, "baseline", 4, 2048, "prefill")["flops"])
+    r.pop("error", None)
+    res = check(base, cur)
+    assert res.exit_code == 0
+    assert len([f for f in res.improvements if f.metric == "latency"]) == 6
+    assert any(f.metric == "status" and f.key == ("baseline", 4, 2048, "prefill") for f in res.improvements)
+
+
+def test_timings_off_gates_on_deterministic_only(tmp_path, capsys, base):
+    cur = scale_timings(base, 1.25, variant="cla:2", phase="decode")
+    code, out, _ = _run(tmp_path, capsys, base, cur, "--timings", "off")
+    assert code == 0
+    assert "not judged" in out and "decode cla:2 b=4 s=512" in out
+    cur["records"][0]["params"] += 1
+    assert check(base, cur, timings=False).exit_code == 1
+
+
+def test_too_few_samples_cannot_be_significant(base):
+    a, b = copy.deepcopy(base), scale_timings(base, 1.5)
+    for res in (a, b):
+        for r in res["records"]:
+            if r["status"] == "ok":
+                r["latency_ms"]["samples"] = r["latency_ms"]["samples"][:2]
+    out = check(a, b)
+    assert out.exit_code == 0 and not out.regressions
+    assert out.unchanged == 33
+    assert any("fewer than 3 samples" in n for n in out.notes)
+
+
+def test_large_but_not_significant_change_is_unchanged(base):
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    ra, rb = _rec(a, "cla:2", 1, 128, "prefill"), _rec(b, "cla:2", 1, 128, "prefill")
+    ra["latency_ms"]["samples"] = [1.0, 2.0, 3.0]
+    rb["latency_ms"]["samples"] = [1.5, 2.5, 3.5]  # +25% median, n=3: p >= 0.05 at best
+    res = check(a, b)
+    assert res.exit_code == 0
+    assert any("not significant" in n and "prefill cla:2 b=1 s=128" in n for n in res.notes)
+
+
+def test_markdown_and_github_step_summary(tmp_path, monkeypatch, base):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    cur = scale_timings(base, 1.25, variant="cla:2", phase="decode")
+    md_path = tmp_path / "comment.md"
+    res = check(base, cur, markdown=md_path)
+    md = md_path.read_text()
+    assert md.startswith("### ❌ sabench check: 6 regression(s)")
+    assert "| decode cla:2 b=4 s=512" in md
+    assert summary.read_text() == "earlier step\n" + md + "\n"
+    assert res.exit_code == 1
+
+
+@pytest.mark.parametrize("text,value", [("5%", 0.05), ("0.05", 0.05), ("5", 0.05), ("12.5%", 0.125),
+                                        ("1", 1.0), ("0", 0.0), (0.1, 0.1)])
+def test_parse_threshold(text, value):
+    assert parse_threshold(text) == pytest.approx(value)
+
+
+def test_threshold_is_applied(tmp_path, capsys, base):
+    cur = scale_timings(base, 1.25, variant="cla:2", phase="decode")
+    code, _, _ = _run(tmp_path, capsys, base, cur, "--threshold", "30%")
+    assert code == 0
+    code, _, err = _run(tmp_path, capsys, base, cur, "--threshold", "lots")
+    assert code == 2 and "bad threshold" in err
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys, base):
+    good = write_results(base, tmp_path / "good")
+    assert main(["check", str(good), str(tmp_path / "missing")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    wrong = tmp_path / "wrong" / "results.json"
+    wrong.parent.mkdir()
+    wrong.write_text(json.dumps({**base, "schema": "sabench-results/0"}))
+    assert main(["check", str(good), str(wrong)]) == 2
+    assert "schema" in capsys.readouterr().err
+
+    other = write_results(make_results(variants=("cla:4",)), tmp_path / "other")
+    assert main(["check", str(good), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sabench: error:") and "share no" in err
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert main(["check", str(broken), str(good)]) == 2
+
+
+def test_check_api_raises_results_error(base, tmp_path):
+    with pytest.raises(ResultsError):
+        check(base, tmp_path / "nothing")
+
+
+def test_check_performance_1000_records(tmp_path):
+    a = write_results(big_results(seed=5), tmp_path / "a")
+    b = write_results(scale_timings(big_results(seed=5), 1.25, variant="cla:3"), tmp_path / "b")
+    t0 = time.perf_counter()
+    res = check(a, b)
+    elapsed = time.perf_counter() - t0
+    print(f"check on two 1,000-record files: {elapsed:.2f} s")
+    assert res.exit_code == 1 and len(res.regressions) == 200
+    assert elapsed < 10

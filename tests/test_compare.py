@@ -1,0 +1,75 @@
+import re
+
+import pytest
+
+from report_fixtures import make_results, scale_timings, write_results
+from sabench.report import ResultsError, compare_runs
+from sabench.report.commands import main
+
+
+def _two_runs(tmp_path, drop=None):
+    a = make_results(seed=1)
+    b = scale_timings(make_results(seed=1, host="bench-02", device_name="NVIDIA H200"), 0.5)
+    b["env"]["cuda"] = "12.9"
+    if drop:
+        b["records"] = [r for r in b["records"] if not drop(r)]
+        b["suite"]["seq_lens"] = sorted({r["seq_len"] for r in b["records"]})
+    return write_results(a, tmp_path / "h100"), write_results(b, tmp_path / "h200")
+
+
+def test_compare_env_differences_first_and_ratios(tmp_path):
+    ra, rb = _two_runs(tmp_path)
+    path = compare_runs([ra, rb], tmp_path / "out")
+    md = path.read_text()
+    assert path == tmp_path / "out" / "compare.md"
+    sections = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert sections[0] == "Environment differences"
+    env = md.split("## Environment differences")[1].split("## ")[0]
+    assert "| host " in env and "bench-02" in env and "NVIDIA H200" in env and "12.9" in env
+    assert "torch" not in env  # same value in both runs: not a difference
+    assert "h200 / h100" in md
+    prefill = md.split("## Prefill median latency (ms)")[1].split("## ")[0]
+    assert "0.50×" in prefill
+    assert "takes 0.50× the time of h100" in md and "2.00× as fast" in md
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (path.parent / name).stat().st_size > 10_000
+    # failed points read as their status, not as numbers
+    oom_row = [line for line in prefill.splitlines() if re.match(r"\|\s*baseline\s*\|\s*4\s*\|\s*2048\s*\|", line)]
+    assert len(oom_row) == 1 and re.search(r"\|\s*OOM\s*\|\s*OOM\s*\|\s*—\s*\|", oom_row[0])
+
+
+def test_compare_mismatched_suites_lists_left_out_points(tmp_path):
+    ra, rb = _two_runs(tmp_path, drop=lambda r: r["seq_len"] == 2048)
+    md = compare_runs([ra, rb], tmp_path / "out").read_text()
+    assert "seq_lens" in md.split("## Summary")[0]  # suite difference listed up front
+    left = md.split("### Points left out")[1].split("## ")[0]
+    assert "**h100**: 12 point(s)" in left
+    assert "`cla:2` b=1 s=2048 prefill (not in h200)" in left
+    tables = md.split("## Prefill median latency")[1]
+    seq_cells = {line.split("|")[3].strip() for line in tables.splitlines() if line.startswith("| ")}
+    assert "2048" not in seq_cells and "512" in seq_cells
+
+
+def test_compare_default_out_dir(tmp_path, monkeypatch):
+    ra, rb = _two_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path = compare_runs([ra, rb])
+    assert path.resolve().parent.parent == (tmp_path / "reports" / "compare").resolve()
+    assert path.name == "compare.md"
+
+
+def test_compare_bad_inputs(tmp_path):
+    ra, _ = _two_runs(tmp_path)
+    with pytest.raises(ResultsError, match="at least two"):
+        compare_runs([ra], tmp_path / "o")
+    other = write_results(make_results(variants=("cla:4",)), tmp_path / "other")
+    with pytest.raises(ResultsError, match="share no"):
+        compare_runs([ra, other], tmp_path / "o")
+
+
+def test_cli_compare(tmp_path, capsys):
+    ra, rb = _two_runs(tmp_path)
+    assert main(["compare", str(ra), str(rb), "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "compare.md").exists()
+    assert main(["compare", str(ra), str(tmp_path / "nope")]) == 2
+    assert "sabench: error:" in capsys.readouterr().err

@@ -1,0 +1,155 @@
+import sqlite3
+
+import pytest
+
+from report_fixtures import make_results, scale_timings, write_results
+from sabench.report import ResultsError
+from sabench.report.commands import main
+from sabench.report.history import (TrendPoint, RunInfo, import_paths, machine_fingerprint, mark_steps,
+                                    query_trend, record_run, resolve_db)
+
+
+def _run(tmp_path, name, commit, day, factor=1.0, variant=None, **kw):
+    res = make_results(seed=7, commit=commit, created=f"2026-11-{day:02d}T10:00:00Z", **kw)
+    if factor != 1.0:
+        res = scale_timings(res, factor, variant=variant)
+    return write_results(res, tmp_path / name)
+
+
+def _count(db, table):
+    with sqlite3.connect(db) as con:
+        return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def test_record_two_commits_and_query_trend(tmp_path):
+    db = tmp_path / "h.sqlite"
+    # recorded out of order: the trend is ordered by the results' created time
+    r2 = _run(tmp_path, "r2", "bbbbbbb222", 21)
+    r1 = _run(tmp_path, "r1", "aaaaaaa111", 20)
+    assert record_run(r2, db).inserted
+    assert record_run(r1 / "results.json", db).inserted
+    trends = query_trend(db, suite="synthetic", metric="median_ms", variant="cla:2", phase="decode")
+    assert len(trends) == 6
+    t = next(t for t in trends if (t.batch_size, t.seq_len) == (4, 512))
+    assert [p.run.git_commit for p in t.points] == ["aaaaaaa111", "bbbbbbb222"]
+    rec = next(r for r in make_results(seed=7)["records"]
+               if (r["variant"], r["batch_size"], r["seq_len"], r["phase"]) == ("cla:2", 4, 512, "decode"))
+    assert t.points[0].value == pytest.approx(rec["latency_ms"]["median"])
+    assert t.points[0].rel_iqr is not None and 0 < t.points[0].rel_iqr < 0.2
+    assert not t.steps  # identical numbers: no step
+
+    kv = query_trend(db, metric="kv_cache_bytes", variant="baseline", phase="prefill")
+    assert {p.value for t in kv for p in t.points} >= {5308416.0}
+    # a failed point keeps a row saying why
+    oom = query_trend(db, metric="median_ms", variant="baseline", phase="prefill", batch_size=4, seq_len=2048)
+    assert [p.status for p in oom[0].points] == ["oom", "oom"] and oom[0].points[0].value is None
+
+
+def test_record_is_idempotent(tmp_path):
+    db = tmp_path / "h.sqlite"
+    r = _run(tmp_path, "r", "c0ffee", 20)
+    first = record_run(r, db)
+    n = _count(db, "metrics")
+    again = record_run(r, db)
+    assert first.inserted and not again.inserted and first.run_key == again.run_key
+    assert _count(db, "runs") == 1 and _count(db, "metrics") == n == first.metrics
+
+
+def test_db_path_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SABENCH_HISTORY", str(tmp_path / "env.sqlite"))
+    assert resolve_db() == tmp_path / "env.sqlite"
+    assert resolve_db(tmp_path / "arg.sqlite") == tmp_path / "arg.sqlite"
+    record_run(_run(tmp_path, "r", "c0ffee", 20))
+    assert (tmp_path / "env.sqlite").exists()
+    monkeypatch.delenv("SABENCH_HISTORY")
+    assert str(resolve_db()) == "reports/history.sqlite"
+
+
+def test_machine_fingerprint():
+    env = make_results()["env"]
+    assert machine_fingerprint(env) == machine_fingerprint(dict(env))
+    assert machine_fingerprint(env) != machine_fingerprint({**env, "host": "other"})
+    assert machine_fingerprint(env) != machine_fingerprint({**env, "driver": "999"})
+    assert len(machine_fingerprint(env)) == 12
+
+
+def test_import_directory_and_sqlite(tmp_path):
+    other = tmp_path / "from_other_machine"
+    _run(other / "a", "run", "aaa", 20, host="bench-02")
+    _run(other / "b" / "nested", "run", "bbb", 21, host="bench-02")
+    db = tmp_path / "main.sqlite"
+    assert import_paths([other], db) == (2, 0)
+    assert import_paths([other], db) == (0, 2)
+    # merging another history database
+    db2 = tmp_path / "second.sqlite"
+    record_run(_run(tmp_path, "local", "ccc", 22), db2)
+    record_run(other / "a" / "run", db2)  # already in main: not duplicated
+    assert import_paths([db2], db) == (1, 1)
+    assert _count(db, "runs") == 3
+    assert _count(db, "metrics") == 3 * _count(db2, "metrics") // 2
+    machines = {t.machine for t in query_trend(db, variant="baseline")}
+    assert len(machines) == 2
+    with pytest.raises(ResultsError):
+        import_paths([tmp_path / "nowhere"], db)
+    bogus = tmp_path / "bogus.sqlite"
+    sqlite3.connect(bogus).execute("CREATE TABLE x (y)").connection.commit()
+    with pytest.raises(ResultsError, match="not a sabench history"):
+        import_paths([bogus], db)
+
+
+def test_step_marking_on_real_runs(tmp_path):
+    db = tmp_path / "h.sqlite"
+    record_run(_run(tmp_path, "r1", "c1", 20), db)
+    record_run(_run(tmp_path, "r2", "c2", 21), db)
+    record_run(_run(tmp_path, "r3", "c3", 22, factor=1.4, variant="cla:2"), db)
+    record_run(_run(tmp_path, "r4", "c4", 23, factor=1.4, variant="cla:2"), db)
+    trends = query_trend(db, metric="median_ms")
+    stepped = {(t.variant, t.phase, t.batch_size, t.seq_len) for t in trends if t.steps}
+    assert stepped == {("cla:2", ph, b, s) for ph in ("prefill", "decode") for b in (1, 4)
+                       for s in (128, 512, 2048)}
+    t = next(t for t in trends if t.variant == "cla:2" and t.phase == "decode" and t.batch_size == 1
+             and t.seq_len == 512)
+    assert [p.step for p in t.points] == [None, None, "up", None]
+    assert t.points[2].change == pytest.approx(0.4)
+    tps = query_trend(db, metric="tokens_per_s", variant="cla:2", phase="decode", batch_size=1, seq_len=512)
+    assert [p.step for p in tps[0].points] == [None, None, "down", None]
+
+
+def _pts(values, iqr):
+    info = RunInfo("k", "s", "m", "c", "t", "h", "d")
+    return [TrendPoint(info, v, iqr, "ok") for v in values]
+
+
+def test_mark_steps_uses_noise_and_threshold():
+    pts = _pts([1.0, 1.2, 1.2 * 1.4], 0.1)  # noise = max(3 x 10%, 5%) = 30%
+    mark_steps(pts, "median_ms", 0.05)
+    assert [p.step for p in pts] == [None, None, "up"]
+    pts = _pts([1.0, 1.04, 1.1], 0.0)  # quiet samples: the threshold rules
+    mark_steps(pts, "median_ms", 0.05)
+    assert [p.step for p in pts] == [None, None, "up"]
+    pts = _pts([100.0, 101.0], None)  # deterministic figures: any change is a step
+    mark_steps(pts, "kv_cache_bytes", 0.05)
+    assert pts[1].step == "up"
+    pts = _pts([1.0, None, 0.5], 0.0)  # a failed run in between: compare with the last value
+    mark_steps(pts, "median_ms", 0.05)
+    assert [p.step for p in pts] == [None, None, "down"]
+
+
+def test_cli_history_table_plot_and_import(tmp_path, capsys):
+    db = tmp_path / "h.sqlite"
+    runs = tmp_path / "runs"
+    _run(runs, "r1", "1111111aaa", 20)
+    _run(runs, "r2", "2222222bbb", 21, factor=1.5, variant="sa:6-11")
+    assert main(["history", "--db", str(db), "--import", str(runs)]) == 0
+    assert "2 run(s) added" in capsys.readouterr().out
+    plot = tmp_path / "trend.png"
+    assert main(["history", "--db", str(db), "--suite", "synthetic", "--variant", "sa:6-11",
+                 "--metric", "median_ms", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "1111111" in out and "2222222" in out and "▲" in out
+    assert "decode sa:6-11 b=4 s=512" in out
+    assert plot.stat().st_size > 10_000
+    assert main(["history", "--db", str(db), "--suite", "nope"]) == 0
+    assert "suites recorded: synthetic (2 runs)" in capsys.readouterr().out
+    assert main(["history", "--db", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no history database" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+import json
+import re
+import time
+
+import pytest
+
+from report_fixtures import big_results, make_results, write_results
+from sabench.report import ResultsError, load_results, write_report
+from sabench.report.commands import build_parser, main
+from sabench.report.results import human_bytes, human_flops, status_text
+from sabench.schema import SCHEMA
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory):
+    run = write_results(make_results(), tmp_path_factory.mktemp("run"))
+    path = write_report(run)
+    return run, path, path.read_text()
+
+
+# ---------------------------------------------------------------- load_results
+
+def test_load_results_accepts_dir_and_file(tmp_path):
+    run = write_results(make_results(), tmp_path / "r")
+    assert load_results(run)["schema"] == SCHEMA
+    assert len(load_results(run / "results.json")["records"]) == 36
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "no such file"),
+    ("{not json", "not valid JSON"),
+    (json.dumps({"schema": "other/9", "records": []}), "has schema 'other/9'"),
+    (json.dumps([1, 2]), "not a sabench results file"),
+    (json.dumps({"schema": SCHEMA, "records": [{"variant": "baseline"}]}), "lacks"),
+])
+def test_load_results_errors_are_one_line(tmp_path, content, needle):
+    p = tmp_path / "results.json"
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(ResultsError) as e:
+        load_results(p)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_load_results_dir_without_results(tmp_path):
+    with pytest.raises(ResultsError, match="no results.json in"):
+        load_results(tmp_path)
+
+
+def test_human_formats():
+    assert human_bytes(1.5 * 2 ** 20) == "1.5 MiB"
+    assert human_bytes(512) == "512 B"
+    assert human_flops(3.2e9) == "3.2 GFLOP"
+    assert human_flops(1.25e12) == "1.25 TFLOP"
+    assert status_text({"status": "oom"}) == "OOM"
+    assert status_text({"status": "skipped_after_oom"}) == "skipped (after OOM)"
+    assert status_text({"status": "error", "error": "x" * 100}, 20).startswith("error: xxxx")
+    assert len(status_text({"status": "error", "error": "x" * 100}, 20)) == len("error: ") + 20
+
+
+# ---------------------------------------------------------------- report.md
+
+def test_report_files_and_relative_links(small_report):
+    run, path, md = small_report
+    assert path == run / "report.md"
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 8
+    for link in links:
+        assert "/" not in link and link.endswith(".png")
+        assert (run / link).stat().st_size > 10_000
+    for section in ("## Setup", "## What this run says", "## Figures", "## Prefill", "## Decode"):
+        assert section in md
+
+
+def test_report_setup_table(small_report):
+    _, _, md = small_report
+    setup = md.split("## Setup")[1].split("##")[0]
+    for text in ("NVIDIA H100 80GB HBM3", "570.86.15 / 12.8", "torch 2.13.0", "transformers 5.23.0",
+                 "a1b2c3d4e5f6", "bench-01", "700 TFLOP/s, 3 TB/s (measured)", "llama-tiny-12l",
+                 "bfloat16", "baseline, cla:2, sa:6-11", "{1, 4}", "{128, 512, 2048}", "| 16 ",
+                 "2 / 12"):
+        assert text in setup, text
+
+
+def _rows(md, phase):
+    table = md.split(f"\n## {phase}\n")[1].strip().split("\n\n")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def test_report_tables_status_rows_and_speedups(small_report):
+    _, _, md = small_report
+    prefill = {(r[0], r[1], r[2]): r for r in _rows(md, "Prefill")}
+    decode = {(r[0], r[1], r[2]): r for r in _rows(md, "Decode")}
+    assert len(prefill) == 18 and len(decode) == 18
+    oom = prefill[("baseline", "4", "2048")]
+    assert oom[3] == "OOM" and "0" not in (oom[4], oom[5])
+    assert decode[("baseline", "4", "2048")][3] == "skipped (after OOM)"
+    err = decode[("sa:6-11", "1", "128")][3]
+    assert err.startswith("error: RuntimeError: CUDA error") and err.endswith("…")
+    assert prefill[("baseline", "1", "128")][6] == "—"
+    assert re.fullmatch(r"\d\.\d\d×", prefill[("cla:2", "1", "128")][6])
+    assert prefill[("cla:2", "4", "2048")][6] == "— (base OOM)"
+    # KV cache human readable, halved by CLA-2
+    assert prefill[("baseline", "1", "128")][7] == "5.06 MiB"
+    assert prefill[("cla:2", "1", "128")][7] == "2.53 MiB"
+    assert "peak mem (NVML)" in md and "MFU" in md and "MBU" in md
+    assert re.fullmatch(r"\d+\.\d%", prefill[("cla:2", "1", "512")][11])
+    assert prefill[("cla:2", "1", "512")][9].endswith("GFLOP")
+
+
+def test_report_findings_are_computed(small_report):
+    run, _, md = small_report
+    results = load_results(run)
+    idx = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in results["records"]}
+    best = max(((idx[("baseline", b, s, "decode")]["latency_ms"]["median"] / r["latency_ms"]["median"], v, b, s)
+                for (v, b, s, ph), r in idx.items()
+                if ph == "decode" and v != "baseline" and r["status"] == "ok"
+                and idx[("baseline", b, s, "decode")]["status"] == "ok"))
+    says = md.split("## What this run says")[1].split("## Figures")[0]
+    assert f"**{best[0]:.2f}×**, `{best[1]}` at batch {best[2]}, seq_len {best[3]}" in says
+    assert "`cla:2` keeps **0.50×** the baseline's KV cache" in says
+    assert "`sa:6-11` keeps **0.75×**" in says
+    assert "**Out of memory** at 1 point(s): `baseline` b=4 s=2048" in says
+    assert "Baseline ran out of memory where sharing variants fit: b=4 s=2048 (`cla:2`, `sa:6-11`)" in says
+    assert "**Errors** at 1 point(s): `sa:6-11` b=1 s=128 decode" in says
+    assert "roofline floor" in says
+
+
+def test_report_cpu_run_without_baseline_or_peaks(tmp_path):
+    res = make_results(variants=("cla:2", "cla:4"), gpu=False, oom=False, error=False,
+                       batch_sizes=(1,), seq_lens=(64, 128))
+    for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s"):
+        res["env"].pop(k, None)
+    for r in res["records"]:
+        r.pop("mfu", None)
+        r.pop("mbu", None)
+    run = write_results(res, tmp_path / "cpu")
+    md = write_report(run).read_text()
+    assert "No `baseline` variant" in md
+    assert "peak mem (RSS)" in md
+    assert "unknown (no MFU/MBU)" in md
+    assert "No point ran out of memory." in md
+    assert not (run / "speedup_prefill.png").exists()
+    assert (run / "prefill_latency.png").exists()
+
+
+def test_report_prefill_only_and_all_failed(tmp_path):
+    res = make_results(batch_sizes=(2,), seq_lens=(256,), oom=False, error=False)
+    res["records"] = [r for r in res["records"] if r["phase"] == "prefill"]
+    for r in res["records"]:
+        if r["variant"] == "sa:6-11":
+            r.clear()
+            r.update(variant="sa:6-11", batch_size=2, seq_len=256, phase="prefill", status="error",
+                     error="boom")
+    md = write_report(write_results(res, tmp_path / "p")).read_text()
+    assert "## Decode" not in md
+    assert "error: boom" in md
+
+
+def test_cli_report_and_error(tmp_path, capsys):
+    run = write_results(make_results(batch_sizes=(1,), seq_lens=(128, 256)), tmp_path / "r")
+    assert main(["report", str(run)]) == 0
+    assert str(run / "report.md") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "sabench: error:" in capsys.readouterr().err
+
+
+def test_register_adds_subcommands():
+    parser = build_parser()
+    for argv in (["report", "x"], ["compare", "a", "b"], ["check", "a", "b"], ["history"]):
+        args = parser.parse_args(argv)
+        assert callable(args.func)
+
+
+def test_report_performance_1000_records(tmp_path):
+    res = big_results()
+    assert len(res["records"]) == 1000
+    run = write_results(res, tmp_path / "big")
+    t0 = time.perf_counter()
+    path = write_report(run)
+    elapsed = time.perf_counter() - t0
+    print(f"write_report on 1,000 records: {elapsed:.2f} s")
+    assert path.exists()
+    assert elapsed < 30
