@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SUITE ?= $(shell $(PY) -c "import torch; print('llama-3.1-8b' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
 
-.PHONY: install test bench inspect clean
+.PHONY: install test bench inspect baseline clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: install
 
 inspect: install
 	$(VENV)/bin/sabench inspect --model llama-3.1-8b --variant baseline --variant cla:2 --variant sa:23-30 --seq-len 8192
+
+# Re-record the smoke baseline that CI checks deterministic figures against (after an
+# intended change to parameters, cache sizes or FLOPs; commit the new file with the change).
+baseline: install
+	rm -rf /tmp/sabench-baseline && $(VENV)/bin/sabench run smoke --out /tmp/sabench-baseline --no-report
+	cp /tmp/sabench-baseline/results.json reports/baselines/smoke.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -62,7 +62,8 @@ def test_db_path_from_env(tmp_path, monkeypatch):
     record_run(_run(tmp_path, "r", "c0ffee", 20))
     assert (tmp_path / "env.sqlite").exists()
     monkeypatch.delenv("SABENCH_HISTORY")
-    assert str(resolve_db()) == "reports/history.sqlite"
+    from pathlib import Path  # the default is anchored to the checkout, whatever the cwd
+    assert resolve_db() == Path(__file__).resolve().parent.parent / "reports" / "history.sqlite"
 
 
 def test_machine_fingerprint():

@@ -1,4 +1,4 @@
-"""Device memory as the driver sees it, sampled by NVML in a background thread.
+"""Device memory as the driver sees it, sampled by NVML in a helper process (or a thread).
 
 Why NVML and not only torch.cuda.max_memory_allocated: the caching allocator
 only knows its own blocks. The CUDA context, cuBLAS/cuDNN workspaces, NCCL
@@ -9,33 +9,63 @@ to it, yet they are what makes a real deployment run out of memory. NVML's
 measured work starts and report peak - idle, and the per-process figure when
 the driver tells us which process is ours.
 
-Two pitfalls this module handles:
+Where the sampling runs (`mode`):
+
+* "process" (the default): a long-lived helper process (`_nvml_probe.py`, which
+  imports pynvml and nothing heavy, never torch) samples in a tight loop while
+  a window is open. The measured process only exchanges two short JSON lines
+  per start()/stop() over a pipe. A sampler *thread* at 200 Hz costs a
+  Python-overhead-bound loop (eager decode) several percent, because every
+  wakeup takes the GIL from the measuring thread; a process shares no GIL.
+  The helper dies with its parent (PR_SET_PDEATHSIG on Linux, EOF on its
+  command pipe, a parent-pid check) and is ended by close(), __del__ and atexit.
+* "thread": the previous in-process sampler thread. Needed when an NVML
+  object is injected in-process (tests); selectable with
+  SABENCH_NVML_MODE=thread as an escape hatch.
+
+Three pitfalls this module handles:
 
 * Device identity. NVML enumerates GPUs in PCI bus order and ignores
   CUDA_VISIBLE_DEVICES; CUDA (hence torch) enumerates by CUDA_DEVICE_ORDER
   (default FASTEST_FIRST) among the visible devices. torch index i is in
   general *not* NVML index i. We resolve the torch device's PCI bus id (or
   UUID) and ask NVML for that device; only when that is impossible do we fall
-  back to index i, and say so in `notes`.
+  back to index i, and say so in `notes`. In process mode torch's ids are
+  taken in the measured process and handed to the helper, which resolves them
+  with the same code (`resolve_handle`) and reports the mapping back.
 * Per-process usage in containers. nvmlDeviceGetComputeRunningProcesses lists
   PIDs of the host PID namespace (or nothing at all), so os.getpid() inside a
   container often matches nothing. Then the per-process peak is None and a note
-  explains why, instead of a wrong number.
-
-The sampler thread never raises into the caller: NVML errors while sampling are
-counted and reported in `notes`.
+  explains why, instead of a wrong number. The pid tracked is always the one of
+  the process that created the sampler, also in process mode.
+* Sampler failures. Sampling never raises into the caller: NVML errors while
+  sampling are counted and reported in `notes`; a helper process that crashes
+  or hangs costs at most a short timeout in stop() and leaves a note.
 """
 from __future__ import annotations
 
+import atexit
+import importlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
 DEFAULT_INTERVAL_S = 0.005  # 200 Hz: a prefill forward of a few ms is still seen
+MODES = ("process", "thread")
+MODE_ENV = "SABENCH_NVML_MODE"  # overrides the default mode ("process") when mode is not given
 
-
+# Helper-process timeouts (seconds). The helper answers a command within microseconds unless it
+# is stuck inside an NVML call; nvmlInit can take seconds on a host without persistence mode.
+READY_TIMEOUT_S = 30.0
+REPLY_TIMEOUT_S = 2.0
 class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here (pynvml missing, no driver, no device)."""
 
@@ -52,15 +82,39 @@ class Availability:
 
 
 def load_nvml(nvml=None):
-    """The NVML module to use: the injected one, else `import pynvml` (nvidia-ml-py)."""
-    if nvml is not None:
-        return nvml
+    """The NVML implementation to use.
+
+    None: `import pynvml` (nvidia-ml-py). A string "module:attribute" (or just
+    "module"): that object, called without arguments first if it is a factory
+    rather than something with the pynvml API (e.g. "tests.fake_nvml:make_fake").
+    Anything else: the injected object itself.
+    """
+    if nvml is None:
+        try:
+            import pynvml  # noqa: PLC0415  (optional dependency, imported on demand)
+        except Exception as e:  # ImportError, or a broken install raising something else
+            raise NvmlUnavailable(f"pynvml is not importable ({type(e).__name__}: {e}); "
+                                  "install nvidia-ml-py") from e
+        return pynvml
+    if isinstance(nvml, str):
+        return _load_spec(nvml)
+    return nvml
+
+
+def _load_spec(spec: str):
+    module, _, attr = spec.partition(":")
     try:
-        import pynvml  # noqa: PLC0415  (optional dependency, imported on demand)
-    except Exception as e:  # ImportError, or a broken install raising something else
-        raise NvmlUnavailable(f"pynvml is not importable ({type(e).__name__}: {e}); "
-                              "install nvidia-ml-py") from e
-    return pynvml
+        obj = importlib.import_module(module.strip())
+        for part in (attr.strip().split(".") if attr.strip() else []):
+            obj = getattr(obj, part)
+        if not hasattr(obj, "nvmlInit") and callable(obj):
+            obj = obj()
+    except Exception as e:
+        raise NvmlUnavailable(f"cannot load the NVML implementation {spec!r} "
+                              f"({type(e).__name__}: {e})") from e
+    if not hasattr(obj, "nvmlInit"):
+        raise NvmlUnavailable(f"{spec!r} does not provide the pynvml API (no nvmlInit)")
+    return obj
 
 
 def _text(x) -> str:
@@ -134,16 +188,23 @@ def torch_uuid(device_index: int) -> Optional[str]:
 
 
 def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
-                   notes: Optional[list] = None):
+                   notes: Optional[list] = None, *, ask_torch: bool = True,
+                   torch_bus_id: Optional[str] = None, uuid: Optional[str] = None):
     """NVML handle of torch CUDA device `device_index` -> (handle, how).
 
     `how` is 'pci_bus_id', 'uuid' or 'index'. `pci_bus_id` overrides the
     lookup through torch (tests, or callers that already know it). The index
     fallback appends a warning to `notes` when NVML sees more than one GPU,
     because then it may be the wrong one.
+
+    With ask_torch=False torch is not imported: `torch_bus_id` and `uuid` are
+    what torch said in another process (the sampler's helper process resolves
+    the device this way, with the ids its parent took from torch).
     """
     notes = notes if notes is not None else []
-    bus_id = pci_bus_id if pci_bus_id is not None else torch_pci_bus_id(device_index)
+    bus_id = pci_bus_id
+    if bus_id is None:
+        bus_id = torch_pci_bus_id(device_index) if ask_torch else torch_bus_id
     if bus_id is not None:
         try:
             return nvml.nvmlDeviceGetHandleByPciBusId(bus_id), "pci_bus_id"
@@ -161,7 +222,8 @@ def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
         notes.append(f"NVML has no device with PCI bus id {bus_id!r} "
                      f"({type(first_error).__name__}: {first_error})")
     if pci_bus_id is None:
-        uuid = torch_uuid(device_index)
+        if ask_torch:
+            uuid = torch_uuid(device_index)
         if uuid is not None and hasattr(nvml, "nvmlDeviceGetHandleByUUID"):
             try:
                 return nvml.nvmlDeviceGetHandleByUUID(uuid), "uuid"
@@ -196,6 +258,130 @@ def _mig_note(nvml, handle) -> Optional[str]:
     return None
 
 
+class _Window:
+    """The readings of one start()/stop() window.
+
+    Shared by the sampler thread and the helper process (`_nvml_probe`), which
+    sends `state()` back to the measured process as JSON; `from_state` rebuilds
+    it there, so both modes produce the same result and the same notes.
+    """
+
+    _STATE = ("peak", "peak_proc", "n", "attempts", "errors", "first_error", "proc_empty",
+              "proc_foreign", "proc_na", "proc_error")
+
+    def __init__(self, nvml=None, handle=None, pid: int = 0, track_process: bool = True):
+        self.nvml, self.handle = nvml, handle
+        self.pid, self.track_process = int(pid), bool(track_process)
+        self.peak: Optional[int] = None
+        self.peak_proc: Optional[int] = None
+        self.n = 0  # successful device readings
+        self.attempts = 0  # sampling attempts of the loop: the rate at which NVML was asked
+        self.errors = 0
+        self.first_error: Optional[str] = None
+        self.proc_empty = 0
+        self.proc_foreign = 0
+        self.proc_na = 0
+        self.proc_error: Optional[str] = None
+        self._track_proc_now = self.track_process
+
+    def read_used(self) -> int:
+        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+
+    def sample(self) -> None:
+        used = self.read_used()
+        if self.peak is None or used > self.peak:
+            self.peak = used
+        self.n += 1
+        if not self._track_proc_now:
+            return
+        try:
+            procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except Exception as e:  # e.g. NotSupported: stop asking, once
+            self.proc_error = f"{type(e).__name__}: {e}"
+            self._track_proc_now = False
+            return
+        if not procs:
+            self.proc_empty += 1
+            return
+        mine = [p for p in procs if getattr(p, "pid", None) == self.pid]
+        if not mine:
+            self.proc_foreign += 1
+            return
+        values = [getattr(p, "usedGpuMemory", None) for p in mine]
+        values = [int(v) for v in values if v is not None]
+        if not values:
+            self.proc_na += 1
+            return
+        total = sum(values)
+        if self.peak_proc is None or total > self.peak_proc:
+            self.peak_proc = total
+
+    def record_error(self, e: BaseException) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = f"{type(e).__name__}: {e}"
+
+    def attempt(self) -> None:
+        """One sample of the loop; an NVML error is counted, never raised."""
+        self.attempts += 1
+        try:
+            self.sample()
+        except Exception as e:
+            self.record_error(e)
+
+    def last(self) -> None:
+        """The reading taken at stop(), so even a window shorter than one interval has a peak."""
+        try:
+            self.sample()
+        except Exception as e:
+            self.record_error(e)
+
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    @classmethod
+    def from_state(cls, state: dict, pid: int, track_process: bool) -> "_Window":
+        w = cls(pid=pid, track_process=track_process)
+        for k in cls._STATE:
+            if k in state:
+                setattr(w, k, state[k])
+        return w
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.errors:
+            notes.append(f"{self.errors} NVML error(s) while sampling (those samples were skipped); "
+                         f"first: {self.first_error}")
+        return notes + self.process_notes()
+
+    def process_notes(self) -> list[str]:
+        if not self.track_process:
+            return []
+        if self.proc_error is not None:
+            return [f"per-process memory unavailable: nvmlDeviceGetComputeRunningProcesses failed "
+                    f"({self.proc_error})"]
+        if self.peak_proc is not None:
+            return []
+        if self.proc_foreign:
+            return [f"per-process memory unavailable: NVML lists compute processes on this GPU but "
+                    f"none with our pid {self.pid} (inside a container NVML reports host-namespace "
+                    "PIDs)"]
+        if self.proc_na:
+            return ["per-process memory unavailable: NVML lists our process without a memory figure "
+                    "(usedGpuMemory not available, e.g. under MIG or WDDM)"]
+        if self.proc_empty:
+            return ["per-process memory unavailable: NVML lists no compute process on this GPU "
+                    "(typical inside a container without the host PID namespace)"]
+        return []
+
+
+def _default_mode(nvml) -> str:
+    if nvml is not None and not isinstance(nvml, str):
+        return "thread"  # an in-process object cannot be handed to another process
+    mode = os.environ.get(MODE_ENV, "").strip().lower()
+    return mode if mode in MODES else "process"
+
+
 class NvmlSampler:
     """Background sampler of one GPU's used memory (and this process's, when visible).
 
@@ -208,42 +394,47 @@ class NvmlSampler:
 
     or explicitly `s = NvmlSampler(0); s.read_idle(); s.start(); ...; r = s.stop(); s.close()`.
 
+    `mode` is "process" (default: a helper process samples, so the measured
+    process pays no GIL handoffs) or "thread" (an in-process thread). Left as
+    None it is "process", or $SABENCH_NVML_MODE, or "thread" when `nvml` is an
+    in-process object. `nvml` is None (pynvml), a "module:attribute" string
+    naming a pynvml-like object or a factory of one (both modes), or an object
+    (thread mode only).
+
     The constructor initialises NVML and resolves the device (raising
-    NvmlUnavailable if NVML cannot be used); `close()` shuts NVML down (NVML
-    counts init/shutdown pairs, so other users in the process are unaffected).
-    A sampler can run several start()/stop() windows before close().
+    NvmlUnavailable if NVML cannot be used); in process mode it starts the
+    helper and waits until it is ready. `close()` shuts NVML down (NVML counts
+    init/shutdown pairs, so other users in the process are unaffected) and ends
+    the helper. A sampler can run several start()/stop() windows before close().
     """
 
     def __init__(self, device_index: int = 0, *, interval_s: float = DEFAULT_INTERVAL_S,
-                 nvml=None, pci_bus_id: Optional[str] = None, track_process: bool = True):
+                 nvml=None, pci_bus_id: Optional[str] = None, track_process: bool = True,
+                 mode: Optional[str] = None):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        mode = _default_mode(nvml) if mode is None else str(mode).lower()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "process" and nvml is not None and not isinstance(nvml, str):
+            raise ValueError("mode='process' needs nvml=None or a 'module:attribute' string: an "
+                             "in-process NVML object cannot be used by the helper process")
+        self.mode = mode
         self.device_index = int(device_index)
         self.interval_s = float(interval_s)
         self.track_process = bool(track_process)
         self.pid = os.getpid()
         self.notes: list[str] = []
         self.result: Optional[dict] = None
-        self._nvml = load_nvml(nvml)
-        try:
-            self._nvml.nvmlInit()
-        except Exception as e:
-            raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
-        self._initialized = True
-        try:
-            self.handle, self.mapping = resolve_handle(self._nvml, self.device_index, pci_bus_id,
-                                                       self.notes)
-        except Exception as e:
-            self.close()
-            raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} "
-                                  f"({type(e).__name__}: {e})") from e
-        mig = _mig_note(self._nvml, self.handle)
-        if mig:
-            self.notes.append(mig)
-        self._thread: Optional[threading.Thread] = None
-        self._stop_evt = threading.Event()
+        self.handle = None
+        self.mapping: Optional[str] = None
         self._idle: Optional[int] = None
-        self._reset_window()
+        self._running = False
+        self._t_start = 0.0
+        if mode == "thread":
+            self._init_thread(nvml, pci_bus_id)
+        else:
+            self._init_process(nvml, pci_bus_id)
 
     # -- availability -------------------------------------------------------------------
 
@@ -271,74 +462,47 @@ class NvmlSampler:
             except Exception:
                 pass
 
-    # -- readings -----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._running
 
-    def _read_used(self) -> int:
-        return int(self._nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+    @property
+    def child_pid(self) -> Optional[int]:
+        """Pid of the helper process (process mode, while it lives), else None."""
+        probe = getattr(self, "_probe", None)
+        return probe.pid if probe is not None and probe.alive() else None
 
-    def read_idle(self) -> int:
-        """Take the idle reading now (used bytes); start() then keeps it instead of reading again."""
-        self._idle = self._read_used()
-        return self._idle
+    # -- thread mode --------------------------------------------------------------------
 
-    def _reset_window(self) -> None:
-        self._peak: Optional[int] = None
-        self._peak_proc: Optional[int] = None
-        self._n = 0
-        self._n_thread = 0
-        self._errors = 0
-        self._first_error: Optional[str] = None
-        self._proc_empty = 0
-        self._proc_foreign = 0
-        self._proc_na = 0
-        self._proc_error: Optional[str] = None
-        self._track_proc_now = self.track_process
-        self._t_start = 0.0
-        self._t_stop = 0.0
-
-    def _sample(self) -> None:
-        used = self._read_used()
-        if self._peak is None or used > self._peak:
-            self._peak = used
-        self._n += 1
-        if not self._track_proc_now:
-            return
+    def _init_thread(self, nvml, pci_bus_id) -> None:
+        self._nvml = load_nvml(nvml)
         try:
-            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
-        except Exception as e:  # e.g. NotSupported: stop asking, once
-            self._proc_error = f"{type(e).__name__}: {e}"
-            self._track_proc_now = False
-            return
-        if not procs:
-            self._proc_empty += 1
-            return
-        mine = [p for p in procs if getattr(p, "pid", None) == self.pid]
-        if not mine:
-            self._proc_foreign += 1
-            return
-        values = [getattr(p, "usedGpuMemory", None) for p in mine]
-        values = [int(v) for v in values if v is not None]
-        if not values:
-            self._proc_na += 1
-            return
-        total = sum(values)
-        if self._peak_proc is None or total > self._peak_proc:
-            self._peak_proc = total
+            self._nvml.nvmlInit()
+        except Exception as e:
+            raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
+        self._initialized = True
+        try:
+            self.handle, self.mapping = resolve_handle(self._nvml, self.device_index, pci_bus_id,
+                                                       self.notes)
+        except Exception as e:
+            self.close()
+            raise NvmlUnavailable(f"no NVML handle for CUDA device {self.device_index} "
+                                  f"({type(e).__name__}: {e})") from e
+        mig = _mig_note(self._nvml, self.handle)
+        if mig:
+            self.notes.append(mig)
+        self._thread: Optional[threading.Thread] = None
+        self._stop_evt = threading.Event()
+        self._win = self._new_window()
 
-    def _record_error(self, e: BaseException) -> None:
-        self._errors += 1
-        if self._first_error is None:
-            self._first_error = f"{type(e).__name__}: {e}"
+    def _new_window(self) -> _Window:
+        return _Window(self._nvml, self.handle, self.pid, self.track_process)
 
-    def _run(self) -> None:
+    def _run(self, win: _Window) -> None:
         interval = self.interval_s
         next_t = time.perf_counter()
         while not self._stop_evt.is_set():
-            self._n_thread += 1  # attempts: the rate at which NVML was asked
-            try:
-                self._sample()
-            except Exception as e:
-                self._record_error(e)
+            win.attempt()
             next_t += interval
             delay = next_t - time.perf_counter()
             if delay < 0:  # fell behind (slow NVML call, GIL): don't burst to catch up
@@ -347,116 +511,429 @@ class NvmlSampler:
             if self._stop_evt.wait(delay):
                 break
 
-    # -- window control -----------------------------------------------------------------
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    def start(self) -> "NvmlSampler":
-        """Take the idle reading (unless read_idle() already did) and start sampling."""
-        if self._thread is not None:
-            raise RuntimeError("NvmlSampler.start(): already running")
-        if not getattr(self, "_initialized", False):
-            raise RuntimeError("NvmlSampler.start() after close()")
-        self._reset_window()
+    def _start_thread(self) -> None:
+        self._win = win = self._new_window()
         if self._idle is None:
             try:
-                self.read_idle()
+                self._idle = win.read_used()
             except Exception as e:
-                self._record_error(e)
+                win.record_error(e)
         self._stop_evt.clear()
-        self._thread = threading.Thread(target=self._run, name="sabench-nvml-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(win,), name="sabench-nvml-sampler",
+                                        daemon=True)
         self._t_start = time.perf_counter()
         self._thread.start()
-        return self
 
-    def stop(self) -> dict:
-        """Stop the thread (promptly: it waits on an Event) and return the window's readings.
-
-        One last reading is taken after the thread has stopped, so even a window
-        shorter than one interval has a peak.
-        """
-        if self._thread is None:
-            raise RuntimeError("NvmlSampler.stop(): not running")
+    def _stop_thread(self) -> dict:
         self._stop_evt.set()
         join_timeout = max(2.0, 4 * self.interval_s)
         self._thread.join(timeout=join_timeout)
-        self._t_stop = time.perf_counter()
+        t_stop = time.perf_counter()
         alive = self._thread.is_alive()
         self._thread = None
+        win = self._win
         notes = list(self.notes)
         if alive:
             notes.append(f"sampler thread still inside an NVML call {join_timeout:.1f} s after stop(); "
                          "readings may miss its last sample")
         else:
-            try:
-                self._sample()
-            except Exception as e:
-                self._record_error(e)
-        if self._errors:
-            notes.append(f"{self._errors} NVML error(s) while sampling (those samples were skipped); "
-                         f"first: {self._first_error}")
-        notes.extend(self._process_notes())
-        elapsed = max(self._t_stop - self._t_start, 1e-9)
-        peak, idle = self._peak, self._idle
-        result = {
-            "peak_used_bytes": peak,
-            "idle_used_bytes": idle,
-            "peak_minus_idle_bytes": (peak - idle) if peak is not None and idle is not None else None,
-            "peak_process_bytes": self._peak_proc,
-            "n_samples": self._n,
-            "interval_s": self.interval_s,
-            "achieved_hz": self._n_thread / elapsed,
-            "duration_s": elapsed,
-            "device_mapping": self.mapping,
-            "notes": notes,
-        }
+            win.last()
+        elapsed = max(t_stop - self._t_start, 1e-9)
+        return self._result(win, notes + win.notes(), win.attempts / elapsed, elapsed)
+
+    # -- process mode -------------------------------------------------------------------
+
+    def _init_process(self, nvml, pci_bus_id) -> None:
+        if nvml is None:
+            load_nvml(None)  # fail fast (NvmlUnavailable) where pynvml is not even importable
+        self._spec = nvml
+        self._pci_bus_id = pci_bus_id
+        torch_bus = uuid = None
+        if pci_bus_id is None:  # the helper never imports torch: take torch's ids here
+            torch_bus = torch_pci_bus_id(self.device_index)
+            uuid = torch_uuid(self.device_index)
+        self._torch_ids = (torch_bus, uuid)
+        self._pending: list[str] = []  # notes for the next window (a failed read_idle, a restart)
+        self._window_notes: list[str] = []
+        self._restarts = 0
+        self._probe: Optional[_Probe] = None
+        self._probe = self._spawn()
+        self.mapping = self._probe.ready.get("mapping")
+        self.nvml_pci_bus_id = self._probe.ready.get("bus_id")
+        self.notes.extend(self._probe.ready.get("notes") or [])
+        self._initialized = True
+        _LIVE.add(self)
+
+    def _spawn(self) -> "_Probe":
+        torch_bus, uuid = self._torch_ids
+        return _Probe(self._spec, device_index=self.device_index, pci_bus_id=self._pci_bus_id,
+                      torch_bus_id=torch_bus, uuid=uuid, pid=self.pid, interval_s=self.interval_s,
+                      track_process=self.track_process)
+
+    def _live_probe(self) -> Optional["_Probe"]:
+        """The helper, restarted (a few times per sampler) if it died; None if there is none."""
+        if self._probe is not None and self._probe.alive():
+            return self._probe
+        if self._probe is not None:
+            reason = self._probe.describe_death()
+            self._probe.kill()
+            self._probe = None
+            self._pending.append(f"NVML sampler process ended unexpectedly ({reason})")
+        if self._restarts >= 3:
+            return None
+        self._restarts += 1
+        try:
+            self._probe = self._spawn()
+            self._pending.append("NVML sampler process restarted")
+        except NvmlUnavailable as e:
+            self._pending.append(f"NVML sampler process could not be restarted: {e}")
+        return self._probe
+
+    def _request(self, cmd: dict, what: str, notes: list, *, restart: bool) -> Optional[dict]:
+        """Send one command to the helper and wait (bounded) for its answer; None on failure.
+
+        Failures go to `notes`. A helper that does not answer in time is killed: it is
+        stuck (inside an NVML call) and would otherwise answer a later command with a
+        stale reply. With restart=True a dead helper is restarted first (not in stop():
+        a new helper knows nothing of the window).
+        """
+        probe = self._live_probe() if restart else self._probe
+        if probe is None:
+            notes.append(f"no NVML sampler process for {what}; no readings")
+            return None
+        reply = probe.request(cmd, REPLY_TIMEOUT_S)
+        if reply is None:
+            notes.append(f"NVML sampler process failed during {what} ({probe.describe_failure()}); "
+                         "no readings from it")
+            probe.kill()
+            self._probe = None
+        elif not reply.get("ok"):
+            notes.append(f"NVML sampler process could not do {what}: {reply.get('error')}")
+        return reply
+
+    def _start_process(self) -> None:
+        notes = self._pending
+        self._pending = []
+        reply = self._request({"cmd": "start", "idle": self._idle is None}, "start()", notes,
+                              restart=True)
+        notes.extend(self._pending)  # a restart's notes
+        self._pending = []
+        self._window_notes = notes
+        if reply is not None and reply.get("ok") and self._idle is None and reply.get("idle") is not None:
+            self._idle = int(reply["idle"])
+        self._t_start = time.perf_counter()
+
+    def _stop_process(self) -> dict:
+        elapsed = max(time.perf_counter() - self._t_start, 1e-9)
+        notes = list(self.notes) + self._window_notes
+        self._window_notes = []
+        reply = self._request({"cmd": "stop"}, "the window", notes, restart=False)
+        if reply is not None and reply.get("ok") and isinstance(reply.get("window"), dict):
+            win = _Window.from_state(reply["window"], self.pid, self.track_process)
+            child_elapsed = float(reply.get("elapsed_s") or elapsed)
+            return self._result(win, notes + win.notes(), win.attempts / max(child_elapsed, 1e-9),
+                                elapsed)
+        return self._result(_Window(pid=self.pid, track_process=False), notes, 0.0, elapsed)
+
+    def _read_idle_process(self) -> Optional[int]:
+        notes: list = []
+        reply = self._request({"cmd": "idle"}, "read_idle()", notes, restart=True)
+        if self._running:
+            self._window_notes.extend(self._pending + notes)
+            self._pending = []
+        else:
+            self._pending.extend(notes)
+        if reply is not None and reply.get("ok") and reply.get("used") is not None:
+            self._idle = int(reply["used"])
+            return self._idle
+        return None
+
+    # -- readings and window control ----------------------------------------------------
+
+    def read_idle(self) -> Optional[int]:
+        """Take the idle reading now (used bytes); start() then keeps it instead of reading again.
+
+        Thread mode raises the NVML error if the reading fails; process mode returns
+        None instead (start() then tries again) and notes why in the next result.
+        """
+        if not getattr(self, "_initialized", False):
+            raise RuntimeError("NvmlSampler.read_idle() after close()")
+        if self.mode == "thread":
+            self._idle = self._win.read_used() if self._win is not None else None
+            return self._idle
+        self._check_owner()
+        return self._read_idle_process()
+
+    def start(self) -> "NvmlSampler":
+        """Take the idle reading (unless read_idle() already did) and start sampling."""
+        if self._running:
+            raise RuntimeError("NvmlSampler.start(): already running")
+        if not getattr(self, "_initialized", False):
+            raise RuntimeError("NvmlSampler.start() after close()")
+        if self.mode == "thread":
+            self._start_thread()
+        else:
+            self._check_owner()
+            self._start_process()
+        self._running = True
+        return self
+
+    def stop(self) -> dict:
+        """End the window and return its readings (promptly, whatever the sampler's state).
+
+        One last reading is taken after the loop has stopped, so even a window
+        shorter than one interval has a peak.
+        """
+        if not self._running:
+            raise RuntimeError("NvmlSampler.stop(): not running")
+        self._running = False
+        result = self._stop_thread() if self.mode == "thread" else self._stop_process()
         self._idle = None  # the next window takes its own idle reading
         self.result = result
         return result
 
-    def _process_notes(self) -> list[str]:
-        if not self.track_process:
-            return []
-        if self._proc_error is not None:
-            return [f"per-process memory unavailable: nvmlDeviceGetComputeRunningProcesses failed "
-                    f"({self._proc_error})"]
-        if self._peak_proc is not None:
-            return []
-        if self._proc_foreign:
-            return [f"per-process memory unavailable: NVML lists compute processes on this GPU but "
-                    f"none with our pid {self.pid} (inside a container NVML reports host-namespace "
-                    "PIDs)"]
-        if self._proc_na:
-            return ["per-process memory unavailable: NVML lists our process without a memory figure "
-                    "(usedGpuMemory not available, e.g. under MIG or WDDM)"]
-        if self._proc_empty:
-            return ["per-process memory unavailable: NVML lists no compute process on this GPU "
-                    "(typical inside a container without the host PID namespace)"]
-        return []
+    def _result(self, win: _Window, notes: list, achieved_hz: float, elapsed: float) -> dict:
+        peak, idle = win.peak, self._idle
+        return {
+            "peak_used_bytes": peak,
+            "idle_used_bytes": idle,
+            "peak_minus_idle_bytes": (peak - idle) if peak is not None and idle is not None else None,
+            "peak_process_bytes": win.peak_proc,
+            "n_samples": win.n,
+            "interval_s": self.interval_s,
+            "achieved_hz": achieved_hz,
+            "duration_s": elapsed,
+            "device_mapping": self.mapping,
+            "mode": self.mode,
+            "notes": notes,
+        }
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self.pid:
+            raise RuntimeError("NvmlSampler (process mode) used in a forked child of the process "
+                               "that created it; create a new sampler there")
 
     def close(self) -> None:
-        """Stop if running and shut NVML down (once)."""
-        if getattr(self, "_thread", None) is not None:
+        """Stop if running, shut NVML down and end the helper process (once; idempotent)."""
+        if getattr(self, "_running", False):
             try:
                 self.stop()
             except Exception:
                 pass
-        if getattr(self, "_initialized", False):
-            self._initialized = False
+        if not getattr(self, "_initialized", False):
+            return
+        self._initialized = False
+        if self.mode == "thread":
             try:
                 self._nvml.nvmlShutdown()
             except Exception:
                 pass
+            return
+        _LIVE.discard(self)
+        probe, self._probe = self._probe, None
+        if probe is not None and os.getpid() == self.pid:  # a forked child must not end it
+            probe.close()
+
+    def __del__(self):
+        try:
+            if getattr(self, "mode", None) == "process":
+                self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> "NvmlSampler":
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._thread is not None:
+        if self._running:
             self.stop()
         self.close()
+
+
+# Samplers still open at interpreter exit get their helper ended by atexit (close() and
+# __del__ normally do it; the helper also ends by itself on EOF and on its parent's death).
+_LIVE: "weakref.WeakSet[NvmlSampler]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for s in list(_LIVE):
+        try:
+            s.close()
+        except Exception:
+            pass
+
+
+def _package_root() -> str:
+    """The directory that holds the `sabench` package (the repository root in a checkout)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+PROBE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nvml_probe.py")
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    import select
+
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        p = select.poll()
+        p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(p.poll(max(0.0, timeout) * 1000.0))
+    r, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(r)
+
+
+class _Probe:
+    """The parent's end of one helper process: JSON lines over its stdin/stdout.
+
+    Every command carries an id that the reply echoes, so a late reply can never be
+    taken for the answer to a later command. Reads are bounded by poll() timeouts.
+    """
+
+    def __init__(self, spec: Optional[str], *, device_index: int, pci_bus_id: Optional[str],
+                 torch_bus_id: Optional[str], uuid: Optional[str], pid: int, interval_s: float,
+                 track_process: bool):
+        argv = [sys.executable, PROBE_PATH, "--device-index", str(device_index),
+                "--pid", str(pid), "--parent-pid", str(os.getpid()), "--interval-s", repr(interval_s)]
+        for flag, value in (("--nvml", spec), ("--pci-bus-id", pci_bus_id),
+                            ("--torch-bus-id", torch_bus_id), ("--uuid", uuid)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if not track_process:
+            argv.append("--no-track-process")
+        # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends: only ask for it
+        # from the main thread (EOF on the pipe and the parent-pid check cover the rest).
+        if threading.current_thread() is threading.main_thread():
+            argv.append("--pdeathsig")
+        env = dict(os.environ)
+        root = _package_root()
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                       if p and p != root])
+        self._buf = b""
+        self._next_id = 1
+        self.failure: Optional[str] = None
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, env=env, close_fds=True, bufsize=0)
+        except Exception as e:
+            self._stderr.close()
+            raise NvmlUnavailable(f"cannot start the NVML sampler process ({type(e).__name__}: {e})") from e
+        self.pid = self.proc.pid
+        self._fd_in = self.proc.stdout.fileno()
+        ready = self._read_reply(0, READY_TIMEOUT_S)
+        if ready is None or not ready.get("ok"):
+            why = ready.get("error") if ready is not None else self.describe_failure()
+            self.kill()
+            raise NvmlUnavailable(str(why))
+        self.ready = ready
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def has_buffered(self) -> bool:
+        return b"\n" in self._buf
+
+    def request(self, cmd: dict, timeout: float) -> Optional[dict]:
+        rid = self._next_id
+        self._next_id += 1
+        try:
+            self.proc.stdin.write(json.dumps(dict(cmd, id=rid)).encode() + b"\n")
+        except (OSError, ValueError) as e:  # BrokenPipeError: it is gone
+            self.failure = f"cannot write to it ({type(e).__name__}: {e}); {self.describe_death()}"
+            return None
+        return self._read_reply(rid, timeout)
+
+    def _read_reply(self, rid: int, timeout: float) -> Optional[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue  # not ours (the helper sends stray output to stderr, but be lenient)
+                if isinstance(msg, dict) and msg.get("id") == rid:
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.failure = f"no answer within {timeout:.1f} s (stuck in an NVML call?); killed it"
+                return None
+            try:
+                if not _wait_readable(self._fd_in, left):
+                    continue
+                data = os.read(self._fd_in, 65536)
+            except OSError as e:
+                self.failure = f"cannot read from it ({type(e).__name__}: {e})"
+                return None
+            if not data:
+                try:
+                    self.proc.wait(timeout=1.0)
+                except Exception:
+                    pass
+                self.failure = self.describe_death()
+                return None
+            self._buf += data
+
+    def describe_failure(self) -> str:
+        return self.failure or self.describe_death()
+
+    def describe_death(self) -> str:
+        rc = self.proc.poll()
+        if rc is None:
+            what = "it is still running"
+        elif rc < 0:
+            try:
+                what = f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                what = f"killed by signal {-rc}"
+        else:
+            what = f"exit code {rc}"
+        tail = self.stderr_tail()
+        return what + (f"; stderr: {tail}" if tail else "")
+
+    def stderr_tail(self, n: int = 400) -> str:
+        try:  # pread: the helper shares this file's offset, which must not move under it
+            fd = self._stderr.fileno()
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, n, max(0, size - n))
+            return data.decode(errors="replace").strip().replace("\n", " | ")
+        except Exception:
+            return ""
+
+    def kill(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=1.0)
+        except Exception:
+            pass
+        self._close_files()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Ask it to quit (and close its stdin: EOF ends it too), then kill if it lingers."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.stdin.write(b'{"cmd": "quit", "id": -1}\n')
+                except Exception:
+                    pass
+                try:
+                    self.proc.stdin.close()
+                except Exception:
+                    pass
+                self.proc.wait(timeout=timeout)
+        except Exception:
+            pass
+        self.kill()
+
+    def _close_files(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout, self._stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except Exception:
+                pass
 
 
 def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str] = None) -> dict:

@@ -1,0 +1,51 @@
+"""A stand-in for pynvml on machines without a GPU (benchmarks/sampler_overhead.py).
+
+Just enough of the pynvml API for NvmlSampler; each memory query takes ~20 us, either
+sleeping (`nogil`: a real query is a ctypes call into libnvidia-ml, which releases the GIL)
+or spinning (`gil`: holds the GIL, a pessimistic bound for thread mode). Usable in-process
+(`load_nvml("sabench.measure._standin_nvml:nogil")`) and by the sampler's helper process
+(`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")`). Imports nothing heavy.
+"""
+import time
+
+
+class _Info:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class StandInNvml:
+    """One GPU on bus 00000000:00:00.0 with 1 GiB used; no compute processes listed."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, hold_gil: bool = False, query_s: float = 20e-6):
+        self.hold_gil = hold_gil
+        self.query_s = query_s
+
+    def nvmlInit(self): pass
+    def nvmlShutdown(self): pass
+    def nvmlDeviceGetCount(self): return 1
+    def nvmlDeviceGetHandleByIndex(self, i): return "h0"
+    def nvmlDeviceGetHandleByPciBusId(self, bus): return "h0"
+    def nvmlDeviceGetPciInfo(self, h): return _Info(busId=b"00000000:00:00.0")
+    def nvmlDeviceGetComputeRunningProcesses(self, h): return []
+    def nvmlDeviceGetMigMode(self, h): raise self.NVMLError("not supported")
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        if self.hold_gil:
+            t = time.perf_counter() + self.query_s
+            while time.perf_counter() < t:
+                pass
+        else:
+            time.sleep(self.query_s)  # releases the GIL, like a ctypes call into libnvidia-ml
+        return _Info(used=1 << 30, total=80 << 30, free=79 << 30)
+
+
+def nogil() -> StandInNvml:
+    return StandInNvml(hold_gil=False)
+
+
+def gil() -> StandInNvml:
+    return StandInNvml(hold_gil=True)
