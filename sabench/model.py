@@ -129,6 +129,25 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return proj(x).view(b, t, n, self.d).transpose(1, 2)
 
+    def _sdpa(self, q, k, v, st: _Step) -> torch.Tensor:
+        """Fused attention that keeps GQA copy-free on every backend.
+
+        Without a mask (causal prefill) `enable_gqa` lets the flash kernel read the shared
+        K/V heads directly. With a mask (decode, chunked prefill) no fused CUDA kernel takes
+        `enable_gqa` (SDPA would fall back to the math kernel and expand K/V), so the
+        query heads of a group are folded into the query axis instead: [B, Hkv, G*T, D]
+        against [B, Hkv, S, D] is plain multi-head attention with the mask repeated per head.
+        """
+        g = self.h // self.hkv
+        if st.mask is None or g == 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=st.mask, is_causal=st.causal,
+                                                  scale=self.scale, enable_gqa=g > 1)
+        b, _, t, d = q.shape
+        mask = st.mask if st.mask.shape[0] == 1 else st.mask.repeat(g, 1)
+        out = F.scaled_dot_product_attention(q.reshape(b, self.hkv, g * t, d), k, v, attn_mask=mask,
+                                             scale=self.scale)
+        return out.view(b, self.h, t, v.shape[-1])
+
     def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
         lp, cache = self.lp, st.cache
         b, t, _ = x.shape
@@ -146,9 +165,7 @@ class Attention(nn.Module):
                 st.probs[lp.index] = p
                 out = ops.attn_apply(p, v, st.causal)
             else:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=st.mask, is_causal=st.causal, scale=self.scale,
-                    enable_gqa=self.h != self.hkv)
+                out = self._sdpa(q, k, v, st)
         else:  # Shared Attention: P of the span's source layer applied to this layer's V
             out = ops.attn_apply(st.probs[lp.attn_source], v, st.causal)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))

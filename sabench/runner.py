@@ -86,6 +86,9 @@ def _context():
     if _CTX is None:
         import multiprocessing as mp
 
+        # torch and NVML must number GPUs alike (the sampler also matches by PCI bus id)
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
         _CTX = mp.get_context("forkserver")
         _CTX.set_forkserver_preload(["sabench._forkserver_preload"])
     return _CTX
