@@ -264,7 +264,26 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
     for phase in phases_of(results):
         lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
         lines += [_phase_notes(results, index, phase, env), ""]
+    lines += _overhead_section(results)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _overhead_section(results: dict) -> List[str]:
+    """The harness's own cost, kept apart from the measured phases so neither hides the other."""
+    ovh = [o for o in (results.get("overhead") or {}).values() if isinstance(o, dict)]
+    if not ovh:
+        return []
+    parts = [("process start", "process_start_s"), ("model build", "model_build_s"),
+             ("FLOP counting", "count_flops_s")]
+    total = sum(o.get("total_s") or 0.0 for o in ovh)
+    rows = []
+    for label, key in parts:
+        vals = [o[key] for o in ovh if isinstance(o.get(key), (int, float))]
+        if vals:
+            rows.append(f"{label} {sum(vals):.2f} s (median {sorted(vals)[len(vals) // 2] * 1e3:.0f} ms a point)")
+    return ["## Harness overhead", "",
+            f"{len(ovh)} points took {total:.1f} s of wall time in their processes; of that, "
+            + "; ".join(rows) + ". The rest is warm-up, the timed phases and memory sampling.", ""]
 
 
 def _phase_notes(results, index, phase, env) -> str:
