@@ -18,19 +18,12 @@ class _BadInput(Exception):
     pass
 
 
-def _human(n: float, unit: str = "", base: int = 1000) -> str:
-    for prefix in ("", "K", "M", "G", "T", "P", "E"):
-        if abs(n) < base or prefix == "E":
-            return f"{n:.4g} {prefix}{'i' if base == 1024 and prefix else ''}{unit}".strip()
-        n /= base
-    return str(n)
-
-
 def cmd_inspect(args) -> int:
     from tabulate import tabulate
 
     from sabench import accounting
     from sabench.dtypes import dtype_name
+    from sabench.report.results import human_bytes, human_count, human_flops
     from sabench.presets import resolve_config
 
     cfg = resolve_config(args.model)
@@ -60,20 +53,20 @@ def cmd_inspect(args) -> int:
         return EXIT_OK
     base = accounting.summary(cfg, "baseline", args.batch, seq, dtype)
     table = [
-        ["params"] + [f"{_human(r['params'])} ({r['params'] / base['params']:.1%})" for r in rows],
-        ["KV bytes / token"] + [f"{_human(r['kv_cache_bytes_per_token'], 'B', 1024)} "
+        ["params"] + [f"{human_count(r['params'])} ({r['params'] / base['params']:.1%})" for r in rows],
+        ["KV bytes / token"] + [f"{human_bytes(r['kv_cache_bytes_per_token'])} "
                                 f"({r['kv_cache_bytes_per_token'] / base['kv_cache_bytes_per_token']:.1%})"
                                 for r in rows],
-        [f"KV cache (B={args.batch}, T={seq})"] + [_human(r["kv_cache_bytes"], "B", 1024) for r in rows],
-        [f"prefill FLOPs (T={seq})"] + [f"{_human(r['flops']['prefill'], 'FLOP')} "
+        [f"KV cache (B={args.batch}, T={seq})"] + [human_bytes(r["kv_cache_bytes"]) for r in rows],
+        [f"prefill FLOPs (T={seq})"] + [f"{human_flops(r['flops']['prefill'])} "
                                         f"({r['flops']['prefill'] / base['flops']['prefill']:.1%})" for r in rows],
-        ["  attention part"] + [_human(r["flops"]["prefill_breakdown"]["attention"], "FLOP") for r in rows],
-        [f"decode step FLOPs (ctx {seq})"] + [_human(r["flops"]["decode_step"], "FLOP") for r in rows],
-        ["decode step bytes"] + [_human(r["bytes_moved"]["decode_step"], "B", 1024) for r in rows],
+        ["  attention part"] + [human_flops(r["flops"]["prefill_breakdown"]["attention"]) for r in rows],
+        [f"decode step FLOPs (ctx {seq})"] + [human_flops(r["flops"]["decode_step"]) for r in rows],
+        ["decode step bytes"] + [human_bytes(r["bytes_moved"]["decode_step"]) for r in rows],
     ]
     if args.count:
-        table.append(["prefill FLOPs, fvcore+handles"] + [_human(r["flops_counted"]["prefill"], "FLOP") for r in rows])
-        table.append(["prefill FLOPs, fvcore alone"] + [_human(r["flops_counted"]["prefill_fvcore_alone"], "FLOP")
+        table.append(["prefill FLOPs, fvcore+handles"] + [human_flops(r["flops_counted"]["prefill"]) for r in rows])
+        table.append(["prefill FLOPs, fvcore alone"] + [human_flops(r["flops_counted"]["prefill_fvcore_alone"])
                                                        for r in rows])
     print(f"{cfg.name}: {cfg.num_layers} layers, d_model {cfg.hidden_size}, {cfg.num_heads} heads of "
           f"{cfg.head_dim} ({cfg.attention_kind}), {dtype}; percentages are of baseline")

@@ -192,35 +192,38 @@ def speedup(base: Optional[dict], cur: Optional[dict]) -> Optional[float]:
 # ---------------------------------------------------------------------------- formatting
 
 
-def human_bytes(n) -> str:
+def _scaled(n, scales, small) -> str:
+    """Largest unit the value reaches, 3 significant digits; `small(n)` below the last scale."""
     n = _num(n)
     if n is None:
         return "—"
-    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, scale in scales:
         if abs(n) >= scale:
             return f"{_sig(n / scale)} {unit}"
-    return f"{int(n)} B"
+    return small(n)
+
+
+_BYTES = (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
+_FLOPS = (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3))
+_SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))
+
+
+def human_bytes(n) -> str:
+    return _scaled(n, _BYTES, lambda v: f"{int(v)} B")
 
 
 def human_flops(n) -> str:
-    n = _num(n)
-    if n is None:
-        return "—"
-    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
-        if abs(n) >= scale:
-            return f"{_sig(n / scale)} {unit}"
-    return f"{int(n)} FLOP"
+    return _scaled(n, _FLOPS, lambda v: f"{int(v)} FLOP")
 
 
 def human_rate(n, unit: str) -> str:
     """1.2e12 FLOP/s -> '1.2 TFLOP/s'; bytes/s -> '3.35 TB/s' (SI, as datasheets state them)."""
-    n = _num(n)
-    if n is None:
-        return "—"
-    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{_sig(n / scale)} {prefix}{unit}"
-    return f"{_sig(n)} {unit}"
+    return _scaled(n, tuple((p + unit, s) for p, s in _SI), lambda v: f"{_sig(v)} {unit}")
+
+
+def human_count(n) -> str:
+    """6738415616 -> '6.74 G' (parameters and other plain counts)."""
+    return human_rate(n, "").rstrip()
 
 
 def fmt_ms(v) -> str:
