@@ -6,7 +6,9 @@ PY     := $(VENV)/bin/python
 # pulling a multi-GB CUDA build. On a GPU box set TORCH_SPEC to what fits your CUDA
 # (e.g. TORCH_SPEC="torch" with the CUDA index), or pre-install torch in the venv.
 TORCH_SPEC ?= torch==2.13.0
-SUITE ?= $(shell $(PY) -c "import torch; print('llama-3.1-8b' if torch.cuda.is_available() else 'smoke')" 2>/dev/null || echo smoke)
+# SUITE=name overrides the default: llama-3.1-8b where CUDA is available, smoke otherwise
+# (decided after install, when the venv's torch can tell).
+SUITE ?=
 
 .PHONY: install test bench inspect baseline clean
 
@@ -25,7 +27,8 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(VENV)/bin/sabench run $(SUITE)
+	suite="$(SUITE)"; [ -n "$$suite" ] || suite=$$($(PY) -c "import torch; print('llama-3.1-8b' if torch.cuda.is_available() else 'smoke')"); \
+	$(VENV)/bin/sabench run "$$suite"
 
 inspect: install
 	$(VENV)/bin/sabench inspect --model llama-3.1-8b --variant baseline --variant cla:2 --variant sa:23-30 --seq-len 8192

@@ -1,6 +1,6 @@
 """What the NVML sampler costs a measured phase: decode steps with and without it.
 
-    python benchmarks/sampler_overhead.py [--mode process|thread] [--blocks 30] [--hz 200]
+    python benchmarks/sampler_overhead.py [--mode process|thread] [--stand-in nogil|gil] [--blocks 100] [--hz 200]
 
 `--mode process` (the sampler's default) samples in a helper process, `thread` in a
 thread of this process. On a GPU box the real NVML is sampled; elsewhere a stand-in
@@ -23,7 +23,7 @@ from sabench.measure.timing import time_steps
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["process", "thread"], default="process")
-    ap.add_argument("--blocks", type=int, default=30)
+    ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--hz", type=float, default=200.0)
     ap.add_argument("--stand-in", choices=["nogil", "gil"], default="nogil")

@@ -4,7 +4,8 @@ Just enough of the pynvml API for NvmlSampler; each memory query takes ~20 us, e
 sleeping (`nogil`: a real query is a ctypes call into libnvidia-ml, which releases the GIL)
 or spinning (`gil`: holds the GIL, a pessimistic bound for thread mode). Usable in-process
 (`load_nvml("sabench.measure._standin_nvml:nogil")`) and by the sampler's helper process
-(`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")`). Imports nothing heavy.
+(`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")`; `instant` answers at once).
+Imports nothing heavy.
 """
 import time
 
@@ -49,3 +50,8 @@ def nogil() -> StandInNvml:
 
 def gil() -> StandInNvml:
     return StandInNvml(hold_gil=True)
+
+
+def instant() -> StandInNvml:
+    """A query that returns at once: the cost of the sampling loop alone."""
+    return StandInNvml(hold_gil=True, query_s=0.0)

@@ -17,8 +17,14 @@ Where the sampling runs (`mode`):
   per start()/stop() over a pipe. A sampler *thread* at 200 Hz costs a
   Python-overhead-bound loop (eager decode) several percent, because every
   wakeup takes the GIL from the measuring thread; a process shares no GIL.
+  At each start() the helper also moves off the CPU the measuring thread is on
+  (when it may use another), so its wakeups do not preempt the timed thread
+  either: on a box whose cores are all busy (torch's OpenMP threads spin) that
+  is what keeps the cost under 1% (benchmarks/sampler_overhead.py).
   The helper dies with its parent (PR_SET_PDEATHSIG on Linux, EOF on its
   command pipe, a parent-pid check) and is ended by close(), __del__ and atexit.
+  It is started once per sampler (~60 ms, in the constructor) and reused by
+  every window.
 * "thread": the previous in-process sampler thread. Needed when an NVML
   object is injected in-process (tests); selectable with
   SABENCH_NVML_MODE=thread as an escape hatch.
@@ -426,8 +432,9 @@ class NvmlSampler:
         self.pid = os.getpid()
         self.notes: list[str] = []
         self.result: Optional[dict] = None
-        self.handle = None
+        self.handle = None  # thread mode: the NVML handle (process mode: it lives in the helper)
         self.mapping: Optional[str] = None
+        self.nvml_pci_bus_id: Optional[str] = None  # process mode: the bus id the helper resolved
         self._idle: Optional[int] = None
         self._running = False
         self._t_start = 0.0
@@ -614,8 +621,8 @@ class NvmlSampler:
     def _start_process(self) -> None:
         notes = self._pending
         self._pending = []
-        reply = self._request({"cmd": "start", "idle": self._idle is None}, "start()", notes,
-                              restart=True)
+        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu()},
+                              "start()", notes, restart=True)
         notes.extend(self._pending)  # a restart's notes
         self._pending = []
         self._window_notes = notes
@@ -637,7 +644,8 @@ class NvmlSampler:
 
     def _read_idle_process(self) -> Optional[int]:
         notes: list = []
-        reply = self._request({"cmd": "idle"}, "read_idle()", notes, restart=True)
+        # no restart inside a window: a new helper would know nothing of it
+        reply = self._request({"cmd": "idle"}, "read_idle()", notes, restart=not self._running)
         if self._running:
             self._window_notes.extend(self._pending + notes)
             self._pending = []
@@ -762,6 +770,32 @@ def _close_all() -> None:
             s.close()
         except Exception:
             pass
+
+
+_SCHED_GETCPU = None
+
+
+def _current_cpu() -> Optional[int]:
+    """The CPU the calling thread runs on now (Linux), else None."""
+    global _SCHED_GETCPU
+    if _SCHED_GETCPU is None:
+        _SCHED_GETCPU = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).sched_getcpu
+                fn.restype, fn.argtypes = ctypes.c_int, []
+                _SCHED_GETCPU = fn
+            except Exception:
+                pass
+    if not _SCHED_GETCPU:
+        return None
+    try:
+        cpu = int(_SCHED_GETCPU())
+    except Exception:
+        return None
+    return cpu if cpu >= 0 else None
 
 
 def _package_root() -> str:

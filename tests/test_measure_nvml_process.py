@@ -1,0 +1,281 @@
+"""NvmlSampler(mode="process"): the helper process against tests/fake_nvml.py (no GPU needed).
+
+The fake is scripted through $SABENCH_FAKE_NVML, which the helper inherits; the helper
+imports it as "tests.fake_nvml:make_fake" (the sampler puts the repository root on the
+helper's PYTHONPATH).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import sabench.measure.nvml as nvml_mod
+from sabench.measure.nvml import NvmlSampler, NvmlUnavailable
+from fake_nvml import FAKE_ENV, SPEC, device, script  # tests/ is on sys.path under pytest
+
+MY_PID = os.getpid()
+BUS0 = "00000000:19:00.0"
+BUS1 = "00000000:3B:00.0"
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process tests")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """fake(devices..., **script_kw) scripts the helper's NVML; returns nothing."""
+
+    def set_script(*devices, **kw):
+        monkeypatch.setenv(FAKE_ENV, script(devices, **kw))
+
+    return set_script
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (its new parent may not reap it at once)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if _gone(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_peak_idle_subtraction_and_process_memory(fake):
+    fake(device(BUS0, readings=[100, 200, 500, 300], procs=[(MY_PID, 64), (MY_PID + 1, 1 << 30)]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001)
+    assert s.mode == "process" and s.mapping == "pci_bus_id" and s.notes == []
+    assert s._probe.ready["torch_imported"] is False  # the helper stays light
+    s.start()
+    time.sleep(0.1)
+    r = s.stop()
+    s.close()
+    assert r["idle_used_bytes"] == 100  # read by the helper at start(), before sampling
+    assert r["peak_used_bytes"] == 500
+    assert r["peak_minus_idle_bytes"] == 400
+    assert r["peak_process_bytes"] == 64  # the parent's pid, not the helper's
+    assert r["n_samples"] >= 3 and r["interval_s"] == 0.001
+    assert r["device_mapping"] == "pci_bus_id" and r["mode"] == "process"
+    assert r["notes"] == []
+    assert set(r) == {"peak_used_bytes", "idle_used_bytes", "peak_minus_idle_bytes", "peak_process_bytes",
+                      "n_samples", "interval_s", "achieved_hz", "duration_s", "device_mapping", "mode",
+                      "notes"}
+
+
+def test_read_idle_reuse_across_windows_and_context_manager(fake):
+    fake(device(BUS0, readings=[5, 50, 20]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001, track_process=False)
+    child = s.child_pid
+    assert s.read_idle() == 5
+    s.start()  # keeps the explicit idle reading
+    time.sleep(0.05)
+    r = s.stop()
+    assert r["idle_used_bytes"] == 5 and r["peak_minus_idle_bytes"] == 45
+    s.start()  # second window, same helper: fresh idle and peak (the script stays at 20)
+    r2 = s.stop()
+    assert s.child_pid == child
+    assert r2["idle_used_bytes"] == 20 and r2["peak_used_bytes"] == 20 and r2["n_samples"] >= 1
+    s.close()
+    assert _wait_gone(child, 2.0)  # close() ends the helper
+    s.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        s.start()
+
+    with NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001) as s2:
+        child = s2.child_pid
+        time.sleep(0.02)
+    assert s2.result["peak_used_bytes"] == 50 and s2.result["idle_used_bytes"] == 5
+    assert _wait_gone(child, 2.0)
+
+
+def test_achieved_rate_at_least_100hz_and_prompt_stop(fake):
+    fake(device(BUS0, readings=[1], procs=[(MY_PID, 1)]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0)  # default 5 ms = 200 Hz
+    assert s.interval_s <= 0.01
+    s.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    r = s.stop()
+    assert time.perf_counter() - t0 < 0.5
+    assert r["achieved_hz"] >= 100, r
+    assert r["n_samples"] >= 30
+    s.close()
+    # a 30 s interval must not delay stop(): the helper waits on its command pipe
+    s2 = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=30.0)
+    s2.start()
+    time.sleep(0.02)
+    t0 = time.perf_counter()
+    r = s2.stop()
+    assert time.perf_counter() - t0 < 0.5 and r["n_samples"] >= 1
+    s2.close()
+
+
+def test_per_process_notes_empty_and_foreign(fake):
+    fake(device(BUS0, readings=[1, 2, 3], procs=[]))
+    with NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001) as s:
+        time.sleep(0.02)
+    assert s.result["peak_process_bytes"] is None
+    assert any("no compute process" in n for n in s.result["notes"])
+
+    fake(device(BUS0, readings=[1, 2, 3], procs=[(MY_PID + 1, 10 << 20), (1, 5 << 20)]))
+    with NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001) as s:
+        time.sleep(0.02)
+    r = s.result
+    assert r["peak_process_bytes"] is None
+    assert any(str(MY_PID) in n and "host" in n for n in r["notes"])  # our pid, not the helper's
+
+    fake(device(BUS0, readings=[1, 9, 3], procs_error="Not Supported"))
+    with NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001) as s:
+        time.sleep(0.02)
+    assert s.result["peak_used_bytes"] == 9 and s.result["peak_process_bytes"] is None
+    assert any("Not Supported" in n for n in s.result["notes"])
+
+
+def test_nvml_error_mid_window_is_a_note(fake):
+    fake(device(BUS0, readings=[100, 150, 999, 400, 200], errors_at={2}), noisy=True)
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001, track_process=False)
+    s.start()
+    time.sleep(0.05)
+    r = s.stop()  # must not raise; stray stdout of the NVML binding must not break the protocol
+    s.close()
+    assert r["idle_used_bytes"] == 100 and r["peak_used_bytes"] == 400  # 999 skipped, not invented
+    assert any("NVML error" in n and "Unknown Error" in n for n in r["notes"])
+
+
+def test_helper_killed_mid_window_then_restarted(fake):
+    fake(device(BUS0, readings=[10, 30]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001)
+    s.start()
+    time.sleep(0.02)
+    child = s.child_pid
+    os.kill(child, signal.SIGKILL)
+    t0 = time.perf_counter()
+    r = s.stop()  # must neither raise nor hang
+    assert time.perf_counter() - t0 < 1.0
+    assert r["peak_used_bytes"] is None and r["peak_minus_idle_bytes"] is None
+    assert r["idle_used_bytes"] == 10 and r["n_samples"] == 0
+    assert any("SIGKILL" in n for n in r["notes"]), r["notes"]
+    s.start()  # the next window gets a new helper
+    time.sleep(0.02)
+    r2 = s.stop()
+    assert s.child_pid not in (None, child)
+    assert r2["peak_used_bytes"] == 30 and any("restarted" in n for n in r2["notes"])
+    s.close()
+
+
+def test_helper_hung_in_nvml_call_costs_a_bounded_wait(fake, monkeypatch):
+    monkeypatch.setattr(nvml_mod, "REPLY_TIMEOUT_S", 0.3)
+    fake(device(BUS0, readings=[10, 20], hang_at=3))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001)
+    s.start()
+    time.sleep(0.05)  # the helper is now stuck inside nvmlDeviceGetMemoryInfo
+    child = s.child_pid
+    t0 = time.perf_counter()
+    r = s.stop()
+    assert time.perf_counter() - t0 < 1.5
+    assert r["peak_used_bytes"] is None and any("no answer" in n for n in r["notes"])
+    assert _wait_gone(child, 2.0)  # the stuck helper was killed
+    s.close()
+
+
+def test_helper_crash_on_first_reading_is_a_note(fake):
+    fake(device(BUS0, readings=[1], exit_at=0))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0)
+    assert s.read_idle() is None  # process mode does not raise
+    s.start()
+    r = s.stop()
+    s.close()
+    assert r["peak_used_bytes"] is None
+    assert any("exit code 3" in n for n in r["notes"]), r["notes"]
+
+
+def test_constructor_errors(fake):
+    fake(device(BUS0), init_error="Driver Not Loaded")
+    with pytest.raises(NvmlUnavailable, match="Driver Not Loaded"):
+        NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0)
+    with pytest.raises(NvmlUnavailable, match="no_such_module"):
+        NvmlSampler(0, nvml="no_such_module:make", pci_bus_id=BUS0)
+    with pytest.raises(ValueError):
+        NvmlSampler(0, nvml=object(), mode="process")
+    with pytest.raises(ValueError):
+        NvmlSampler(0, nvml=SPEC, mode="fork")
+
+
+def test_device_resolution_in_helper(fake):
+    fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id="0000:3b:00.0")  # torch 0 is NVML 1
+    assert s.mapping == "pci_bus_id" and s.read_idle() == 222
+    assert nvml_mod.parse_pci_bus_id(s.nvml_pci_bus_id) == nvml_mod.parse_pci_bus_id(BUS1)
+    s.close()
+    # CPU-only torch knows no bus id: index fallback, with the multi-GPU warning
+    s = NvmlSampler(1, nvml=SPEC)
+    assert s.mapping == "index" and s.read_idle() == 222
+    assert any("by index" in n for n in s.notes)
+    s.close()
+
+
+def test_mode_selection(monkeypatch):
+    spec = "sabench.measure._standin_nvml:nogil"
+    monkeypatch.setenv(nvml_mod.MODE_ENV, "thread")
+    s = NvmlSampler(0, nvml=spec, pci_bus_id="00000000:00:00.0")  # string spec loads in-process too
+    assert s.mode == "thread"
+    with s:
+        pass
+    assert s.result["mode"] == "thread" and s.result["peak_used_bytes"] == 1 << 30
+    monkeypatch.delenv(nvml_mod.MODE_ENV)
+    s = NvmlSampler(0, nvml=spec, pci_bus_id="00000000:00:00.0")
+    assert s.mode == "process"
+    s.close()
+
+
+_PARENT = textwrap.dedent("""
+    import os, sys, time, types
+    root = sys.argv[1]
+    for name, path in (("sabench", root + "/sabench"), ("sabench.measure", root + "/sabench/measure")):
+        m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m  # skip torch
+    from sabench.measure.nvml import NvmlSampler
+    s = NvmlSampler(0, nvml="tests.fake_nvml:make_fake", pci_bus_id="00000000:19:00.0")
+    s.start()
+    copy = 0
+    if sys.argv[2] == "fork":  # a copy of this process keeps the helper's pipes open: no EOF
+        copy = os.fork()
+        if copy == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            time.sleep(30)
+            os._exit(0)
+    print(s.child_pid, copy, flush=True)
+    os._exit(0)  # no close(), no atexit: the helper must notice by itself
+""")
+
+
+@pytest.mark.parametrize("how", ["plain", "fork"])
+def test_helper_dies_with_its_parent(fake, how):
+    fake(device(BUS0, readings=[1]))
+    out = subprocess.run([sys.executable, "-c", _PARENT, str(ROOT), how], capture_output=True,
+                         text=True, timeout=20, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    child, copy = (int(x) for x in out.stdout.split())
+    try:
+        # "plain": EOF on its pipe; "fork": only PR_SET_PDEATHSIG (or the parent-pid check)
+        assert _wait_gone(child, 5.0), f"helper {child} outlived its parent ({how})"
+    finally:
+        for pid in (child, copy):
+            if pid and not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
