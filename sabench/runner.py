@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,17 +149,18 @@ class _Progress:
         else:
             print(f"[{self.done + 1}/{self.total}] {label} ...", file=sys.stderr, flush=True)
 
-    def finish(self, label: str, summary: str):
+    def finish(self, label: str, summary: str, measured: bool = True):
         self.done += 1
-        self.measured += 1
+        self.measured += measured
         if self.bar is not None:
             self.bar.set_postfix_str(summary)
             self.bar.update(1)
             return
-        elapsed = time.perf_counter() - self.t0
-        left = self.total - self.done
-        eta = elapsed / self.measured * left
-        print(f"[{self.done}/{self.total}] {label}: {summary} (ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+        eta = ""
+        if self.measured:
+            elapsed = time.perf_counter() - self.t0
+            eta = f" (ETA {elapsed / self.measured * (self.total - self.done):.0f} s)"
+        print(f"[{self.done}/{self.total}] {label}: {summary}{eta}", file=sys.stderr, flush=True)
 
     def close(self):
         if self.bar is not None:
@@ -266,8 +268,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                         "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
                         "threads": threads, "fault_oom": os.environ.get(FAULT_ENV)}
                 records, overhead = run_point(spec, workdir)
-                if any(r["status"] == "oom" for r in records.values()) and records["prefill"]["status"] == "oom" \
-                        and records["decode"]["status"] == "oom":
+                if all(records[ph]["status"] == "oom" for ph in PHASES):
                     oom_at[k] = min(oom_at.get(k, p.seq_len), p.seq_len)
             for ph in PHASES:
                 if (*p, ph) not in done:
@@ -276,10 +277,10 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
             if overhead is not None:
                 data["overhead"][p.key] = overhead
             write_json_atomic(path, data)
-            if overhead is not None:
-                progress.finish(label, _summary(records))
+            progress.finish(label, _summary(records), measured=overhead is not None)
     finally:
         progress.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"results: {path}", file=sys.stderr)
     if report:
         _finish(out, path)

@@ -21,17 +21,16 @@ import sys
 import time
 import traceback
 
-import torch  # noqa: E402
+import torch
 
-from sabench import accounting, flops  # noqa: E402
-from sabench.dtypes import parse_dtype  # noqa: E402
-from sabench.measure import (AllocatorTracker, CudaGraphStep, is_oom_error, peak_rss_bytes,  # noqa: E402
+from sabench import accounting, flops
+from sabench.dtypes import parse_dtype
+from sabench.measure import (AllocatorTracker, CudaGraphStep, is_oom_error, peak_rss_bytes,
                              reset_peak_rss, summarize, sync, time_fn, time_steps)
-from sabench.model import load_model  # noqa: E402
-from sabench.presets import ModelConfig  # noqa: E402
-from sabench.runner import FAULT_ENV  # noqa: E402
-from sabench.schema import point_key  # noqa: E402
-
+from sabench.model import load_model
+from sabench.presets import ModelConfig
+from sabench.runner import FAULT_ENV
+from sabench.schema import point_key
 
 
 class _Memory:
