@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sabench.paths import reports_dir
 from sabench.schema import PHASES, SCHEMA, point_key
 from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_device
 
-REPO = Path(__file__).resolve().parent.parent
 # Fault injection for tests: point keys ("variant|batch|seq", comma-separated) whose worker
 # raises an out-of-memory error, so OOM handling is exercised on machines that never run out.
 FAULT_ENV = "SABENCH_FAULT_OOM"
@@ -46,7 +46,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def default_out_dir(suite: Suite) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return REPO / "reports" / suite.name / f"{stamp}-{socket.gethostname()}"
+    return reports_dir() / suite.name / f"{stamp}-{socket.gethostname()}"
 
 
 # Suite settings that change what a number means: a resumed run must not mix them.

@@ -36,11 +36,11 @@ from typing import Any, NamedTuple, Optional
 import yaml
 
 from sabench.dtypes import dtype_name
+from sabench.paths import suites_dir
 from sabench.plan import PlanError, parse_variant
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
 from sabench.schema import point_key
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
 DEFAULTS = {
     "description": "",
@@ -188,7 +188,7 @@ def find_suite(name_or_path) -> Path:
     if looks_like_path:
         raise SuiteError(text, None, "no such suite file")
     for ext in (".yaml", ".yml"):
-        candidate = SUITES_DIR / f"{text}{ext}"
+        candidate = suites_dir() / f"{text}{ext}"
         if candidate.is_file():
             return candidate
     names = ", ".join(available_suites()) or "none"
@@ -197,9 +197,10 @@ def find_suite(name_or_path) -> Path:
 
 def available_suites() -> list[str]:
     """Names of the suites shipped in <repo>/suites."""
-    if not SUITES_DIR.is_dir():
+    d = suites_dir()
+    if not d.is_dir():
         return []
-    return sorted(p.stem for p in SUITES_DIR.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p.stem for p in d.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
 def load_suite(path) -> Suite:

@@ -50,8 +50,27 @@ def test_compare_mismatched_suites_lists_left_out_points(tmp_path):
     assert "2048" not in seq_cells and "512" in seq_cells
 
 
+def test_compare_memory_ratio_only_between_like_sources(tmp_path):
+    a = make_results(seed=1)
+    b = make_results(seed=1, host="bench-02")
+    for r in b["records"]:  # the second run only knows its process RSS (a CPU run, say)
+        mem = r.get("memory_bytes")
+        if mem:
+            r["memory_bytes"] = {"peak_rss": mem.get("peak_rss", 1 << 30)}
+    ra, rb = write_results(a, tmp_path / "gpu"), write_results(b, tmp_path / "cpu")
+    md = compare_runs([ra, rb], tmp_path / "out").read_text()
+    mem = md.split("## Peak memory")[1]
+    rows = [line for line in mem.splitlines() if re.match(r"\|\s*baseline\s*\|\s*1\s*\|", line)]
+    assert rows and all("— (RSS vs NVML)" in line for line in rows)
+    assert "×" not in "".join(rows)
+
+
 def test_compare_default_out_dir(tmp_path, monkeypatch):
+    from sabench import paths
+
     ra, rb = _two_runs(tmp_path)
+    # an installed package (no checkout around it) writes under the working directory
+    monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "site-packages" / "sabench")
     monkeypatch.chdir(tmp_path)
     path = compare_runs([ra, rb])
     assert path.resolve().parent.parent == (tmp_path / "reports" / "compare").resolve()

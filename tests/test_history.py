@@ -154,3 +154,16 @@ def test_cli_history_table_plot_and_import(tmp_path, capsys):
     assert "suites recorded: synthetic (2 runs)" in capsys.readouterr().out
     assert main(["history", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no history database" in capsys.readouterr().err
+
+
+def test_a_resumed_run_gains_its_new_points(tmp_path):
+    """--resume keeps the run's created time, hence its key: recording it again adds what it gained."""
+    db = tmp_path / "h.sqlite"
+    full = make_results(seed=7, commit="c0ffee", created="2026-11-20T10:00:00Z")
+    part = dict(full, records=[r for r in full["records"] if r["variant"] != "cla:2"])
+    first = record_run(write_results(part, tmp_path / "part"), db)
+    again = record_run(write_results(full, tmp_path / "full"), db)
+    assert first.inserted and not again.inserted and first.run_key == again.run_key
+    assert again.metrics > 0 and _count(db, "runs") == 1
+    assert query_trend(db, metric="median_ms", variant="cla:2", phase="decode")
+    assert record_run(write_results(full, tmp_path / "full2"), db).metrics == 0

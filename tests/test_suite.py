@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sabench.paths import suites_dir
 from sabench.presets import PRESETS
 from sabench.suite import (
-    SUITES_DIR,
     Point,
     Suite,
     SuiteError,
@@ -200,8 +200,8 @@ def test_with_variants_restricts_and_validates(tmp_path):
 
 
 def test_find_suite_by_name_and_by_path(tmp_path):
-    assert find_suite("smoke") == SUITES_DIR / "smoke.yaml"
-    assert find_suite("llama-3.1-8b") == SUITES_DIR / "llama-3.1-8b.yaml"  # dots in a bare name
+    assert find_suite("smoke") == suites_dir() / "smoke.yaml"
+    assert find_suite("llama-3.1-8b") == suites_dir() / "llama-3.1-8b.yaml"  # dots in a bare name
     path = write(tmp_path, suite_text())
     assert find_suite(str(path)) == path
     with pytest.raises(SuiteError, match=r"unknown suite; available suites: .*smoke"):
@@ -285,3 +285,14 @@ def test_cli_rejects_malformed_suite_with_exit_2(tmp_path, capsys):
     assert "sweep.seq_len[1]" in err and "bad-suite.yaml" in err
     assert "sabench: error: " in err and "Traceback" not in err
     assert not list(tmp_path.rglob("results.json"))
+
+
+def test_paths_anchor_to_the_checkout_else_the_working_directory(tmp_path, monkeypatch):
+    from sabench import paths
+
+    assert paths.project_root() == Path(__file__).resolve().parent.parent
+    installed = tmp_path / "site-packages" / "sabench"  # a plain install: no pyproject.toml beside it
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(paths, "PACKAGE_DIR", installed)
+    monkeypatch.chdir(tmp_path)
+    assert paths.suites_dir() == tmp_path / "suites" and paths.reports_dir() == tmp_path / "reports"

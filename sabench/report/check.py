@@ -1,18 +1,23 @@
 """`sabench check BASELINE CURRENT`: regression gate for CI.
 
 Deterministic figures (params, kv_cache_bytes, flops.analytic, flops.counted) must
-match exactly, and a point that was ok must still be ok: any change is a regression.
+match exactly, and a point that was ok must still be ok and present (a point missing
+from CURRENT is a regression unless `allow_missing`); a point that now errors is a
+regression whatever it was before.
 
 Timings are compared on the raw samples (latency_ms.samples). A point regresses only
 when its median slowdown is larger than `threshold` AND a one-sided Mann-Whitney U
 test says the current samples are larger (p < alpha); improvements mirror that
-(median change below -threshold and "less" significant). Everything else, and any
-point with fewer than 3 samples in either run, counts as unchanged.
+(median change below -threshold and "less" significant). Everything else counts as
+unchanged, except points whose sample counts cannot reach p < alpha at all (the exact
+test's smallest p-value is 1 / C(n_a + n_b, n_a): 5 samples a side for alpha 0.01):
+those are counted apart as *unjudged* and named in the summary, never passed silently.
 
 Exit codes (the CLI): 0 no regression, 1 regression, 2 bad input (raised as ResultsError).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +29,12 @@ from sabench.report.results import (Key, ResultsError, fmt_ms, get_num, index_re
                                     md_escape, results_path, status_text)
 
 DETERMINISTIC = (("params",), ("kv_cache_bytes",), ("flops", "analytic"), ("flops", "counted"))
-MIN_SAMPLES = 3
+
+
+def can_be_significant(n_a: int, n_b: int, alpha: float) -> bool:
+    """Whether a one-sided Mann-Whitney U test on samples of these sizes can give p < alpha
+    (its smallest p-value, with no ties, is 1 / C(n_a + n_b, n_a))."""
+    return n_a > 0 and n_b > 0 and 1.0 / math.comb(n_a + n_b, n_a) < alpha
 
 
 def parse_threshold(value: Union[str, float, int]) -> float:
@@ -83,6 +93,7 @@ class CheckResult:
     regressions: List[Finding] = field(default_factory=list)
     improvements: List[Finding] = field(default_factory=list)
     unchanged: int = 0                      # timing points judged unchanged
+    unjudged: List[Key] = field(default_factory=list)  # too few samples for the test to reach alpha
     deterministic_checked: int = 0          # (point, figure) pairs compared exactly
     timing_changes: List[Finding] = field(default_factory=list)  # --timings off: listed, not judged
     notes: List[str] = field(default_factory=list)
@@ -102,7 +113,8 @@ class CheckResult:
                   if self.timings_judged else "timings not judged (--timings off)")
         return (f"sabench check: {verdict}: {len(self.regressions)} regression(s), "
                 f"{len(self.improvements)} improvement(s), {self.unchanged} unchanged timing point(s), "
-                f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
+                + (f"{len(self.unjudged)} timing point(s) NOT judged (too few samples), " if self.unjudged else "")
+                + f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
                 f"shared point(s) ({timing})")
 
     def to_text(self) -> str:
@@ -131,7 +143,9 @@ class CheckResult:
                   f"{self.shared_points} shared points, {self.deterministic_checked} deterministic figures "
                   f"checked exactly, {timing}.", ""]
         lines += [f"**{len(self.regressions)}** regressions · **{len(self.improvements)}** improvements · "
-                  f"**{self.unchanged}** unchanged timings", ""]
+                  f"**{self.unchanged}** unchanged timings"
+                  + (f" · **{len(self.unjudged)}** timings not judged (too few samples)" if self.unjudged else ""),
+                  ""]
         for title, items in (("Regressions", self.regressions), ("Improvements", self.improvements),
                              ("Timing changes beyond the threshold (not judged)", self.timing_changes)):
             if items:
@@ -176,7 +190,7 @@ def _load(x, what: str) -> Tuple[dict, str]:
 
 
 def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None, alpha: float = 0.01,
-          timings: bool = True) -> CheckResult:
+          timings: bool = True, allow_missing: bool = False) -> CheckResult:
     """Compare CURRENT against BASELINE (run dirs, results.json paths or loaded dicts).
 
     `markdown`: a file to write the PR-comment summary to; when the GITHUB_STEP_SUMMARY
@@ -198,12 +212,15 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
 
     only_b = [k for k in bi if k not in ci]
     only_c = [k for k in ci if k not in bi]
+    lost = [k for k in only_b if bi[k].get("status") == "ok"]
+    if lost and not allow_missing:
+        res.regressions += [Finding(k, "status", "ok", "missing", note="not in the current run") for k in lost]
+        only_b = [k for k in only_b if k not in lost]
     if only_b:
         res.notes.append(f"{len(only_b)} point(s) only in the baseline, not checked: " + _keys(only_b))
     if only_c:
         res.notes.append(f"{len(only_c)} point(s) only in the current run, not checked: " + _keys(only_c))
 
-    few: List[Key] = []
     candidates = []  # (key, base samples, cur samples, change, direction)
     for k in sorted(shared, key=_order):
         rb, rc = bi[k], ci[k]
@@ -211,7 +228,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         # --- status
         if sb != sc:
             f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
-            if sb == "ok":
+            if sb == "ok" or sc == "error":
                 res.regressions.append(f)
             elif sc == "ok":
                 res.improvements.append(f)
@@ -238,16 +255,17 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         if not (sb == "ok" and sc == "ok"):
             continue
         a, b = _samples(rb), _samples(rc)
-        if len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES:
-            few.append(k)
-            res.unchanged += 1
+        if not len(a) or not len(b) or float(np.median(a)) <= 0:
+            res.notes.append(f"{k[3]} {k[0]} b={k[1]} s={k[2]}: no usable timing samples in "
+                             f"{'the baseline' if not len(a) or float(np.median(a)) <= 0 else 'the current run'}")
+            if timings:
+                res.unjudged.append(k)
             continue
         ma, mb = float(np.median(a)), float(np.median(b))
-        if ma <= 0:
-            few.append(k)
-            res.unchanged += 1
-            continue
         change = mb / ma - 1
+        if timings and not can_be_significant(len(a), len(b), alpha):
+            res.unjudged.append(k)
+            continue
         if not timings:
             if abs(change) > thr:
                 res.timing_changes.append(Finding(k, "latency", fmt_ms(ma) + " ms", fmt_ms(mb) + " ms", change))
@@ -270,9 +288,10 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
             else:
                 res.unchanged += 1
                 res.notes.append(f"{f.point}: median {change * 100:+.1f}% but not significant (p = {p:.2g})")
-    if few:
-        res.notes.append(f"{len(few)} point(s) with fewer than {MIN_SAMPLES} samples in a run cannot be "
-                         "significant; counted as unchanged: " + _keys(few))
+    if res.unjudged and timings:
+        res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: with so few samples a Mann-Whitney U "
+                         f"test cannot reach p < {alpha:g} (raise the suite's repeats to 5 or more): "
+                         + _keys(res.unjudged))
     if not timings:
         res.unchanged = 0
     res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))

@@ -47,6 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     p.add_argument("--timings", choices=("on", "off"), default="on",
                    help="'off': gate on deterministic figures only (shared CI runners); timings still listed")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="a point ok in BASELINE but absent from CURRENT is a note, not a regression")
     p.add_argument("--markdown", metavar="FILE", default=None,
                    help="also write a PR-comment summary here (appended to $GITHUB_STEP_SUMMARY when set)")
     p.set_defaults(func=cmd_check)
@@ -94,7 +96,8 @@ def cmd_check(args) -> int:
     from sabench.report.check import check, parse_threshold
 
     res = check(args.baseline, args.current, threshold=parse_threshold(args.threshold),
-                markdown=args.markdown, alpha=args.alpha, timings=args.timings == "on")
+                markdown=args.markdown, alpha=args.alpha, timings=args.timings == "on",
+                allow_missing=args.allow_missing)
     sys.stdout.write(res.to_text())
     return res.exit_code
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from sabench.paths import reports_dir
 from sabench.report.results import (Key, ResultsError, fmt_ms, fmt_rate, fmt_x, get_num, human_bytes,
                                     index_records, is_ok, load_results, median_ms, peak_memory,
                                     results_path, status_text, variants_of)
@@ -31,7 +32,7 @@ def _labels(paths: Sequence[Path]) -> List[str]:
 
 
 def default_out_dir() -> Path:
-    base = Path("reports") / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    base = reports_dir() / "compare" / time.strftime("%Y%m%d-%H%M%S")
     out, i = base, 1
     while out.exists():
         i += 1
@@ -43,7 +44,7 @@ def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
     """Write OUT_DIR/compare.md and its PNGs for two or more runs; returns the markdown path.
 
     The first run is the reference: ratio columns are run / first run.
-    Default OUT_DIR: reports/compare/<timestamp>/ (relative to the working directory).
+    Default OUT_DIR: reports/compare/<timestamp>/ (see sabench.paths).
     """
     if len(run_dirs) < 2:
         raise ResultsError("compare needs at least two runs")
@@ -109,7 +110,9 @@ def _sorted_points(runs: List[Run], keys) -> List[Key]:
 
 
 def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fmt) -> Tuple[List[str], List[List[str]]]:
-    """value(run, (v, b, s)) -> (number or None, text when there is no number)."""
+    """value(run, (v, b, s)) -> (number or None, text when there is no number[, what was measured]).
+
+    A ratio is shown only where both numbers measure the same thing (same third element)."""
     headers = ["variant", "batch", "seq_len"]
     for i, r in enumerate(runs):
         headers.append(r.label)
@@ -118,12 +121,15 @@ def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fm
     rows = []
     for pt in points:
         row = [pt[0], str(pt[1]), str(pt[2])]
-        ref = None
+        ref = ref_kind = None
         for i, r in enumerate(runs):
-            num, text = value(r, pt)
+            num, text, *kind = value(r, pt)
+            kind = kind[0] if kind else None
             row.append(fmt(num) if num is not None else text)
             if i == 0:
-                ref = num
+                ref, ref_kind = num, kind
+            elif num is not None and ref and kind != ref_kind:
+                row.append(f"— ({kind} vs {ref_kind})")
             else:
                 row.append(fmt_x(num / ref) if (num is not None and ref) else "—")
         rows.append(row)
@@ -144,15 +150,18 @@ def _tps(phase):
     return value
 
 
-def _mem(run: Run, pt):
-    rs = [run.index.get(pt + (p,)) for p in ("prefill", "decode")]
-    peaks = [peak_memory(r) for r in rs if is_ok(r)]
-    peaks = [p for p in peaks if p[0] is not None]
-    if peaks:
-        v, src = max(peaks)
-        return v, None
-    bad = [r for r in rs if r is not None and not is_ok(r)]
-    return None, status_text(bad[0], 30) if bad else "—"
+def _mem(shared):
+    """Peak memory of a point: the max over the phases every run has, with its source."""
+    def value(run: Run, pt):
+        rs = [run.index.get(pt + (p,)) for p in ("prefill", "decode") if pt + (p,) in shared]
+        peaks = [peak_memory(r) for r in rs if is_ok(r)]
+        peaks = [p for p in peaks if p[0] is not None]
+        if peaks:
+            v, src = max(peaks)
+            return v, None, src
+        bad = [r for r in rs if r is not None and not is_ok(r)]
+        return None, status_text(bad[0], 30) if bad else "—", None
+    return value
 
 
 def geo_ratio(runs: List[Run], run: Run, phase: str, shared) -> Optional[Tuple[float, float, float, int]]:
@@ -236,7 +245,7 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
         for r in runs:
             s = sorted({peak_memory(x)[1] for x in r.index.values() if peak_memory(x)[1]})
             srcs.append(f"{r.label}: {'/'.join(s) or 'none'}")
-        h, rows = _metric_table(runs, pts, _mem, human_bytes)
+        h, rows = _metric_table(runs, pts, _mem(shared), human_bytes)
         lines += ["## Peak memory", "", f"_Max over prefill and decode. Sources: {'; '.join(srcs)}._", "",
                   md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -27,11 +27,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from sabench.paths import reports_dir
 from sabench.report.results import (ResultsError, fmt_ms, fmt_rate, get_num, human_bytes, human_flops,
                                     is_ok, load_results, median_ms, peak_memory, results_path)
 
-# Anchored to the checkout, not the working directory: one history per clone.
-DEFAULT_DB = Path(__file__).resolve().parents[2] / "reports" / "history.sqlite"
 ENV_VAR = "SABENCH_HISTORY"
 
 # metric -> (unit label, formatter, deterministic?)
@@ -81,7 +80,7 @@ def resolve_db(db_path=None) -> Path:
         return Path(db_path)
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
-    return DEFAULT_DB
+    return reports_dir() / "history.sqlite"
 
 
 def connect(db_path=None, create: bool = True) -> sqlite3.Connection:
@@ -161,7 +160,8 @@ class RecordOutcome:
 
 
 def record_run(results_path_or_dir, db_path=None, results: Optional[dict] = None) -> RecordOutcome:
-    """Add one run (a run dir or results.json) to the history; a run already there is left alone."""
+    """Add one run (a run dir or results.json) to the history. A run already there (same key) keeps
+    what it has and gains the points it did not have: `--resume` completes a run under its key."""
     src = results_path(results_path_or_dir)
     data = results if results is not None else load_results(src)
     db = resolve_db(db_path)
@@ -179,13 +179,16 @@ def _insert(con: sqlite3.Connection, data: dict, source: str, db: Path) -> Recor
     with con:
         cur = con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLS)}) VALUES "
                           f"({', '.join('?' * len(RUN_COLS))})", row)
-        if cur.rowcount == 0:
-            return RecordOutcome(key, False, db)
-        run_id = cur.lastrowid
-        rows = [(run_id,) + r for r in metric_rows(data)]
-        con.executemany(f"INSERT OR REPLACE INTO metrics (run_id, {', '.join(METRIC_COLS)}) VALUES "
-                        f"(?, {', '.join('?' * len(METRIC_COLS))})", rows)
-    return RecordOutcome(key, True, db, len(rows))
+        inserted = cur.rowcount > 0
+        if inserted:
+            run_id = cur.lastrowid
+        else:  # already recorded: a resumed run keeps its key, so add the points it has gained
+            run_id = con.execute("SELECT id FROM runs WHERE run_key = ?", (key,)).fetchone()[0]
+        before = con.total_changes
+        con.executemany(f"INSERT OR IGNORE INTO metrics (run_id, {', '.join(METRIC_COLS)}) VALUES "
+                        f"(?, {', '.join('?' * len(METRIC_COLS))})", [(run_id,) + r for r in metric_rows(data)])
+        added = con.total_changes - before
+    return RecordOutcome(key, inserted, db, added)
 
 
 def _is_sqlite(p: Path) -> bool:

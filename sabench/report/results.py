@@ -184,7 +184,7 @@ def _median(xs: Iterable[float]) -> Optional[float]:
 
 def speedup(base: Optional[dict], cur: Optional[dict]) -> Optional[float]:
     b, c = median_ms(base), median_ms(cur)
-    if b is None or c is None or c <= 0:
+    if b is None or c is None or b <= 0 or c <= 0:
         return None
     return b / c
 
