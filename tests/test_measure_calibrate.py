@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -32,10 +31,7 @@ def test_matmul_peak_cpu_small_uses_float32():
 
 
 def test_calibrate_cpu_quick():
-    t0 = time.perf_counter()
     r = calibrate("cpu", torch.bfloat16)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 6.0, elapsed  # ~0.5 s on an idle 2-core VM
     assert _pos(r["peak_bandwidth_bytes_per_s"]) and _pos(r["peak_flops_per_s"])
     assert r["peak_source"] == "measured" and r["datasheet"] is None
     assert r["calibration"]["copy"]["nbytes"] == 256 << 20

@@ -1,6 +1,5 @@
 import json
 import re
-import time
 
 import pytest
 
@@ -174,13 +173,9 @@ def test_register_adds_subcommands():
         assert callable(args.func)
 
 
-def test_report_performance_1000_records(tmp_path):
+def test_report_on_1000_records(tmp_path):
     res = big_results()
     assert len(res["records"]) == 1000
     run = write_results(res, tmp_path / "big")
-    t0 = time.perf_counter()
-    path = write_report(run)
-    elapsed = time.perf_counter() - t0
-    print(f"write_report on 1,000 records: {elapsed:.2f} s")
-    assert path.exists()
-    assert elapsed < 30
+    path = write_report(run)  # its speed is measured by benchmarks/report_speed.py, not asserted here
+    assert path.exists() and path.stat().st_size > 0
