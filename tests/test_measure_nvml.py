@@ -1,6 +1,7 @@
 """NvmlSampler and nvml_device_info against a scripted fake NVML module (no GPU needed)."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import sabench.measure.nvml as nvml_mod
 from sabench.measure.nvml import (Availability, NvmlSampler, NvmlUnavailable, nvml_device_info,
                                   parse_pci_bus_id, resolve_handle)
 
@@ -21,7 +23,7 @@ class FakeNVMLError(Exception):
 
 class FakeDevice:
     def __init__(self, bus_id, readings=(1000,), procs=None, name="Fake GPU", total=80 << 30,
-                 errors_at=()):
+                 errors_at=(), block_at=None):
         self.bus_id = bus_id
         self.readings = list(readings)
         self.procs = procs  # None -> [] ; list of (pid, used) ; callable -> raises
@@ -30,6 +32,10 @@ class FakeDevice:
         self.errors_at = set(errors_at)
         self.calls = 0
         self.exhausted = threading.Event()
+        self.block_at = block_at  # reading k == block_at waits for `release` (a stuck driver call)
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+        self.blocked_thread: "threading.Thread | None" = None
 
 
 class FakeNvml:
@@ -38,6 +44,7 @@ class FakeNvml:
     Reading k (k = 0, 1, ...) of device d returns d.readings[k], then the last value
     forever; k in d.errors_at raises FakeNVMLError instead. `exhausted` is set once
     the script has been fully served, so tests can wait on it instead of sleeping.
+    Reading k == d.block_at sets d.blocked and waits for d.release first.
     """
 
     NVMLError = FakeNVMLError
@@ -79,6 +86,10 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, h):
         k = h.calls
         h.calls += 1
+        if k == h.block_at:
+            h.blocked_thread = threading.current_thread()
+            h.blocked.set()
+            h.release.wait()
         if k >= len(h.readings) - 1:
             h.exhausted.set()
         if k in h.errors_at:
@@ -330,3 +341,71 @@ def test_nvml_device_info():
 
     info = nvml_device_info(0, nvml=NoClocks([d0]), pci_bus_id=BUS0)
     assert "sm_clock_max_mhz" not in info and info["power_limit_w"] == 700.0
+
+
+def test_thread_stuck_past_stop_is_not_revived_by_the_next_window(monkeypatch):
+    # Each window has its own stop event: the thread stop() gave up on (stuck in an NVML call)
+    # must end once the call returns, not resume sampling beside the next window's thread.
+    monkeypatch.setattr(nvml_mod, "THREAD_JOIN_TIMEOUT_S", 0.05)
+    dev = FakeDevice(BUS0, readings=[10, 20, 30, 40], block_at=2)  # 0: idle, 1: sample, 2: stuck
+    s = NvmlSampler(0, nvml=FakeNvml([dev]), pci_bus_id=BUS0, interval_s=0.001, track_process=False)
+    s.start()
+    assert dev.blocked.wait(10.0)
+    r1 = s.stop()  # gives up on the stuck thread
+    assert any("still inside an NVML call" in n for n in r1["notes"]), r1["notes"]
+    stuck = dev.blocked_thread
+    s.start()  # the next window, with a thread of its own
+    dev.release.set()  # the stuck call returns
+    stuck.join(10.0)
+    try:
+        assert not stuck.is_alive(), "the abandoned sampler thread went on sampling"
+    finally:
+        s.stop()
+        s.close()
+        stuck.join(10.0)
+
+
+def test_thread_read_idle_failure_returns_none_with_note():
+    dev = FakeDevice(BUS0, readings=[999, 100, 300], errors_at={0})
+    s = NvmlSampler(0, nvml=FakeNvml([dev]), pci_bus_id=BUS0, interval_s=0.001, track_process=False)
+    assert s.read_idle() is None  # like process mode: no NVML error raised into the caller
+    s.start()  # takes the idle reading again
+    _wait(dev)
+    r = s.stop()
+    s.close()
+    assert r["idle_used_bytes"] == 100 and r["peak_used_bytes"] == 300
+    assert any("read_idle" in n and "Unknown Error at reading 0" in n for n in r["notes"]), r["notes"]
+    # the note belongs to that window only
+    s2 = NvmlSampler(0, nvml=FakeNvml([FakeDevice(BUS0)]), pci_bus_id=BUS0, track_process=False)
+    with s2:
+        pass
+    assert s2.result["notes"] == []
+
+
+def test_peak_below_idle_is_clamped_to_zero_with_note():
+    # device-wide "used": another process freed memory after the idle reading
+    dev = FakeDevice(BUS0, readings=[500, 300, 200], procs=[(MY_PID, 64)])
+    s = NvmlSampler(0, nvml=FakeNvml([dev]), pci_bus_id=BUS0, interval_s=0.001)
+    s.start()
+    _wait(dev)
+    r = s.stop()
+    s.close()
+    assert r["idle_used_bytes"] == 500 and r["peak_used_bytes"] == 300
+    assert r["peak_minus_idle_bytes"] == 0
+    assert any("clamped to 0" in n for n in r["notes"]), r["notes"]
+
+
+def test_thread_mode_del_shuts_nvml_down():
+    fake = FakeNvml([FakeDevice(BUS0, readings=[1, 2])])
+    s = NvmlSampler(0, nvml=fake, pci_bus_id=BUS0, interval_s=0.001)
+    del s  # never closed
+    gc.collect()
+    assert fake.init_calls == fake.shutdown_calls == 1  # NVML's init count does not leak
+
+    fake = FakeNvml([FakeDevice(BUS0, readings=[1, 2])])
+    s = NvmlSampler(0, nvml=fake, pci_bus_id=BUS0, interval_s=0.001)
+    s.start()
+    s.stop()
+    del s
+    gc.collect()
+    assert fake.init_calls == fake.shutdown_calls == 1

@@ -6,6 +6,7 @@ helper's PYTHONPATH).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -279,3 +280,47 @@ def test_helper_dies_with_its_parent(fake, how):
         for pid in (child, copy):
             if pid and not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+_FORK_CHILD_EXITS = textwrap.dedent("""
+    import json, os, sys, types
+    root = sys.argv[1]
+    for name, path in (("sabench", root + "/sabench"), ("sabench.measure", root + "/sabench/measure")):
+        m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m  # skip torch
+    from sabench.measure.nvml import NvmlSampler
+    s = NvmlSampler(0, nvml="tests.fake_nvml:make_fake", pci_bus_id="00000000:19:00.0",
+                    interval_s=0.001, track_process=False)
+    s.start()
+    codes = []
+    for explicit in (False, True):
+        kid = os.fork()
+        if kid == 0:
+            if explicit:  # start/read_idle/stop refuse in a child (and must not touch the pipe)
+                raised = 0
+                for call in (s.read_idle, s.stop, s.start):
+                    try:
+                        call()
+                    except RuntimeError:
+                        raised += 1
+                sys.exit(0 if raised == 3 and not s.running else 1)
+            sys.exit(0)  # a normal exit: atexit runs _close_all() -> close() on the child's copy
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(kid, 0)[1]))
+    r = s.stop()  # the parent's window must still be there
+    s.close()
+    print(json.dumps({"child_exits": codes, "result": r}), flush=True)
+""")
+
+
+def test_forked_child_exit_does_not_take_the_parents_window(fake):
+    # A forked child's atexit used to stop() its copy of the sampler: it sent "stop" down the
+    # parent's pipe and took the reply, so the parent's window ended with no readings.
+    fake(device(BUS0, readings=[100, 500]))
+    out = subprocess.run([sys.executable, "-c", _FORK_CHILD_EXITS, str(ROOT)], capture_output=True,
+                         text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    msg = json.loads(out.stdout.strip().splitlines()[-1])
+    r = msg["result"]
+    assert msg["child_exits"] == [0, 0]
+    assert r["peak_used_bytes"] == 500 and r["idle_used_bytes"] == 100, r
+    assert r["peak_minus_idle_bytes"] == 400 and r["notes"] == [], r["notes"]
+

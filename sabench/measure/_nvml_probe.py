@@ -99,24 +99,15 @@ def main(argv=None) -> int:
     except Exception as e:
         send({"id": 0, "ok": False, "error": str(e)})
         return 1
-    try:
-        nv.nvmlInit()
-    except Exception as e:
-        send({"id": 0, "ok": False, "error": f"nvmlInit failed ({type(e).__name__}: {e})"})
+    notes: list = []
+    try:  # nvmlInit, the device and the MIG note: the same code as the sampler thread's
+        handle, how = core.open_device(nv, args.device_index, args.pci_bus_id, notes,
+                                       ask_torch=False, torch_bus_id=args.torch_bus_id,
+                                       uuid=args.uuid)
+    except core.NvmlUnavailable as e:  # NVML is shut down again already
+        send({"id": 0, "ok": False, "error": str(e)})
         return 1
     try:
-        notes: list = []
-        try:
-            handle, how = core.resolve_handle(nv, args.device_index, args.pci_bus_id, notes,
-                                              ask_torch=False, torch_bus_id=args.torch_bus_id,
-                                              uuid=args.uuid)
-        except Exception as e:
-            send({"id": 0, "ok": False, "error": f"no NVML handle for CUDA device "
-                                                 f"{args.device_index} ({type(e).__name__}: {e})"})
-            return 1
-        mig = core._mig_note(nv, handle)
-        if mig:
-            notes.append(mig)
         try:
             bus_id = core._text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
         except Exception:
@@ -148,12 +139,8 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
     while True:
         if win is not None:
             now = perf()
-            if now >= next_t:
-                win.attempt()
-                next_t += interval
-                now = perf()
-                if next_t < now:  # fell behind (slow NVML call, no CPU): don't burst
-                    next_t = now
+            if now >= next_t:  # a sample is due; paced as in the sampler thread
+                next_t, now = win.paced_attempt(next_t, interval)
             timeout = next_t - now
         else:
             timeout = 0.5  # idle: wake now and then only to check the parent is alive

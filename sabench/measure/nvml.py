@@ -6,8 +6,9 @@ buffers, CUDA-graph pools and anything allocated outside PyTorch are invisible
 to it, yet they are what makes a real deployment run out of memory. NVML's
 "used" memory of the device includes all of them. It is a device-wide figure
 (other processes count too), so we also record an idle reading taken before the
-measured work starts and report peak - idle, and the per-process figure when
-the driver tells us which process is ours.
+measured work starts and report peak - idle (clamped at 0, with a note, when
+another process freed memory during the window), and the per-process figure
+when the driver tells us which process is ours.
 
 Where the sampling runs (`mode`):
 
@@ -24,7 +25,9 @@ Where the sampling runs (`mode`):
   The helper dies with its parent (PR_SET_PDEATHSIG on Linux, EOF on its
   command pipe, a parent-pid check) and is ended by close(), __del__ and atexit.
   It is started once per sampler (~60 ms, in the constructor) and reused by
-  every window.
+  every window. In a forked child the sampler's copy never uses the helper's
+  pipe: start()/read_idle()/stop() raise RuntimeError there, and close()
+  (atexit included) only drops the copy's state.
 * "thread": the previous in-process sampler thread. Needed when an NVML
   object is injected in-process (tests); selectable with
   SABENCH_NVML_MODE=thread as an escape hatch.
@@ -38,15 +41,19 @@ Three pitfalls this module handles:
   UUID) and ask NVML for that device; only when that is impossible do we fall
   back to index i, and say so in `notes`. In process mode torch's ids are
   taken in the measured process and handed to the helper, which resolves them
-  with the same code (`resolve_handle`) and reports the mapping back.
+  with the same code (`open_device`, `resolve_handle`) and reports the mapping
+  back.
 * Per-process usage in containers. nvmlDeviceGetComputeRunningProcesses lists
   PIDs of the host PID namespace (or nothing at all), so os.getpid() inside a
   container often matches nothing. Then the per-process peak is None and a note
   explains why, instead of a wrong number. The pid tracked is always the one of
   the process that created the sampler, also in process mode.
 * Sampler failures. Sampling never raises into the caller: NVML errors while
-  sampling are counted and reported in `notes`; a helper process that crashes
-  or hangs costs at most a short timeout in stop() and leaves a note.
+  sampling are counted and reported in `notes`, a failed read_idle() returns
+  None with a note (both modes); a helper process that crashes or hangs costs
+  at most a short timeout in stop() and leaves a note, and so does a sampler
+  thread stuck in an NVML call (it is left to end by itself: each window has its
+  own stop event, so a later window never revives it).
 """
 from __future__ import annotations
 
@@ -72,6 +79,11 @@ MODE_ENV = "SABENCH_NVML_MODE"  # overrides the default mode ("process") when mo
 # is stuck inside an NVML call; nvmlInit can take seconds on a host without persistence mode.
 READY_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 2.0
+# Thread mode: how long stop() waits for the sampler thread (at least 4 intervals). A thread
+# still stuck in an NVML call after that is left behind; it ends by itself once the call returns.
+THREAD_JOIN_TIMEOUT_S = 2.0
+
+
 class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here (pynvml missing, no driver, no device)."""
 
@@ -264,6 +276,35 @@ def _mig_note(nvml, handle) -> Optional[str]:
     return None
 
 
+def open_device(nvml, device_index: int, pci_bus_id: Optional[str] = None,
+                notes: Optional[list] = None, **resolve_kw):
+    """nvmlInit, then the handle of torch CUDA device `device_index` -> (handle, how).
+
+    Mapping caveats and the MIG note go to `notes`. Raises NvmlUnavailable when
+    nvmlInit fails or no handle can be had (NVML is shut down again then); on
+    success the caller owns one nvmlInit and must call nvmlShutdown. `resolve_kw`
+    is passed on to resolve_handle (ask_torch, torch_bus_id, uuid).
+    """
+    notes = notes if notes is not None else []
+    try:
+        nvml.nvmlInit()
+    except Exception as e:
+        raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
+    try:
+        handle, how = resolve_handle(nvml, device_index, pci_bus_id, notes, **resolve_kw)
+    except Exception as e:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+        raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} "
+                              f"({type(e).__name__}: {e})") from e
+    mig = _mig_note(nvml, handle)
+    if mig:
+        notes.append(mig)
+    return handle, how
+
+
 class _Window:
     """The readings of one start()/stop() window.
 
@@ -330,10 +371,7 @@ class _Window:
     def attempt(self) -> None:
         """One sample of the loop; an NVML error is counted, never raised."""
         self.attempts += 1
-        try:
-            self.sample()
-        except Exception as e:
-            self.record_error(e)
+        self.last()
 
     def last(self) -> None:
         """The reading taken at stop(), so even a window shorter than one interval has a peak."""
@@ -341,6 +379,20 @@ class _Window:
             self.sample()
         except Exception as e:
             self.record_error(e)
+
+    def paced_attempt(self, next_t: float, interval: float) -> tuple[float, float]:
+        """One sample of the loop that was due at `next_t` -> (when the next one is due, now).
+
+        The next is due `interval` after this one's due time, or now when the loop fell
+        behind (slow NVML call, no CPU, the GIL): it never bursts to catch up. Shared by
+        the sampler thread and the helper process's loop.
+        """
+        self.attempt()
+        next_t += interval
+        now = time.perf_counter()
+        if next_t < now:
+            next_t = now
+        return next_t, now
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in self._STATE}
@@ -483,63 +535,51 @@ class NvmlSampler:
 
     def _init_thread(self, nvml, pci_bus_id) -> None:
         self._nvml = load_nvml(nvml)
-        try:
-            self._nvml.nvmlInit()
-        except Exception as e:
-            raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
+        self.handle, self.mapping = open_device(self._nvml, self.device_index, pci_bus_id, self.notes)
         self._initialized = True
-        try:
-            self.handle, self.mapping = resolve_handle(self._nvml, self.device_index, pci_bus_id,
-                                                       self.notes)
-        except Exception as e:
-            self.close()
-            raise NvmlUnavailable(f"no NVML handle for CUDA device {self.device_index} "
-                                  f"({type(e).__name__}: {e})") from e
-        mig = _mig_note(self._nvml, self.handle)
-        if mig:
-            self.notes.append(mig)
         self._thread: Optional[threading.Thread] = None
-        self._stop_evt = threading.Event()
+        self._stop_evt: Optional[threading.Event] = None  # the open window's; each window has its own
         self._win = self._new_window()
+        self._pending: list[str] = []  # notes for the next window (a failed read_idle)
+        self._window_notes: list[str] = []
 
     def _new_window(self) -> _Window:
         return _Window(self._nvml, self.handle, self.pid, self.track_process)
 
-    def _run(self, win: _Window) -> None:
+    def _run(self, win: _Window, stop_evt: threading.Event) -> None:
+        # stop_evt belongs to this window only: a thread that stop() gave up on (stuck in an
+        # NVML call) ends when the call returns, whatever later windows do.
         interval = self.interval_s
         next_t = time.perf_counter()
-        while not self._stop_evt.is_set():
-            win.attempt()
-            next_t += interval
-            delay = next_t - time.perf_counter()
-            if delay < 0:  # fell behind (slow NVML call, GIL): don't burst to catch up
-                next_t = time.perf_counter()
-                delay = 0.0
-            if self._stop_evt.wait(delay):
+        while not stop_evt.is_set():
+            next_t, now = win.paced_attempt(next_t, interval)
+            if stop_evt.wait(next_t - now):
                 break
 
     def _start_thread(self) -> None:
         self._win = win = self._new_window()
+        self._window_notes, self._pending = self._pending, []
         if self._idle is None:
             try:
                 self._idle = win.read_used()
             except Exception as e:
                 win.record_error(e)
-        self._stop_evt.clear()
-        self._thread = threading.Thread(target=self._run, args=(win,), name="sabench-nvml-sampler",
-                                        daemon=True)
+        self._stop_evt = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(win, self._stop_evt),
+                                        name="sabench-nvml-sampler", daemon=True)
         self._t_start = time.perf_counter()
         self._thread.start()
 
     def _stop_thread(self) -> dict:
         self._stop_evt.set()
-        join_timeout = max(2.0, 4 * self.interval_s)
+        join_timeout = max(THREAD_JOIN_TIMEOUT_S, 4 * self.interval_s)
         self._thread.join(timeout=join_timeout)
         t_stop = time.perf_counter()
         alive = self._thread.is_alive()
         self._thread = None
         win = self._win
-        notes = list(self.notes)
+        notes = list(self.notes) + self._window_notes
+        self._window_notes = []
         if alive:
             notes.append(f"sampler thread still inside an NVML call {join_timeout:.1f} s after stop(); "
                          "readings may miss its last sample")
@@ -661,16 +701,24 @@ class NvmlSampler:
     def read_idle(self) -> Optional[int]:
         """Take the idle reading now (used bytes); start() then keeps it instead of reading again.
 
-        Thread mode raises the NVML error if the reading fails; process mode returns
-        None instead (start() then tries again) and notes why in the next result.
+        If the reading fails it returns None (start() then tries again) and notes why in
+        the next result; it never raises an NVML error.
         """
         if not getattr(self, "_initialized", False):
             raise RuntimeError("NvmlSampler.read_idle() after close()")
         if self.mode == "thread":
-            self._idle = self._win.read_used() if self._win is not None else None
-            return self._idle
+            return self._read_idle_thread()
         self._check_owner()
         return self._read_idle_process()
+
+    def _read_idle_thread(self) -> Optional[int]:
+        try:
+            self._idle = self._win.read_used()
+        except Exception as e:  # as in process mode: noted, self._idle left as it was
+            note = f"NVML idle reading in read_idle() failed ({type(e).__name__}: {e})"
+            (self._window_notes if self._running else self._pending).append(note)
+            return None
+        return self._idle
 
     def start(self) -> "NvmlSampler":
         """Take the idle reading (unless read_idle() already did) and start sampling."""
@@ -695,6 +743,12 @@ class NvmlSampler:
         if not self._running:
             raise RuntimeError("NvmlSampler.stop(): not running")
         self._running = False
+        if self.mode == "process" and os.getpid() != self.pid:
+            # A forked child's copy (e.g. its atexit): the pipe is the parent's, and a "stop"
+            # sent from here would take the parent's window. Drop the local state only.
+            self._idle = None
+            self._window_notes = []
+            self._check_owner()
         result = self._stop_thread() if self.mode == "thread" else self._stop_process()
         self._idle = None  # the next window takes its own idle reading
         self.result = result
@@ -702,10 +756,18 @@ class NvmlSampler:
 
     def _result(self, win: _Window, notes: list, achieved_hz: float, elapsed: float) -> dict:
         peak, idle = win.peak, self._idle
+        delta = None
+        if peak is not None and idle is not None:
+            delta = peak - idle
+            if delta < 0:  # device-wide "used": another process freed memory during the window
+                notes = notes + [f"peak used memory ({peak} B) below the idle reading ({idle} B): "
+                                 "NVML's used memory is device-wide, so another process freed memory "
+                                 "during the window; peak_minus_idle_bytes clamped to 0"]
+                delta = 0
         return {
             "peak_used_bytes": peak,
             "idle_used_bytes": idle,
-            "peak_minus_idle_bytes": (peak - idle) if peak is not None and idle is not None else None,
+            "peak_minus_idle_bytes": delta,
             "peak_process_bytes": win.peak_proc,
             "n_samples": win.n,
             "interval_s": self.interval_s,
@@ -717,12 +779,17 @@ class NvmlSampler:
         }
 
     def _check_owner(self) -> None:
+        """Process mode: raise RuntimeError in a forked child (its helper is the parent's)."""
         if os.getpid() != self.pid:
             raise RuntimeError("NvmlSampler (process mode) used in a forked child of the process "
                                "that created it; create a new sampler there")
 
     def close(self) -> None:
-        """Stop if running, shut NVML down and end the helper process (once; idempotent)."""
+        """Stop if running, shut NVML down and end the helper process (once; idempotent).
+
+        In a forked child (process mode) it only drops the sampler's local state: the
+        helper and its pipe belong to the parent.
+        """
         if getattr(self, "_running", False):
             try:
                 self.stop()
@@ -744,8 +811,7 @@ class NvmlSampler:
 
     def __del__(self):
         try:
-            if getattr(self, "mode", None) == "process":
-                self.close()
+            self.close()
         except Exception:
             pass
 
@@ -865,9 +931,6 @@ class _Probe:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def has_buffered(self) -> bool:
-        return b"\n" in self._buf
-
     def request(self, cmd: dict, timeout: float) -> Optional[dict]:
         rid = self._next_id
         self._next_id += 1
@@ -979,19 +1042,10 @@ def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str]
     Raises NvmlUnavailable when NVML itself cannot be used.
     """
     mod = load_nvml(nvml)
-    try:
-        mod.nvmlInit()
-    except Exception as e:
-        raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
     info: dict = {}
     notes: list[str] = []
+    handle, _how = open_device(mod, device_index, pci_bus_id, notes)
     try:
-        try:
-            handle, _how = resolve_handle(mod, device_index, pci_bus_id, notes)
-        except Exception as e:
-            raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} "
-                                  f"({type(e).__name__}: {e})") from e
-
         def put(key, fn):
             try:
                 value = fn()
@@ -1015,9 +1069,6 @@ def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str]
 
         put("power_limit_w", power_w)
         put("pci_bus_id", lambda: _text(mod.nvmlDeviceGetPciInfo(handle).busId))
-        mig = _mig_note(mod, handle)
-        if mig:
-            notes.append(mig)
     finally:
         try:
             mod.nvmlShutdown()
