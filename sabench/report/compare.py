@@ -1,13 +1,12 @@
 """compare.md (+ PNGs): runs of the same suite on different hardware / software, side by side."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sabench.paths import reports_dir
-from sabench.report.results import (Key, ResultsError, fmt_ms, fmt_rate, fmt_x, get_num, human_bytes,
+from sabench.report.results import (Key, ResultsError, fmt_ms, geomean, listing, fmt_rate, fmt_x, get_num, human_bytes,
                                     index_records, is_ok, load_results, median_ms, peak_memory,
                                     results_path, status_text, variants_of)
 from sabench.report.tables import md_table
@@ -175,8 +174,7 @@ def geo_ratio(runs: List[Run], run: Run, phase: str, shared) -> Optional[Tuple[f
             ratios.append(b / a)
     if not ratios:
         return None
-    gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-    return gm, min(ratios), max(ratios), len(ratios)
+    return geomean(ratios), min(ratios), max(ratios), len(ratios)
 
 
 def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -> str:
@@ -210,13 +208,13 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             flips.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (" + ", ".join(
                 f"{r.label}: {st}" for r, st in zip(runs, sts)) + ")")
     if flips:
-        lines.append(f"- Status differs at {len(flips)} point(s): " + _listing(flips) + ".")
+        lines.append(f"- Status differs at {len(flips)} point(s): " + listing(flips, MAX_LISTED) + ".")
     lines.append(f"- {len(shared)} points are in every run.")
     left = _left_out(runs, shared)
     if left:
         lines += ["", "### Points left out (not in every run)", ""]
         for r, pts in left:
-            lines.append(f"- **{r.label}**: {len(pts)} point(s) compared nowhere: " + _listing(pts) + ".")
+            lines.append(f"- **{r.label}**: {len(pts)} point(s) compared nowhere: " + listing(pts, MAX_LISTED) + ".")
     lines.append("")
 
     if any(figs.values()):
@@ -262,9 +260,3 @@ def _left_out(runs: List[Run], shared):
                 missing_in.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (not in {', '.join(lacking)})")
             out.append((r, missing_in))
     return out
-
-
-def _listing(items: List[str], limit: int = MAX_LISTED) -> str:
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[:limit]) + f", and {len(items) - limit} more"

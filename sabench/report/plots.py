@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sabench.report.results import (BASELINE, Key, axis_values, get_num,
+from sabench.report.results import (BASELINE, Key, axis_values, geomean, get_num,
                                     is_ok, median_ms, peak_memory, speedup, variants_of)
 
 DPI = 100
@@ -596,7 +596,7 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
                 x0 = vi + (ri - (nrun - 1) / 2) * (0.7 / nrun)
                 ax.scatter(x0 + rng.uniform(-0.12, 0.12, len(ratios)) / nrun, ratios, s=10, alpha=0.45,
                            color=colors[ri % len(colors)], edgecolors="none")
-                gm = math.exp(float(np.mean(np.log(ratios))))
+                gm = geomean(ratios)
                 ax.plot([x0 - 0.2 / nrun, x0 + 0.2 / nrun], [gm, gm], color="black", linewidth=2.2)
         ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
         ax.set_yscale("log")

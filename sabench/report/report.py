@@ -1,11 +1,10 @@
 """report.md (+ PNGs) for one run: setup, computed findings, figures, per-phase tables."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sabench.report.results import (BASELINE, Key, fmt_ms, fmt_pct, fmt_rate, fmt_x, get_num,
+from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x, get_num,
                                     human_bytes, index_records, is_ok, load_results, median_ms,
                                     one_line, p90_ms, peak_memory, phases_of, results_path, speedup,
                                     truncate, variants_of)
@@ -38,12 +37,6 @@ def write_report(run_dir) -> Path:
 
 def _pt(k: Tuple) -> str:
     return f"b={k[1]} s={k[2]}"
-
-
-def _listing(items: List[str], limit: int = MAX_LISTED) -> str:
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
 
 
 def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
@@ -80,7 +73,7 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             if len(sps) == 1:
                 per_variant.append(f"  - `{v}`: {fmt_x(sps[0][0])} at its only compared point, {_pt(sps[0][1])}")
             elif sps:
-                gm = math.exp(sum(math.log(s) for s, _ in sps) / len(sps))
+                gm = geomean(s for s, _ in sps)
                 lo, hi = min(sps), max(sps)
                 per_variant.append(
                     f"  - `{v}`: geometric mean {fmt_x(gm)} over {len(sps)} points "
@@ -108,7 +101,7 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             slower.sort(key=lambda t: t[1])
             items = [f"{ph} `{k[0]}` {_pt(k)} ({fmt_x(sp)})" for ph, sp, k in slower]
             out.append(f"**Slower than baseline** at {len(slower)} of {n_cmp} compared points, slowest first: "
-                       + _listing(items) + ".")
+                       + listing(items, MAX_LISTED) + ".")
         else:
             out.append("No variant is slower than baseline at any point where both ran.")
 
@@ -144,7 +137,7 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
                   key=lambda t: (variants.index(t[0]) if t[0] in variants else 99, t[1], t[2]))
     if ooms:
         items = [f"`{v}` b={b} s={s}" for v, b, s in ooms]
-        out.append(f"**Out of memory** at {len(ooms)} point(s): " + _listing(items) + ".")
+        out.append(f"**Out of memory** at {len(ooms)} point(s): " + listing(items, MAX_LISTED) + ".")
         base_oom = [(b, s) for v, b, s in ooms if v == BASELINE]
         rescued = []
         for b, s in base_oom:
@@ -154,17 +147,17 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             if ran:
                 rescued.append(f"b={b} s={s} ({', '.join('`' + v + '`' for v in ran)})")
         if rescued:
-            out.append("Baseline ran out of memory where sharing variants fit: " + _listing(rescued) + ".")
+            out.append("Baseline ran out of memory where sharing variants fit: " + listing(rescued, MAX_LISTED) + ".")
     else:
         out.append("No point ran out of memory.")
     errors = [(k, r) for k, r in index.items() if r.get("status") == "error"]
     if errors:
         items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.get('error') or 'unknown'), 80)}"
                  for k, r in errors]
-        out.append(f"**Errors** at {len(errors)} point(s): " + _listing(items, 5) + ".")
+        out.append(f"**Errors** at {len(errors)} point(s): " + listing(items, 5) + ".")
     skipped = [f"`{k[0]}` {_pt(k)} {k[3]}" for k, r in index.items() if r.get("status") == "skipped_after_oom"]
     if skipped:
-        out.append(f"Skipped after an OOM: {len(skipped)} measurement(s): " + _listing(skipped) + ".")
+        out.append(f"Skipped after an OOM: {len(skipped)} measurement(s): " + listing(skipped, MAX_LISTED) + ".")
 
     # --- distance to the roofline floor
     dec = [(get_num(r, "tokens_per_s"), k, r) for k, r in index.items()
@@ -197,14 +190,14 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             noisy.append(f"`{k[0]}` {_pt(k)} {k[3]} (p90 {p / m:.2f}× median)")
     if noisy:
         out.append(f"**Noisy timings** (p90 more than 20% above the median) at {len(noisy)} point(s): "
-                   + _listing(noisy, 6) + ".")
+                   + listing(noisy, 6) + ".")
     return out
 
 
 def _floor_ratio(index, phase) -> Optional[float]:
     rs = sorted(median_ms(r) / get_num(r, "floor_ms") for k, r in index.items()
                 if k[3] == phase and is_ok(r) and get_num(r, "floor_ms") and median_ms(r))
-    return rs[len(rs) // 2] if rs else None
+    return median(rs)
 
 
 def _memory_ratio(index, v):
@@ -280,7 +273,7 @@ def _overhead_section(results: dict) -> List[str]:
     for label, key in parts:
         vals = [o[key] for o in ovh if isinstance(o.get(key), (int, float))]
         if vals:
-            rows.append(f"{label} {sum(vals):.2f} s (median {sorted(vals)[len(vals) // 2] * 1e3:.0f} ms a point)")
+            rows.append(f"{label} {sum(vals):.2f} s (median {median(vals) * 1e3:.0f} ms a point)")
     return ["## Harness overhead", "",
             f"{len(ovh)} points took {total:.1f} s of wall time in their processes; of that, "
             + "; ".join(rows) + ". The rest is warm-up, the timed phases and memory sampling.", ""]

@@ -109,7 +109,7 @@ def median_ms(r: Optional[dict]) -> Optional[float]:
     lat = r.get("latency_ms") or {}
     v = lat.get("median")
     if v is None and lat.get("samples"):
-        v = _median(lat["samples"])
+        v = median(lat["samples"])
     return _num(v)
 
 
@@ -174,12 +174,25 @@ def _num(v) -> Optional[float]:
     return f if math.isfinite(f) else None
 
 
-def _median(xs: Iterable[float]) -> Optional[float]:
+def median(xs: Iterable[float]) -> Optional[float]:
     s = sorted(float(x) for x in xs)
     if not s:
         return None
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def geomean(xs: Iterable[float]) -> float:
+    """Geometric mean of positive numbers (the mean of ratios that multiply)."""
+    xs = list(xs)
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def listing(items: List[str], limit: int) -> str:
+    """'a, b, c' or 'a, b, and 7 more': lists in prose stay short."""
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
 
 
 def speedup(base: Optional[dict], cur: Optional[dict]) -> Optional[float]:
@@ -272,7 +285,3 @@ def md_escape(s: str) -> str:
     """Safe inside a GitHub table cell."""
     return one_line(s).replace("|", "\\|")
 
-
-def point_label(variant: str, batch: int, seq: int, phase: Optional[str] = None) -> str:
-    s = f"{variant} b={batch} s={seq}"
-    return f"{s} {phase}" if phase else s
