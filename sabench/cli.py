@@ -83,6 +83,24 @@ def cmd_run(args) -> int:
                      report=not args.no_report)
 
 
+def cmd_quality(args) -> int:
+    from sabench import quality
+    from sabench.report import quality_report
+
+    if args.out is not None:
+        quality_report.check_out_dir(args.out)
+    result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
+                              seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
+                              device=args.device, similarity=args.similarity)
+    if args.out is not None:
+        print(f"wrote {quality_report.write_report(result, args.out)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(quality_report.format_table(result))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sabench", description=__doc__)
     p.add_argument("--version", action="version", version=_version())
@@ -105,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     r.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
     r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("quality", help="perplexity per variant, layer attention similarity, SA span advice",
+                       description="Perplexity of each variant built from the same checkpoint (no retraining), "
+                                   "the baseline's layer-by-layer attention similarity, and the SA spans it "
+                                   "recommends. The baseline is always scored first.")
+    q.add_argument("--model", required=True,
+                   help="HF model directory (a preset or a directory without safetensors: random weights)")
+    q.add_argument("--variant", action="append",
+                   help="baseline, cla:N, sa:A-B[,C-D], joined by +, or 'recommended' (the recommended SA "
+                        "spans); repeatable (default: baseline and recommended)")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="FILE", help="UTF-8 text, encoded with the model directory's tokenizer")
+    src.add_argument("--token-ids", metavar="FILE", help="whitespace-separated integer token ids")
+    q.add_argument("--seq-len", type=int, default=None, help="window length (default min(2048, max positions))")
+    q.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
+    q.add_argument("--similarity", type=float, default=0.9,
+                   help="threshold for the recommended SA spans (default 0.9)")
+    q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "
+                                                 "float32 on cpu)")
+    q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--out", metavar="DIR", default=None, help="also write DIR/report.md and its PNGs")
+    q.set_defaults(func=cmd_quality)
 
     try:
         from sabench.report.commands import register

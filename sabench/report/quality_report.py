@@ -1,0 +1,184 @@
+"""Output of `sabench quality`: the terminal table, and report.md with two PNGs.
+
+Takes the dict `sabench.quality.evaluate` returns; computes nothing new but the
+Pareto frontier (perplexity against KV bytes per token).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import List
+
+from tabulate import tabulate
+
+from sabench.report.results import human_bytes
+
+HEATMAP = "attention_similarity.png"
+PARETO = "perplexity_vs_kv_bytes.png"
+
+
+def check_out_dir(out) -> Path:
+    """--out must be a directory or not exist yet (checked before any work)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    return p
+
+
+def weights_note(result: dict) -> str:
+    if result["weights"] == "random":
+        return ("random weights (a preset or a directory without safetensors): the figures exercise the "
+                "tool, they say nothing about a trained model")
+    return "checkpoint weights"
+
+
+def pareto(variants: List[dict]) -> List[dict]:
+    """Variants no other beats on both KV bytes per token and perplexity, by increasing KV bytes."""
+    pts = sorted(variants, key=lambda r: (r["kv_cache_bytes_per_token"], r["perplexity"]))
+    front, best = [], math.inf
+    for r in pts:
+        if r["perplexity"] < best:
+            front.append(r)
+            best = r["perplexity"]
+    return front
+
+
+def variant_rows(result: dict) -> List[list]:
+    base = result["variants"][0]
+    rows = []
+    for r in result["variants"]:
+        rel = r["delta_vs_baseline"] / base["perplexity"] if base["perplexity"] else math.nan
+        kv = r["kv_cache_bytes_per_token"] / base["kv_cache_bytes_per_token"]
+        rows.append([r["variant"], f"{r['perplexity']:.4g}", f"{r['delta_vs_baseline']:+.4g} ({rel:+.1%})",
+                     f"{human_bytes(r['kv_cache_bytes_per_token'])} ({kv:.1%})"])
+    return rows
+
+
+VARIANT_HEADERS = ["variant", "perplexity", "Δ vs baseline", "KV bytes / token"]
+
+
+def _summary(result: dict) -> str:
+    return (f"{result['model']}: {weights_note(result)}; {result['windows']} windows of {result['seq_len']} "
+            f"tokens ({result['tokens']} of the input's {result['input_tokens']}), "
+            f"{result['dtype']} on {result['device']}")
+
+
+def _advice(result: dict) -> str:
+    thr = result["similarity_threshold"]
+    if result["recommended_sa"]:
+        return (f"recommended SA spans (similarity to the span's source layer >= {thr:g}): "
+                f"{result['recommended_sa']}")
+    return f"recommended SA spans: none (no layer reaches similarity {thr:g} with the layer before it)"
+
+
+def format_table(result: dict) -> str:
+    sim = result["attention_similarity"]
+    matrix = tabulate([[a] + [f"{x:.2f}" for x in row] for a, row in enumerate(sim)],
+                      headers=["layer"] + list(range(len(sim))), tablefmt="plain")
+    return "\n".join([
+        _summary(result),
+        tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github"),
+        "",
+        "attention similarity of the baseline's layers (mean cosine of the T x T attention weights):",
+        matrix,
+        "",
+        _advice(result),
+    ])
+
+
+# ---------------------------------------------------------------- report.md and figures
+def write_report(result: dict, out_dir) -> Path:
+    out = check_out_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heatmap(result, out / HEATMAP)
+    pareto_plot(result, out / PARETO)
+    path = out / "report.md"
+    path.write_text(render_markdown(result))
+    return path
+
+
+def render_markdown(result: dict) -> str:
+    sim = result["attention_similarity"]
+    lines = [f"# sabench quality: {Path(result['model']).name or result['model']}", ""]
+    if result["weights"] == "random":
+        lines += [f"> **{weights_note(result).capitalize()}.**", ""]
+    setup = [["model", f"`{result['model']}`"], ["weights", result["weights"]],
+             ["dtype, device", f"{result['dtype']}, {result['device']}"],
+             ["windows", f"{result['windows']} of {result['seq_len']} tokens, non-overlapping"],
+             ["tokens scored", f"{result['tokens']} (of {result['input_tokens']} in the input; "
+                               f"{result['windows'] * (result['seq_len'] - 1)} predictions)"],
+             ["similarity threshold", f"{result['similarity_threshold']:g}"]]
+    lines += ["## Setup", "", tabulate(setup, headers=["", ""], tablefmt="github"), ""]
+    lines += ["## Perplexity per variant", "",
+              "Every variant is the baseline's checkpoint with no retraining: SA layers apply the source "
+              "layer's attention weights to their own V, CLA non-owners attend over the owner's K/V. "
+              "Perplexity = exp(mean NLL over every predicted token of every window); Δ is against the "
+              "baseline; KV bytes are per token and sequence, in the evaluation dtype.", "",
+              tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github"), "",
+              f"![perplexity against KV bytes per token]({PARETO})", ""]
+    lines += ["## Attention similarity of the baseline's layers", "",
+              "Entry (a, b): the mean over windows and heads of the cosine similarity between the full "
+              "T x T causal attention-probability matrices of layers a and b. An SA span A-B replaces "
+              "layers A..B's weights by layer A-1's, so row A-1 tells how close that replacement is.", "",
+              _advice(result), "", f"![attention similarity heatmap]({HEATMAP})", "",
+              tabulate([[a] + [f"{x:.3f}" for x in row] for a, row in enumerate(sim)],
+                       headers=["layer"] + [str(b) for b in range(len(sim))], tablefmt="github"), ""]
+    return "\n".join(lines)
+
+
+def heatmap(result: dict, path: Path) -> None:
+    from sabench.report.plots import plt, save
+
+    sim = result["attention_similarity"]
+    n = len(sim)
+    size = min(11.0, 3.2 + 0.28 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(sim, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
+    ax.grid(False)
+    ax.set_xlabel("layer b")
+    ax.set_ylabel("layer a")
+    step = max(1, math.ceil(n / 16))
+    ax.set_xticks(range(0, n, step))
+    ax.set_yticks(range(0, n, step))
+    if n <= 16:
+        for a in range(n):
+            for b in range(n):
+                ax.text(b, a, f"{sim[a][b]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if sim[a][b] > 0.6 else "white")
+    for span in (result["recommended_sa"] or "sa:")[3:].split(","):
+        if span:  # the source row's cells the span reuses
+            a, b = (int(x) for x in span.split("-"))
+            ax.add_patch(plt.Rectangle((a - 0.5, a - 1.5), b - a + 1, 1, fill=False, edgecolor="red", lw=1.8))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mean cosine similarity")
+    ax.set_title(f"Attention similarity, {result['windows']} windows x {result['seq_len']} tokens"
+                 + (" (random weights)" if result["weights"] == "random" else "")
+                 + ("\nred: recommended " + result["recommended_sa"] if result["recommended_sa"] else ""))
+    fig.tight_layout()
+    save(fig, path.parent, path.name)
+
+
+def pareto_plot(result: dict, path: Path) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    from sabench.report.plots import plt, save, variant_colors
+
+    rows = result["variants"]
+    colors = variant_colors([r["variant"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    front = pareto(rows)
+    ax.step([r["kv_cache_bytes_per_token"] for r in front], [r["perplexity"] for r in front], where="post",
+            color="#888888", linestyle="--", linewidth=1.2, label="Pareto frontier", zorder=1)
+    for r in rows:
+        on_front = r in front
+        ax.scatter(r["kv_cache_bytes_per_token"], r["perplexity"], s=60 if on_front else 40, zorder=3,
+                   color=colors[r["variant"]], edgecolors="black" if on_front else "none", label=r["variant"])
+        ax.annotate(r["variant"], (r["kv_cache_bytes_per_token"], r["perplexity"]), xytext=(5, 5),
+                    textcoords="offset points", fontsize=8)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
+    ax.set_xlabel("KV cache bytes per token (lower is better)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title("What sharing saves and what it costs" + (" (random weights)" if result["weights"] == "random"
+                                                           else ""))
+    ax.legend(loc="best", frameon=False)
+    fig.tight_layout()
+    save(fig, path.parent, path.name)

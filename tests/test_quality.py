@@ -1,0 +1,289 @@
+"""`sabench quality`: perplexity against transformers and sabench's own forwards, attention similarity
+against transformers' eager attention weights, the SA span rule, and every bad input."""
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from sabench import quality
+from sabench.cli import main
+from sabench.model import load_model
+from sabench.plan import parse_variant
+from tests.helpers import hf_model, small_config
+
+SEQ = 48
+N_TOKENS = 5 * SEQ + 17  # five windows and a trailing partial one, dropped
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 4-layer GQA Llama saved by transformers. Layers 0 and 1 have sharp attention (Q/K scaled
+    up), layers 2 and 3 the near-uniform attention of a fresh init, so the similarities differ."""
+    cfg = small_config("gqa", layers=4)
+    hf = hf_model(cfg, seed=3)
+    with torch.no_grad():
+        for layer in hf.model.layers[:2]:
+            layer.self_attn.q_proj.weight.mul_(10.0)
+            layer.self_attn.k_proj.weight.mul_(10.0)
+    d = tmp_path_factory.mktemp("ckpt")
+    hf.save_pretrained(d)
+    ids = torch.randint(0, cfg.vocab_size, (N_TOKENS,), generator=torch.Generator().manual_seed(5))
+    (d / "ids.txt").write_text(" ".join(map(str, ids.tolist())))
+    return d
+
+
+@pytest.fixture(scope="module")
+def result(ckpt):
+    return quality.evaluate(str(ckpt), variants=["baseline", "sa:2-3", "cla:2", "recommended"],
+                            token_ids=ckpt / "ids.txt", seq_len=SEQ, progress=False)
+
+
+def _windows(ckpt, n=None):
+    ids = torch.tensor([int(x) for x in (ckpt / "ids.txt").read_text().split()])
+    return quality.make_windows(ids, SEQ, n)
+
+
+def _ppl(logits, windows):
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    return math.exp(-logp.gather(-1, windows[:, 1:, None]).mean().item())
+
+
+def _row(result, variant):
+    return next(r for r in result["variants"] if r["variant"] == variant)
+
+
+# ---------------------------------------------------------------- perplexity
+def test_baseline_perplexity_equals_transformers(ckpt, result):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    w = _windows(ckpt)
+    with torch.no_grad():
+        ref = _ppl(hf(w).logits, w)
+    got = _row(result, "baseline")["perplexity"]
+    assert result["windows"] == 5 and result["tokens"] == 5 * SEQ and result["input_tokens"] == N_TOKENS
+    assert result["weights"] == "checkpoint"
+    assert abs(got - ref) / ref < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["sa:2-3", "cla:2"])
+def test_variant_perplexity_equals_sabench_forward_of_that_variant(ckpt, result, variant):
+    m = load_model(str(ckpt), variant, torch.float32, "cpu")  # loaded on its own from the checkpoint
+    w = _windows(ckpt)
+    ref = _ppl(m(w), w)
+    row = _row(result, variant)
+    assert abs(row["perplexity"] - ref) / ref < 1e-4
+    base = _row(result, "baseline")
+    assert row["delta_vs_baseline"] == pytest.approx(row["perplexity"] - base["perplexity"])
+    assert row["perplexity"] != pytest.approx(base["perplexity"], rel=1e-6)  # the variant really differs
+
+
+def test_kv_bytes_per_token_are_the_closed_forms(result):
+    per_tensor = 2 * 16 * 4  # kv_heads x head_dim x float32
+    assert _row(result, "baseline")["kv_cache_bytes_per_token"] == 8 * per_tensor
+    assert _row(result, "sa:2-3")["kv_cache_bytes_per_token"] == 6 * per_tensor  # no K in layers 2, 3
+    assert _row(result, "cla:2")["kv_cache_bytes_per_token"] == 4 * per_tensor
+
+
+def test_max_windows_limits_the_windows(ckpt):
+    r = quality.evaluate(str(ckpt), variants=["baseline"], token_ids=ckpt / "ids.txt", seq_len=SEQ,
+                         max_windows=2, progress=False)
+    m = load_model(str(ckpt), "baseline", torch.float32, "cpu")
+    w = _windows(ckpt, 2)
+    assert r["windows"] == 2 and r["tokens"] == 2 * SEQ
+    assert abs(r["variants"][0]["perplexity"] - _ppl(m(w), w)) / r["variants"][0]["perplexity"] < 1e-4
+
+
+# ---------------------------------------------------------------- attention similarity
+def test_similarity_equals_transformers_eager_attention(ckpt, result):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager").eval()
+    w = _windows(ckpt)
+    with torch.no_grad():
+        att = hf(w, output_attentions=True).attentions  # L x [W, H, T, T]
+    flat = torch.stack(att).flatten(3).double()
+    unit = flat / flat.norm(dim=-1, keepdim=True)
+    ref = torch.einsum("awhx,bwhx->ab", unit, unit) / (unit.shape[1] * unit.shape[2])
+    got = torch.tensor(result["attention_similarity"], dtype=torch.float64)
+    assert got.shape == (4, 4)
+    assert (got - ref).abs().max().item() < 1e-4
+    assert torch.allclose(got.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-6)
+    assert got[2, 3] > 0.9 > got[0, 1]  # the fixture's sharp and flat layers are told apart
+
+
+def test_similarity_does_not_depend_on_the_query_block():
+    g = torch.Generator().manual_seed(0)
+    q = [torch.randn(2, 4, 21, 8, generator=g) for _ in range(3)]
+    k = [torch.randn(2, 2, 21, 8, generator=g) for _ in range(3)]
+    whole = quality.similarity_sums(q, k, 0.5, block_rows=21)
+    for rows in (1, 5, 8):
+        assert torch.allclose(quality.similarity_sums(q, k, 0.5, block_rows=rows), whole, atol=1e-9)
+
+
+# ---------------------------------------------------------------- recommended spans
+def test_recommended_spans_come_from_the_matrix_and_inspect_accepts_them(ckpt, result, capsys):
+    rec = result["recommended_sa"]
+    assert rec == quality.recommend_sa(result["attention_similarity"], 0.9)
+    assert rec is not None  # layer 3 is as flat as layer 2
+    assert _row(result, rec)["perplexity"] > 0  # 'recommended' was scored
+    assert main(["inspect", "--model", str(ckpt), "--variant", rec]) == 0
+    capsys.readouterr()
+
+
+def _sim(n, pairs, low=0.1):
+    m = [[1.0 if a == b else low for b in range(n)] for a in range(n)]
+    for (a, b), v in pairs.items():
+        m[a][b] = m[b][a] = v
+    return m
+
+
+@pytest.mark.parametrize("pairs, threshold, expected", [
+    ({}, 0.9, None),
+    ({(0, 1): 0.9}, 0.9, "sa:1-1"),  # the threshold itself is enough
+    ({(0, 1): 0.9}, 0.9000001, None),
+    ({(0, 1): 0.95, (0, 2): 0.95, (0, 3): 0.5}, 0.9, "sa:1-2"),
+    ({(0, 2): 0.99}, 0.9, None),  # similar, but not to the layer just before: no span
+    ({(2, 3): 0.97, (3, 4): 0.97, (2, 4): 0.92, (2, 5): 0.91}, 0.9, "sa:3-5"),  # run to the last layer
+    # 1, 2 follow 0; 3 follows 2 only, and 2 is shared, so 3 cannot start a span; 5 follows 4
+    ({(0, 1): 0.95, (0, 2): 0.93, (2, 3): 0.99, (4, 5): 0.96}, 0.9, "sa:1-2,5-5"),
+    # adjacent runs: 1 follows 0, and 2, 3 follow 1 but 1 is shared: the next span starts at 3, source 2
+    ({(0, 1): 0.95, (1, 2): 0.95, (1, 3): 0.95, (2, 3): 0.95}, 0.9, "sa:1-1,3-3"),
+])
+def test_span_rule(pairs, threshold, expected):
+    assert quality.recommend_sa(_sim(6, pairs), threshold) == expected
+    if expected:
+        parse_variant(expected, 6)
+
+
+def test_spans_of_random_matrices_are_valid_and_above_threshold():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 12)
+        m = [[rng.choice([0.5, 0.9, 0.95, 1.0]) for _ in range(n)] for _ in range(n)]
+        rec = quality.recommend_sa(m, 0.9)
+        if rec is None:
+            assert all(m[i - 1][i] < 0.9 for i in range(1, n))
+            continue
+        plan = parse_variant(rec, n)
+        for lp in plan.layers:
+            if not lp.computes_attention:
+                assert m[lp.attn_source][lp.index] >= 0.9
+
+
+# ---------------------------------------------------------------- the command
+def _run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_json_keys(ckpt, capsys):
+    rc, out, _ = _run(capsys, "quality", "--model", ckpt, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
+                      "--max-windows", 2, "--json", "--device", "cpu")
+    d = json.loads(out)
+    assert rc == 0
+    assert {"model", "tokens", "windows", "seq_len", "variants", "attention_similarity",
+            "recommended_sa", "weights"} <= set(d)
+    assert d["variants"][0]["variant"] == "baseline"  # default: baseline, then the recommended spans
+    assert [r["variant"] for r in d["variants"][1:]] == ([d["recommended_sa"]] if d["recommended_sa"] else [])
+    for r in d["variants"]:
+        assert set(r) == {"variant", "perplexity", "delta_vs_baseline", "kv_cache_bytes_per_token"}
+
+
+def test_out_writes_report_and_figures(ckpt, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc, stdout, _ = _run(capsys, "quality", "--model", ckpt, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
+                         "--variant", "cla:2", "--variant", "sa:2-3", "--out", out)
+    assert rc == 0
+    assert "| variant" in stdout and "cla:2" in stdout and "recommended SA spans" in stdout
+    report = (out / "report.md").read_text()
+    assert "cla:2" in report and "sa:2-3" in report and "Attention similarity" in report
+    for png in ("attention_similarity.png", "perplexity_vs_kv_bytes.png"):
+        assert (out / png).stat().st_size > 1000
+        assert f"({png})" in report
+
+
+def test_random_weights_are_said(tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(str(i % 512) for i in range(40)))
+    rc, out, _ = _run(capsys, "quality", "--model", "tiny", "--token-ids", ids, "--seq-len", 32, "--json")
+    assert rc == 0 and json.loads(out)["weights"] == "random"
+    rc, out, _ = _run(capsys, "quality", "--model", "tiny", "--token-ids", ids, "--seq-len", 32,
+                      "--out", tmp_path / "r")
+    assert rc == 0 and "random weights" in out
+    assert "Random weights" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_text_uses_the_directory_tokenizer(ckpt, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = tmp_path / "with-tok"
+    d.mkdir()
+    for f in ckpt.iterdir():
+        if f.name != "ids.txt":
+            (d / f.name).write_bytes(f.read_bytes())
+    words = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(200)}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(d)
+    ids = [(7 * i) % 201 for i in range(3 * SEQ + 5)]
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join("[UNK]" if i == 0 else f"w{i - 1}" for i in ids))
+    rc, out, _ = _run(capsys, "quality", "--model", d, "--text", text, "--seq-len", SEQ, "--json")
+    by_text = json.loads(out)
+    assert rc == 0 and by_text["windows"] == 3 and by_text["input_tokens"] == len(ids)
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text(" ".join(map(str, ids)))
+    rc, out, _ = _run(capsys, "quality", "--model", d, "--token-ids", id_file, "--seq-len", SEQ, "--json")
+    assert json.loads(out)["variants"] == by_text["variants"]
+
+
+def _bad_inputs(ckpt, tmp):
+    (tmp / "ids.txt").write_text("1 2 3 " * 40)
+    (tmp / "big.txt").write_text("1 2 256 3 " * 30)
+    (tmp / "words.txt").write_text("1 2 x3 4 " * 30)
+    (tmp / "short.txt").write_text("1 2 3")
+    (tmp / "a-file").write_text("")
+    (tmp / "config-only").mkdir()
+    (tmp / "config-only" / "config.json").write_text((ckpt / "config.json").read_text())
+    ids = ["--token-ids", tmp / "ids.txt"]
+    m = ["--model", ckpt]
+    cases = [
+        (m + ["--token-ids", tmp / "nope.txt"], "no such file"),
+        (m + ["--token-ids", tmp / "big.txt"], "outside the model's vocabulary"),
+        (m + ["--token-ids", tmp / "words.txt"], "not an integer"),
+        (m + ["--token-ids", tmp / "short.txt"], "fewer than one window"),
+        (m + ids + ["--variant", "bogus"], "unknown variant kind"),
+        (m + ids + ["--variant", "sa:0-1"], "starts at layer 0"),
+        (m + ["--text", tmp / "ids.txt"], "has none"),  # no tokenizer in the directory
+        (["--model", "tiny", "--text", tmp / "ids.txt"], "preset"),
+        (["--model", tmp / "config-only", "--text", tmp / "ids.txt"], "has none"),
+        (m + ids + ["--seq-len", 513], "positions"),
+        (m + ids + ["--seq-len", 1], "--seq-len"),
+        (m + ids + ["--max-windows", 0], "--max-windows"),
+        (m + ids + ["--similarity", 1.5], "--similarity"),
+        (m + ids + ["--dtype", "int8"], "unsupported dtype"),
+        (m + ids + ["--device", "tpu"], "device"),
+        (m + ids + ["--text", tmp / "ids.txt"], "not allowed with"),
+        (m, "one of the arguments"),
+        (["--model", tmp / "no-model"] + ids, "no such file or directory"),
+        (m + ids + ["--out", tmp / "a-file"], "not a directory"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((m + ids + ["--device", "cuda"], "CUDA is not available"))
+    return cases
+
+
+def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(ckpt, tmp_path, capsys):
+    for argv, fragment in _bad_inputs(ckpt, tmp_path):
+        out = tmp_path / "out"
+        has_out = "--out" in argv
+        rc, stdout, err = _run(capsys, "quality", *argv, *([] if has_out else ["--out", out]))
+        assert rc == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and fragment in err, (argv, err)
+        assert stdout == ""
+        assert not out.exists()
