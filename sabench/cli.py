@@ -92,12 +92,10 @@ def cmd_quality(args) -> int:
     result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                               seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
                               device=args.device, similarity=args.similarity)
-    if args.out is not None:
-        print(f"wrote {quality_report.write_report(result, args.out)}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(quality_report.format_table(result))
+    report = quality_report.write_report(result, args.out) if args.out is not None else None
+    print(json.dumps(result, indent=2) if args.json else quality_report.format_table(result), flush=True)
+    if report is not None:
+        print(f"wrote {report}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -301,6 +301,10 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: use cpu, cuda or cuda:N")
     dtype = dtype_name(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     seq_len = seq_len or min(2048, cfg.max_position_embeddings)
     if not 2 <= seq_len <= cfg.max_position_embeddings:

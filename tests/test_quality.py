@@ -287,3 +287,15 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(ckpt, tmp_path, c
         assert len(err.strip().splitlines()) == 1 and fragment in err, (argv, err)
         assert stdout == ""
         assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_agrees_with_cpu_float32(ckpt, result):
+    r = quality.evaluate(str(ckpt), variants=["baseline", "sa:2-3", "cla:2"], token_ids=ckpt / "ids.txt",
+                         seq_len=SEQ, device="cuda", progress=False)
+    assert r["dtype"] == "bfloat16" and r["device"].startswith("cuda")
+    for got, ref in zip(r["variants"], result["variants"]):
+        assert got["variant"] == ref["variant"]
+        assert abs(got["perplexity"] - ref["perplexity"]) / ref["perplexity"] < 0.02
+    sim = torch.tensor(r["attention_similarity"])
+    assert (sim - torch.tensor(result["attention_similarity"])).abs().max().item() < 0.02

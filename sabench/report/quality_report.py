@@ -49,7 +49,8 @@ def variant_rows(result: dict) -> List[list]:
     for r in result["variants"]:
         rel = r["delta_vs_baseline"] / base["perplexity"] if base["perplexity"] else math.nan
         kv = r["kv_cache_bytes_per_token"] / base["kv_cache_bytes_per_token"]
-        rows.append([r["variant"], f"{r['perplexity']:.4g}", f"{r['delta_vs_baseline']:+.4g} ({rel:+.1%})",
+        delta = "—" if r is base else f"{r['delta_vs_baseline']:+.4g} ({rel:+.2%})"
+        rows.append([r["variant"], f"{r['perplexity']:.5g}", delta,
                      f"{human_bytes(r['kv_cache_bytes_per_token'])} ({kv:.1%})"])
     return rows
 
@@ -74,10 +75,11 @@ def _advice(result: dict) -> str:
 def format_table(result: dict) -> str:
     sim = result["attention_similarity"]
     matrix = tabulate([[a] + [f"{x:.2f}" for x in row] for a, row in enumerate(sim)],
-                      headers=["layer"] + list(range(len(sim))), tablefmt="plain")
+                      headers=["layer"] + list(range(len(sim))), tablefmt="plain",
+                      disable_numparse=True)
     return "\n".join([
         _summary(result),
-        tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github"),
+        tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github", disable_numparse=True),
         "",
         "attention similarity of the baseline's layers (mean cosine of the T x T attention weights):",
         matrix,
@@ -108,13 +110,14 @@ def render_markdown(result: dict) -> str:
              ["tokens scored", f"{result['tokens']} (of {result['input_tokens']} in the input; "
                                f"{result['windows'] * (result['seq_len'] - 1)} predictions)"],
              ["similarity threshold", f"{result['similarity_threshold']:g}"]]
-    lines += ["## Setup", "", tabulate(setup, headers=["", ""], tablefmt="github"), ""]
+    lines += ["## Setup", "", tabulate(setup, headers=["", ""], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Perplexity per variant", "",
               "Every variant is the baseline's checkpoint with no retraining: SA layers apply the source "
               "layer's attention weights to their own V, CLA non-owners attend over the owner's K/V. "
               "Perplexity = exp(mean NLL over every predicted token of every window); Δ is against the "
               "baseline; KV bytes are per token and sequence, in the evaluation dtype.", "",
-              tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github"), "",
+              tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github", disable_numparse=True),
+              "",
               f"![perplexity against KV bytes per token]({PARETO})", ""]
     lines += ["## Attention similarity of the baseline's layers", "",
               "Entry (a, b): the mean over windows and heads of the cosine similarity between the full "
@@ -122,7 +125,8 @@ def render_markdown(result: dict) -> str:
               "layers A..B's weights by layer A-1's, so row A-1 tells how close that replacement is.", "",
               _advice(result), "", f"![attention similarity heatmap]({HEATMAP})", "",
               tabulate([[a] + [f"{x:.3f}" for x in row] for a, row in enumerate(sim)],
-                       headers=["layer"] + [str(b) for b in range(len(sim))], tablefmt="github"), ""]
+                       headers=["layer"] + [str(b) for b in range(len(sim))], tablefmt="github",
+                       disable_numparse=True), ""]
     return "\n".join(lines)
 
 
@@ -171,9 +175,12 @@ def pareto_plot(result: dict, path: Path) -> None:
     for r in rows:
         on_front = r in front
         ax.scatter(r["kv_cache_bytes_per_token"], r["perplexity"], s=60 if on_front else 40, zorder=3,
-                   color=colors[r["variant"]], edgecolors="black" if on_front else "none", label=r["variant"])
+                   color=colors[r["variant"]], edgecolors="black" if on_front else "none")
         ax.annotate(r["variant"], (r["kv_cache_bytes_per_token"], r["perplexity"]), xytext=(5, 5),
                     textcoords="offset points", fontsize=8)
+    ppl = [r["perplexity"] for r in rows if math.isfinite(r["perplexity"])]
+    if ppl and max(ppl) / min(ppl) >= 4:  # a variant that breaks without retraining: keep the rest readable
+        ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
     ax.set_xlabel("KV cache bytes per token (lower is better)")
     ax.set_ylabel("perplexity (lower is better)")
