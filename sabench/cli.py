@@ -93,7 +93,7 @@ def cmd_quality(args) -> int:
                               seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
                               device=args.device, similarity=args.similarity)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
-    print(json.dumps(result, indent=2) if args.json else quality_report.format_table(result), flush=True)
+    print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
         print(f"wrote {report}", file=sys.stderr)
     return EXIT_OK

@@ -13,7 +13,6 @@ Perplexity = exp(mean NLL over every predicted token of every window), NLL from 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -44,17 +43,13 @@ def read_token_ids(path, vocab_size: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def tokenize_text(path, model_source: str, vocab_size: int) -> torch.Tensor:
+def tokenize_text(path, directory, vocab_size: int) -> torch.Tensor:
     """The text encoded by the model directory's own tokenizer (local files only).
 
     The whole file is one text: a tokenizer that adds BOS adds it once, at the start of the
     first window; later windows start mid-text (as strided perplexity evaluations do).
     """
-    directory = Path(model_source)
-    directory = directory.parent if directory.is_file() else directory
-    if not directory.is_dir():
-        raise ValueError(f"--text needs a tokenizer, and model {model_source!r} is a preset without one: "
-                         "give a model directory or use --token-ids")
+    directory = Path(directory)
     if not any((directory / f).is_file() for f in TOKENIZER_FILES):
         raise ValueError(f"--text needs a tokenizer, and {str(directory)!r} has none "
                          f"({', '.join(TOKENIZER_FILES)}): use --token-ids instead")
@@ -154,7 +149,7 @@ def score(model, windows: torch.Tensor, *, with_similarity: bool = False, desc: 
         bar.close()
         if capture is not None:
             capture.remove()
-    ppl = math.exp(nll / count) if nll / count < 700 else float("inf")
+    ppl = torch.tensor(nll / count, dtype=torch.float64).exp().item()  # inf past float64, nan stays nan
     return ppl, (sim_sum / heads if sim_sum is not None else None)
 
 
@@ -278,6 +273,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
              seq_len: Optional[int] = None, max_windows: Optional[int] = None, dtype=None, device=None,
              similarity: float = DEFAULT_SIMILARITY, progress: bool = True) -> dict:
@@ -294,17 +303,7 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     for v in requested:
         if v != RECOMMENDED:
             parse_variant(v, cfg.num_layers)
-    device = device or default_device()
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: use cpu, cuda or cuda:N")
+    dev = _device(device or default_device())
     dtype = dtype_name(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     seq_len = seq_len or min(2048, cfg.max_position_embeddings)
     if not 2 <= seq_len <= cfg.max_position_embeddings:
@@ -316,7 +315,10 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         raise ValueError(f"--similarity must be in (0, 1], got {similarity}")
     if (text is None) == (token_ids is None):
         raise ValueError("give exactly one of --text FILE and --token-ids FILE")
-    tokens = (tokenize_text(text, str(model), cfg.vocab_size) if text is not None
+    if text is not None and cfg.source == "preset":
+        raise ValueError(f"--text needs a tokenizer, and preset {str(model)!r} has none: give a model "
+                         "directory or use --token-ids")
+    tokens = (tokenize_text(text, Path(cfg.source).parent, cfg.vocab_size) if text is not None
               else read_token_ids(token_ids, cfg.vocab_size))
     windows = make_windows(tokens, seq_len, max_windows)
 

@@ -299,3 +299,14 @@ def test_cuda_bfloat16_agrees_with_cpu_float32(ckpt, result):
         assert abs(got["perplexity"] - ref["perplexity"]) / ref["perplexity"] < 0.02
     sim = torch.tensor(r["attention_similarity"])
     assert (sim - torch.tensor(result["attention_similarity"])).abs().max().item() < 0.02
+
+
+def test_pareto_frontier_and_strict_json():
+    from sabench.report.quality_report import pareto, to_json
+
+    rows = [{"variant": v, "perplexity": p, "delta_vs_baseline": p - 10.0, "kv_cache_bytes_per_token": kv}
+            for v, p, kv in [("baseline", 10.0, 100), ("a", 12.0, 80), ("b", 13.0, 90), ("c", 11.0, 80),
+                             ("d", 30.0, 50), ("e", float("inf"), 40)]]
+    assert [r["variant"] for r in pareto(rows)] == ["d", "c", "baseline"]  # b: c beats it on both axes
+    d = json.loads(to_json({"variants": rows}))
+    assert d["variants"][5]["perplexity"] is None and d["variants"][0]["perplexity"] == 10.0

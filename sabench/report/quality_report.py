@@ -5,6 +5,7 @@ Pareto frontier (perplexity against KV bytes per token).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import List
@@ -23,6 +24,20 @@ def check_out_dir(out) -> Path:
     if p.exists() and not p.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a directory")
     return p
+
+
+def to_json(result: dict) -> str:
+    """The result as strict JSON: a non-finite perplexity (a variant that broke) becomes null."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(result), indent=2)
 
 
 def weights_note(result: dict) -> str:
@@ -166,7 +181,7 @@ def pareto_plot(result: dict, path: Path) -> None:
 
     from sabench.report.plots import plt, save, variant_colors
 
-    rows = result["variants"]
+    rows = [r for r in result["variants"] if math.isfinite(r["perplexity"])]  # a broken variant has no point
     colors = variant_colors([r["variant"] for r in rows])
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
     front = pareto(rows)
@@ -178,7 +193,7 @@ def pareto_plot(result: dict, path: Path) -> None:
                    color=colors[r["variant"]], edgecolors="black" if on_front else "none")
         ax.annotate(r["variant"], (r["kv_cache_bytes_per_token"], r["perplexity"]), xytext=(5, 5),
                     textcoords="offset points", fontsize=8)
-    ppl = [r["perplexity"] for r in rows if math.isfinite(r["perplexity"])]
+    ppl = [r["perplexity"] for r in rows]
     if ppl and max(ppl) / min(ppl) >= 4:  # a variant that breaks without retraining: keep the rest readable
         ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
