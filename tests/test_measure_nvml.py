@@ -265,8 +265,12 @@ def test_pci_lookup_falls_back_to_scan_then_index_with_note():
     assert any("AA:00.0" in n for n in notes) and any("CUDA_DEVICE_ORDER" in n for n in notes)
 
 
-def test_no_torch_bus_id_falls_back_to_index():
-    # On this CPU-only torch the bus id cannot be resolved: index fallback, noted on multi-GPU.
+def test_no_torch_bus_id_falls_back_to_index(monkeypatch):
+    # When torch cannot tell the bus id or UUID (a CPU-only torch; faked here so that a GPU box,
+    # whose real ids the fake NVML does not know, takes the same path): index fallback, noted
+    # on a multi-GPU host.
+    monkeypatch.setattr(nvml_mod, "torch_pci_bus_id", lambda index: None)
+    monkeypatch.setattr(nvml_mod, "torch_uuid", lambda index: None)
     d0, d1 = FakeDevice(BUS0), FakeDevice(BUS1)
     s = NvmlSampler(1, nvml=FakeNvml([d0, d1]))
     assert s.handle is d1 and s.mapping == "index"

@@ -74,8 +74,9 @@ def test_peak_idle_subtraction_and_process_memory(fake):
     assert r["device_mapping"] == "pci_bus_id" and r["mode"] == "process"
     assert r["notes"] == []
     assert set(r) == {"peak_used_bytes", "idle_used_bytes", "peak_minus_idle_bytes", "peak_process_bytes",
-                      "n_samples", "interval_s", "achieved_hz", "duration_s", "device_mapping", "mode",
-                      "notes"}
+                      "power_samples", "n_samples", "interval_s", "achieved_hz", "duration_s",
+                      "device_mapping", "mode", "notes"}
+    assert r["power_samples"] is None  # the fake has no power reading (and no energy counter)
 
 
 def test_read_idle_reuse_across_windows_and_context_manager(fake):
@@ -217,13 +218,16 @@ def test_constructor_errors(fake):
         NvmlSampler(0, nvml=SPEC, mode="fork")
 
 
-def test_device_resolution_in_helper(fake):
+def test_device_resolution_in_helper(fake, monkeypatch):
     fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
     s = NvmlSampler(0, nvml=SPEC, pci_bus_id="0000:3b:00.0")  # torch 0 is NVML 1
     assert s.mapping == "pci_bus_id" and s.read_idle() == 222
     assert nvml_mod.parse_pci_bus_id(s.nvml_pci_bus_id) == nvml_mod.parse_pci_bus_id(BUS1)
     s.close()
-    # CPU-only torch knows no bus id: index fallback, with the multi-GPU warning
+    # torch knows no bus id (CPU-only torch; faked so that a GPU box behaves the same): index
+    # fallback, with the multi-GPU warning
+    monkeypatch.setattr(nvml_mod, "torch_pci_bus_id", lambda index: None)
+    monkeypatch.setattr(nvml_mod, "torch_uuid", lambda index: None)
     s = NvmlSampler(1, nvml=SPEC)
     assert s.mapping == "index" and s.read_idle() == 222
     assert any("by index" in n for n in s.notes)

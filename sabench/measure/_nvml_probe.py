@@ -7,14 +7,18 @@ named by --nvml "module:attribute") and the torch-free `sabench.measure.nvml`, t
 stand-ins for the two package modules.
 
 Protocol: one JSON object per line. First the helper writes its ready line
-{"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "pid": ...} (or
+{"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "energy_error": null|why,
+"power_ok": bool, "pid": ...} (or
 {"id": 0, "ok": false, "error": ...} and exits). Then the parent sends commands, each with an
 "id" that the reply echoes:
 
   {"cmd": "idle"}               -> {"ok": true, "used": bytes} | {"ok": false, "error": ...}
-  {"cmd": "start", "idle": b}   -> {"ok": true, "idle": bytes|null}; the window opens: a sample
-                                   now and every interval_s until "stop" (idle read first if b)
+  {"cmd": "start", "idle": b, "power": p}
+                                -> {"ok": true, "idle": bytes|null}; the window opens: a sample
+                                   now and every interval_s until "stop" (idle read first if b;
+                                   with p, every sample also reads the power draw)
   {"cmd": "stop"}               -> {"ok": true, "window": {...}, "elapsed_s": s}
+  {"cmd": "energy"}             -> {"ok": true, "mj": millijoules} (total-energy counter, any time)
   {"cmd": "quit"}               -> exits (so does EOF on stdin)
 
 It ends with its parent: PR_SET_PDEATHSIG (Linux, when asked with --pdeathsig), EOF on stdin,
@@ -112,7 +116,9 @@ def main(argv=None) -> int:
             bus_id = core._text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
         except Exception:
             bus_id = None
+        energy_error, power_ok = core.probe_energy(nv, handle)
         send({"id": 0, "ok": True, "mapping": how, "notes": notes, "bus_id": bus_id,
+              "energy_error": energy_error, "power_ok": power_ok,
               "pid": os.getpid(), "torch_imported": "torch" in sys.modules})
         return _serve(core, nv, handle, args, parent_pid, fd_in, send)
     except BrokenPipeError:
@@ -168,9 +174,14 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
                           "used": int(nv.nvmlDeviceGetMemoryInfo(handle).used)})
                 except Exception as e:
                     send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            elif cmd == "energy":
+                try:
+                    send({"id": rid, "ok": True, "mj": core.energy_counter_mj(nv, handle)})
+                except Exception as e:
+                    send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
             elif cmd == "start":
                 _avoid_cpu(msg.get("avoid_cpu"), base_cpus)
-                win = core._Window(nv, handle, args.pid, track)
+                win = core._Window(nv, handle, args.pid, track, track_power=bool(msg.get("power")))
                 idle = None
                 if msg.get("idle"):
                     try:

@@ -16,7 +16,7 @@ class _Info:
 
 
 class StandInNvml:
-    """One GPU on bus 00000000:00:00.0 with 1 GiB used; no compute processes listed."""
+    """One GPU on bus 00000000:00:00.0 with 1 GiB used, drawing 300 W; no compute processes listed."""
 
     class NVMLError(Exception):
         pass
@@ -33,6 +33,13 @@ class StandInNvml:
     def nvmlDeviceGetPciInfo(self, h): return _Info(busId=b"00000000:00:00.0")
     def nvmlDeviceGetComputeRunningProcesses(self, h): return []
     def nvmlDeviceGetMigMode(self, h): raise self.NVMLError("not supported")
+    def nvmlDeviceGetPowerUsage(self, h): return 300_000  # mW
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        """mJ: a steady 300 W since the first call (a counter that only grows)."""
+        now = time.monotonic()
+        self.__dict__.setdefault("_t0", now)
+        return int((now - self._t0) * 300_000)
 
     def nvmlDeviceGetMemoryInfo(self, h):
         if self.hold_gil:

@@ -305,6 +305,59 @@ def open_device(nvml, device_index: int, pci_bus_id: Optional[str] = None,
     return handle, how
 
 
+def energy_counter_mj(nvml, handle) -> int:
+    """The device's total-energy counter in millijoules since the driver loaded (Volta and later)."""
+    return int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+
+
+def probe_energy(nvml, handle) -> tuple[Optional[str], bool]:
+    """(why the total-energy counter cannot be read or None, whether the power draw can be read).
+
+    Windows sample the power draw only when the counter is missing: energy is then integrated
+    from those samples.
+    """
+    try:
+        energy_counter_mj(nvml, handle)
+        return None, False
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+    try:
+        int(nvml.nvmlDeviceGetPowerUsage(handle))
+        return why, True
+    except Exception:
+        return why, False
+
+
+def used_bytes_by_bus(nvml=None) -> dict:
+    """{PCI bus id: used bytes} for every GPU NVML sees, read now; torch is not touched.
+
+    The worker calls it before its process initialises CUDA: that level (other processes, the
+    driver's own reservations) is what `nvml-device` readings subtract. Keys are normalised by
+    parse_pci_bus_id so that they match whatever form torch or NVML print later.
+    Raises NvmlUnavailable when NVML cannot be used.
+    """
+    mod = load_nvml(nvml)
+    try:
+        mod.nvmlInit()
+    except Exception as e:
+        raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
+    out = {}
+    try:
+        for i in range(int(mod.nvmlDeviceGetCount())):
+            h = mod.nvmlDeviceGetHandleByIndex(i)
+            bus = parse_pci_bus_id(mod.nvmlDeviceGetPciInfo(h).busId)
+            if bus is not None:
+                out[bus] = int(mod.nvmlDeviceGetMemoryInfo(h).used)
+    except Exception as e:
+        raise NvmlUnavailable(f"reading device memory failed ({type(e).__name__}: {e})") from e
+    finally:
+        try:
+            mod.nvmlShutdown()
+        except Exception:
+            pass
+    return out
+
+
 class _Window:
     """The readings of one start()/stop() window.
 
@@ -314,11 +367,14 @@ class _Window:
     """
 
     _STATE = ("peak", "peak_proc", "n", "attempts", "errors", "first_error", "proc_empty",
-              "proc_foreign", "proc_na", "proc_error")
+              "proc_foreign", "proc_na", "proc_error", "power")
 
-    def __init__(self, nvml=None, handle=None, pid: int = 0, track_process: bool = True):
+    def __init__(self, nvml=None, handle=None, pid: int = 0, track_process: bool = True,
+                 track_power: bool = False):
         self.nvml, self.handle = nvml, handle
         self.pid, self.track_process = int(pid), bool(track_process)
+        # [[perf_counter s, mW], ...] when the energy counter is missing (power is integrated then)
+        self.power: Optional[list] = [] if track_power else None
         self.peak: Optional[int] = None
         self.peak_proc: Optional[int] = None
         self.n = 0  # successful device readings
@@ -339,6 +395,12 @@ class _Window:
         if self.peak is None or used > self.peak:
             self.peak = used
         self.n += 1
+        if self.power is not None:
+            try:
+                mw = int(self.nvml.nvmlDeviceGetPowerUsage(self.handle))
+                self.power.append([time.perf_counter(), mw])
+            except Exception as e:  # counted like a failed memory reading, the rest of the sample stands
+                self.record_error(e)
         if not self._track_proc_now:
             return
         try:
@@ -399,7 +461,7 @@ class _Window:
 
     @classmethod
     def from_state(cls, state: dict, pid: int, track_process: bool) -> "_Window":
-        w = cls(pid=pid, track_process=track_process)
+        w = cls(pid=pid, track_process=track_process, track_power=state.get("power") is not None)
         for k in cls._STATE:
             if k in state:
                 setattr(w, k, state[k])
@@ -486,7 +548,12 @@ class NvmlSampler:
         self.result: Optional[dict] = None
         self.handle = None  # thread mode: the NVML handle (process mode: it lives in the helper)
         self.mapping: Optional[str] = None
-        self.nvml_pci_bus_id: Optional[str] = None  # process mode: the bus id the helper resolved
+        self.nvml_pci_bus_id: Optional[str] = None  # the bus id of the NVML device sampled
+        # None when nvmlDeviceGetTotalEnergyConsumption works; else why not, and windows then
+        # sample the power draw too where it can be read (power_sampling; result["power_samples"])
+        # so that energy can be integrated from it
+        self.energy_error: Optional[str] = None
+        self.power_sampling = False
         self._idle: Optional[int] = None
         self._running = False
         self._t_start = 0.0
@@ -536,6 +603,11 @@ class NvmlSampler:
     def _init_thread(self, nvml, pci_bus_id) -> None:
         self._nvml = load_nvml(nvml)
         self.handle, self.mapping = open_device(self._nvml, self.device_index, pci_bus_id, self.notes)
+        try:
+            self.nvml_pci_bus_id = _text(self._nvml.nvmlDeviceGetPciInfo(self.handle).busId).rstrip("\x00")
+        except Exception:
+            pass
+        self.energy_error, self.power_sampling = probe_energy(self._nvml, self.handle)
         self._initialized = True
         self._thread: Optional[threading.Thread] = None
         self._stop_evt: Optional[threading.Event] = None  # the open window's; each window has its own
@@ -544,7 +616,8 @@ class NvmlSampler:
         self._window_notes: list[str] = []
 
     def _new_window(self) -> _Window:
-        return _Window(self._nvml, self.handle, self.pid, self.track_process)
+        return _Window(self._nvml, self.handle, self.pid, self.track_process,
+                       track_power=self.power_sampling)
 
     def _run(self, win: _Window, stop_evt: threading.Event) -> None:
         # stop_evt belongs to this window only: a thread that stop() gave up on (stuck in an
@@ -607,6 +680,8 @@ class NvmlSampler:
         self._probe = self._spawn()
         self.mapping = self._probe.ready.get("mapping")
         self.nvml_pci_bus_id = self._probe.ready.get("bus_id")
+        self.energy_error = self._probe.ready.get("energy_error")
+        self.power_sampling = bool(self._probe.ready.get("power_ok"))
         self.notes.extend(self._probe.ready.get("notes") or [])
         self._initialized = True
         _LIVE.add(self)
@@ -661,8 +736,8 @@ class NvmlSampler:
     def _start_process(self) -> None:
         notes = self._pending
         self._pending = []
-        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu()},
-                              "start()", notes, restart=True)
+        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu(),
+                               "power": self.power_sampling}, "start()", notes, restart=True)
         notes.extend(self._pending)  # a restart's notes
         self._pending = []
         self._window_notes = notes
@@ -710,6 +785,25 @@ class NvmlSampler:
             return self._read_idle_thread()
         self._check_owner()
         return self._read_idle_process()
+
+    def energy_mj(self) -> Optional[int]:
+        """The device's total-energy counter now (millijoules), or None (no counter, or it failed).
+
+        Callers synchronise the device first; the difference of two readings is the energy
+        the GPU drew in between (the whole board: other processes' work counts too).
+        """
+        if not getattr(self, "_initialized", False):
+            raise RuntimeError("NvmlSampler.energy_mj() after close()")
+        if self.energy_error is not None:
+            return None
+        if self.mode == "thread":
+            try:
+                return energy_counter_mj(self._nvml, self.handle)
+            except Exception:
+                return None
+        self._check_owner()
+        reply = self._request({"cmd": "energy"}, "energy_mj()", [], restart=not self._running)
+        return int(reply["mj"]) if reply is not None and reply.get("ok") else None
 
     def _read_idle_thread(self) -> Optional[int]:
         try:
@@ -769,6 +863,7 @@ class NvmlSampler:
             "idle_used_bytes": idle,
             "peak_minus_idle_bytes": delta,
             "peak_process_bytes": win.peak_proc,
+            "power_samples": win.power,
             "n_samples": win.n,
             "interval_s": self.interval_s,
             "achieved_hz": achieved_hz,
