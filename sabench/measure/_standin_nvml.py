@@ -2,9 +2,8 @@
 
 Just enough of the pynvml API for NvmlSampler; each memory query takes ~20 us, either
 sleeping (`nogil`: a real query is a ctypes call into libnvidia-ml, which releases the GIL)
-or spinning (`gil`: holds the GIL, a pessimistic bound for thread mode). Usable in-process
-(`load_nvml("sabench.measure._standin_nvml:nogil")`) and by the sampler's helper process
-(`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")`; `instant` answers at once).
+or spinning (`gil`: keeps a CPU busy meanwhile). The sampler's helper process imports it:
+`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")` (`instant` answers at once).
 Imports nothing heavy.
 """
 import time
