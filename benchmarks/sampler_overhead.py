@@ -1,14 +1,13 @@
 """What the NVML sampler costs a measured phase: decode steps with and without it.
 
-    python benchmarks/sampler_overhead.py [--mode process|thread] [--stand-in nogil|gil] [--blocks 100] [--hz 200]
+    python benchmarks/sampler_overhead.py [--stand-in nogil|gil] [--blocks 100] [--hz 200]
 
-`--mode process` (the sampler's default) samples in a helper process, `thread` in a
-thread of this process. On a GPU box the real NVML is sampled; elsewhere a stand-in
-NVML (sabench/measure/_standin_nvml.py) whose memory query takes ~20 us, either
-releasing the GIL as a real query does (pynvml is a ctypes call; `--stand-in nogil`,
-the default) or holding it (`gil`, a pessimistic bound for thread mode). Blocks of
-decode steps alternate with/without the sampler (a window open around the block, as
-the worker does per phase); the headline is the median per-block time ratio.
+The sampler samples in a helper process. On a GPU box the real NVML is sampled; elsewhere
+a stand-in NVML (sabench/measure/_standin_nvml.py) whose memory query takes ~20 us, either
+sleeping (`--stand-in nogil`, the default, as a ctypes call into libnvidia-ml does) or
+spinning (`gil`: the helper then keeps a CPU busy for the query's duration). Blocks of
+decode steps alternate with/without the sampler (a window open around the block, as the
+worker does per phase); the headline is the median per-block time ratio.
 """
 import argparse
 import statistics
@@ -22,7 +21,6 @@ from sabench.measure.timing import time_steps
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["process", "thread"], default="process")
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--hz", type=float, default=200.0)
@@ -36,9 +34,8 @@ def main():
     tokens = torch.ones(1, 1, dtype=torch.long, device=device)
     pos = torch.tensor([64], device=device)
     step = m.greedy_step_fn(cache, tokens, pos)
-    # "module:attr" works in both modes: the helper process imports it, thread mode loads it here
-    nvml = None if cuda else f"sabench.measure._standin_nvml:{args.stand_in}"
-    sampler = NvmlSampler(0, interval_s=1 / args.hz, nvml=nvml, mode=args.mode,
+    nvml = None if cuda else f"sabench.measure._standin_nvml:{args.stand_in}"  # the helper imports it
+    sampler = NvmlSampler(0, interval_s=1 / args.hz, nvml=nvml,
                           pci_bus_id=None if cuda else "00000000:00:00.0")
 
     def block():
@@ -61,7 +58,7 @@ def main():
     med = statistics.median
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), 0, max(ratios)]
     where = f"real NVML on {torch.cuda.get_device_name()}" if cuda else f"stand-in NVML (20 us, {args.stand_in})"
-    print(f"{args.mode} mode, {where}, {args.hz:.0f} Hz requested, {med(hz):.0f} Hz achieved (median)")
+    print(f"{where}, {args.hz:.0f} Hz requested, {med(hz):.0f} Hz achieved (median)")
     print(f"{args.steps} eager decode steps per block: without sampler {med(off):.2f} ms, with {med(on):.2f} ms")
     print(f"sampler cost: {100 * (med(ratios) - 1):+.2f}% (median of {args.blocks} interleaved block ratios; "
           f"quartiles {100 * (q[0] - 1):+.2f}% .. {100 * (q[2] - 1):+.2f}%)")

@@ -50,7 +50,36 @@ record (one per point and phase)::
       "mfu": float, "mbu": float,                # when env has peaks: prefill MFU, decode MBU
       "kv_cache_bytes": int,                     # analytic bytes of the preallocated cache
       "params": int,
-      "memory_bytes": {"peak_nvml", "peak_allocated", "peak_reserved", "peak_rss"},  # measured ones only
+      "memory_bytes": {                          # bytes; measured ones only
+        "device_peak": int,                      # the point's own absolute peak footprint in this phase
+                                                 # (never a rise over a level holding weights and cache)
+        "phase_rise": int,                       # the phase's peak minus the level just before it
+                                                 # (NVML device reading; CPU: RSS). Older files: "peak_nvml"
+        "peak_allocated", "peak_reserved",       # CUDA caching allocator peaks over the phase
+        "peak_rss"},                             # the process's peak resident memory
+      "memory_source": "nvml-process"            # NVML's per-process used memory (context included)
+                     | "nvml-device"             # device used memory minus the level read before the
+                                                 # point's process touched CUDA (other processes count)
+                     | "rss",                    # CPU runs: peak RSS of the point's process
+      "memory_breakdown": {"weights", "kv_cache", "activations", "context"},  # bytes, sum = device_peak:
+                                                 # parameter bytes; the preallocated cache; allocator peak
+                                                 # allocated minus both (CPU: RSS rise over the phase);
+                                                 # the rest (CUDA context, libraries, allocator slack;
+                                                 # CPU: interpreter + torch). context < 0 clamped to 0
+                                                 # with a note in "memory_notes"
+      "memory_notes": [str],                     # how device_peak was read, caveats
+      "memory_predicted_bytes": {"weights", "kv_cache", "activations", "context", "total"},  # the memory
+                                                 # model's prediction (capacity code), when written
+      "energy_j": float | null,                  # GPU only: joules over the timed calls (warm-up excluded;
+                                                 # decode: the headline graph-mode sequences)
+      "joules_per_token": float | null,          # energy_j / tokens of the timed calls (prefill B*T per
+                                                 # call, decode B per step)
+      "energy_source": "nvml-energy-counter" | "nvml-power-samples" | null,
+      "energy_scope": "5 timed prefill calls",   # which calls energy_j covers
+      "energy_window_s": float,                  # wall time between the two readings
+      "energy_note": str,                        # why a figure is missing / how it was obtained
+      "nvml": {"idle_used_bytes", "peak_used_bytes", "pre_cuda_used_bytes", "n_samples", "achieved_hz",
+               "device_mapping", "notes"},       # GPU only: the sampler's window
       "decode_tokens": int,                      # decode only
       "warmup": int, "repeats": int
     }

@@ -15,6 +15,7 @@ Phases:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -25,8 +26,11 @@ import torch
 
 from sabench import accounting, flops
 from sabench.dtypes import parse_dtype
-from sabench.measure import (AllocatorTracker, CudaGraphStep, is_oom_error, peak_rss_bytes,
-                             reset_peak_rss, summarize, sync, time_fn, time_steps)
+from sabench.measure import (AllocatorTracker, CudaGraphStep, current_rss_bytes, is_oom_error,
+                             peak_rss_bytes, reset_peak_rss, summarize, sync, time_fn, time_steps)
+from sabench.measure.energy import EnergyMeter
+from sabench.measure.memory import footprint
+from sabench.measure.nvml import parse_pci_bus_id
 from sabench.model import load_model
 from sabench.presets import ModelConfig
 from sabench.runner import FAULT_ENV
@@ -34,14 +38,34 @@ from sabench.schema import point_key
 
 
 class _Memory:
-    """The memory trackers of one phase: NVML device sampler, allocator peaks, process RSS."""
+    """One phase's memory and energy: NVML sampler window, allocator peaks, RSS, energy counter.
 
-    def __init__(self, device: torch.device, sampler):
+    `fields()` gives the record's memory_bytes (device_peak, phase_rise, the allocator's peaks,
+    peak_rss), memory_source, memory_breakdown (weights + kv_cache + activations + context =
+    device_peak; see measure.memory.footprint) and, on CUDA, the energy of the timed calls
+    (`energy` is started and stopped around them by the caller, inside the with block).
+    """
+
+    def __init__(self, device: torch.device, sampler, *, weights: int, kv_cache: int,
+                 pre_cuda_used=None, nvml_reason=None):
         self.device, self.sampler = device, sampler
+        self.weights, self.kv_cache, self.pre_cuda_used = weights, kv_cache, pre_cuda_used
         self.alloc = AllocatorTracker(device)
+        self.energy = EnergyMeter(sampler, device, nvml_reason)
+        self.window: dict = {}
+
+    def energy_from_call(self, k: int):
+        """A time_fn `setup` that starts the energy meter right before call k (the first timed one)."""
+        calls = itertools.count()
+
+        def setup():
+            if next(calls) == k:
+                self.energy.start()
+        return setup
 
     def __enter__(self):
-        reset_peak_rss()
+        self.rss_reset = reset_peak_rss()
+        self.rss_start = current_rss_bytes()
         self.alloc.start()
         if self.sampler is not None:
             self.sampler.read_idle()
@@ -49,21 +73,62 @@ class _Memory:
         return self
 
     def __exit__(self, *exc):
-        self.result = {}
-        if self.sampler is not None:
-            r = self.sampler.stop()
-            self.nvml = r
-            if r.get("peak_minus_idle_bytes") is not None:
-                self.result["peak_nvml"] = int(r["peak_minus_idle_bytes"])
-            if r.get("peak_process_bytes") is not None:
-                self.result["peak_nvml_process"] = int(r["peak_process_bytes"])
-            self.nvml_summary = {k: r.get(k) for k in ("idle_used_bytes", "peak_used_bytes", "n_samples",
-                                                       "achieved_hz", "device_mapping", "notes")}
+        self.result, notes = {}, []
+        r = self.window = self.sampler.stop() if self.sampler is not None else {}
         for k, v in self.alloc.stop().items():
             if v is not None:
                 self.result[k] = int(v)
         self.result["peak_rss"] = peak_rss_bytes()
+        cpu = self.device.type != "cuda"
+        fp = footprint(weights=self.weights, kv_cache=self.kv_cache,
+                       process_peak=r.get("peak_process_bytes"), device_peak_used=r.get("peak_used_bytes"),
+                       pre_cuda_used=self.pre_cuda_used, allocated_peak=self.result.get("peak_allocated"),
+                       rss_peak=self.result["peak_rss"] if cpu else None,
+                       rss_start=self.rss_start if cpu and self.rss_reset else None)
+        if fp["device_peak"] is not None:
+            self.result["device_peak"] = fp["device_peak"]
+        if r.get("peak_minus_idle_bytes") is not None:  # the rise over the level just before the phase
+            self.result["phase_rise"] = int(r["peak_minus_idle_bytes"])
+        elif cpu and self.rss_reset and self.rss_start is not None:
+            self.result["phase_rise"] = max(0, self.result["peak_rss"] - self.rss_start)
+        if cpu:
+            notes.append("CPU run: device_peak is the process's peak RSS; its context part is the "
+                         "interpreter, torch and libraries; activations are the RSS rise over the phase")
+            if not self.rss_reset:
+                notes.append("the kernel refused to reset the peak-RSS mark: peak_rss is the process's "
+                             "lifetime peak")
+        self.source, self.breakdown, self.notes = fp["source"], fp["breakdown"], notes + fp["notes"]
         return False
+
+    def fields(self, tokens: int, scope: str) -> dict:
+        out = {"memory_bytes": self.result}
+        if self.source:
+            out.update(memory_source=self.source, memory_breakdown=self.breakdown)
+        if self.notes:
+            out["memory_notes"] = self.notes
+        if self.window:
+            out["nvml"] = {k: self.window.get(k) for k in (
+                "idle_used_bytes", "peak_used_bytes", "n_samples", "achieved_hz", "device_mapping", "notes")}
+            out["nvml"]["pre_cuda_used_bytes"] = self.pre_cuda_used
+        return out | self.energy.result(self.window, tokens, scope)
+
+
+def _pre_cuda_levels(device: torch.device, notes: list):
+    """Used memory of every GPU, read before this process touches CUDA ({} off CUDA or without NVML)."""
+    if device.type != "cuda":
+        return {}
+    from sabench.measure.nvml import used_bytes_by_bus
+
+    try:
+        return used_bytes_by_bus()
+    except Exception as e:
+        notes.append(f"NVML level before CUDA initialisation unavailable: {e}")
+        return {}
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the model's parameters (`params` of the record, a tied weight counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _open_sampler(device: torch.device, notes: list):
@@ -118,6 +183,7 @@ def measure(spec: dict) -> dict:
     chunk = spec.get("prefill_chunk")
     peaks = spec.get("peaks") or {}
     notes: list = []
+    pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - spec["t_spawn"]) if spec.get("t_spawn") else None}
 
     t0 = time.perf_counter()
@@ -153,6 +219,9 @@ def measure(spec: dict) -> dict:
         return {"records": [prefill, decode], "overhead": overhead}
     overhead["model_build_s"] = time.perf_counter() - t0
     sampler = _open_sampler(device, notes)
+    no_nvml = notes[-1] if sampler is None and device.type == "cuda" and notes else None
+    mem_kw = {"weights": _weights_bytes(model), "nvml_reason": no_nvml,
+              "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, cfg.vocab_size, (b, t), generator=gen).to(device)
 
@@ -160,14 +229,14 @@ def measure(spec: dict) -> dict:
     try:  # ---- prefill
         _maybe_inject_oom(spec, "prefill")
         cache = model.new_cache(b, t + n)
-        with torch.no_grad(), _Memory(device, sampler) as mem:
+        with torch.no_grad(), _Memory(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
             samples = time_fn(lambda: model.prefill(ids, cache, chunk), warmup=spec["warmup"],
-                              repeats=spec["repeats"], device=device)
+                              repeats=spec["repeats"], device=device,
+                              setup=mem.energy_from_call(max(spec["warmup"], 1)))  # time_fn's untimed calls
+            mem.energy.stop()
         lat = summarize(samples)
-        prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3),
-                       memory_bytes=mem.result)
-        if getattr(mem, "nvml_summary", None):
-            prefill["nvml"] = mem.nvml_summary
+        prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3))
+        prefill.update(mem.fields(b * t * spec["repeats"], f"{spec['repeats']} timed prefill calls"))
         _roofline(prefill, pre_an.total, prefill["bytes_moved"], peaks, "mfu")
     except Exception as e:
         prefill.update(_failure(e))
@@ -176,7 +245,7 @@ def measure(spec: dict) -> dict:
     try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode.update(_measure_decode(model, cache, spec, device, sampler, notes))
+        decode.update(_measure_decode(model, cache, spec, device, sampler, mem_kw))
         lat = decode["latency_ms"]
         decode["tokens_per_s"] = b / (lat["median"] / 1e3)
         _roofline(decode, dec_an.total / n, decode["bytes_moved"] / n, peaks, "mbu")
@@ -190,7 +259,7 @@ def measure(spec: dict) -> dict:
     return {"records": [prefill, decode], "overhead": overhead}
 
 
-def _measure_decode(model, cache, spec, device, sampler, notes) -> dict:
+def _measure_decode(model, cache, spec, device, sampler, mem_kw) -> dict:
     t, n = spec["seq_len"], spec["decode_tokens"]
     b = spec["batch_size"]
     tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
@@ -201,32 +270,35 @@ def _measure_decode(model, cache, spec, device, sampler, notes) -> dict:
         pos.fill_(t)
         tokens.fill_(1)
 
-    def run_sequences(fn):
+    def run_sequences(fn, energy=None):  # energy: metered over the timed sequences
         samples = []
         for i in range(spec["warmup"] + spec["repeats"]):
+            if energy is not None and i == spec["warmup"]:
+                energy.start()
             s = time_steps(lambda _i: fn(), n, device=device, setup=reset)
             if i >= spec["warmup"]:
                 samples += s
+        if energy is not None:
+            energy.stop()
         return samples
 
     out = {}
-    with torch.no_grad(), _Memory(device, sampler) as mem:
+    with torch.no_grad(), _Memory(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
         _maybe_inject_oom(spec, "decode")
         step()  # the first call is never timed, even with warmup 0
         eager = run_sequences(step)
         if device.type == "cuda":
             reset()
             graph = CudaGraphStep(step, device=device)
-            graph_samples = run_sequences(graph.replay)
+            graph_samples = run_sequences(graph.replay, mem.energy)
             graph.close()
     if device.type == "cuda":
         out.update(latency_ms=summarize(graph_samples), latency_eager_ms=summarize(eager), decode_mode="graph")
     else:
         out.update(latency_ms=summarize(eager), decode_mode="eager")
-    out.update(status="ok", memory_bytes=mem.result)
-    if getattr(mem, "nvml_summary", None):
-        out["nvml"] = mem.nvml_summary
-    return out
+    out["status"] = "ok"
+    return out | mem.fields(b * n * spec["repeats"], f"{spec['repeats']} timed sequences of {n} "
+                            f"{out['decode_mode']} decode steps")
 
 
 def _failure(e: BaseException) -> dict:

@@ -34,12 +34,19 @@ class _NS:
 
 
 def device(bus_id, readings=(1000,), procs=None, *, procs_error=None, errors_at=(), hang_at=None,
-           exit_at=None, name="Fake GPU", total=80 << 30) -> dict:
-    """One scripted device; procs is a list of (pid, usedGpuMemory or None) or None for []."""
+           exit_at=None, name="Fake GPU", total=80 << 30, energy_mj=None, power_mw=None) -> dict:
+    """One scripted device; procs is a list of (pid, usedGpuMemory or None) or None for [].
+
+    energy_mj: readings of the total-energy counter (call k gets energy_mj[k], then the last
+    one); None: the counter raises NotSupported (pre-Volta). power_mw: the same for
+    nvmlDeviceGetPowerUsage; None: it raises NotSupported.
+    """
     return {"bus_id": bus_id, "readings": list(readings),
             "procs": [list(p) for p in procs] if procs is not None else None,
             "procs_error": procs_error, "errors_at": list(errors_at), "hang_at": hang_at,
-            "exit_at": exit_at, "name": name, "total": total}
+            "exit_at": exit_at, "name": name, "total": total,
+            "energy_mj": list(energy_mj) if energy_mj is not None else None,
+            "power_mw": list(power_mw) if power_mw is not None else None}
 
 
 def script(devices, *, init_error=None, noisy=False) -> str:
@@ -66,7 +73,7 @@ class FakeNvml:
     def __init__(self, cfg: dict):
         self.devices = cfg.get("devices") or []
         for d in self.devices:
-            d["calls"] = 0
+            d["calls"] = d["energy_calls"] = d["power_calls"] = 0
         self.init_error = cfg.get("init_error")
         self.noisy = bool(cfg.get("noisy"))
 
@@ -125,6 +132,22 @@ class FakeNvml:
         if d.get("procs_error"):
             raise FakeNVMLError(d["procs_error"])
         return [_NS(pid=p, usedGpuMemory=u) for p, u in (d["procs"] or [])]
+
+    def _scripted(self, h, key):
+        d = self.devices[h]
+        values = d.get(key)
+        if values is None:
+            raise FakeNVMLError("Not Supported")
+        calls = key.split("_")[0] + "_calls"
+        k = d[calls]
+        d[calls] += 1
+        return values[min(k, len(values) - 1)]
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return self._scripted(h, "energy_mj")
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self._scripted(h, "power_mw")
 
     def nvmlDeviceGetName(self, h):
         return self.devices[h]["name"]

@@ -80,8 +80,12 @@ def make_results(variants: Iterable[str] = ("baseline", "cla:2", "sa:6-11"),
                  gpu: bool = True, samples: int = 12, decode_tokens: int = 16,
                  commit: Optional[str] = "a1b2c3d4e5f6", host: str = "bench-01",
                  device_name: str = "NVIDIA H100 80GB HBM3", name: str = "synthetic",
-                 created: str = "2026-11-22T04:30:00Z") -> dict:
-    """A results dict (write it with `write_results`). `scale` multiplies every timing."""
+                 created: str = "2026-11-22T04:30:00Z", predicted: bool = False) -> dict:
+    """A results dict (write it with `write_results`). `scale` multiplies every timing.
+
+    Every ok record has device_peak with its breakdown (nvml-process on GPU, rss on CPU), on
+    GPU energy_j / joules_per_token; `predicted` adds memory_predicted_bytes as well.
+    """
     variants, batch_sizes, seq_lens = list(variants), list(batch_sizes), list(seq_lens)
     rng = np.random.default_rng(seed)
     env = _env(gpu, host, commit, device_name)
@@ -148,14 +152,29 @@ def make_results(variants: Iterable[str] = ("baseline", "cla:2", "sa:6-11"),
                         rec["mfu"] = per_sample_flops / med_s / peak_fl
                     else:
                         rec["mbu"] = per_sample_bytes / med_s / peak_bw
-                    act = b * t * HIDDEN * DTYPE_BYTES * 8
+                    act = b * t * HIDDEN * DTYPE_BYTES * (8 if phase == "prefill" else 1)
+                    context = (500 if gpu else 300) * 2 ** 20 + int(0.05 * (weight_bytes + kv + act))
+                    peak = weight_bytes + kv + act + context
+                    rec["memory_breakdown"] = {"weights": int(weight_bytes), "kv_cache": int(kv),
+                                               "activations": int(act), "context": int(context)}
                     if gpu:
                         alloc = weight_bytes + kv + act
-                        rec["memory_bytes"] = {"peak_nvml": int(alloc * 1.1 + 500 * 2 ** 20),
+                        rec["memory_bytes"] = {"device_peak": int(peak), "phase_rise": int(act * 1.1),
                                                "peak_allocated": int(alloc),
-                                               "peak_reserved": int(alloc * 1.05)}
+                                               "peak_reserved": int(alloc * 1.05), "peak_rss": 2 ** 30}
+                        rec["memory_source"] = "nvml-process"
+                        tokens = b * t * samples if phase == "prefill" else b * decode_tokens
+                        joules = 350.0 * lat["median"] / 1e3 * len(lat["samples"])  # ~350 W
+                        rec.update(energy_j=joules, joules_per_token=joules / tokens,
+                                   energy_source="nvml-energy-counter")
                     else:
-                        rec["memory_bytes"] = {"peak_rss": int(weight_bytes + kv + act + 300 * 2 ** 20)}
+                        rec["memory_bytes"] = {"device_peak": int(peak), "peak_rss": int(peak),
+                                               "phase_rise": int(act)}
+                        rec["memory_source"] = "rss"
+                    if predicted:  # the memory model's figures, as the capacity code writes them
+                        pred = {"weights": int(weight_bytes), "kv_cache": int(kv),
+                                "activations": int(act * 0.97), "context": 512 * 2 ** 20}
+                        rec["memory_predicted_bytes"] = pred | {"total": sum(pred.values())}
                     records.append(rec)
     suite = {"name": name, "model": "llama-tiny-12l", "dtype": "bfloat16",
              "device": env["device"], "variants": variants, "batch_sizes": batch_sizes,

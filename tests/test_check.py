@@ -219,3 +219,16 @@ def test_check_on_1000_records(tmp_path):
     b = write_results(scale_timings(big_results(seed=5), 1.25, variant="cla:3"), tmp_path / "b")
     res = check(a, b)  # its speed is benchmarks/report_speed.py's business, not a test's
     assert res.exit_code == 1 and len(res.regressions) == 200
+
+
+def test_device_peak_changes_are_listed_not_gated_and_only_between_like_sources(tmp_path, capsys, base):
+    cur = copy.deepcopy(base)
+    _rec(cur, "cla:2", 4, 512, "decode")["memory_bytes"]["device_peak"] *= 1.5
+    other = _rec(cur, "cla:2", 1, 128, "decode")
+    other["memory_bytes"]["device_peak"] *= 3
+    other["memory_source"] = "nvml-device"  # another source: never compared
+    code, out, _ = _run(tmp_path, capsys, base, cur)
+    assert code == 0  # memory is listed, not gated
+    listed = out.split("Device peak memory changes beyond the threshold (not judged) (1):")[1]
+    assert "decode cla:2 b=4 s=512" in listed and "device_peak (nvml-process)" in listed and "+50.0%" in listed
+    assert "decode cla:2 b=1 s=128: device peak not compared (nvml-process vs nvml-device)" in out

@@ -27,10 +27,12 @@ def test_compare_env_differences_first_and_ratios(tmp_path):
     env = md.split("## Environment differences")[1].split("## ")[0]
     assert "| host " in env and "bench-02" in env and "NVIDIA H200" in env and "12.9" in env
     assert "torch" not in env  # same value in both runs: not a difference
-    assert "h200 / h100" in md
+    assert "H200 / H100 80GB HBM3" in md  # named by the device, not by the directories
     prefill = md.split("## Prefill median latency (ms)")[1].split("## ")[0]
     assert "0.50×" in prefill
-    assert "takes 0.50× the time of h100" in md and "2.00× as fast" in md
+    assert "takes 0.50× the time of H100 80GB HBM3" in md and "2.00× as fast" in md
+    energy = md.split("## Decode energy per token (J)")[1].split("## ")[0]
+    assert re.search(r"\|\s*cla:2\s*\|\s*1\s*\|\s*128\s*\|\s*[\d.]+\s*\|\s*[\d.]+\s*\|\s*\d\.\d\d×", energy)
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (path.parent / name).stat().st_size > 10_000
     # failed points read as their status, not as numbers
@@ -43,8 +45,8 @@ def test_compare_mismatched_suites_lists_left_out_points(tmp_path):
     md = compare_runs([ra, rb], tmp_path / "out").read_text()
     assert "seq_lens" in md.split("## Summary")[0]  # suite difference listed up front
     left = md.split("### Points left out")[1].split("## ")[0]
-    assert "**h100**: 12 point(s)" in left
-    assert "`cla:2` b=1 s=2048 prefill (not in h200)" in left
+    assert "**H100 80GB HBM3**: 12 point(s)" in left
+    assert "`cla:2` b=1 s=2048 prefill (not in H200)" in left
     tables = md.split("## Prefill median latency")[1]
     seq_cells = {line.split("|")[3].strip() for line in tables.splitlines() if line.startswith("| ")}
     assert "2048" not in seq_cells and "512" in seq_cells
@@ -53,16 +55,51 @@ def test_compare_mismatched_suites_lists_left_out_points(tmp_path):
 def test_compare_memory_ratio_only_between_like_sources(tmp_path):
     a = make_results(seed=1)
     b = make_results(seed=1, host="bench-02")
-    for r in b["records"]:  # the second run only knows its process RSS (a CPU run, say)
-        mem = r.get("memory_bytes")
-        if mem:
-            r["memory_bytes"] = {"peak_rss": mem.get("peak_rss", 1 << 30)}
+    for r in b["records"]:  # the second run's driver gives no per-process figure
+        if r.get("memory_source"):
+            r["memory_source"] = "nvml-device"
     ra, rb = write_results(a, tmp_path / "gpu"), write_results(b, tmp_path / "cpu")
     md = compare_runs([ra, rb], tmp_path / "out").read_text()
-    mem = md.split("## Peak memory")[1]
+    mem = md.split("## Device peak memory")[1]
     rows = [line for line in mem.splitlines() if re.match(r"\|\s*baseline\s*\|\s*1\s*\|", line)]
-    assert rows and all("— (RSS vs NVML)" in line for line in rows)
+    assert rows and all("— (nvml-device vs nvml-process)" in line for line in rows)
     assert "×" not in "".join(rows)
+    # like sources: a ratio
+    md = compare_runs([ra, write_results(make_results(seed=1, host="bench-03"), tmp_path / "c")],
+                      tmp_path / "out2").read_text()
+    mem = md.split("## Device peak memory")[1]
+    assert re.search(r"\|\s*cla:2\s*\|\s*1\s*\|\s*128\s*\|.*1\.00×", mem)
+
+
+def _labels_of(tmp_path, *results):
+    runs = [write_results(r, tmp_path / name) for r, name in zip(results, ("tmp", "a", "b"))]
+    md = compare_runs(runs, tmp_path / "out").read_text()
+    return re.search(r"^Runs, named by what differs between them: (.*)\. Ratios", md, re.M).group(1)
+
+
+def test_compare_names_runs_by_what_differs(tmp_path):
+    base = dict(seed=1, batch_sizes=(1,), seq_lens=(128,), oom=False, error=False)
+    # only the device differs
+    line = _labels_of(tmp_path / "dev", make_results(**base), make_results(**base, device_name="NVIDIA H200"))
+    assert line.startswith("**H100 80GB HBM3** = `") and "**H200** = `" in line
+    # only the torch version differs (the device is the same)
+    b = make_results(**base)
+    b["env"]["torch"] = "2.11.0+cu130"
+    line = _labels_of(tmp_path / "sw", make_results(**base), b)
+    assert "**torch 2.13.0** = `" in line and "**torch 2.11.0+cu130** = `" in line
+    # only the commit differs
+    line = _labels_of(tmp_path / "git", make_results(**base, commit="1111111111aa"),
+                      make_results(**base, commit="2222222222bb"))
+    assert "**11111111** = `" in line and "**22222222** = `" in line
+    # nothing differs: numbered, never the directory names
+    line = _labels_of(tmp_path / "same", make_results(**base), make_results(**base))
+    assert "**run 1** = `" in line and "**run 2** = `" in line
+    # three runs, two on one device: the device, then what tells those two apart
+    c = make_results(**base)
+    c["env"]["torch"] = "2.11.0+cu130"
+    line = _labels_of(tmp_path / "three", make_results(**base), c, make_results(**base, device_name="NVIDIA H200"))
+    assert "**H100 80GB HBM3 · torch 2.13.0**" in line and "**H100 80GB HBM3 · torch 2.11.0+cu130**" in line
+    assert "**H200** = `" in line
 
 
 def test_compare_default_out_dir(tmp_path, monkeypatch):

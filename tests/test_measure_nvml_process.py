@@ -60,7 +60,7 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
 def test_peak_idle_subtraction_and_process_memory(fake):
     fake(device(BUS0, readings=[100, 200, 500, 300], procs=[(MY_PID, 64), (MY_PID + 1, 1 << 30)]))
     s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001)
-    assert s.mode == "process" and s.mapping == "pci_bus_id" and s.notes == []
+    assert s.mapping == "pci_bus_id" and s.notes == []
     assert s._probe.ready["torch_imported"] is False  # the helper stays light
     s.start()
     time.sleep(0.1)
@@ -71,11 +71,12 @@ def test_peak_idle_subtraction_and_process_memory(fake):
     assert r["peak_minus_idle_bytes"] == 400
     assert r["peak_process_bytes"] == 64  # the parent's pid, not the helper's
     assert r["n_samples"] >= 3 and r["interval_s"] == 0.001
-    assert r["device_mapping"] == "pci_bus_id" and r["mode"] == "process"
+    assert r["device_mapping"] == "pci_bus_id"
     assert r["notes"] == []
     assert set(r) == {"peak_used_bytes", "idle_used_bytes", "peak_minus_idle_bytes", "peak_process_bytes",
-                      "n_samples", "interval_s", "achieved_hz", "duration_s", "device_mapping", "mode",
-                      "notes"}
+                      "power_samples", "n_samples", "interval_s", "achieved_hz", "duration_s",
+                      "device_mapping", "notes"}
+    assert r["power_samples"] is None  # the fake has no power reading (and no energy counter)
 
 
 def test_read_idle_reuse_across_windows_and_context_manager(fake):
@@ -211,37 +212,50 @@ def test_constructor_errors(fake):
         NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0)
     with pytest.raises(NvmlUnavailable, match="no_such_module"):
         NvmlSampler(0, nvml="no_such_module:make", pci_bus_id=BUS0)
+    with pytest.raises(ValueError, match="module:attribute"):
+        NvmlSampler(0, nvml=object())  # the helper process cannot be handed an object
     with pytest.raises(ValueError):
-        NvmlSampler(0, nvml=object(), mode="process")
-    with pytest.raises(ValueError):
-        NvmlSampler(0, nvml=SPEC, mode="fork")
+        NvmlSampler(0, nvml=SPEC, interval_s=0)
 
 
-def test_device_resolution_in_helper(fake):
+def test_device_resolution_in_helper(fake, monkeypatch):
     fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
     s = NvmlSampler(0, nvml=SPEC, pci_bus_id="0000:3b:00.0")  # torch 0 is NVML 1
     assert s.mapping == "pci_bus_id" and s.read_idle() == 222
     assert nvml_mod.parse_pci_bus_id(s.nvml_pci_bus_id) == nvml_mod.parse_pci_bus_id(BUS1)
     s.close()
-    # CPU-only torch knows no bus id: index fallback, with the multi-GPU warning
+    # torch knows no bus id (CPU-only torch; faked so that a GPU box behaves the same): index
+    # fallback, with the multi-GPU warning
+    monkeypatch.setattr(nvml_mod, "torch_pci_bus_id", lambda index: None)
+    monkeypatch.setattr(nvml_mod, "torch_uuid", lambda index: None)
     s = NvmlSampler(1, nvml=SPEC)
     assert s.mapping == "index" and s.read_idle() == 222
     assert any("by index" in n for n in s.notes)
     s.close()
 
 
-def test_mode_selection(monkeypatch):
-    spec = "sabench.measure._standin_nvml:nogil"
-    monkeypatch.setenv(nvml_mod.MODE_ENV, "thread")
-    s = NvmlSampler(0, nvml=spec, pci_bus_id="00000000:00:00.0")  # string spec loads in-process too
-    assert s.mode == "thread"
-    with s:
-        pass
-    assert s.result["mode"] == "thread" and s.result["peak_used_bytes"] == 1 << 30
-    monkeypatch.delenv(nvml_mod.MODE_ENV)
-    s = NvmlSampler(0, nvml=spec, pci_bus_id="00000000:00:00.0")
-    assert s.mode == "process"
+def test_stand_in_nvml_energy_counter():
+    # the stand-in of benchmarks/sampler_overhead.py: a counter that grows at 300 W
+    s = NvmlSampler(0, nvml="sabench.measure._standin_nvml:instant", pci_bus_id="00000000:00:00.0")
+    assert s.energy_error is None and not s.power_sampling
+    e0 = s.energy_mj()
+    s.start()
+    time.sleep(0.05)
+    assert s.energy_mj() - e0 >= 0.05 * 300_000 * 0.9  # read inside a window too
+    r = s.stop()
+    assert r["peak_used_bytes"] == 1 << 30 and r["power_samples"] is None
     s.close()
+    with pytest.raises(RuntimeError):
+        s.energy_mj()
+
+
+def test_used_bytes_by_bus_reads_every_device(fake):
+    fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
+    levels = nvml_mod.used_bytes_by_bus(SPEC)
+    assert levels == {nvml_mod.parse_pci_bus_id(BUS0): 111, nvml_mod.parse_pci_bus_id(BUS1): 222}
+    fake(device(BUS0), init_error="Driver Not Loaded")
+    with pytest.raises(NvmlUnavailable, match="Driver Not Loaded"):
+        nvml_mod.used_bytes_by_bus(SPEC)
 
 
 _PARENT = textwrap.dedent("""

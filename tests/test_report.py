@@ -104,7 +104,12 @@ def test_report_tables_status_rows_and_speedups(small_report):
     # KV cache human readable, halved by CLA-2
     assert prefill[("baseline", "1", "128")][7] == "5.06 MiB"
     assert prefill[("cla:2", "1", "128")][7] == "2.53 MiB"
-    assert "peak mem (NVML)" in md and "MFU" in md and "MBU" in md
+    assert "device peak (nvml-process)" in md and "MFU" in md and "MBU" in md and "J/token" in md
+    assert re.fullmatch(r"\d+(\.\d+)? (GiB|MiB)", prefill[("cla:2", "1", "512")][8])
+    j = float(decode[("cla:2", "4", "512")][12])
+    rec = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r
+           for r in load_results(small_report[0])["records"]}[("cla:2", 4, 512, "decode")]
+    assert j == pytest.approx(rec["joules_per_token"], rel=5e-3)
     assert re.fullmatch(r"\d+\.\d%", prefill[("cla:2", "1", "512")][11])
     assert prefill[("cla:2", "1", "512")][9].endswith("GFLOP")
 
@@ -138,7 +143,8 @@ def test_report_cpu_run_without_baseline_or_peaks(tmp_path):
     run = write_results(res, tmp_path / "cpu")
     md = write_report(run).read_text()
     assert "No `baseline` variant" in md
-    assert "peak mem (RSS)" in md
+    assert "device peak (rss)" in md and "J/token" not in md
+    assert "rss = peak resident memory" in md
     assert "unknown (no MFU/MBU)" in md
     assert "No point ran out of memory." in md
     assert not (run / "speedup_prefill.png").exists()
@@ -179,3 +185,49 @@ def test_report_on_1000_records(tmp_path):
     run = write_results(res, tmp_path / "big")
     path = write_report(run)  # its speed is measured by benchmarks/report_speed.py, not asserted here
     assert path.exists() and path.stat().st_size > 0
+
+
+def test_report_memory_saving_measured_beside_predicted(tmp_path):
+    res = make_results(batch_sizes=(1, 4), seq_lens=(128, 512), oom=False, error=False, predicted=True)
+    md = write_report(write_results(res, tmp_path / "pred")).read_text()
+    says = md.split("## What this run says")[1].split("## Figures")[0]
+    idx = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in res["records"]}
+    mine, base = idx[("cla:2", 4, 512, "decode")], idx[("baseline", 4, 512, "decode")]
+    saved = base["memory_bytes"]["device_peak"] - mine["memory_bytes"]["device_peak"]
+    pred = base["memory_predicted_bytes"]["total"] - mine["memory_predicted_bytes"]["total"]
+    line = next(x for x in says.splitlines() if x.startswith("- `cla:2` at the largest point"))
+    assert "(decode b=4 s=512)" in line
+    assert f"saves {human_bytes(saved)}" in line and f"predicted" in line and f"saves {human_bytes(pred)}" in line
+    assert "nvml-process" in line
+    assert "**Energy per decode token** (timed calls only): `cla:2`" in says
+    # the breakdown table: the parts of each variant's largest point, and its prediction
+    table = md.split("## Memory at each variant's largest point")[1].split("\n## ")[0]
+    row = next(x for x in table.splitlines() if x.startswith("| cla:2"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    bd = mine["memory_breakdown"]
+    assert cells[1] == "decode b=4 s=512" and cells[2] == human_bytes(mine["memory_bytes"]["device_peak"])
+    assert cells[3:7] == [human_bytes(bd[k]) for k in ("weights", "kv_cache", "activations", "context")]
+    assert cells[7] == human_bytes(mine["memory_predicted_bytes"]["total"]) and cells[9] == "nvml-process"
+    assert cells[8] == human_bytes(mine["memory_bytes"]["phase_rise"])
+
+    res = make_results(batch_sizes=(1,), seq_lens=(128,), oom=False, error=False)
+    md = write_report(write_results(res, tmp_path / "nopred")).read_text()
+    assert "; no prediction." in md
+
+
+def test_report_reads_results_from_before_device_peak(tmp_path):
+    # older files: peak_nvml was the phase's rise, peak_nvml_process the footprint
+    res = make_results(batch_sizes=(1,), seq_lens=(128, 512), oom=False, error=False)
+    for r in res["records"]:
+        if r["status"] == "ok":
+            mem = r["memory_bytes"]
+            r["memory_bytes"] = {"peak_nvml": mem["phase_rise"], "peak_nvml_process": mem["device_peak"],
+                                 "peak_allocated": mem["peak_allocated"]}
+            for k in ("memory_source", "memory_breakdown", "energy_j", "joules_per_token", "energy_source"):
+                r.pop(k)
+    md = write_report(write_results(res, tmp_path / "old")).read_text()
+    assert "device peak (nvml-process)" in md and "## Memory at each" not in md
+    idx = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in res["records"]}
+    rows = {(r[0], r[1], r[2]): r for r in _rows(md, "Decode")}
+    assert rows[("cla:2", "1", "512")][8] == human_bytes(idx[("cla:2", 1, 512, "decode")]["memory_bytes"]
+                                                         ["peak_nvml_process"])

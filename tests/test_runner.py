@@ -70,6 +70,19 @@ def test_every_point_and_phase_recorded_once_with_the_contracted_fields(mini_run
                                      for b in (1, 2) for t in (16, 32)}
 
 
+def test_cpu_memory_is_the_process_rss_with_a_breakdown_that_adds_up(mini_run):
+    _, out = mini_run
+    for r in _records(out):
+        mem, bd = r["memory_bytes"], r["memory_breakdown"]
+        assert r["memory_source"] == "rss" and mem["device_peak"] == mem["peak_rss"]
+        assert sum(bd.values()) == mem["device_peak"], (bd, mem)
+        assert bd["kv_cache"] == r["kv_cache_bytes"]  # the cache's real tensors, as analysed
+        assert bd["weights"] == r["params"] * 4  # float32
+        assert bd["context"] > 0  # the interpreter and torch
+        assert any("CPU run" in n for n in r["memory_notes"])
+        assert "energy_j" not in r  # no energy reading on a CPU
+
+
 def test_flops_and_kv_bytes_match_inspect(mini_run, capsys):
     _, out = mini_run
     for r in _records(out):

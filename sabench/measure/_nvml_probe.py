@@ -1,4 +1,4 @@
-"""The helper process of NvmlSampler(mode="process"): samples NVML memory, answers over a pipe.
+"""The helper process of NvmlSampler: samples NVML memory (and power), answers over a pipe.
 
 Started by the sampler as `python .../_nvml_probe.py --device-index I --pid P ...` (run as a
 file, not with -m: importing the `sabench` and `sabench.measure` packages would import torch,
@@ -7,14 +7,18 @@ named by --nvml "module:attribute") and the torch-free `sabench.measure.nvml`, t
 stand-ins for the two package modules.
 
 Protocol: one JSON object per line. First the helper writes its ready line
-{"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "pid": ...} (or
-{"id": 0, "ok": false, "error": ...} and exits). Then the parent sends commands, each with an
+{"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "energy_error": null|why,
+"power_ok": bool, "pid": ...} (or {"id": 0, "ok": false, "error": ...} and exits). Then the parent sends commands, each with an
 "id" that the reply echoes:
 
   {"cmd": "idle"}               -> {"ok": true, "used": bytes} | {"ok": false, "error": ...}
-  {"cmd": "start", "idle": b}   -> {"ok": true, "idle": bytes|null}; the window opens: a sample
-                                   now and every interval_s until "stop" (idle read first if b)
-  {"cmd": "stop"}               -> {"ok": true, "window": {...}, "elapsed_s": s}
+  {"cmd": "start", "idle": b, "power": p}
+                                -> {"ok": true, "idle": bytes|null}; the window opens: a sample
+                                   now and every interval_s until "stop" (idle read first if b;
+                                   with p, every sample also reads the power draw)
+  {"cmd": "stop"}               -> {"ok": true, "window": {"peak", "peak_proc", "n", "attempts",
+                                   "power", "notes"}, "elapsed_s": s}
+  {"cmd": "energy"}             -> {"ok": true, "mj": millijoules} (total-energy counter, any time)
   {"cmd": "quit"}               -> exits (so does EOF on stdin)
 
 It ends with its parent: PR_SET_PDEATHSIG (Linux, when asked with --pdeathsig), EOF on stdin,
@@ -30,6 +34,7 @@ import select
 import signal
 import sys
 import time
+from typing import Optional
 
 
 def _bootstrap() -> None:
@@ -45,6 +50,126 @@ def _bootstrap() -> None:
             mod = types.ModuleType(name, "stand-in package module of the NVML sampler helper")
             mod.__path__ = [path]
             sys.modules[name] = mod
+
+
+class _Window:
+    """The readings of one start()/stop() window; `summary()` is what "stop" sends back."""
+
+    def __init__(self, nvml, handle, pid: int, track_process: bool = True, track_power: bool = False):
+        self.nvml, self.handle = nvml, handle
+        self.pid, self.track_process = int(pid), bool(track_process)
+        # [[perf_counter s, mW], ...] when the energy counter is missing (power is integrated then)
+        self.power: Optional[list] = [] if track_power else None
+        self.peak: Optional[int] = None
+        self.peak_proc: Optional[int] = None
+        self.n = 0  # successful device readings
+        self.attempts = 0  # sampling attempts of the loop: the rate at which NVML was asked
+        self.errors = 0
+        self.first_error: Optional[str] = None
+        self.proc_empty = 0
+        self.proc_foreign = 0
+        self.proc_na = 0
+        self.proc_error: Optional[str] = None
+        self._track_proc_now = self.track_process
+
+    def read_used(self) -> int:
+        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+
+    def sample(self) -> None:
+        used = self.read_used()
+        if self.peak is None or used > self.peak:
+            self.peak = used
+        self.n += 1
+        if self.power is not None:
+            try:
+                mw = int(self.nvml.nvmlDeviceGetPowerUsage(self.handle))
+                self.power.append([time.perf_counter(), mw])
+            except Exception as e:  # counted like a failed memory reading, the rest of the sample stands
+                self.record_error(e)
+        if not self._track_proc_now:
+            return
+        try:
+            procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except Exception as e:  # e.g. NotSupported: stop asking, once
+            self.proc_error = f"{type(e).__name__}: {e}"
+            self._track_proc_now = False
+            return
+        if not procs:
+            self.proc_empty += 1
+            return
+        mine = [p for p in procs if getattr(p, "pid", None) == self.pid]
+        if not mine:
+            self.proc_foreign += 1
+            return
+        values = [getattr(p, "usedGpuMemory", None) for p in mine]
+        values = [int(v) for v in values if v is not None]
+        if not values:
+            self.proc_na += 1
+            return
+        total = sum(values)
+        if self.peak_proc is None or total > self.peak_proc:
+            self.peak_proc = total
+
+    def record_error(self, e: BaseException) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = f"{type(e).__name__}: {e}"
+
+    def attempt(self) -> None:
+        """One sample of the loop; an NVML error is counted, never raised."""
+        self.attempts += 1
+        self.last()
+
+    def last(self) -> None:
+        """The reading taken at stop(), so even a window shorter than one interval has a peak."""
+        try:
+            self.sample()
+        except Exception as e:
+            self.record_error(e)
+
+    def paced_attempt(self, next_t: float, interval: float) -> tuple[float, float]:
+        """One sample of the loop that was due at `next_t` -> (when the next one is due, now).
+
+        The next is due `interval` after this one's due time, or now when the loop fell
+        behind (slow NVML call, no CPU): it never bursts to catch up.
+        """
+        self.attempt()
+        next_t += interval
+        now = time.perf_counter()
+        if next_t < now:
+            next_t = now
+        return next_t, now
+
+    def summary(self) -> dict:
+        return {"peak": self.peak, "peak_proc": self.peak_proc, "n": self.n, "attempts": self.attempts,
+                "power": self.power, "notes": self.notes()}
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.errors:
+            notes.append(f"{self.errors} NVML error(s) while sampling (those samples were skipped); "
+                         f"first: {self.first_error}")
+        return notes + self.process_notes()
+
+    def process_notes(self) -> list[str]:
+        if not self.track_process:
+            return []
+        if self.proc_error is not None:
+            return [f"per-process memory unavailable: nvmlDeviceGetComputeRunningProcesses failed "
+                    f"({self.proc_error})"]
+        if self.peak_proc is not None:
+            return []
+        if self.proc_foreign:
+            return [f"per-process memory unavailable: NVML lists compute processes on this GPU but "
+                    f"none with our pid {self.pid} (inside a container NVML reports host-namespace "
+                    "PIDs)"]
+        if self.proc_na:
+            return ["per-process memory unavailable: NVML lists our process without a memory figure "
+                    "(usedGpuMemory not available, e.g. under MIG or WDDM)"]
+        if self.proc_empty:
+            return ["per-process memory unavailable: NVML lists no compute process on this GPU "
+                    "(typical inside a container without the host PID namespace)"]
+        return []
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -112,7 +237,9 @@ def main(argv=None) -> int:
             bus_id = core._text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
         except Exception:
             bus_id = None
+        energy_error, power_ok = core.probe_energy(nv, handle)
         send({"id": 0, "ok": True, "mapping": how, "notes": notes, "bus_id": bus_id,
+              "energy_error": energy_error, "power_ok": power_ok,
               "pid": os.getpid(), "torch_imported": "torch" in sys.modules})
         return _serve(core, nv, handle, args, parent_pid, fd_in, send)
     except BrokenPipeError:
@@ -168,9 +295,14 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
                           "used": int(nv.nvmlDeviceGetMemoryInfo(handle).used)})
                 except Exception as e:
                     send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            elif cmd == "energy":
+                try:
+                    send({"id": rid, "ok": True, "mj": core.energy_counter_mj(nv, handle)})
+                except Exception as e:
+                    send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
             elif cmd == "start":
                 _avoid_cpu(msg.get("avoid_cpu"), base_cpus)
-                win = core._Window(nv, handle, args.pid, track)
+                win = _Window(nv, handle, args.pid, track, track_power=bool(msg.get("power")))
                 idle = None
                 if msg.get("idle"):
                     try:
@@ -185,7 +317,7 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
                     continue
                 win.last()
                 elapsed = perf() - t_open
-                send({"id": rid, "ok": True, "window": win.state(), "elapsed_s": elapsed})
+                send({"id": rid, "ok": True, "window": win.summary(), "elapsed_s": elapsed})
                 win = None
             else:
                 send({"id": rid, "ok": False, "error": f"unknown command {cmd!r}"})

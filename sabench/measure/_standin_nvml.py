@@ -2,9 +2,8 @@
 
 Just enough of the pynvml API for NvmlSampler; each memory query takes ~20 us, either
 sleeping (`nogil`: a real query is a ctypes call into libnvidia-ml, which releases the GIL)
-or spinning (`gil`: holds the GIL, a pessimistic bound for thread mode). Usable in-process
-(`load_nvml("sabench.measure._standin_nvml:nogil")`) and by the sampler's helper process
-(`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")`; `instant` answers at once).
+or spinning (`gil`: keeps a CPU busy meanwhile). The sampler's helper process imports it:
+`NvmlSampler(nvml="sabench.measure._standin_nvml:nogil")` (`instant` answers at once).
 Imports nothing heavy.
 """
 import time
@@ -16,7 +15,7 @@ class _Info:
 
 
 class StandInNvml:
-    """One GPU on bus 00000000:00:00.0 with 1 GiB used; no compute processes listed."""
+    """One GPU on bus 00000000:00:00.0 with 1 GiB used, drawing 300 W; no compute processes listed."""
 
     class NVMLError(Exception):
         pass
@@ -33,6 +32,13 @@ class StandInNvml:
     def nvmlDeviceGetPciInfo(self, h): return _Info(busId=b"00000000:00:00.0")
     def nvmlDeviceGetComputeRunningProcesses(self, h): return []
     def nvmlDeviceGetMigMode(self, h): raise self.NVMLError("not supported")
+    def nvmlDeviceGetPowerUsage(self, h): return 300_000  # mW
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        """mJ: a steady 300 W since the first call (a counter that only grows)."""
+        now = time.monotonic()
+        self.__dict__.setdefault("_t0", now)
+        return int((now - self._t0) * 300_000)
 
     def nvmlDeviceGetMemoryInfo(self, h):
         if self.hold_gil:

@@ -129,3 +129,56 @@ def is_oom_error(exc: BaseException) -> bool:
                 return True
         exc = exc.__cause__
     return False
+
+
+def footprint(*, weights: int, kv_cache: int, process_peak: Optional[int] = None,
+              device_peak_used: Optional[int] = None, pre_cuda_used: Optional[int] = None,
+              allocated_peak: Optional[int] = None, rss_peak: Optional[int] = None,
+              rss_start: Optional[int] = None) -> dict:
+    """A phase's absolute footprint and its breakdown -> {"device_peak", "source", "breakdown", "notes"}.
+
+    device_peak, best source first:
+      "nvml-process": NVML's per-process used memory of this process (context included);
+      "nvml-device":  the device's peak used memory minus `pre_cuda_used`, the level read before
+                      this process touched CUDA (other processes' changes in between count too);
+      "rss":          the process's peak resident memory (CPU runs: weights, cache and
+                      activations live there).
+    breakdown (adds up to device_peak): weights and kv_cache (the tensors' bytes); activations:
+    on CUDA the allocator's peak live bytes (max_memory_allocated) minus weights and cache, on
+    CPU the RSS rise over the phase (peak minus the level at its start); context: the rest (on
+    CUDA the CUDA context, libraries' workspaces and the allocator's cached but unused blocks;
+    on CPU the interpreter, torch and its libraries). A context below zero (a sampler that
+    missed the peak, another process freeing memory) is clamped to 0 with a note: the parts
+    then add up to more than device_peak.
+    Returns device_peak None (and no breakdown) when no source gave a reading.
+    """
+    notes: list[str] = []
+    peak = source = None
+    if process_peak is not None:
+        peak, source = int(process_peak), "nvml-process"
+    elif device_peak_used is not None and pre_cuda_used is not None:
+        peak, source = int(device_peak_used) - int(pre_cuda_used), "nvml-device"
+        notes.append("device peak = the device's used memory minus the level before this process "
+                     "initialised CUDA (NVML gave no per-process figure); other processes count too")
+    elif rss_peak is not None:  # the caller passes RSS on CPU runs only
+        peak, source = int(rss_peak), "rss"
+    if peak is None:
+        return {"device_peak": None, "source": None, "breakdown": None, "notes": notes}
+    if source == "rss":
+        rise = int(rss_peak) - int(rss_start) if rss_start is not None else None
+        activations = max(0, rise) if rise is not None else None
+    else:
+        activations = (max(0, int(allocated_peak) - weights - kv_cache)
+                       if allocated_peak is not None else None)
+    if activations is None:
+        notes.append("no activation figure (no allocator peak / RSS at the phase start): "
+                     "activations are counted in context")
+        activations = 0
+    context = peak - weights - kv_cache - activations
+    if context < 0:
+        notes.append(f"the parts exceed the measured peak by {-context} B (the peak reading missed "
+                     "part of the phase, or memory was not resident); context clamped to 0")
+        context = 0
+    return {"device_peak": peak, "source": source, "notes": notes,
+            "breakdown": {"weights": int(weights), "kv_cache": int(kv_cache),
+                          "activations": int(activations), "context": int(context)}}

@@ -1,63 +1,58 @@
-"""Device memory as the driver sees it, sampled by NVML in a helper process (or a thread).
+"""Device memory as the driver sees it, sampled by NVML in a helper process; energy readings.
 
 Why NVML and not only torch.cuda.max_memory_allocated: the caching allocator
 only knows its own blocks. The CUDA context, cuBLAS/cuDNN workspaces, NCCL
 buffers, CUDA-graph pools and anything allocated outside PyTorch are invisible
-to it, yet they are what makes a real deployment run out of memory. NVML's
-"used" memory of the device includes all of them. It is a device-wide figure
-(other processes count too), so we also record an idle reading taken before the
-measured work starts and report peak - idle (clamped at 0, with a note, when
-another process freed memory during the window), and the per-process figure
-when the driver tells us which process is ours.
+to it, yet they are what makes a real deployment run out of memory. NVML sees
+all of them: per process (nvmlDeviceGetComputeRunningProcesses, when the driver
+tells us which process is ours) and for the whole device ("used", other
+processes included). A window records both peaks and the idle level read just
+before it (peak - idle, the phase's rise, is clamped at 0 with a note when
+another process freed memory during the window).
 
-Where the sampling runs (`mode`):
-
-* "process" (the default): a long-lived helper process (`_nvml_probe.py`, which
-  imports pynvml and nothing heavy, never torch) samples in a tight loop while
-  a window is open. The measured process only exchanges two short JSON lines
-  per start()/stop() over a pipe. A sampler *thread* at 200 Hz costs a
-  Python-overhead-bound loop (eager decode) several percent, because every
-  wakeup takes the GIL from the measuring thread; a process shares no GIL.
-  At each start() the helper also moves off the CPU the measuring thread is on
-  (when it may use another), so its wakeups do not preempt the timed thread
-  either: on a box whose cores are all busy (torch's OpenMP threads spin) that
-  is what keeps the cost under 1% (benchmarks/sampler_overhead.py).
-  The helper dies with its parent (PR_SET_PDEATHSIG on Linux, EOF on its
-  command pipe, a parent-pid check) and is ended by close(), __del__ and atexit.
-  It is started once per sampler (~60 ms, in the constructor) and reused by
-  every window. In a forked child the sampler's copy never uses the helper's
-  pipe: start()/read_idle()/stop() raise RuntimeError there, and close()
-  (atexit included) only drops the copy's state.
-* "thread": the previous in-process sampler thread. Needed when an NVML
-  object is injected in-process (tests); selectable with
-  SABENCH_NVML_MODE=thread as an escape hatch.
+The sampling loop runs in a long-lived helper process (`_nvml_probe.py`, which
+imports pynvml and nothing heavy, never torch) while a window is open; the
+measured process only exchanges two short JSON lines per start()/stop() over a
+pipe. A sampler thread at 200 Hz would cost a Python-overhead-bound loop (eager
+decode) several percent, because every wakeup takes the GIL from the measuring
+thread; a process shares no GIL. At each start() the helper also moves off the
+CPU the measuring thread is on (when it may use another), so its wakeups do not
+preempt the timed thread either (benchmarks/sampler_overhead.py: under 1%).
+The helper is started once per sampler (~60 ms) and reused by every window; it
+dies with its parent (PR_SET_PDEATHSIG, EOF on its command pipe, a parent-pid
+check) and is ended by close(), __del__ and atexit. In a forked child the
+sampler's copy never uses the helper's pipe: start()/read_idle()/stop() raise
+RuntimeError there, and close() (atexit included) only drops the copy's state.
 
 Three pitfalls this module handles:
 
 * Device identity. NVML enumerates GPUs in PCI bus order and ignores
   CUDA_VISIBLE_DEVICES; CUDA (hence torch) enumerates by CUDA_DEVICE_ORDER
   (default FASTEST_FIRST) among the visible devices. torch index i is in
-  general *not* NVML index i. We resolve the torch device's PCI bus id (or
-  UUID) and ask NVML for that device; only when that is impossible do we fall
-  back to index i, and say so in `notes`. In process mode torch's ids are
-  taken in the measured process and handed to the helper, which resolves them
-  with the same code (`open_device`, `resolve_handle`) and reports the mapping
-  back.
+  general *not* NVML index i. We take the torch device's PCI bus id (or UUID)
+  in the measured process and the helper asks NVML for that device
+  (`open_device`, `resolve_handle`); only when that is impossible does it fall
+  back to index i, and say so in `notes`.
 * Per-process usage in containers. nvmlDeviceGetComputeRunningProcesses lists
   PIDs of the host PID namespace (or nothing at all), so os.getpid() inside a
   container often matches nothing. Then the per-process peak is None and a note
-  explains why, instead of a wrong number. The pid tracked is always the one of
-  the process that created the sampler, also in process mode.
+  explains why, instead of a wrong number (the worker then falls back to the
+  device's reading minus the level before its process touched CUDA:
+  `used_bytes_by_bus`). The pid tracked is the one of the process that created
+  the sampler.
 * Sampler failures. Sampling never raises into the caller: NVML errors while
   sampling are counted and reported in `notes`, a failed read_idle() returns
-  None with a note (both modes); a helper process that crashes or hangs costs
-  at most a short timeout in stop() and leaves a note, and so does a sampler
-  thread stuck in an NVML call (it is left to end by itself: each window has its
-  own stop event, so a later window never revives it).
+  None with a note; a helper that crashes or hangs costs at most a short
+  timeout and leaves a note (it is restarted, a few times, for the next window).
+
+Energy: `energy_mj()` reads the device's total-energy counter (Volta and
+later); where it is missing, windows also sample the power draw
+(`power_samples`) so that sabench.measure.energy can integrate it.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
@@ -72,16 +67,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 DEFAULT_INTERVAL_S = 0.005  # 200 Hz: a prefill forward of a few ms is still seen
-MODES = ("process", "thread")
-MODE_ENV = "SABENCH_NVML_MODE"  # overrides the default mode ("process") when mode is not given
 
 # Helper-process timeouts (seconds). The helper answers a command within microseconds unless it
 # is stuck inside an NVML call; nvmlInit can take seconds on a host without persistence mode.
 READY_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 2.0
-# Thread mode: how long stop() waits for the sampler thread (at least 4 intervals). A thread
-# still stuck in an NVML call after that is left behind; it ends by itself once the call returns.
-THREAD_JOIN_TIMEOUT_S = 2.0
+MAX_RESTARTS = 3  # helpers started again after one died, per sampler
 
 
 class NvmlUnavailable(RuntimeError):
@@ -133,6 +124,23 @@ def _load_spec(spec: str):
     if not hasattr(obj, "nvmlInit"):
         raise NvmlUnavailable(f"{spec!r} does not provide the pynvml API (no nvmlInit)")
     return obj
+
+
+@contextlib.contextmanager
+def _initialised(nvml=None):
+    """The NVML implementation (load_nvml), initialised for the with block and shut down after."""
+    mod = load_nvml(nvml)
+    try:
+        mod.nvmlInit()
+    except Exception as e:
+        raise NvmlUnavailable(f"nvmlInit failed ({type(e).__name__}: {e})") from e
+    try:
+        yield mod
+    finally:
+        try:
+            mod.nvmlShutdown()
+        except Exception:
+            pass
 
 
 def _text(x) -> str:
@@ -305,221 +313,118 @@ def open_device(nvml, device_index: int, pci_bus_id: Optional[str] = None,
     return handle, how
 
 
-class _Window:
-    """The readings of one start()/stop() window.
+def energy_counter_mj(nvml, handle) -> int:
+    """The device's total-energy counter in millijoules since the driver loaded (Volta and later)."""
+    return int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
 
-    Shared by the sampler thread and the helper process (`_nvml_probe`), which
-    sends `state()` back to the measured process as JSON; `from_state` rebuilds
-    it there, so both modes produce the same result and the same notes.
+
+def probe_energy(nvml, handle) -> tuple[Optional[str], bool]:
+    """(why the total-energy counter cannot be read or None, whether the power draw can be read).
+
+    Windows sample the power draw only when the counter is missing: energy is then integrated
+    from those samples.
     """
+    try:
+        energy_counter_mj(nvml, handle)
+        return None, False
+    except Exception as e:
+        why = f"{type(e).__name__}: {e}"
+    try:
+        int(nvml.nvmlDeviceGetPowerUsage(handle))
+        return why, True
+    except Exception:
+        return why, False
 
-    _STATE = ("peak", "peak_proc", "n", "attempts", "errors", "first_error", "proc_empty",
-              "proc_foreign", "proc_na", "proc_error")
 
-    def __init__(self, nvml=None, handle=None, pid: int = 0, track_process: bool = True):
-        self.nvml, self.handle = nvml, handle
-        self.pid, self.track_process = int(pid), bool(track_process)
-        self.peak: Optional[int] = None
-        self.peak_proc: Optional[int] = None
-        self.n = 0  # successful device readings
-        self.attempts = 0  # sampling attempts of the loop: the rate at which NVML was asked
-        self.errors = 0
-        self.first_error: Optional[str] = None
-        self.proc_empty = 0
-        self.proc_foreign = 0
-        self.proc_na = 0
-        self.proc_error: Optional[str] = None
-        self._track_proc_now = self.track_process
+def used_bytes_by_bus(nvml=None) -> dict:
+    """{PCI bus id: used bytes} for every GPU NVML sees, read now; torch is not touched.
 
-    def read_used(self) -> int:
-        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
-
-    def sample(self) -> None:
-        used = self.read_used()
-        if self.peak is None or used > self.peak:
-            self.peak = used
-        self.n += 1
-        if not self._track_proc_now:
-            return
+    The worker calls it before its process initialises CUDA: that level (other processes, the
+    driver's own reservations) is what `nvml-device` readings subtract. Keys are normalised by
+    parse_pci_bus_id so that they match whatever form torch or NVML print later.
+    Raises NvmlUnavailable when NVML cannot be used.
+    """
+    out = {}
+    with _initialised(nvml) as mod:
         try:
-            procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
-        except Exception as e:  # e.g. NotSupported: stop asking, once
-            self.proc_error = f"{type(e).__name__}: {e}"
-            self._track_proc_now = False
-            return
-        if not procs:
-            self.proc_empty += 1
-            return
-        mine = [p for p in procs if getattr(p, "pid", None) == self.pid]
-        if not mine:
-            self.proc_foreign += 1
-            return
-        values = [getattr(p, "usedGpuMemory", None) for p in mine]
-        values = [int(v) for v in values if v is not None]
-        if not values:
-            self.proc_na += 1
-            return
-        total = sum(values)
-        if self.peak_proc is None or total > self.peak_proc:
-            self.peak_proc = total
-
-    def record_error(self, e: BaseException) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = f"{type(e).__name__}: {e}"
-
-    def attempt(self) -> None:
-        """One sample of the loop; an NVML error is counted, never raised."""
-        self.attempts += 1
-        self.last()
-
-    def last(self) -> None:
-        """The reading taken at stop(), so even a window shorter than one interval has a peak."""
-        try:
-            self.sample()
+            for i in range(int(mod.nvmlDeviceGetCount())):
+                h = mod.nvmlDeviceGetHandleByIndex(i)
+                bus = parse_pci_bus_id(mod.nvmlDeviceGetPciInfo(h).busId)
+                if bus is not None:
+                    out[bus] = int(mod.nvmlDeviceGetMemoryInfo(h).used)
         except Exception as e:
-            self.record_error(e)
-
-    def paced_attempt(self, next_t: float, interval: float) -> tuple[float, float]:
-        """One sample of the loop that was due at `next_t` -> (when the next one is due, now).
-
-        The next is due `interval` after this one's due time, or now when the loop fell
-        behind (slow NVML call, no CPU, the GIL): it never bursts to catch up. Shared by
-        the sampler thread and the helper process's loop.
-        """
-        self.attempt()
-        next_t += interval
-        now = time.perf_counter()
-        if next_t < now:
-            next_t = now
-        return next_t, now
-
-    def state(self) -> dict:
-        return {k: getattr(self, k) for k in self._STATE}
-
-    @classmethod
-    def from_state(cls, state: dict, pid: int, track_process: bool) -> "_Window":
-        w = cls(pid=pid, track_process=track_process)
-        for k in cls._STATE:
-            if k in state:
-                setattr(w, k, state[k])
-        return w
-
-    def notes(self) -> list[str]:
-        notes = []
-        if self.errors:
-            notes.append(f"{self.errors} NVML error(s) while sampling (those samples were skipped); "
-                         f"first: {self.first_error}")
-        return notes + self.process_notes()
-
-    def process_notes(self) -> list[str]:
-        if not self.track_process:
-            return []
-        if self.proc_error is not None:
-            return [f"per-process memory unavailable: nvmlDeviceGetComputeRunningProcesses failed "
-                    f"({self.proc_error})"]
-        if self.peak_proc is not None:
-            return []
-        if self.proc_foreign:
-            return [f"per-process memory unavailable: NVML lists compute processes on this GPU but "
-                    f"none with our pid {self.pid} (inside a container NVML reports host-namespace "
-                    "PIDs)"]
-        if self.proc_na:
-            return ["per-process memory unavailable: NVML lists our process without a memory figure "
-                    "(usedGpuMemory not available, e.g. under MIG or WDDM)"]
-        if self.proc_empty:
-            return ["per-process memory unavailable: NVML lists no compute process on this GPU "
-                    "(typical inside a container without the host PID namespace)"]
-        return []
-
-
-def _default_mode(nvml) -> str:
-    if nvml is not None and not isinstance(nvml, str):
-        return "thread"  # an in-process object cannot be handed to another process
-    mode = os.environ.get(MODE_ENV, "").strip().lower()
-    return mode if mode in MODES else "process"
+            raise NvmlUnavailable(f"reading device memory failed ({type(e).__name__}: {e})") from e
+    return out
 
 
 class NvmlSampler:
-    """Background sampler of one GPU's used memory (and this process's, when visible).
+    """Sampler of one GPU's used memory (and this process's, when visible), in a helper process.
 
     Usage::
 
         if NvmlSampler.available():
             with NvmlSampler(device_index=0) as s:
                 run_the_thing()
-            s.result["peak_minus_idle_bytes"]
+            s.result["peak_process_bytes"], s.result["peak_minus_idle_bytes"]
 
     or explicitly `s = NvmlSampler(0); s.read_idle(); s.start(); ...; r = s.stop(); s.close()`.
+    A sampler runs any number of start()/stop() windows before close().
 
-    `mode` is "process" (default: a helper process samples, so the measured
-    process pays no GIL handoffs) or "thread" (an in-process thread). Left as
-    None it is "process", or $SABENCH_NVML_MODE, or "thread" when `nvml` is an
-    in-process object. `nvml` is None (pynvml), a "module:attribute" string
-    naming a pynvml-like object or a factory of one (both modes), or an object
-    (thread mode only).
-
-    The constructor initialises NVML and resolves the device (raising
-    NvmlUnavailable if NVML cannot be used); in process mode it starts the
-    helper and waits until it is ready. `close()` shuts NVML down (NVML counts
-    init/shutdown pairs, so other users in the process are unaffected) and ends
-    the helper. A sampler can run several start()/stop() windows before close().
+    `nvml` is None (pynvml) or a "module:attribute" string naming a pynvml-like object or a
+    factory of one, which the helper imports (tests: "tests.fake_nvml:make_fake"). The
+    constructor starts the helper, which initialises NVML and resolves the device, and waits
+    until it is ready (NvmlUnavailable if NVML cannot be used).
     """
 
     def __init__(self, device_index: int = 0, *, interval_s: float = DEFAULT_INTERVAL_S,
-                 nvml=None, pci_bus_id: Optional[str] = None, track_process: bool = True,
-                 mode: Optional[str] = None):
+                 nvml: Optional[str] = None, pci_bus_id: Optional[str] = None, track_process: bool = True):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        mode = _default_mode(nvml) if mode is None else str(mode).lower()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "process" and nvml is not None and not isinstance(nvml, str):
-            raise ValueError("mode='process' needs nvml=None or a 'module:attribute' string: an "
-                             "in-process NVML object cannot be used by the helper process")
-        self.mode = mode
+        if nvml is not None and not isinstance(nvml, str):
+            raise ValueError("nvml must be None or a 'module:attribute' string: NVML runs in the "
+                             "sampler's helper process, which cannot be handed an object")
+        if nvml is None:
+            load_nvml(None)  # fail fast (NvmlUnavailable) where pynvml is not even importable
         self.device_index = int(device_index)
         self.interval_s = float(interval_s)
         self.track_process = bool(track_process)
         self.pid = os.getpid()
         self.notes: list[str] = []
         self.result: Optional[dict] = None
-        self.handle = None  # thread mode: the NVML handle (process mode: it lives in the helper)
-        self.mapping: Optional[str] = None
-        self.nvml_pci_bus_id: Optional[str] = None  # process mode: the bus id the helper resolved
+        self._spec, self._pci_bus_id = nvml, pci_bus_id
+        # the helper never imports torch: torch's ids of the device are taken here
+        self._torch_ids = ((torch_pci_bus_id(self.device_index), torch_uuid(self.device_index))
+                           if pci_bus_id is None else (None, None))
         self._idle: Optional[int] = None
         self._running = False
         self._t_start = 0.0
-        if mode == "thread":
-            self._init_thread(nvml, pci_bus_id)
-        else:
-            self._init_process(nvml, pci_bus_id)
-
-    # -- availability -------------------------------------------------------------------
+        self._pending: list[str] = []  # notes for the next window (a failed read_idle, a restart)
+        self._window_notes: list[str] = []
+        self._restarts = 0
+        self._probe: Optional[_Probe] = None
+        self._probe = self._spawn()
+        ready = self._probe.ready
+        self.mapping: Optional[str] = ready.get("mapping")  # how the device was found: pci_bus_id|uuid|index
+        self.nvml_pci_bus_id: Optional[str] = ready.get("bus_id")  # the bus id of the NVML device sampled
+        # None when nvmlDeviceGetTotalEnergyConsumption works; else why not, and windows then sample
+        # the power draw too where it can be read (power_sampling; result["power_samples"])
+        self.energy_error: Optional[str] = ready.get("energy_error")
+        self.power_sampling = bool(ready.get("power_ok"))
+        self.notes.extend(ready.get("notes") or [])
+        self._open = True
+        _LIVE.add(self)
 
     @staticmethod
     def available(nvml=None) -> Availability:
         """Can NVML be used here? Falsy Availability with a reason otherwise. Never raises."""
         try:
-            mod = load_nvml(nvml)
+            with _initialised(nvml) as mod:
+                n = int(mod.nvmlDeviceGetCount())
         except NvmlUnavailable as e:
             return Availability(False, str(e))
-        try:
-            mod.nvmlInit()
-        except Exception as e:
-            return Availability(False, f"nvmlInit failed ({type(e).__name__}: {e})")
-        try:
-            n = int(mod.nvmlDeviceGetCount())
-            if n < 1:
-                return Availability(False, "NVML reports no GPU")
-            return Availability(True, None)
         except Exception as e:
             return Availability(False, f"nvmlDeviceGetCount failed ({type(e).__name__}: {e})")
-        finally:
-            try:
-                mod.nvmlShutdown()
-            except Exception:
-                pass
+        return Availability(True) if n >= 1 else Availability(False, "NVML reports no GPU")
 
     @property
     def running(self) -> bool:
@@ -527,89 +432,11 @@ class NvmlSampler:
 
     @property
     def child_pid(self) -> Optional[int]:
-        """Pid of the helper process (process mode, while it lives), else None."""
+        """Pid of the helper process while it lives, else None."""
         probe = getattr(self, "_probe", None)
         return probe.pid if probe is not None and probe.alive() else None
 
-    # -- thread mode --------------------------------------------------------------------
-
-    def _init_thread(self, nvml, pci_bus_id) -> None:
-        self._nvml = load_nvml(nvml)
-        self.handle, self.mapping = open_device(self._nvml, self.device_index, pci_bus_id, self.notes)
-        self._initialized = True
-        self._thread: Optional[threading.Thread] = None
-        self._stop_evt: Optional[threading.Event] = None  # the open window's; each window has its own
-        self._win = self._new_window()
-        self._pending: list[str] = []  # notes for the next window (a failed read_idle)
-        self._window_notes: list[str] = []
-
-    def _new_window(self) -> _Window:
-        return _Window(self._nvml, self.handle, self.pid, self.track_process)
-
-    def _run(self, win: _Window, stop_evt: threading.Event) -> None:
-        # stop_evt belongs to this window only: a thread that stop() gave up on (stuck in an
-        # NVML call) ends when the call returns, whatever later windows do.
-        interval = self.interval_s
-        next_t = time.perf_counter()
-        while not stop_evt.is_set():
-            next_t, now = win.paced_attempt(next_t, interval)
-            if stop_evt.wait(next_t - now):
-                break
-
-    def _start_thread(self) -> None:
-        self._win = win = self._new_window()
-        self._window_notes, self._pending = self._pending, []
-        if self._idle is None:
-            try:
-                self._idle = win.read_used()
-            except Exception as e:
-                win.record_error(e)
-        self._stop_evt = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(win, self._stop_evt),
-                                        name="sabench-nvml-sampler", daemon=True)
-        self._t_start = time.perf_counter()
-        self._thread.start()
-
-    def _stop_thread(self) -> dict:
-        self._stop_evt.set()
-        join_timeout = max(THREAD_JOIN_TIMEOUT_S, 4 * self.interval_s)
-        self._thread.join(timeout=join_timeout)
-        t_stop = time.perf_counter()
-        alive = self._thread.is_alive()
-        self._thread = None
-        win = self._win
-        notes = list(self.notes) + self._window_notes
-        self._window_notes = []
-        if alive:
-            notes.append(f"sampler thread still inside an NVML call {join_timeout:.1f} s after stop(); "
-                         "readings may miss its last sample")
-        else:
-            win.last()
-        elapsed = max(t_stop - self._t_start, 1e-9)
-        return self._result(win, notes + win.notes(), win.attempts / elapsed, elapsed)
-
-    # -- process mode -------------------------------------------------------------------
-
-    def _init_process(self, nvml, pci_bus_id) -> None:
-        if nvml is None:
-            load_nvml(None)  # fail fast (NvmlUnavailable) where pynvml is not even importable
-        self._spec = nvml
-        self._pci_bus_id = pci_bus_id
-        torch_bus = uuid = None
-        if pci_bus_id is None:  # the helper never imports torch: take torch's ids here
-            torch_bus = torch_pci_bus_id(self.device_index)
-            uuid = torch_uuid(self.device_index)
-        self._torch_ids = (torch_bus, uuid)
-        self._pending: list[str] = []  # notes for the next window (a failed read_idle, a restart)
-        self._window_notes: list[str] = []
-        self._restarts = 0
-        self._probe: Optional[_Probe] = None
-        self._probe = self._spawn()
-        self.mapping = self._probe.ready.get("mapping")
-        self.nvml_pci_bus_id = self._probe.ready.get("bus_id")
-        self.notes.extend(self._probe.ready.get("notes") or [])
-        self._initialized = True
-        _LIVE.add(self)
+    # -- the helper ---------------------------------------------------------------------
 
     def _spawn(self) -> "_Probe":
         torch_bus, uuid = self._torch_ids
@@ -626,7 +453,7 @@ class NvmlSampler:
             self._probe.kill()
             self._probe = None
             self._pending.append(f"NVML sampler process ended unexpectedly ({reason})")
-        if self._restarts >= 3:
+        if self._restarts >= MAX_RESTARTS:
             return None
         self._restarts += 1
         try:
@@ -641,8 +468,8 @@ class NvmlSampler:
 
         Failures go to `notes`. A helper that does not answer in time is killed: it is
         stuck (inside an NVML call) and would otherwise answer a later command with a
-        stale reply. With restart=True a dead helper is restarted first (not in stop():
-        a new helper knows nothing of the window).
+        stale reply. With restart=True a dead helper is restarted first (never inside a
+        window: a new helper knows nothing of it).
         """
         probe = self._live_probe() if restart else self._probe
         if probe is None:
@@ -658,33 +485,23 @@ class NvmlSampler:
             notes.append(f"NVML sampler process could not do {what}: {reply.get('error')}")
         return reply
 
-    def _start_process(self) -> None:
-        notes = self._pending
-        self._pending = []
-        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu()},
-                              "start()", notes, restart=True)
-        notes.extend(self._pending)  # a restart's notes
-        self._pending = []
-        self._window_notes = notes
-        if reply is not None and reply.get("ok") and self._idle is None and reply.get("idle") is not None:
-            self._idle = int(reply["idle"])
-        self._t_start = time.perf_counter()
+    def _check_usable(self, what: str) -> None:
+        if not getattr(self, "_open", False):
+            raise RuntimeError(f"NvmlSampler.{what}() after close()")
+        if os.getpid() != self.pid:
+            raise RuntimeError("NvmlSampler used in a forked child of the process that created it "
+                               "(its helper is the parent's); create a new sampler there")
 
-    def _stop_process(self) -> dict:
-        elapsed = max(time.perf_counter() - self._t_start, 1e-9)
-        notes = list(self.notes) + self._window_notes
-        self._window_notes = []
-        reply = self._request({"cmd": "stop"}, "the window", notes, restart=False)
-        if reply is not None and reply.get("ok") and isinstance(reply.get("window"), dict):
-            win = _Window.from_state(reply["window"], self.pid, self.track_process)
-            child_elapsed = float(reply.get("elapsed_s") or elapsed)
-            return self._result(win, notes + win.notes(), win.attempts / max(child_elapsed, 1e-9),
-                                elapsed)
-        return self._result(_Window(pid=self.pid, track_process=False), notes, 0.0, elapsed)
+    # -- readings and windows -----------------------------------------------------------
 
-    def _read_idle_process(self) -> Optional[int]:
+    def read_idle(self) -> Optional[int]:
+        """Take the idle reading now (used bytes); start() then keeps it instead of reading again.
+
+        If the reading fails it returns None (start() then tries again) and notes why in
+        the next result; it never raises an NVML error.
+        """
+        self._check_usable("read_idle")
         notes: list = []
-        # no restart inside a window: a new helper would know nothing of it
         reply = self._request({"cmd": "idle"}, "read_idle()", notes, restart=not self._running)
         if self._running:
             self._window_notes.extend(self._pending + notes)
@@ -696,66 +513,62 @@ class NvmlSampler:
             return self._idle
         return None
 
-    # -- readings and window control ----------------------------------------------------
+    def energy_mj(self) -> Optional[int]:
+        """The device's total-energy counter now (millijoules), or None (no counter, or it failed).
 
-    def read_idle(self) -> Optional[int]:
-        """Take the idle reading now (used bytes); start() then keeps it instead of reading again.
-
-        If the reading fails it returns None (start() then tries again) and notes why in
-        the next result; it never raises an NVML error.
+        Callers synchronise the device first; the difference of two readings is the energy
+        the GPU drew in between (the whole board: other processes' work counts too).
         """
-        if not getattr(self, "_initialized", False):
-            raise RuntimeError("NvmlSampler.read_idle() after close()")
-        if self.mode == "thread":
-            return self._read_idle_thread()
-        self._check_owner()
-        return self._read_idle_process()
-
-    def _read_idle_thread(self) -> Optional[int]:
-        try:
-            self._idle = self._win.read_used()
-        except Exception as e:  # as in process mode: noted, self._idle left as it was
-            note = f"NVML idle reading in read_idle() failed ({type(e).__name__}: {e})"
-            (self._window_notes if self._running else self._pending).append(note)
+        self._check_usable("energy_mj")
+        if self.energy_error is not None:
             return None
-        return self._idle
+        reply = self._request({"cmd": "energy"}, "energy_mj()", [], restart=not self._running)
+        return int(reply["mj"]) if reply is not None and reply.get("ok") else None
 
     def start(self) -> "NvmlSampler":
         """Take the idle reading (unless read_idle() already did) and start sampling."""
         if self._running:
             raise RuntimeError("NvmlSampler.start(): already running")
-        if not getattr(self, "_initialized", False):
-            raise RuntimeError("NvmlSampler.start() after close()")
-        if self.mode == "thread":
-            self._start_thread()
-        else:
-            self._check_owner()
-            self._start_process()
+        self._check_usable("start")
+        notes, self._pending = self._pending, []
+        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu(),
+                               "power": self.power_sampling}, "start()", notes, restart=True)
+        notes.extend(self._pending)  # a restart's notes
+        self._pending = []
+        self._window_notes = notes
+        if reply is not None and reply.get("ok") and self._idle is None and reply.get("idle") is not None:
+            self._idle = int(reply["idle"])
+        self._t_start = time.perf_counter()
         self._running = True
         return self
 
     def stop(self) -> dict:
-        """End the window and return its readings (promptly, whatever the sampler's state).
+        """End the window and return its readings (promptly, whatever the helper's state).
 
-        One last reading is taken after the loop has stopped, so even a window
+        The helper takes one last reading after its loop has stopped, so even a window
         shorter than one interval has a peak.
         """
         if not self._running:
             raise RuntimeError("NvmlSampler.stop(): not running")
         self._running = False
-        if self.mode == "process" and os.getpid() != self.pid:
+        if os.getpid() != self.pid:
             # A forked child's copy (e.g. its atexit): the pipe is the parent's, and a "stop"
             # sent from here would take the parent's window. Drop the local state only.
-            self._idle = None
-            self._window_notes = []
-            self._check_owner()
-        result = self._stop_thread() if self.mode == "thread" else self._stop_process()
+            self._idle, self._window_notes = None, []
+            self._check_usable("stop")
+        elapsed = max(time.perf_counter() - self._t_start, 1e-9)
+        notes, self._window_notes = list(self.notes) + self._window_notes, []
+        reply = self._request({"cmd": "stop"}, "the window", notes, restart=False)
+        ok = reply is not None and reply.get("ok") and isinstance(reply.get("window"), dict)
+        win = reply["window"] if ok else {}
+        hz = win.get("attempts", 0) / max(float(reply.get("elapsed_s") or elapsed), 1e-9) if ok else 0.0
+        result = self._result(win, notes + list(win.get("notes") or []), hz, elapsed)
         self._idle = None  # the next window takes its own idle reading
         self.result = result
         return result
 
-    def _result(self, win: _Window, notes: list, achieved_hz: float, elapsed: float) -> dict:
-        peak, idle = win.peak, self._idle
+    def _result(self, win: dict, notes: list, achieved_hz: float, elapsed: float) -> dict:
+        peak, idle = win.get("peak"), self._idle
         delta = None
         if peak is not None and idle is not None:
             delta = peak - idle
@@ -768,42 +581,30 @@ class NvmlSampler:
             "peak_used_bytes": peak,
             "idle_used_bytes": idle,
             "peak_minus_idle_bytes": delta,
-            "peak_process_bytes": win.peak_proc,
-            "n_samples": win.n,
+            "peak_process_bytes": win.get("peak_proc"),
+            "power_samples": win.get("power"),
+            "n_samples": win.get("n", 0),
             "interval_s": self.interval_s,
             "achieved_hz": achieved_hz,
             "duration_s": elapsed,
             "device_mapping": self.mapping,
-            "mode": self.mode,
             "notes": notes,
         }
 
-    def _check_owner(self) -> None:
-        """Process mode: raise RuntimeError in a forked child (its helper is the parent's)."""
-        if os.getpid() != self.pid:
-            raise RuntimeError("NvmlSampler (process mode) used in a forked child of the process "
-                               "that created it; create a new sampler there")
-
     def close(self) -> None:
-        """Stop if running, shut NVML down and end the helper process (once; idempotent).
+        """Stop if running and end the helper process (once; idempotent).
 
-        In a forked child (process mode) it only drops the sampler's local state: the
-        helper and its pipe belong to the parent.
+        In a forked child it only drops the sampler's local state: the helper and its
+        pipe belong to the parent.
         """
         if getattr(self, "_running", False):
             try:
                 self.stop()
             except Exception:
                 pass
-        if not getattr(self, "_initialized", False):
+        if not getattr(self, "_open", False):
             return
-        self._initialized = False
-        if self.mode == "thread":
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:
-                pass
-            return
+        self._open = False
         _LIVE.discard(self)
         probe, self._probe = self._probe, None
         if probe is not None and os.getpid() == self.pid:  # a forked child must not end it

@@ -13,6 +13,9 @@ unchanged, except points whose sample counts cannot reach p < alpha at all (the 
 test's smallest p-value is 1 / C(n_a + n_b, n_a): 5 samples a side for alpha 0.01):
 those are counted apart as *unjudged* and named in the summary, never passed silently.
 
+Memory is not gated: `memory_bytes.device_peak` changes beyond the threshold between readings
+of the same source are listed apart (never compared across sources).
+
 Exit codes (the CLI): 0 no regression, 1 regression, 2 bad input (raised as ResultsError).
 """
 from __future__ import annotations
@@ -25,8 +28,8 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from sabench.report.results import (Key, ResultsError, fmt_ms, get_num, index_records, load_results,
-                                    md_escape, results_path, status_text)
+from sabench.report.results import (Key, ResultsError, fmt_ms, get_num, human_bytes, index_records,
+                                    load_results, md_escape, peak_memory, results_path, status_text)
 
 DETERMINISTIC = (("params",), ("kv_cache_bytes",), ("flops", "analytic"), ("flops", "counted"))
 
@@ -96,6 +99,7 @@ class CheckResult:
     unjudged: List[Key] = field(default_factory=list)  # too few samples for the test to reach alpha
     deterministic_checked: int = 0          # (point, figure) pairs compared exactly
     timing_changes: List[Finding] = field(default_factory=list)  # --timings off: listed, not judged
+    memory_changes: List[Finding] = field(default_factory=list)  # device_peak beyond the threshold: listed
     notes: List[str] = field(default_factory=list)
     shared_points: int = 0
 
@@ -117,12 +121,16 @@ class CheckResult:
                 + f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
                 f"shared point(s) ({timing})")
 
+    def _sections(self):
+        return (("Regressions", self.regressions), ("Improvements", self.improvements),
+                ("Timing changes beyond the threshold (not judged)", self.timing_changes),
+                ("Device peak memory changes beyond the threshold (not judged)", self.memory_changes))
+
     def to_text(self) -> str:
         from tabulate import tabulate
 
         out = [self.headline(), f"  baseline: {self.baseline_path}", f"  current:  {self.current_path}"]
-        for title, items in (("Regressions", self.regressions), ("Improvements", self.improvements),
-                             ("Timing changes beyond the threshold (not judged)", self.timing_changes)):
+        for title, items in self._sections():
             if items:
                 out += ["", f"{title} ({len(items)}):",
                         tabulate([f.row() for f in items], headers=HEADERS, tablefmt="simple",
@@ -146,8 +154,7 @@ class CheckResult:
                   f"**{self.unchanged}** unchanged timings"
                   + (f" · **{len(self.unjudged)}** timings not judged (too few samples)" if self.unjudged else ""),
                   ""]
-        for title, items in (("Regressions", self.regressions), ("Improvements", self.improvements),
-                             ("Timing changes beyond the threshold (not judged)", self.timing_changes)):
+        for title, items in self._sections():
             if items:
                 lines += [f"#### {title}", "", md_table(HEADERS, [f.row() for f in items],
                                                         ["left", "left", "right", "right", "right", "right"]), ""]
@@ -251,9 +258,10 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
                 ch = (float(vc) / float(vb) - 1) if num and float(vb) else None
                 res.regressions.append(Finding(k, ".".join(path), _fmt_det(vb), _fmt_det(vc), ch,
                                                delta=(float(vc) - float(vb)) if num else None))
-        # --- timings
         if not (sb == "ok" and sc == "ok"):
             continue
+        _memory_change(res, k, rb, rc, thr)
+        # --- timings
         a, b = _samples(rb), _samples(rc)
         if not len(a) or not len(b) or float(np.median(a)) <= 0:
             res.notes.append(f"{k[3]} {k[0]} b={k[1]} s={k[2]}: no usable timing samples in "
@@ -297,6 +305,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
     res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))
     res.improvements.sort(key=lambda f: (f.metric == "latency", round(f.change or 0, 3), _order(f.key)))
     res.timing_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
+    res.memory_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
 
     if markdown is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
         md = res.to_markdown()
@@ -311,6 +320,20 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         except OSError as e:
             raise ResultsError(f"cannot write the markdown summary: {e}") from None
     return res
+
+
+def _memory_change(res: CheckResult, k: Key, rb: dict, rc: dict, thr: float) -> None:
+    """device_peak is listed when it moved beyond the threshold, never gated (allocator and driver
+    figures move with versions), and only compared between readings of the same source."""
+    (mb, src_b), (mc, src_c) = peak_memory(rb), peak_memory(rc)
+    if mb is None or mc is None or mb <= 0:
+        return
+    if src_b != src_c:
+        res.notes.append(f"{k[3]} {k[0]} b={k[1]} s={k[2]}: device peak not compared ({src_b} vs {src_c})")
+        return
+    change = mc / mb - 1
+    if abs(change) > thr:
+        res.memory_changes.append(Finding(k, f"device_peak ({src_c})", human_bytes(mb), human_bytes(mc), change))
 
 
 def _order(k: Key):

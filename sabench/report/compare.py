@@ -20,14 +20,46 @@ class Run:
         self.index = index_records(results)
 
 
-def _labels(paths: Sequence[Path]) -> List[str]:
-    """Short unique labels: the run directory names (parents added, then #i, until unique)."""
-    names = [p.parent.name or str(p.parent) for p in paths]
-    if len(set(names)) < len(names):
-        names = [f"{p.parent.parent.name}/{p.parent.name}" for p in paths]
-    if len(set(names)) < len(names):
-        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
-    return names
+SOFTWARE = ("torch", "cuda", "driver", "sabench", "transformers", "python")
+
+
+def _device(env: dict) -> Optional[str]:
+    name = env.get("device_name") or env.get("device")
+    return str(name).removeprefix("NVIDIA ").strip() if name else None
+
+
+def _commit(env: dict) -> Optional[str]:
+    c = env.get("git_commit")
+    return (str(c)[:8] + ("+dirty" if env.get("git_dirty") else "")) if c else None
+
+
+def _labels(results: Sequence[dict]) -> List[str]:
+    """Labels that say how the runs differ, never their directory names.
+
+    The first of these that differs between the runs names them: the device, the software
+    versions that differ (torch, CUDA, driver, sabench, ...), the commit, the creation time.
+    Runs still sharing a label get the next differing one appended; runs that differ in none
+    of them are "run 1", "run 2", ...
+    """
+    envs = [r.get("env") or {} for r in results]
+    soft = [k for k in SOFTWARE if len({str(e.get(k)) for e in envs}) > 1]
+    parts = [[_device(e) for e in envs],
+             [", ".join(f"{k} {e.get(k) or '?'}" for k in soft) for e in envs] if soft else [None] * len(envs),
+             [_commit(e) for e in envs],
+             [r.get("created") for r in results]]
+    parts = [p for p in parts if len({str(x) for x in p}) > 1]
+    if not parts:
+        return [f"run {i + 1}" for i in range(len(results))]
+    labels = [str(x) if x is not None else "?" for x in parts[0]]
+    for more in parts[1:]:
+        dup = {lab for lab in labels if labels.count(lab) > 1}
+        if not dup:
+            break
+        labels = [f"{lab} · {more[i] if more[i] is not None else '?'}" if lab in dup else lab
+                  for i, lab in enumerate(labels)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    return labels
 
 
 def default_out_dir() -> Path:
@@ -48,7 +80,8 @@ def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
     if len(run_dirs) < 2:
         raise ResultsError("compare needs at least two runs")
     paths = [results_path(p) for p in run_dirs]
-    runs = [Run(label, p, load_results(p)) for label, p in zip(_labels(paths), paths)]
+    loaded = [load_results(p) for p in paths]
+    runs = [Run(label, p, res) for label, p, res in zip(_labels(loaded), paths, loaded)]
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -149,8 +182,18 @@ def _tps(phase):
     return value
 
 
+def _energy(phase):
+    def value(run: Run, pt):
+        r = run.index.get(pt + (phase,))
+        if not is_ok(r):
+            return None, status_text(r, 30)
+        j = get_num(r, "joules_per_token")
+        return (j, "—") if j is not None else (None, "not measured")
+    return value
+
+
 def _mem(shared):
-    """Peak memory of a point: the max over the phases every run has, with its source."""
+    """The device peak of a point: the max over the phases every run has, with its source."""
     def value(run: Run, pt):
         rs = [run.index.get(pt + (p,)) for p in ("prefill", "decode") if pt + (p,) in shared]
         peaks = [peak_memory(r) for r in rs if is_ok(r)]
@@ -180,7 +223,8 @@ def geo_ratio(runs: List[Run], run: Run, phase: str, shared) -> Optional[Tuple[f
 def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -> str:
     ref = runs[0]
     lines = [f"# sabench compare: {', '.join(r.label for r in runs)}", ""]
-    lines += ["Runs: " + "; ".join(f"**{r.label}** = `{r.path}`" for r in runs)
+    lines += ["Runs, named by what differs between them: "
+              + "; ".join(f"**{r.label}** = `{r.path}`" for r in runs)
               + f". Ratios are run / {ref.label} (the first run).", ""]
 
     lines += ["## Environment differences", ""]
@@ -232,8 +276,13 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             ("prefill", "Prefill median latency (ms)", _lat("prefill"), fmt_ms),
             ("decode", "Decode median per-token latency (ms)", _lat("decode"), fmt_ms),
             ("prefill", "Prefill throughput (tokens/s)", _tps("prefill"), fmt_rate),
-            ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate)):
+            ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate),
+            ("prefill", "Prefill energy per token (J)", _energy("prefill"), fmt_ms),
+            ("decode", "Decode energy per token (J)", _energy("decode"), fmt_ms)):
         pts = [p for p in pts3 if p + (phase,) in shared]
+        if "energy" in title and not any(get_num(r.index.get(p + (phase,)), "joules_per_token") is not None
+                                          for r in runs for p in pts):
+            continue
         if pts:
             h, rows = _metric_table(runs, pts, value, fmt)
             lines += [f"## {title}", "", md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
@@ -244,7 +293,9 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             s = sorted({peak_memory(x)[1] for x in r.index.values() if peak_memory(x)[1]})
             srcs.append(f"{r.label}: {'/'.join(s) or 'none'}")
         h, rows = _metric_table(runs, pts, _mem(shared), human_bytes)
-        lines += ["## Peak memory", "", f"_Max over prefill and decode. Sources: {'; '.join(srcs)}._", "",
+        lines += ["## Device peak memory", "",
+                  f"_The point's own absolute footprint, max over prefill and decode; a ratio only between "
+                  f"readings of the same source. Sources: {'; '.join(srcs)}._", "",
                   md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
     return "\n".join(lines).rstrip() + "\n"
 

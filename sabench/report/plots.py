@@ -291,7 +291,8 @@ def decode_throughput(results: dict, index: Dict[Key, dict], out_dir: Path) -> O
 
 
 def memory_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optional[str]:
-    """Peak measured memory (solid) and analytic KV-cache bytes (dotted) vs seq_len; failures at the top."""
+    """The points' device peak (solid; max of the phases) and analytic KV-cache bytes (dotted) vs
+    seq_len; failures at the top."""
     sources = sorted({peak_memory(r)[1] for r in index.values() if is_ok(r) and peak_memory(r)[1]})
     src = "/".join(sources) or "measured"
     biggest = max([peak_memory(r)[0] or 0 for r in index.values() if is_ok(r)]
@@ -308,10 +309,10 @@ def memory_vs_seq(results: dict, index: Dict[Key, dict], out_dir: Path) -> Optio
         return max(kv) / scale if kv else None
 
     extra = [Line2D([], [], color="gray", linestyle="-", marker="o", markersize=4,
-                    label=f"peak memory ({src})"),
+                    label=f"device peak ({src})"),
              Line2D([], [], color="gray", linestyle=":", linewidth=2.2, label="KV cache (analytic)")]
     return _facet_lines(results, index, out_dir, "memory.png",
-                        f"Peak memory ({src}, solid) and KV cache (dotted) vs sequence length",
+                        f"Device peak ({src}, solid) and KV cache (dotted) vs sequence length",
                         phases=("prefill", "decode"), facet="batch_size", x="seq_len", facet_label="batch",
                         xlabel="sequence length (tokens)", ylabel=f"memory ({unit})",
                         series=[("mem", "-"), ("kv", ":")], value=value, extra_handles=extra)

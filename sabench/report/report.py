@@ -6,9 +6,10 @@ from typing import Dict, List, Optional, Tuple
 
 from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x, get_num,
                                     human_bytes, index_records, is_ok, load_results, median_ms,
-                                    one_line, p90_ms, peak_memory, phases_of, results_path, speedup,
+                                    MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
+                                    phase_rise, predicted_memory, results_path, speedup,
                                     truncate, variants_of)
-from sabench.report.tables import phase_table, setup_table
+from sabench.report.tables import md_table, phase_table, setup_table
 
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
                 "speedup_prefill.png", "speedup_decode.png", "flops_breakdown.png", "roofline.png")
@@ -123,14 +124,13 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             ratio = f"{lo:.2f}×" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}×"
             smaller = f"{1 / hi:.2f}× smaller" if hi < 1 else ("the same size" if abs(hi - 1) < 1e-9 and lo == hi
                                                                 else f"{hi:.2f}× larger at most")
-            line = (f"`{v}` keeps **{ratio}** the baseline's KV cache ({smaller}; {human_bytes(mine)} vs "
-                    f"{human_bytes(base)} at {_pt(k)})")
-            mem = _memory_ratio(index, v)
-            if mem:
-                r_, kk, mv, mb, src = mem
-                line += (f"; measured peak memory ({src}) at the largest point both ran, {_pt(kk)}: "
-                         f"{human_bytes(mv)} vs {human_bytes(mb)} ({r_:.2f}×)")
-            out.append(line + ".")
+            out.append(f"`{v}` keeps **{ratio}** the baseline's KV cache ({smaller}; {human_bytes(mine)} vs "
+                       f"{human_bytes(base)} at {_pt(k)}).")
+        for v in others:
+            line = _memory_saving(index, v)
+            if line:
+                out.append(line)
+        out.extend(_energy_findings(index, others, phases))
 
     # --- failures
     ooms = sorted({(k[0], k[1], k[2]) for k, r in index.items() if r.get("status") == "oom"},
@@ -200,22 +200,87 @@ def _floor_ratio(index, phase) -> Optional[float]:
     return median(rs)
 
 
-def _memory_ratio(index, v):
+def _largest_shared(index, v):
+    """The largest point (batch x seq_len, decode before prefill) where `v` and the baseline both
+    ran ok with device peaks of the same source -> (key, variant record, baseline record) or None."""
     best = None
     for k, r in index.items():
-        if k[0] != v or not is_ok(r):
-            continue
         base = index.get((BASELINE,) + k[1:])
-        if not is_ok(base):
+        if k[0] != v or not is_ok(r) or not is_ok(base):
             continue
-        mv, src = peak_memory(r)
-        mb, src_b = peak_memory(base)
+        (mv, src), (mb, src_b) = peak_memory(r), peak_memory(base)
         if mv is None or mb is None or src != src_b:
             continue
         size = (k[1] * k[2], k[3] == "decode")
         if best is None or size > best[0]:
-            best = (size, (mv / mb, k, mv, mb, src))
+            best = (size, (k, r, base))
     return best[1] if best else None
+
+
+def _saving(mine: float, base: float) -> str:
+    d = base - mine
+    return (f"saves {human_bytes(d)}" if d >= 0 else f"costs {human_bytes(-d)} more") + f", {mine / base:.2f}×"
+
+
+def _memory_saving(index, v) -> Optional[str]:
+    """How much memory `v` saves at the largest point both it and the baseline ran, measured
+    (device_peak) and predicted (memory_predicted_bytes.total) side by side."""
+    found = _largest_shared(index, v)
+    if found is None:
+        return None
+    k, r, base = found
+    (mv, src), (mb, _) = peak_memory(r), peak_memory(base)
+    line = (f"`{v}` at the largest point both ran ({k[3]} {_pt(k)}): device peak **{human_bytes(mv)}** vs "
+            f"{human_bytes(mb)} for the baseline ({_saving(mv, mb)}; {src})")
+    pv, pb = predicted_memory(r), predicted_memory(base)
+    if pv and pb:
+        line += f"; predicted {human_bytes(pv)} vs {human_bytes(pb)} ({_saving(pv, pb)})"
+    else:
+        line += "; no prediction"
+    return line + "."
+
+
+def _energy_findings(index, others, phases) -> List[str]:
+    """Per phase: each variant's joules per token against the baseline's (geometric mean)."""
+    out = []
+    for phase in phases:
+        parts = []
+        for v in others:
+            ratios = []
+            for k, r in index.items():
+                if k[0] == v and k[3] == phase:
+                    a = get_num(r, "joules_per_token") if is_ok(r) else None
+                    b = get_num(index.get((BASELINE,) + k[1:]), "joules_per_token")
+                    if a and b and is_ok(index.get((BASELINE,) + k[1:])):
+                        ratios.append(a / b)
+            if ratios:
+                parts.append(f"`{v}` {fmt_x(geomean(ratios))} the baseline's (geometric mean over "
+                             f"{len(ratios)} point{'s' if len(ratios) > 1 else ''})")
+        if parts:
+            out.append(f"**Energy per {phase} token** (timed calls only): " + "; ".join(parts) + ".")
+    return out
+
+
+def memory_table(index: Dict[Key, dict], variants: List[str]) -> Optional[str]:
+    """Per variant, the breakdown of device_peak at its largest ok point, beside the prediction."""
+    rows = []
+    for v in variants:
+        pts = [(k[1] * k[2], k[3] == "decode", k) for k, r in index.items()
+               if k[0] == v and is_ok(r) and r.get("memory_breakdown")]
+        if not pts:
+            continue
+        k = max(pts)[2]
+        r = index[k]
+        bd = r["memory_breakdown"]
+        peak, src = peak_memory(r)
+        rows.append([v, f"{k[3]} {_pt(k)}", human_bytes(peak)] + [human_bytes(bd.get(x)) for x in
+                                                                   ("weights", "kv_cache", "activations", "context")]
+                    + [human_bytes(predicted_memory(r)) if predicted_memory(r) else "—",
+                       human_bytes(phase_rise(r)), src or "—"])
+    if not rows:
+        return None
+    return md_table(["variant", "largest point", "device peak", "weights", "KV cache", "activations",
+                     "context", "predicted", "phase rise", "source"], rows, ["left", "left"] + ["right"] * 8)
 
 
 def _figure(figs, key, alt) -> List[str]:
@@ -254,6 +319,15 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
         lines += _figure(figs, "flops_breakdown", "analytic FLOPs by component")
         lines += _figure(figs, "roofline", "measured latency vs roofline floor")
 
+    mem_table = memory_table(index, variants_of(results))
+    if mem_table:
+        lines += ["## Memory at each variant's largest point", "",
+                  "_device peak = weights + KV cache + activations + context. Activations: the allocator's "
+                  "peak live bytes minus weights and cache (CPU: the RSS rise over the phase); context: the "
+                  "rest (CUDA context, libraries' workspaces, the allocator's cached but unused blocks; CPU: "
+                  "the interpreter and torch). Predicted: the memory model's total, where the run has one. "
+                  "Phase rise: the phase's peak minus the level just before it (weights and cache excluded)._",
+                  "", mem_table, ""]
     for phase in phases_of(results):
         lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
         lines += [_phase_notes(results, index, phase, env), ""]
@@ -282,9 +356,6 @@ def _overhead_section(results: dict) -> List[str]:
 def _phase_notes(results, index, phase, env) -> str:
     recs = [r for k, r in index.items() if k[3] == phase]
     srcs = sorted({peak_memory(r)[1] for r in recs if peak_memory(r)[1]})
-    mem_note = {"NVML": "NVML = device-wide peak seen by the driver",
-                "allocated": "allocated = torch's peak allocated bytes",
-                "RSS": "RSS = peak resident memory of the process"}
     notes = []
     if phase == "prefill":
         notes.append("Latency is one forward over the whole prompt; tokens/s = batch × seq_len / median.")
@@ -298,7 +369,11 @@ def _phase_notes(results, index, phase, env) -> str:
         notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
     notes.append("Speedup = baseline median / variant median at the same batch and seq_len.")
     if srcs:
-        notes.append("Peak memory: " + "; ".join(mem_note[s] for s in srcs) + ".")
+        notes.append("Device peak: the point's own absolute footprint during the phase; "
+                     + "; ".join(f"{s} = {MEMORY_SOURCES.get(s, s)}" for s in srcs) + ".")
+    if any(get_num(r, "joules_per_token") is not None for r in recs):
+        notes.append("J/token = energy of the timed calls (NVML energy counter, or its power samples "
+                     "integrated) / the tokens they produced; board-level, so anything else on the GPU counts.")
     notes.append("KV cache and FLOPs are analytic; floor = roofline floor of one sample"
                  + ("" if env.get("peak_flops_per_s") else " (no peaks known: MFU/MBU not computed)") + ".")
     return "_" + " ".join(notes) + "_"

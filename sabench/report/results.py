@@ -129,14 +129,44 @@ def get_num(r: Optional[dict], *path) -> Optional[float]:
     return _num(cur)
 
 
+# memory_source -> how a reader names it (report notes, compare)
+MEMORY_SOURCES = {
+    "nvml-process": "NVML per-process used memory of the point's process (CUDA context included)",
+    "nvml-device": "NVML device used memory minus the level before the point's process touched CUDA",
+    "rss": "peak resident memory of the point's process (CPU run: interpreter and torch included)",
+}
+
+
 def peak_memory(r: Optional[dict]) -> Tuple[Optional[float], Optional[str]]:
-    """(bytes, source): NVML peak if measured, else torch peak allocated, else process RSS."""
+    """(bytes, source): the point's absolute peak footprint, `memory_bytes.device_peak`, and its
+    `memory_source` ("nvml-process", "nvml-device", "rss"); (None, None) when not measured.
+
+    Files written before device_peak existed: `peak_nvml_process` is an nvml-process reading and
+    a CPU record's `peak_rss` an rss one; their old `peak_nvml` was the phase's rise over the level
+    before it, never a footprint (see phase_rise()).
+    """
     mem = (r or {}).get("memory_bytes") or {}
-    for key, label in (("peak_nvml", "NVML"), ("peak_allocated", "allocated"), ("peak_rss", "RSS")):
-        v = _num(mem.get(key))
-        if v is not None:
-            return v, label
+    v = _num(mem.get("device_peak"))
+    if v is not None:
+        return v, (r or {}).get("memory_source")
+    v = _num(mem.get("peak_nvml_process"))
+    if v is not None:
+        return v, "nvml-process"
+    if "peak_allocated" not in mem and "peak_nvml" not in mem and _num(mem.get("peak_rss")) is not None:
+        return _num(mem["peak_rss"]), "rss"
     return None, None
+
+
+def phase_rise(r: Optional[dict]) -> Optional[float]:
+    """The phase's peak minus the level read just before it (`peak_nvml` in older files)."""
+    mem = (r or {}).get("memory_bytes") or {}
+    v = _num(mem.get("phase_rise"))
+    return v if v is not None else _num(mem.get("peak_nvml"))
+
+
+def predicted_memory(r: Optional[dict]) -> Optional[float]:
+    """The memory model's total for the point (`memory_predicted_bytes.total`), when written."""
+    return get_num(r, "memory_predicted_bytes", "total")
 
 
 def status_text(r: Optional[dict], width: int = 48) -> str:

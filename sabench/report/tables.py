@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from sabench.report.results import (BASELINE, Key, fmt_ms, fmt_pct, fmt_rate, fmt_x, human_bytes,
+from sabench.report.results import (BASELINE, Key, fmt_ms, fmt_pct, fmt_rate, fmt_x, get_num, human_bytes,
                                     human_flops, human_rate, index_records, is_ok, md_escape,
                                     median_ms, p90_ms, peak_memory, speedup, status_text,
                                     variants_of)
@@ -91,16 +91,19 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
     recs.sort(key=lambda r: (order.get(r["variant"], 1e9), r["batch_size"], r["seq_len"]))
 
     sources = {peak_memory(r)[1] for r in recs} - {None}
-    mem_header = f"peak mem ({sources.pop()})" if len(sources) == 1 else "peak mem"
     mixed_mem = len(sources) > 1
+    mem_header = f"device peak ({sources.pop()})" if len(sources) == 1 else "device peak"
+    energy = any(get_num(r, "joules_per_token") is not None for r in recs)
     util = "MFU" if phase == "prefill" else "MBU"
     util_key = "mfu" if phase == "prefill" else "mbu"
     lat = "ms" if phase == "prefill" else "ms/token"
     headers = ["variant", "batch", "seq_len", f"median {lat}", f"p90 {lat}", "tokens/s",
                "speedup vs baseline", "KV cache", mem_header,
                "FLOPs" if phase == "prefill" else "FLOPs (all steps)", f"floor {lat}", util]
-    align = ["left", "right", "right", "right", "right", "right", "right", "right", "right", "right",
-             "right", "right"]
+    align = ["left"] + ["right"] * (len(headers) - 1)
+    if energy:
+        headers.append("J/token")
+        align.append("right")
     rows = []
     for r in recs:
         v, b, s = r["variant"], r["batch_size"], r["seq_len"]
@@ -130,5 +133,5 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
             human_flops(flops),
             fmt_ms(r.get("floor_ms")),
             fmt_pct(r.get(util_key)) if ok else "—",
-        ])
+        ] + ([fmt_ms(get_num(r, "joules_per_token")) if ok else "—"] if energy else []))
     return md_table(headers, rows, align)
