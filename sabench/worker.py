@@ -132,12 +132,13 @@ def measure(spec: dict) -> dict:
     prefill = _base_record(spec, "prefill") | common | {
         "flops": {"counted": pre_count.total, "analytic": pre_an.total,
                   "analytic_breakdown": pre_an.to_dict()},
-        "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype)}
+        "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype, chunk)}
     decode = _base_record(spec, "decode") | common | {
         "decode_tokens": n,
         "flops": {"counted": dec_count.total * n, "analytic": dec_an.total,
                   "analytic_breakdown": dec_an.to_dict()},
-        # every step reads all weights and the whole static cache buffer (masked positions too)
+        # every step reads all weights and, layer by layer, the whole static cache buffer it
+        # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
         "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}
 
     t0 = time.perf_counter()
