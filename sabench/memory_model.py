@@ -53,9 +53,10 @@ ALLOCATOR_CACHE_FACTOR = 1.5
 # Hidden-state blocks of the prefill's largest query block still reserved during decode (observed:
 # 2 x B x block x hidden x e + <0.25 GiB at every point of those runs).
 DECODE_LEFTOVER_BLOCKS = 2
-# RSS of a point process on CPU before the model is built (torch and sabench imported), measured
-# on this repository's CPU machine (torch 2.13): ~0.45 GiB.
-CPU_CONTEXT_BYTES = int(0.45 * GiB)
+# CPU: peak RSS of a point process at batch 1 of the `tiny` preset (a forkserver child with torch
+# and sabench imported), measured on this repository's CPU machine (torch 2.13): 0.26 GiB. Rough:
+# glibc and the CPU allocator are not modelled.
+CPU_CONTEXT_BYTES = int(0.25 * GiB)
 
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
           "g": 10 ** 9, "gb": 10 ** 9, "gib": GiB, "t": 10 ** 12, "tb": 10 ** 12, "tib": TiB}

@@ -8,6 +8,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     human_bytes, index_records, is_ok, load_results, median_ms,
                                     one_line, p90_ms, peak_memory, phases_of, results_path, speedup,
                                     truncate, variants_of)
+from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import phase_table, setup_table
 
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
@@ -254,6 +255,7 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
         lines += _figure(figs, "flops_breakdown", "analytic FLOPs by component")
         lines += _figure(figs, "roofline", "measured latency vs roofline floor")
 
+    lines += equal_memory_section(results, index)
     for phase in phases_of(results):
         lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
         lines += [_phase_notes(results, index, phase, env), ""]
