@@ -45,13 +45,25 @@ record (one per point and phase)::
                                                  # decode_tokens steps), see accounting.py
                 "analytic_breakdown": {"projections": int, "attention": int, "mlp": int,
                                        "lm_head": int}},
-      "bytes_moved": int,                        # analytic bytes read+written by the phase (roofline)
+      "bytes_moved": int,                        # analytic bytes read+written by the phase (roofline):
+                                                 # weights once per forward, every layer's K/V reads
+                                                 # (CLA non-owners re-read), SA's V and P traffic,
+                                                 # cache writes (accounting.py, README conventions)
       "floor_ms": float,                         # roofline floor of one sample (max of compute, memory)
       "mfu": float, "mbu": float,                # when env has peaks: prefill MFU, decode MBU
       "kv_cache_bytes": int,                     # analytic bytes of the preallocated cache
       "params": int,
       "memory_bytes": {"peak_nvml", "peak_allocated", "peak_reserved", "peak_rss"},  # measured ones only
+      "memory_predicted_bytes": {"weights", "kv_cache", "activations", "context", "total",
+                                 "activations_live", "needed"},  # memory_model.predict for this phase:
+                                                 # total = what the driver should show (compare with
+                                                 # memory_bytes.device_peak), needed = what must fit
       "decode_tokens": int,                      # decode only
+      # only on points of a `batch_size: max` sweep entry (runner._run_max_point):
+      "batch_request": "max", "predicted_max_batch": int, "max_attempt": int (1-based),
+      "memory_budget_bytes": int, "memory_budget_source": "suite memory" | "device total memory"
+                             | "available RAM",
+      "max_attempts": [{"batch_size": int, "status": str}, ...],  # on the last attempt's records
       "warmup": int, "repeats": int
     }
 """
