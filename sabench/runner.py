@@ -258,10 +258,13 @@ def _run_max_point(p, suite: Suite, base_spec: dict, budget, workdir: Path, data
     b, attempts, new, overheads = max(predicted, 1), [], [], {}
     while len(attempts) < MAX_ATTEMPTS:
         existing = {ph: by_key.get((p.variant, b, p.seq_len, ph)) for ph in PHASES}
-        if all(existing.values()) and (b in suite.batch_sizes or all(
+        measured = all(r and r["status"] in ("ok", "oom") for r in existing.values())
+        if measured and (b in suite.batch_sizes or all(
                 r.get("batch_request") == MAX_BATCH for r in existing.values())):  # measured before
             records = existing
-        else:
+        else:  # an explicit point skipped after an OOM elsewhere is measured now, in its place
+            stale = [r for r in existing.values() if r is not None]
+            data["records"] = [r for r in data["records"] if not any(r is x for x in stale)]
             spec = dict(base_spec, batch_size=b)
             records, overhead = run_point(spec, workdir)
             overheads[point_key(p.variant, b, p.seq_len)] = overhead

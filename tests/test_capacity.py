@@ -147,7 +147,7 @@ dtype: float32
 device: cpu
 variants: [baseline, "cla:2"]
 sweep:
-  batch_size: [1, max]
+  batch_size: [1, {explicit}, max]
   seq_len: [32]
 decode_tokens: 2
 warmup: 0
@@ -163,7 +163,7 @@ def test_max_batch_is_predicted_run_and_stepped_down_on_oom(tmp_path, monkeypatc
     cla = mm.max_batch("tiny", "cla:2", "float32", 32, mem, 2, None, "cpu")[0]
     assert cla > predicted
     suite = tmp_path / "maxrun.yaml"
-    suite.write_text(SUITE.format(memory=mem))
+    suite.write_text(SUITE.format(memory=mem, explicit=cla))  # cla:2's max is also listed
     monkeypatch.setenv(FAULT_ENV, "baseline|6|32,baseline|5|32")  # 6 -> 5 (6*7//8) -> 4
     out = tmp_path / "run"
     assert main(["run", str(suite), "--out", str(out)]) == 0
@@ -178,6 +178,8 @@ def test_max_batch_is_predicted_run_and_stepped_down_on_oom(tmp_path, monkeypatc
     assert all(r["predicted_max_batch"] == 6 and r["memory_budget_source"] == "suite memory" for r in base)
     cla_final = [r for r in recs if r["variant"] == "cla:2" and "max_attempts" in r]
     assert cla_final[0]["batch_size"] == cla and cla_final[0]["status"] == "ok"
+    # the explicit point was measured once and annotated, not run again
+    assert len([r for r in data["records"] if r["variant"] == "cla:2" and r["batch_size"] == cla]) == 2
     for r in data["records"]:  # every record carries the model's prediction
         assert r["memory_predicted_bytes"]["total"] == sum(r["memory_predicted_bytes"][k] for k in
                                                            ("weights", "kv_cache", "activations", "context"))
