@@ -209,9 +209,9 @@ def test_report_section_shows_predicted_beside_measured_device_peak():
                rec("cla:2", 26, "decode", 540.0, 70 * GiB, 68 * GiB, **attempts,
                    max_attempts=[{"batch_size": 27, "status": "oom"}, {"batch_size": 26, "status": "ok"}]),
                {"variant": "cla:2", "batch_size": 27, "seq_len": 32768, "phase": "decode", "status": "oom"}]
-    results = {"records": records, "suite": {"variants": ["baseline", "cla:2"]}}
+    results = {"records": records, "suite": {"variants": ["baseline", "cla:2"]}, "env": {"device": "cuda"}}
     md = "\n".join(equal_memory_section(results, index_records(results)))
-    assert "## At equal memory" in md and "80 GiB (device total memory)" in md
+    assert "## At equal memory" in md and "80 GiB (device total memory)" in md and "decode tok/s per GPU" in md
     row = next(line for line in md.splitlines() if line.startswith("| `cla:2`") and "26" in line)
     assert "2.00×" in row and "1.80×" in row and "predicted 27: 27 oom → 26" in row
     assert "### Predicted vs measured memory" in md and "largest error 4.8%" in md

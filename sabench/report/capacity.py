@@ -63,7 +63,9 @@ def equal_memory_section(results: dict, index: Dict[Key, dict]) -> List[str]:
         return []
     budget = next((r.get("memory_budget_bytes") for r in records if r.get("memory_budget_bytes")), None)
     source = next((r.get("memory_budget_source") for r in records if r.get("memory_budget_source")), None)
-    intro = ("Per variant and context, the largest batch whose decode ran and its decode tokens/s per GPU, "
+    device = str(results.get("env", {}).get("device") or results.get("suite", {}).get("device") or "")
+    per = "per GPU" if device.startswith("cuda") else "(CPU)"
+    intro = (f"Per variant and context, the largest batch whose decode ran and its decode tokens/s {per}, "
              "beside the baseline's. ")
     if asked_max:
         intro += ("`max` points: the largest batch the memory model predicts to fit in "
@@ -72,7 +74,7 @@ def equal_memory_section(results: dict, index: Dict[Key, dict]) -> List[str]:
     else:
         intro += "This run asked for no `max` batch: the largest batch is the sweep's, not the device's limit."
     lines = ["## At equal memory", "", intro, "",
-             md_table(["variant", "seq_len", "largest batch", "decode tok/s (per GPU)", "batch vs baseline",
+             md_table(["variant", "seq_len", "largest batch", f"decode tok/s {per}", "batch vs baseline",
                        "tok/s vs baseline", "max batch attempts"], rows,
                       ["left", "right", "right", "right", "right", "right", "left"]), ""]
     return lines + _predicted_vs_measured(index)
