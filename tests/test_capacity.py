@@ -180,7 +180,15 @@ def test_max_batch_is_predicted_run_and_stepped_down_on_oom(tmp_path, monkeypatc
     assert cla_final[0]["batch_size"] == cla and cla_final[0]["status"] == "ok"
     # the explicit point was measured once and annotated, not run again
     assert len([r for r in data["records"] if r["variant"] == "cla:2" and r["batch_size"] == cla]) == 2
-    for r in data["records"]:  # every record carries the model's prediction
+    peak_bw = data["env"]["peak_bandwidth_bytes_per_s"]
+    for r in data["records"]:  # the roofline reads the per-layer bytes; every record has a prediction
+        if r["status"] == "ok" and r["phase"] == "decode":
+            step = accounting.decode_step_bytes("tiny", r["variant"], r["batch_size"], 32 + 2, "float32")
+            assert r["bytes_moved"] == 2 * step
+            assert r["mbu"] == pytest.approx(step / (r["latency_ms"]["median"] / 1e3 * peak_bw))
+        elif r["status"] == "ok":
+            assert r["bytes_moved"] == accounting.prefill_bytes("tiny", r["variant"], r["batch_size"], 32,
+                                                                 "float32")
         assert r["memory_predicted_bytes"]["total"] == sum(r["memory_predicted_bytes"][k] for k in
                                                            ("weights", "kv_cache", "activations", "context"))
     md = (out / "report.md").read_text()
