@@ -120,29 +120,123 @@ def decode_phase_flops(cfg, plan, batch_size: int, context: int, steps: int) -> 
     return total
 
 
-def weight_bytes_read(cfg, plan, dtype) -> int:
-    """Weights a forward reads in full: all of them but an untied embedding table (rows gathered)."""
+# ---------------------------------------------------------------- bytes moved
+# A floor must be reachable, so bytes are counted as the kernels move them, layer by layer:
+# - weights: every weight once per forward (per query block of a chunked prefill, which runs the
+#   whole model per block); an untied embedding table is gathered (B x tokens rows of `hidden`),
+#   a tied one is read whole as the lm_head;
+# - K/V: every layer reads the K and V it attends over (a CLA non-owner re-reads its owner's: layers
+#   run one after another and a layer's cache is far larger than L2); an SA layer reads only its V;
+#   once per layer per query block; new tokens' K/V are written once;
+# - SA: the source layer writes P once and every shared layer reads it (decode: one row per head;
+#   prefill "probs": the full B x H x q x S rectangle ops.attn_probs materialises, masked zeros
+#   included); prefill "recompute": every shared layer re-reads the source's Q and K instead, no P;
+# - not counted: the B x T x hidden activation stream between kernels, norms, logits. The figures
+#   are lower bounds of weight, cache and P traffic.
+@dataclass(frozen=True)
+class Bytes:
+    weights: int
+    kv_read: int
+    kv_write: int
+    attention_sharing: int  # P written and read (probs), or the source's Q/K re-read (recompute)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_read + self.kv_write + self.attention_sharing
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "kv_read": self.kv_read, "kv_write": self.kv_write,
+                "attention_sharing": self.attention_sharing, "total": self.total}
+
+    def __add__(self, o: "Bytes") -> "Bytes":
+        return Bytes(self.weights + o.weights, self.kv_read + o.kv_read, self.kv_write + o.kv_write,
+                     self.attention_sharing + o.attention_sharing)
+
+
+def sa_strategy(plan) -> str:
+    """How shared layers get their attention in prefill: "probs" (P materialised) or "recompute"."""
+    return getattr(plan, "sa_strategy", "probs")
+
+
+def chunk_bounds(seq_len: int, chunk_size=None) -> list:
+    """(start, end) of each query block of a prefill (one block when chunk_size is None)."""
+    step = chunk_size or seq_len
+    return [(s, min(s + step, seq_len)) for s in range(0, seq_len, step)]
+
+
+def weight_bytes_read(cfg, plan, dtype, tokens: int = 1) -> int:
+    """Weights one forward over `tokens` tokens (whole batch) reads: each weight once, but an untied
+    embedding table only as the gathered rows (tokens x hidden); a tied one is read whole as lm_head."""
     cfg = resolve_config(cfg)
-    n = params(cfg, plan) - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    emb = cfg.vocab_size * cfg.hidden_size
+    n = params(cfg, plan) - (0 if cfg.tie_word_embeddings else emb - tokens * cfg.hidden_size)
     return n * dtype_bytes(dtype)
 
 
+def _attention_bytes(cfg: ModelConfig, p: SharingPlan, batch: int, q_len: int, kv_len: int, e: int,
+                     strategy: str) -> Bytes:
+    """One forward of q_len new tokens per sequence attending over kv_len positions, weights apart."""
+    kv_row = batch * kv_len * cfg.num_kv_heads * cfg.head_dim * e  # one K or V tensor over kv_len
+    read = share = 0
+    shared = {}
+    for lp in p.layers:
+        if lp.computes_attention:
+            read += 2 * kv_row
+        else:
+            read += kv_row
+            shared.setdefault(lp.attn_source, []).append(lp)
+    for src, users in shared.items():
+        if strategy == "recompute":
+            q_bytes = batch * q_len * cfg.num_heads * cfg.head_dim * e
+            share += len(users) * (q_bytes + kv_row)
+        else:
+            share += (1 + len(users)) * batch * cfg.num_heads * q_len * kv_len * e
+    owned = sum(int(lp.has_k) + int(lp.has_v) for lp in p.layers)
+    write = owned * batch * q_len * cfg.num_kv_heads * cfg.head_dim * e
+    return Bytes(0, read, write, share)
+
+
+def decode_step_breakdown(cfg, plan, batch_size: int, kv_len: int, dtype) -> Bytes:
+    """One decode step whose attention reads kv_len cache positions (the harness reads its whole
+    static buffer, masked positions included: pass the buffer length)."""
+    cfg = resolve_config(cfg)
+    p = _plan(cfg, plan)
+    e = dtype_bytes(dtype)
+    att = _attention_bytes(cfg, p, batch_size, 1, kv_len, e, "probs")  # both strategies keep P's row
+    return att + Bytes(weight_bytes_read(cfg, p, dtype, batch_size), 0, 0, 0)
+
+
 def decode_step_bytes(cfg, plan, batch_size: int, kv_len: int, dtype) -> int:
-    """Bytes one decode step must move: every weight once, and the cache over kv_len positions."""
-    return weight_bytes_read(cfg, plan, dtype) + kv_cache_bytes(cfg, plan, batch_size, kv_len, dtype)
+    """Bytes one decode step moves at least (see decode_step_breakdown)."""
+    return decode_step_breakdown(cfg, plan, batch_size, kv_len, dtype).total
 
 
-def prefill_bytes(cfg, plan, batch_size: int, seq_len: int, dtype) -> int:
-    """Bytes a prefill must move at least: every weight once and the cache it writes."""
-    return weight_bytes_read(cfg, plan, dtype) + kv_cache_bytes(cfg, plan, batch_size, seq_len, dtype)
+def prefill_breakdown(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=None) -> Bytes:
+    """A prefill of seq_len tokens per sequence, in query blocks of chunk_size (None: one block)."""
+    cfg = resolve_config(cfg)
+    p = _plan(cfg, plan)
+    e = dtype_bytes(dtype)
+    total = Bytes(0, 0, 0, 0)
+    for start, end in chunk_bounds(seq_len, chunk_size):
+        q = end - start
+        total = total + _attention_bytes(cfg, p, batch_size, q, end, e, sa_strategy(p))
+        total = total + Bytes(weight_bytes_read(cfg, p, dtype, batch_size * q), 0, 0, 0)
+    return total
 
 
-def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16") -> dict:
+def prefill_bytes(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=None) -> int:
+    """Bytes a prefill moves at least (see prefill_breakdown)."""
+    return prefill_breakdown(cfg, plan, batch_size, seq_len, dtype, chunk_size).total
+
+
+def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_chunk=None) -> dict:
     """What `sabench inspect --json` prints for one variant."""
     cfg = resolve_config(cfg)
     p = _plan(cfg, plan)
     pre = prefill_flops(cfg, p, batch_size, seq_len)
     dec = decode_flops(cfg, p, batch_size, seq_len)
+    pre_b = prefill_breakdown(cfg, p, batch_size, seq_len, dtype, prefill_chunk)
+    dec_b = decode_step_breakdown(cfg, p, batch_size, seq_len + 1, dtype)  # the new token's position too
     return {
         "model": cfg.name,
         "variant": p.variant,
@@ -155,6 +249,6 @@ def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16") -> dict:
         "kv_cache_bytes": kv_cache_bytes(cfg, p, batch_size, seq_len, dtype),
         "flops": {"prefill": pre.total, "decode_step": dec.total,
                   "prefill_breakdown": pre.to_dict(), "decode_step_breakdown": dec.to_dict()},
-        "bytes_moved": {"prefill": prefill_bytes(cfg, p, batch_size, seq_len, dtype),
-                        "decode_step": decode_step_bytes(cfg, p, batch_size, seq_len + 1, dtype)},
+        "bytes_moved": {"prefill": pre_b.total, "decode_step": dec_b.total,
+                        "prefill_breakdown": pre_b.to_dict(), "decode_step_breakdown": dec_b.to_dict()},
     }

@@ -21,7 +21,7 @@ class _BadInput(Exception):
 def cmd_inspect(args) -> int:
     from tabulate import tabulate
 
-    from sabench import accounting
+    from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
     from sabench.report.results import human_bytes, human_count, human_flops
     from sabench.presets import resolve_config
@@ -36,9 +36,15 @@ def cmd_inspect(args) -> int:
     if seq + 1 > cfg.max_position_embeddings:
         raise ValueError(f"--seq-len {seq} leaves no room for a decode step within the model's "
                          f"{cfg.max_position_embeddings} positions")
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        raise ValueError(f"--prefill-chunk must be >= 1, got {args.prefill_chunk}")
+    memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
     for v in args.variant or ["baseline"]:
-        s = accounting.summary(cfg, v, args.batch, seq, dtype)
+        s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
+        if memory:
+            s["capacity"] = memory_model.capacity(cfg, v, dtype, seq, memory,
+                                                  prefill_chunk=args.prefill_chunk or "auto")
         if args.count:
             from sabench import flops
 
@@ -64,6 +70,12 @@ def cmd_inspect(args) -> int:
         [f"decode step FLOPs (ctx {seq})"] + [human_flops(r["flops"]["decode_step"]) for r in rows],
         ["decode step bytes"] + [human_bytes(r["bytes_moved"]["decode_step"]) for r in rows],
     ]
+    if memory:
+        table.append([f"max batch ({human_bytes(memory)}, T={seq})"] + [_max_batch_cell(r["capacity"]) for r in rows])
+        limit = cfg.max_position_embeddings - 1
+        table.append(["max seq_len at B=1"] + [
+            f"{r['capacity']['max_seq_len_at_batch_1']}"
+            + (" (the model's limit)" if r["capacity"]["max_seq_len_at_batch_1"] == limit else "") for r in rows])
     if args.count:
         table.append(["prefill FLOPs, fvcore+handles"] + [human_flops(r["flops_counted"]["prefill"]) for r in rows])
         table.append(["prefill FLOPs, fvcore alone"] + [human_flops(r["flops_counted"]["prefill_fvcore_alone"])
@@ -74,6 +86,20 @@ def cmd_inspect(args) -> int:
     for r in rows:
         print(f"  {r['variant']}: {r['plan']}")
     return EXIT_OK
+
+
+def _local_device_memory():
+    """Total memory of the local CUDA device, or None without one (then no capacity unless --memory)."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def _max_batch_cell(cap: dict) -> str:
+    if not cap["max_batch"]:
+        return "0 (weights + one sequence do not fit)"
+    chunk = cap["prefill_chunk"]
+    return f"{cap['max_batch']}" + (f" (prefill chunk {chunk})" if chunk else "")
 
 
 def cmd_run(args) -> int:
@@ -110,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dtype", default="bfloat16", help="float32|bfloat16|float16 (fp32, bf16, fp16)")
     i.add_argument("--batch", type=int, default=1)
     i.add_argument("--seq-len", type=int, default=None, help="prompt length T (default min(2048, max positions))")
+    i.add_argument("--prefill-chunk", type=int, default=None,
+                   help="prefill query block for bytes moved and capacity (default: one block for bytes, "
+                        "the largest power of two that fits for capacity)")
+    i.add_argument("--memory", default=None,
+                   help="device memory for capacity, e.g. 80GiB, 16GB, 512MiB or bytes (default: the local "
+                        "CUDA device's total memory; none without a device)")
     i.add_argument("--count", action="store_true", help="also count FLOPs with fvcore (meta tensors)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)

@@ -21,7 +21,7 @@ from typing import Optional
 
 from sabench.paths import reports_dir
 from sabench.schema import PHASES, SCHEMA, point_key
-from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_device
+from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device
 
 # Fault injection for tests: point keys ("variant|batch|seq", comma-separated) whose worker
 # raises an out-of-memory error, so OOM handling is exercised on machines that never run out.
@@ -50,7 +50,7 @@ def default_out_dir(suite: Suite) -> Path:
 
 
 # Suite settings that change what a number means: a resumed run must not mix them.
-_COMPARABLE = ("model_config", "dtype", "decode_tokens", "warmup", "repeats", "prefill_chunk")
+_COMPARABLE = ("model_config", "dtype", "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory")
 
 
 def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
@@ -208,6 +208,81 @@ def _env(device: str, dtype: str, workdir: Path) -> dict:
     return env
 
 
+# ---------------------------------------------------------------- batch_size: max
+MAX_ATTEMPTS = 6  # runs of one `max` point: the predicted batch, then steps down by 1/8 on OOM
+
+
+def memory_budget(suite: Suite, env: dict, device: str) -> tuple:
+    """(bytes a `max` batch must fit in, where that figure came from).
+
+    The suite's `memory` key wins; otherwise the CUDA device's total memory (env capture),
+    or on CPU the RAM available when the run starts (/proc/meminfo MemAvailable)."""
+    if suite.memory:
+        return suite.memory, "suite memory"
+    if device.startswith("cuda") and env.get("memory_total_bytes"):
+        return int(env["memory_total_bytes"]), "device total memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available RAM"
+    except OSError:
+        pass
+    return None, "unknown: set `memory:` in the suite"
+
+
+def _done_max(records) -> set:
+    return {(r["variant"], r["seq_len"]) for r in records if r.get("batch_request") == MAX_BATCH
+            and "max_attempts" in r}
+
+
+def _run_max_point(p, suite: Suite, base_spec: dict, budget, workdir: Path, data: dict):
+    """Resolve and measure one `max` point: predict the largest batch that fits, run it, step
+    down by 1/8 (at least 1) on OOM, at most MAX_ATTEMPTS runs.
+
+    Every attempt's records carry batch_request "max", predicted_max_batch and max_attempt; the
+    last attempt's also carry max_attempts (batch and status of each). A batch the suite also
+    lists explicitly and that was already measured is not run again: its records are annotated.
+    Returns (new records, overheads, the last attempt's records by phase)."""
+    from sabench import memory_model
+
+    budget_bytes, source = budget
+    predicted = 0
+    if budget_bytes:
+        predicted, _ = memory_model.max_batch(suite.model_config, p.variant, suite.dtype, p.seq_len,
+                                              budget_bytes, suite.decode_tokens, suite.prefill_chunk,
+                                              base_spec["device"])
+    info = {"batch_request": MAX_BATCH, "predicted_max_batch": predicted, "memory_budget_bytes": budget_bytes,
+            "memory_budget_source": source}
+    by_key = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in data["records"]}
+    b, attempts, new, overheads = max(predicted, 1), [], [], {}
+    while len(attempts) < MAX_ATTEMPTS:
+        existing = {ph: by_key.get((p.variant, b, p.seq_len, ph)) for ph in PHASES}
+        measured = all(r and r["status"] in ("ok", "oom") for r in existing.values())
+        if measured and (b in suite.batch_sizes or all(
+                r.get("batch_request") == MAX_BATCH for r in existing.values())):  # measured before
+            records = existing
+        else:  # an explicit point skipped after an OOM elsewhere is measured now, in its place
+            stale = [r for r in existing.values() if r is not None]
+            data["records"] = [r for r in data["records"] if not any(r is x for x in stale)]
+            spec = dict(base_spec, batch_size=b)
+            records, overhead = run_point(spec, workdir)
+            overheads[point_key(p.variant, b, p.seq_len)] = overhead
+            new += [records[ph] for ph in PHASES]
+        statuses = [records[ph]["status"] for ph in PHASES]
+        status = "ok" if all(x == "ok" for x in statuses) else (
+            "oom" if "oom" in statuses else next(x for x in statuses if x != "ok"))
+        attempts.append({"batch_size": b, "status": status})
+        for r in records.values():
+            r.update(info, max_attempt=len(attempts))
+        if status != "oom" or b == 1:
+            break
+        b = max(1, min(b - 1, b * 7 // 8))
+    for r in records.values():
+        r["max_attempts"] = attempts
+    return new, overheads, records
+
+
 # ---------------------------------------------------------------- the sweep
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
               threads: Optional[int] = None) -> int:
@@ -238,15 +313,18 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
 
     done = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in data["records"]}
+    done_max = _done_max(data["records"])
     points = suite.points()
-    todo = [p for p in points if any((*p, ph) not in done for ph in PHASES)]
+    todo = [p for p in points if ((p.variant, p.seq_len) not in done_max if p.batch_size == MAX_BATCH
+                                  else any((*p, ph) not in done for ph in PHASES))]
+    budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
     progress = _Progress(len(points), len(points) - len(todo))
     if resume:
         print(f"resuming {path}: {len(points) - len(todo)} of {len(points)} points already measured",
               file=sys.stderr)
     oom_at: dict = {}  # (variant, batch) -> smallest seq_len that ran out of memory
     for r in data["records"]:
-        if r.get("status") == "oom":
+        if r.get("status") == "oom" and r.get("batch_request") != MAX_BATCH:
             k = (r["variant"], r["batch_size"])
             oom_at[k] = min(oom_at.get(k, r["seq_len"]), r["seq_len"])
     failed = 0
@@ -254,6 +332,22 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         for p in todo:
             label = f"{p.variant} B={p.batch_size} T={p.seq_len}"
             k = (p.variant, p.batch_size)
+            spec = {"model_config": suite.model_config.to_dict(), "device": device, "dtype": suite.dtype,
+                    "variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
+                    "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
+                    "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
+                    "threads": threads, "fault_oom": os.environ.get(FAULT_ENV)}
+            if p.batch_size == MAX_BATCH:
+                progress.start(label)
+                new, overheads, final = _run_max_point(p, suite, spec, budget, workdir, data)
+                data["records"] += new
+                data["overhead"].update(overheads)
+                failed += sum(r["status"] == "error" for r in new)
+                write_json_atomic(path, data)
+                b_run = final[PHASES[0]]["batch_size"]
+                progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
+                                + _summary(final), measured=bool(new))
+                continue
             if k in oom_at and p.seq_len > oom_at[k]:
                 records = {ph: {"variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
                                 "phase": ph, "status": "skipped_after_oom",
@@ -262,11 +356,6 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                 overhead = None
             else:
                 progress.start(label)
-                spec = {"model_config": suite.model_config.to_dict(), "device": device, "dtype": suite.dtype,
-                        "variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
-                        "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
-                        "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
-                        "threads": threads, "fault_oom": os.environ.get(FAULT_ENV)}
                 records, overhead = run_point(spec, workdir)
                 if all(records[ph]["status"] == "oom" for ph in PHASES):
                     oom_at[k] = min(oom_at.get(k, p.seq_len), p.seq_len)

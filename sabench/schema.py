@@ -45,7 +45,10 @@ record (one per point and phase)::
                                                  # decode_tokens steps), see accounting.py
                 "analytic_breakdown": {"projections": int, "attention": int, "mlp": int,
                                        "lm_head": int}},
-      "bytes_moved": int,                        # analytic bytes read+written by the phase (roofline)
+      "bytes_moved": int,                        # analytic bytes read+written by the phase (roofline):
+                                                 # weights once per forward, every layer's K/V reads
+                                                 # (CLA non-owners re-read), SA's V and P traffic,
+                                                 # cache writes (accounting.py, README conventions)
       "floor_ms": float,                         # roofline floor of one sample (max of compute, memory)
       "mfu": float, "mbu": float,                # when env has peaks: prefill MFU, decode MBU
       "kv_cache_bytes": int,                     # analytic bytes of the preallocated cache
@@ -68,8 +71,10 @@ record (one per point and phase)::
                                                  # CPU: interpreter + torch). context < 0 clamped to 0
                                                  # with a note in "memory_notes"
       "memory_notes": [str],                     # how device_peak was read, caveats
-      "memory_predicted_bytes": {"weights", "kv_cache", "activations", "context", "total"},  # the memory
-                                                 # model's prediction (capacity code), when written
+      "memory_predicted_bytes": {"weights", "kv_cache", "activations", "context", "total",
+                                 "activations_live", "needed"},  # memory_model.predict for this phase:
+                                                 # total = what the driver should show (compare with
+                                                 # memory_bytes.device_peak), needed = what must fit
       "energy_j": float | null,                  # GPU only: joules over the timed calls (warm-up excluded;
                                                  # decode: the headline graph-mode sequences)
       "joules_per_token": float | null,          # energy_j / tokens of the timed calls (prefill B*T per
@@ -81,6 +86,11 @@ record (one per point and phase)::
       "nvml": {"idle_used_bytes", "peak_used_bytes", "pre_cuda_used_bytes", "n_samples", "achieved_hz",
                "device_mapping", "notes"},       # GPU only: the sampler's window
       "decode_tokens": int,                      # decode only
+      # only on points of a `batch_size: max` sweep entry (runner._run_max_point):
+      "batch_request": "max", "predicted_max_batch": int, "max_attempt": int (1-based),
+      "memory_budget_bytes": int, "memory_budget_source": "suite memory" | "device total memory"
+                             | "available RAM",
+      "max_attempts": [{"batch_size": int, "status": str}, ...],  # on the last attempt's records
       "warmup": int, "repeats": int
     }
 """

@@ -18,12 +18,16 @@ is rejected with its key path before loading. Schema::
     device: auto                # optional, default auto; auto | cpu | cuda | cuda:N
     variants: [baseline, "cla:2", "sa:2-3"]
     sweep:
-      batch_size: [1, 4]        # positive ints, no duplicates (a single int is accepted)
+      batch_size: [1, 4]        # positive ints, no duplicates (a single int is accepted); `max`:
+                                # the largest batch that fits for each variant and seq_len (predicted
+                                # by memory_model, confirmed by running it, stepping down on OOM)
       seq_len: [32, 128]        # prompt lengths, same rules
     decode_tokens: 16           # optional, default 32; >= 1
     warmup: 2                   # optional, default 2; >= 0
     repeats: 5                  # optional, default 5; >= 1
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
+    memory: null                # optional; memory `max` fits in (80GiB, 16GB, bytes); default: the
+                                # CUDA device's total memory, on CPU the available RAM
 """
 from __future__ import annotations
 
@@ -50,11 +54,14 @@ DEFAULTS = {
     "warmup": 2,
     "repeats": 5,
     "prefill_chunk": None,
+    "memory": None,
 }
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory")
 SWEEP_KEYS = ("batch_size", "seq_len")
+
+MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (runner.py resolves it)
 
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -105,6 +112,7 @@ class Suite:
     repeats: int
     prefill_chunk: Optional[int]
     path: Optional[str] = None
+    memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -121,6 +129,7 @@ class Suite:
             "warmup": self.warmup,
             "repeats": self.repeats,
             "prefill_chunk": self.prefill_chunk,
+            "memory": self.memory,
             "path": self.path,
         }
 
@@ -128,7 +137,8 @@ class Suite:
         """Every point, per variant with batch size then seq_len ascending.
 
         Ascending sizes within a variant let the runner skip the rest of a
-        variant's larger points once one runs out of memory.
+        variant's larger points once one runs out of memory. A `max` entry comes last, as
+        Point(variant, "max", seq_len): the runner resolves it per variant and seq_len.
         """
         return [Point(v, b, t) for v in self.variants for b in self.batch_sizes for t in self.seq_lens]
 
@@ -331,6 +341,24 @@ def _int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]
     return tuple(items[i] for i in order), [paths[i] for i in order]
 
 
+def _batch_list(value, source: str) -> tuple:
+    """sweep.batch_size: positive ints and at most one `max` -> ints ascending, then "max"."""
+    key = "sweep.batch_size"
+    if value == MAX_BATCH:
+        return (MAX_BATCH,)
+    if not isinstance(value, list) or not value:
+        return _int_list(value, key, source)[0]
+    first: dict = {}
+    for i, item in enumerate(value):
+        p = f"{key}[{i}]"
+        if item != MAX_BATCH and (not _is_int(item) or item < 1):
+            raise SuiteError(source, p, f"expected a positive integer or {MAX_BATCH!r}, got {_show(item)}")
+        if item in first:
+            raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
+        first[item] = p
+    return tuple(sorted(x for x in value if x != MAX_BATCH)) + ((MAX_BATCH,) if MAX_BATCH in value else ())
+
+
 def _resolve_model(model: str, path: Optional[str]) -> ModelConfig:
     """Presets first, then a relative path against the suite's directory, then cwd.
 
@@ -388,8 +416,17 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     if not isinstance(sweep, dict):
         raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
     _check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
-    batch_sizes, _ = _int_list(sweep["batch_size"], "sweep.batch_size", source)
+    batch_sizes = _batch_list(sweep["batch_size"], source)
     seq_lens, seq_paths = _int_list(sweep["seq_len"], "sweep.seq_len", source)
+
+    memory = d["memory"]
+    if memory is not None:
+        from sabench.memory_model import parse_size
+
+        try:
+            memory = parse_size(memory)
+        except ValueError as e:
+            raise SuiteError(source, "memory", str(e)) from None
 
     model = _string_field(d["model"], "model", "a preset name, model directory or config.json path", source)
     try:
@@ -412,7 +449,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path,
+        path=path, memory=memory,
     )
 
 

@@ -24,7 +24,7 @@ import traceback
 
 import torch
 
-from sabench import accounting, flops
+from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
 from sabench.measure import (AllocatorTracker, CudaGraphStep, current_rss_bytes, is_oom_error,
                              peak_rss_bytes, reset_peak_rss, summarize, sync, time_fn, time_steps)
@@ -195,15 +195,18 @@ def measure(spec: dict) -> dict:
     common = {"params": accounting.params(cfg, v),
               "kv_cache_bytes": accounting.kv_cache_bytes(cfg, v, b, t + n, dtype)}
 
+    predicted = memory_model.predict(cfg, v, dtype, b, t, n, chunk, device.type)
     prefill = _base_record(spec, "prefill") | common | {
+        "memory_predicted_bytes": predicted["prefill"].to_dict(),
         "flops": {"counted": pre_count.total, "analytic": pre_an.total,
                   "analytic_breakdown": pre_an.to_dict()},
-        "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype)}
+        "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype, chunk)}
     decode = _base_record(spec, "decode") | common | {
-        "decode_tokens": n,
+        "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
         "flops": {"counted": dec_count.total * n, "analytic": dec_an.total,
                   "analytic_breakdown": dec_an.to_dict()},
-        # every step reads all weights and the whole static cache buffer (masked positions too)
+        # every step reads all weights and, layer by layer, the whole static cache buffer it
+        # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
         "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}
 
     t0 = time.perf_counter()

@@ -80,7 +80,7 @@ MALFORMED = [
     ("sa-overlapping", suite_text(variants=["sa:1-2,2-3"]), "variants[0]: overlapping SA spans"),
     ("variant-as-mapping", "name: unit\nmodel: tiny\nvariants:\n  - baseline\n  - sa: 2-3\n"
                            "sweep: {batch_size: 1, seq_len: 32}\n", "variants[1]: expected a variant string"),
-    ("batch-size-zero", sweep_text(batch_size=[1, 0]), "sweep.batch_size[1]: expected an integer >= 1, got 0"),
+    ("batch-size-zero", sweep_text(batch_size=[1, 0]), "sweep.batch_size[1]: expected a positive integer or 'max', got 0"),
     ("batch-size-float", sweep_text(batch_size=1.5), "sweep.batch_size: expected a positive integer or a list"),
     ("batch-size-repeated", sweep_text(batch_size=[4, 1, 4]), "sweep.batch_size[2]: 4 is listed twice"),
     ("empty-batch-list", sweep_text(batch_size=[]), "sweep.batch_size: expected a non-empty list"),

@@ -9,6 +9,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
                                     phase_rise, predicted_memory, results_path, speedup,
                                     truncate, variants_of)
+from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
@@ -328,6 +329,7 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
                   "the interpreter and torch). Predicted: the memory model's total, where the run has one. "
                   "Phase rise: the phase's peak minus the level just before it (weights and cache excluded)._",
                   "", mem_table, ""]
+    lines += equal_memory_section(results, index)
     for phase in phases_of(results):
         lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
         lines += [_phase_notes(results, index, phase, env), ""]
