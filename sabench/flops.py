@@ -127,7 +127,6 @@ class _Decode(nn.Module):
         super().__init__()
         self.m = model
         self.cache = model.new_cache(batch_size, cache_len)
-        model._positions(self.cache)
 
     def forward(self, tokens, pos):
         return self.m.decode_step(tokens, pos, self.cache)

@@ -25,6 +25,9 @@ from sabench.plan import LayerPlan, SharingPlan, parse_variant
 from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weight_files
 
 
+EXECUTIONS = ("eager", "compiled")
+
+
 # ---------------------------------------------------------------- building blocks
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -107,13 +110,14 @@ class _Step:
     kv_len: int  # cache positions attended over
     mask: Optional[torch.Tensor]  # [T, kv_len] bool, None when causal
     causal: bool
-    probs: dict = field(default_factory=dict)  # layer -> P, for the SA layers after it
+    share_probs: bool  # SA: the source layer hands on P (else its Q and K, for recompute)
+    shared: dict = field(default_factory=dict)  # SA source layer -> P, or (Q, K)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
-        self.lp, self.keeps_probs = lp, keeps_probs
+        self.lp, self.is_sa_source = lp, is_sa_source
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
         hid, bias = cfg.hidden_size, cfg.qkv_bias or cfg.o_bias
@@ -160,21 +164,26 @@ class Attention(nn.Module):
         if lp.computes_attention:
             q = apply_rope(self._heads(self.q_proj, x, self.h), st.cos, st.sin)
             k = cache.k[lp.kv_source][:, :, : st.kv_len]
-            if self.keeps_probs:
+            if self.is_sa_source and st.share_probs:  # the paper's SA: P materialised, handed on
                 p = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
-                st.probs[lp.index] = p
+                st.shared[lp.index] = p
                 out = ops.attn_apply(p, v, st.causal)
             else:
+                if self.is_sa_source:  # SA recompute: hand on Q and K, P is never stored
+                    st.shared[lp.index] = (q, k)
                 out = self._sdpa(q, k, v, st)
-        else:  # Shared Attention: P of the span's source layer applied to this layer's V
-            out = ops.attn_apply(st.probs[lp.attn_source], v, st.causal)
+        elif st.share_probs:  # Shared Attention: P of the span's source layer applied to this layer's V
+            out = ops.attn_apply(st.shared[lp.attn_source], v, st.causal)
+        else:  # the same P, recomputed by a fused kernel from the source layer's Q and K
+            q, k = st.shared[lp.attn_source]
+            out = self._sdpa(q, k, v, st)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
-        self.self_attn = Attention(cfg, lp, keeps_probs)
+        self.self_attn = Attention(cfg, lp, is_sa_source)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -208,6 +217,7 @@ class SharedLlama(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self._rope_len = 0
         self.cos = self.sin = self.inv_freq
+        self.set_execution("eager")
 
     # -- weights ---------------------------------------------------------------
     @property
@@ -248,6 +258,27 @@ class SharedLlama(nn.Module):
         return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device)
 
     # -- execution -------------------------------------------------------------
+    def set_execution(self, execution: str = "eager", dynamic: bool = True) -> "SharedLlama":
+        """How prefill chunks and decode steps run: "eager" (plain PyTorch) or "compiled".
+
+        compiled: torch.compile (Inductor; Triton kernels on CUDA, C++ on CPU) of one
+        prefill chunk and of the greedy decode step, each one graph (fullgraph: a graph
+        break would be an error, not a silent slowdown). `dynamic` keeps batch and
+        sequence sizes symbolic so one artefact serves every point of a sweep (sizes 0
+        and 1 are always specialised by dynamo), and Inductor's on-disk caches
+        (TORCHINDUCTOR_CACHE_DIR) let later processes skip most of the compile.
+        Compilation happens lazily on the first call of each, which callers keep untimed.
+        """
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+        self.execution = execution
+        if execution == "compiled":
+            self._chunk_fn = torch.compile(self._prefill_chunk, dynamic=dynamic, fullgraph=True)
+            self._step_fn = torch.compile(self._greedy_step, dynamic=dynamic, fullgraph=True)
+        else:
+            self._chunk_fn, self._step_fn = self._prefill_chunk, self._greedy_step
+        return self
+
     def _run(self, input_ids: torch.Tensor, st: _Step, logits_last_only: bool) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
@@ -259,13 +290,11 @@ class SharedLlama(nn.Module):
     def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, last_only: bool):
         t = ids.shape[1]
         end = start + t
-        if end > cache.max_len:
-            raise ValueError(f"prompt ends at position {end}, beyond the cache's {cache.max_len}")
         dev = ids.device
         causal = start == 0
         mask = None if causal else ops._causal_mask(t, end, dev)
-        st = _Step(cache, self.cos[start:end], self.sin[start:end],
-                   torch.arange(start, end, device=dev), end, mask, causal)
+        st = _Step(cache, self.cos[start:end], self.sin[start:end], torch.arange(start, end, device=dev),
+                   end, mask, causal, share_probs=self.plan.sa_strategy == "probs")
         return self._run(ids, st, last_only)
 
     @torch.no_grad()
@@ -273,60 +302,64 @@ class SharedLlama(nn.Module):
                 start: int = 0) -> torch.Tensor:
         """Fill the cache with the prompt; logits of the last position [B, 1, vocab].
 
-        chunk_size bounds activation memory (notably SA's materialised P, which is
-        B x H x chunk x context instead of B x H x T x T) by running the whole
-        model over query blocks, each attending to everything cached before it.
+        chunk_size bounds activation memory (notably SA's materialised P with the
+        /probs strategy, which is B x H x chunk x context instead of B x H x T x T)
+        by running the whole model over query blocks, each attending to everything
+        cached before it.
         """
         t = input_ids.shape[1]
         step = chunk_size or t
         if step < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if start + t > cache.max_len:
+            raise ValueError(f"prompt ends at position {start + t}, beyond the cache's {cache.max_len}")
         logits = None
         for s in range(0, t, step):
-            logits = self._prefill_chunk(input_ids[:, s: s + step], cache, start + s, last_only=True)
+            logits = self._chunk_fn(input_ids[:, s: s + step], cache, start + s, True)
         return logits
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One token per sequence. tokens [B, 1], pos: 1-element long tensor on the device.
 
         Static shapes, no host reads: attends over the whole buffer with positions
-        beyond `pos` masked, so the step can be captured in a CUDA graph.
+        beyond `pos` masked, so the step can be captured in a CUDA graph. P is kept
+        for SA in decode with either strategy (one row per head; plan.py says why).
         """
         cos = self.cos.index_select(0, pos)
         sin = self.sin.index_select(0, pos)
-        mask = (self._positions(cache) <= pos)[None, :]
-        st = _Step(cache, cos, sin, pos, cache.max_len, mask, False)
+        mask = (torch.arange(cache.max_len, device=pos.device) <= pos)[None, :]
+        st = _Step(cache, cos, sin, pos, cache.max_len, mask, False, share_probs=True)
         return self._run(tokens, st, logits_last_only=True)
 
-    def _positions(self, cache: KVCache) -> torch.Tensor:
-        p = getattr(self, "_pos_arange", None)
-        if p is None or p.numel() != cache.max_len or p.device != self.inv_freq.device:
-            p = self._pos_arange = torch.arange(cache.max_len, device=self.inv_freq.device)
-        return p
+    def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        logits = self.decode_step(tokens, pos, cache)
+        tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        pos.add_(1)
+        return logits
 
     def greedy_step_fn(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor):
         """A zero-argument step for loops and CUDA graphs: decode `tokens` at `pos`,
-        write the argmax back into `tokens` and advance `pos`, all on the device."""
-        self._positions(cache)
-
-        def step():
-            logits = self.decode_step(tokens, pos, cache)
-            tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
-            pos.add_(1)
-            return logits
-
-        return step
+        write the argmax back into `tokens` and advance `pos`, all on the device
+        (compiled when the model's execution is "compiled")."""
+        fn = self._step_fn
+        return lambda: fn(tokens, pos, cache)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full forward without a persistent cache: logits [B, T, vocab]."""
+        """Full forward without a persistent cache: logits [B, T, vocab] (always eager)."""
         b, t = input_ids.shape
         cache = self.new_cache(b, t)
         return self._prefill_chunk(input_ids, cache, 0, last_only=False)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None):
-        """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens]."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None,
+                 cuda_graph: Optional[bool] = None):
+        """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens].
+
+        On CUDA (or with cuda_graph=True) the decode step is captured once in a CUDA
+        graph and replayed, compiled first when the model's execution is "compiled":
+        the same step the benchmark times, with the same tokens as eager execution.
+        """
         b, t = input_ids.shape
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -338,11 +371,28 @@ class SharedLlama(nn.Module):
         logits = self.prefill(input_ids, cache, prefill_chunk)
         tokens = logits[:, -1].argmax(-1, keepdim=True)
         out[:, t: t + 1] = tokens
+        if max_new_tokens == 1:
+            return out
         pos = torch.tensor([t], device=input_ids.device)
         step = self.greedy_step_fn(cache, tokens, pos)
-        for _ in range(max_new_tokens - 1):
-            step()
-            out.index_copy_(1, pos, tokens)
+        graph = None
+        if input_ids.device.type == "cuda" if cuda_graph is None else cuda_graph:
+            from sabench.measure.timing import CudaGraphStep
+
+            first = tokens.clone()
+            graph = CudaGraphStep(step, device=input_ids.device, warmup_iters=1)
+            # The warm-up step ran ahead: rewind. What it wrote into the cache sits at
+            # positions every later step overwrites before it attends to them.
+            tokens.copy_(first)
+            pos.fill_(t)
+            step = graph.replay
+        try:
+            for _ in range(max_new_tokens - 1):
+                step()
+                out.index_copy_(1, pos, tokens)
+        finally:
+            if graph is not None:
+                graph.close()
         return out
 
 

@@ -49,12 +49,21 @@ def test_sa_drops_qk_projection_and_score_flops():
     assert sa.mlp == base.mlp
 
 
+def test_sa_recompute_does_qk_again_in_prefill_only():
+    probs = A.prefill_flops("llama-2-7b", "sa:23-30", 1, 1024)
+    rec = A.prefill_flops("llama-2-7b", "sa:23-30/recompute", 1, 1024)
+    assert rec.attention - probs.attention == 8 * 2 * 32 * (1024 * 1025 // 2) * 128
+    assert rec.projections == probs.projections and rec.mlp == probs.mlp
+    assert A.decode_flops("llama-2-7b", "sa:23-30/recompute", 2, 99) == A.decode_flops("llama-2-7b", "sa:23-30", 2, 99)
+
+
 def test_decode_phase_sums_steps():
     total = A.decode_phase_flops("tiny", "cla:2", 2, 100, 3)
     assert total.total == sum(A.decode_flops("tiny", "cla:2", 2, c).total for c in (100, 101, 102))
 
 
-VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3", "sa:2-3/recompute",
+            "cla:2+sa:1-1,3-3/recompute"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

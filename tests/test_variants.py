@@ -7,7 +7,8 @@ from sabench.model import build_model, load_model
 from sabench.presets import PRESETS
 from tests.helpers import hf_model, small_config
 
-VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3",
+            "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute"]
 
 
 def _model(variant, kind="gqa", layers=4, seed=0, **kw):
@@ -34,7 +35,7 @@ def test_cached_generate_equals_full_recompute(variant, kind):
     assert torch.equal(m.generate(ids, max_new_tokens=9), _greedy_by_recompute(m, ids, 9))
 
 
-@pytest.mark.parametrize("variant", ["baseline", "sa:2-3", "cla:2+sa:2-3"])
+@pytest.mark.parametrize("variant", ["baseline", "sa:2-3", "cla:2+sa:2-3", "sa:1-2/recompute"])
 def test_chunked_prefill_equals_one_shot(variant):
     m = _model(variant)
     ids = torch.randint(0, 256, (2, 37))
@@ -144,3 +145,35 @@ def test_sa_model_from_transformers_weights_keeps_the_weights_it_uses(tmp_path):
     cla = load_model(tmp_path / "config.json", "cla:2", torch.float32, "cpu")
     assert "model.layers.1.self_attn.k_proj.weight" in cla.load_report["dropped"]
     assert torch.equal(cla.model.layers[1].self_attn.q_proj.weight, hf.model.layers[1].self_attn.q_proj.weight)
+
+
+@pytest.mark.parametrize("spans", ["sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"])
+@pytest.mark.parametrize("kind", ["gqa", "mha"])
+def test_sa_recompute_equals_probs_and_keeps_the_same_params_and_cache(spans, kind):
+    probs, rec = _model(spans, kind), _model(spans + "/recompute", kind)
+    assert rec.plan.sa_strategy == "recompute" and probs.plan.sa_strategy == "probs"
+    assert rec.load_state_dict(probs.state_dict()) is not None  # same tensors, same names
+    ids = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(rec(ids), probs(ids), atol=1e-4, rtol=1e-4)
+    for chunk in (None, 7):
+        c_p, c_r = probs.new_cache(2, 30), rec.new_cache(2, 30)
+        assert torch.allclose(rec.prefill(ids, c_r, chunk), probs.prefill(ids, c_p, chunk), atol=1e-4, rtol=1e-4)
+        assert c_r.nbytes == c_p.nbytes
+        for a, b in zip(c_r.tensors(), c_p.tensors()):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(rec.generate(ids, 6), probs.generate(ids, 6))
+    cfg = small_config(kind)
+    assert accounting.params(cfg, spans + "/recompute") == accounting.params(cfg, spans)
+    assert accounting.kv_cache_bytes(cfg, spans + "/recompute", 2, 30) == accounting.kv_cache_bytes(cfg, spans, 2, 30)
+
+
+def test_sa_recompute_never_materialises_p_in_prefill():
+    """/recompute runs no attn_probs in prefill (no B x H x T x T tensor), /probs does; decode keeps P in both."""
+    from sabench import flops
+
+    for variant, want_probs in (("sa:2-3", True), ("sa:2-3/recompute", False)):
+        ops_seen = flops.count_prefill(small_config("gqa"), variant, 1, 16, "float32", compare_alone=False)
+        assert ("attn_probs" in ops_seen.by_operator) == want_probs
+        assert ("attn_apply" in ops_seen.by_operator) == want_probs
+        dec = flops.count_decode_step(small_config("gqa"), variant, 1, 17, "float32", compare_alone=False)
+        assert "attn_probs" in dec.by_operator and "attn_apply" in dec.by_operator
