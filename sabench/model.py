@@ -59,6 +59,14 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return torch.where(medium, blended, scaled)
 
 
+def rope_tables(inv_freq: torch.Tensor, length: int, dtype: torch.dtype):
+    """cos, sin [length, head_dim] for positions 0..length-1, computed in float32, cast to dtype."""
+    pos = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq.float())
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -82,13 +90,20 @@ class MLP(nn.Module):
 
 # ---------------------------------------------------------------- cache and step context
 class KVCache:
-    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V."""
+    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V,
+    and the RoPE tables cos/sin [S, D] of its S positions.
+
+    The tables live here, sized like the buffers, rather than on the model: everything a
+    forward reads then has one length S, so a compiled step sees the same shape relations
+    for every cache (no recompile when a model serves caches of several lengths).
+    """
 
     def __init__(self, cfg: ModelConfig, plan: SharingPlan, batch_size: int, max_len: int,
-                 dtype: torch.dtype, device):
+                 dtype: torch.dtype, device, inv_freq: torch.Tensor):
         shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_k else None for lp in plan.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_v else None for lp in plan.layers]
+        self.cos, self.sin = rope_tables(inv_freq, max_len, dtype)
         self.batch_size, self.max_len = batch_size, max_len
 
     def tensors(self) -> list[torch.Tensor]:
@@ -215,8 +230,6 @@ class SharedLlama(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        self._rope_len = 0
-        self.cos = self.sin = self.inv_freq
         self.set_execution("eager")
 
     # -- weights ---------------------------------------------------------------
@@ -240,22 +253,12 @@ class SharedLlama(nn.Module):
         return self
 
     # -- positions -------------------------------------------------------------
-    def _rope_tables(self, length: int):
-        if self._rope_len < length or self.cos.device != self.inv_freq.device:
-            pos = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq.float())
-            emb = torch.cat((freqs, freqs), dim=-1)
-            dtype = self.model.embed_tokens.weight.dtype
-            self.cos, self.sin, self._rope_len = emb.cos().to(dtype), emb.sin().to(dtype), length
-        return self.cos, self.sin
-
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """Preallocate the cache for `max_len` positions; sized by the plan."""
         if max_len > self.cfg.max_position_embeddings:
             raise ValueError(f"{max_len} positions exceed the model's {self.cfg.max_position_embeddings}")
         w = self.model.embed_tokens.weight
-        self._rope_tables(max_len)
-        return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device)
+        return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device, self.inv_freq)
 
     # -- execution -------------------------------------------------------------
     def set_execution(self, execution: str = "eager", dynamic: bool = True) -> "SharedLlama":
@@ -287,13 +290,14 @@ class SharedLlama(nn.Module):
             x = x[:, -1:]
         return F.linear(self.model.norm(x), self.lm_weight)
 
-    def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, last_only: bool):
+    def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, causal: bool, last_only: bool):
+        """causal: the chunk starts the sequence (start == 0; decided by the caller so that
+        `start` can stay a symbolic size in a compiled graph)."""
         t = ids.shape[1]
         end = start + t
         dev = ids.device
-        causal = start == 0
         mask = None if causal else ops._causal_mask(t, end, dev)
-        st = _Step(cache, self.cos[start:end], self.sin[start:end], torch.arange(start, end, device=dev),
+        st = _Step(cache, cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
                    end, mask, causal, share_probs=self.plan.sa_strategy == "probs")
         return self._run(ids, st, last_only)
 
@@ -315,7 +319,10 @@ class SharedLlama(nn.Module):
             raise ValueError(f"prompt ends at position {start + t}, beyond the cache's {cache.max_len}")
         logits = None
         for s in range(0, t, step):
-            logits = self._chunk_fn(input_ids[:, s: s + step], cache, start + s, True)
+            # a fresh contiguous tensor (a few bytes a token): one layout for every chunk and no
+            # view of another tensor, so a compiled chunk never recompiles on strides or bases
+            chunk = input_ids[:, s: s + step].clone(memory_format=torch.contiguous_format)
+            logits = self._chunk_fn(chunk, cache, start + s, start + s == 0, True)
         return logits
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -325,10 +332,11 @@ class SharedLlama(nn.Module):
         beyond `pos` masked, so the step can be captured in a CUDA graph. P is kept
         for SA in decode with either strategy (one row per head; plan.py says why).
         """
-        cos = self.cos.index_select(0, pos)
-        sin = self.sin.index_select(0, pos)
-        mask = (torch.arange(cache.max_len, device=pos.device) <= pos)[None, :]
-        st = _Step(cache, cos, sin, pos, cache.max_len, mask, False, share_probs=True)
+        cos = cache.cos.index_select(0, pos)
+        sin = cache.sin.index_select(0, pos)
+        s = cache.v[0].shape[2]  # a tensor's size, not the python int: it stays symbolic when compiled
+        mask = (torch.arange(s, device=pos.device) <= pos)[None, :]
+        st = _Step(cache, cos, sin, pos, s, mask, False, share_probs=True)
         return self._run(tokens, st, logits_last_only=True)
 
     def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -349,7 +357,7 @@ class SharedLlama(nn.Module):
         """Full forward without a persistent cache: logits [B, T, vocab] (always eager)."""
         b, t = input_ids.shape
         cache = self.new_cache(b, t)
-        return self._prefill_chunk(input_ids, cache, 0, last_only=False)
+        return self._prefill_chunk(input_ids, cache, 0, True, last_only=False)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None,

@@ -24,6 +24,8 @@ is rejected with its key path before loading. Schema::
     warmup: 2                   # optional, default 2; >= 0
     repeats: 5                  # optional, default 5; >= 1
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
+    execution: auto             # optional, default auto; eager | compiled | auto
+                                # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
 """
 from __future__ import annotations
 
@@ -50,10 +52,12 @@ DEFAULTS = {
     "warmup": 2,
     "repeats": 5,
     "prefill_chunk": None,
+    "execution": "auto",
 }
+EXECUTION_CHOICES = ("auto", "eager", "compiled")
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "execution")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -105,6 +109,7 @@ class Suite:
     repeats: int
     prefill_chunk: Optional[int]
     path: Optional[str] = None
+    execution: str = "auto"  # as written; resolve_execution() says what runs on a device
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -121,6 +126,7 @@ class Suite:
             "warmup": self.warmup,
             "repeats": self.repeats,
             "prefill_chunk": self.prefill_chunk,
+            "execution": self.execution,
             "path": self.path,
         }
 
@@ -176,6 +182,15 @@ def resolve_device(device: str) -> str:
             f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return d
+
+
+def resolve_execution(execution: str, device: str) -> str:
+    """'auto' -> 'compiled' on CUDA, 'eager' on CPU; 'eager' and 'compiled' as given."""
+    if execution not in EXECUTION_CHOICES:
+        raise ValueError(f"unsupported execution {execution!r}: use {', '.join(EXECUTION_CHOICES)}")
+    if execution == "auto":
+        return "compiled" if str(device).startswith("cuda") else "eager"
+    return execution
 
 
 def find_suite(name_or_path) -> Path:
@@ -384,6 +399,10 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
         raise SuiteError(source, "prefill_chunk", f"expected null or an integer >= 1, got {_show(prefill_chunk)}")
 
+    execution = d["execution"]
+    if execution not in EXECUTION_CHOICES:
+        raise SuiteError(source, "execution", f"expected one of {', '.join(EXECUTION_CHOICES)}, got {_show(execution)}")
+
     sweep = d["sweep"]
     if not isinstance(sweep, dict):
         raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
@@ -412,7 +431,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path,
+        path=path, execution=execution,
     )
 
 

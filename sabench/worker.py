@@ -10,8 +10,19 @@ Phases:
   `warmup` untimed then `repeats` timed calls;
 - decode: `decode_tokens` single-token steps from a cache filled to seq_len;
   `warmup` untimed sequences then `repeats` timed ones, every step a sample.
-  On CUDA the step is also captured in a CUDA graph and replayed: graph mode is
-  the headline (decode at small batch is launch-bound in eager mode), eager kept.
+
+Execution (spec["execution"], every record says which ran):
+- eager: plain PyTorch. On CUDA the decode step is also captured in a CUDA graph
+  and replayed: graph mode is the headline, the eager step's timing is kept too.
+- compiled: torch.compile (Inductor) of the prefill chunk and of the decode step
+  (model.set_execution). The first call of each phase compiles (or loads from
+  TORCHINDUCTOR_CACHE_DIR); it is timed apart as overhead `compile_s`, never as a
+  sample. On CUDA both phases are then captured in CUDA graphs and replayed; a
+  prefill whose capture fails (e.g. out of memory for the graph's pool) is timed by
+  direct calls and says so (`prefill_mode`). The eager decode step is not timed.
+
+Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to
+EXTRA_ROUNDS more rounds of samples; the record's `stability` says how it ended.
 """
 from __future__ import annotations
 
@@ -31,6 +42,9 @@ from sabench.model import load_model
 from sabench.presets import ModelConfig
 from sabench.runner import FAULT_ENV
 from sabench.schema import point_key
+
+STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: more rounds, then flagged
+EXTRA_ROUNDS = 3  # at most this many more rounds of `repeats` when a phase is not stable
 
 
 class _Memory:
@@ -84,7 +98,34 @@ def _open_sampler(device: torch.device, notes: list):
 
 def _base_record(spec, phase: str) -> dict:
     return {"variant": spec["variant"], "batch_size": spec["batch_size"], "seq_len": spec["seq_len"],
-            "phase": phase, "warmup": spec["warmup"], "repeats": spec["repeats"]}
+            "phase": phase, "warmup": spec["warmup"], "repeats": spec["repeats"],
+            "execution": spec.get("execution") or "eager"}
+
+
+def _stability(samples: list) -> dict:
+    lat = summarize(samples)
+    ratio = lat["p90"] / lat["p10"] if lat["p10"] > 0 else float("inf")
+    return {"p90_over_p10": ratio, "stable": ratio <= STABLE_RATIO, "threshold": STABLE_RATIO}
+
+
+def _timed_rounds(take, device: torch.device) -> tuple[list, dict]:
+    """Samples from `take()` (one round), plus on CUDA up to EXTRA_ROUNDS more while
+    p90/p10 > STABLE_RATIO (a CPU shared with other work rarely settles: no extra rounds).
+
+    Returns (all samples, stability). A set still unstable after the extra rounds is kept as
+    measured and flagged, with a note, rather than cherry-picked."""
+    samples = take()
+    stab = _stability(samples)
+    rounds, limit = 0, EXTRA_ROUNDS if device.type == "cuda" else 0
+    while not stab["stable"] and rounds < limit:
+        samples = samples + take()
+        stab = _stability(samples)
+        rounds += 1
+    stab["extra_rounds"] = rounds
+    if not stab["stable"]:
+        stab["note"] = (f"p90/p10 {stab['p90_over_p10']:.3f} > {STABLE_RATIO} after {rounds} extra rounds: "
+                        "the samples are spread (launch-bound or a busy machine); compare with care")
+    return samples, stab
 
 
 def _roofline(rec: dict, flops_per_sample: float, bytes_per_sample: float, peaks: dict, metric: str):
@@ -140,10 +181,14 @@ def measure(spec: dict) -> dict:
         # every step reads all weights and the whole static cache buffer (masked positions too)
         "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}
 
+    execution = spec.get("execution") or "eager"
+    if spec.get("inductor_cache_dir"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache_dir"]
     t0 = time.perf_counter()
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
         _maybe_inject_oom(spec, "model build")
         model = load_model(cfg, v, dtype, device, weights="random", seed=spec.get("seed", 0))
+        model.set_execution(execution)
         sync(device)
     except Exception as e:
         failure = _failure(e)
@@ -161,11 +206,19 @@ def measure(spec: dict) -> dict:
         _maybe_inject_oom(spec, "prefill")
         cache = model.new_cache(b, t + n)
         with torch.no_grad(), _Memory(device, sampler) as mem:
-            samples = time_fn(lambda: model.prefill(ids, cache, chunk), warmup=spec["warmup"],
-                              repeats=spec["repeats"], device=device)
+            fn = lambda: model.prefill(ids, cache, chunk)  # noqa: E731
+            t0 = time.perf_counter()
+            fn()  # the first call compiles (compiled) or initialises (eager): never timed
+            sync(device)
+            overhead["first_prefill_s"] = time.perf_counter() - t0
+            fn, mode, graph = _maybe_graph(fn, execution, device, notes)
+            samples, stab = _timed_rounds(lambda: time_fn(fn, warmup=spec["warmup"], repeats=spec["repeats"],
+                                                          device=device), device)
+            if graph is not None:
+                graph.close()
         lat = summarize(samples)
         prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3),
-                       memory_bytes=mem.result)
+                       memory_bytes=mem.result, prefill_mode=mode, stability=stab)
         if getattr(mem, "nvml_summary", None):
             prefill["nvml"] = mem.nvml_summary
         _roofline(prefill, pre_an.total, prefill["bytes_moved"], peaks, "mfu")
@@ -176,7 +229,7 @@ def measure(spec: dict) -> dict:
     try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode.update(_measure_decode(model, cache, spec, device, sampler, notes))
+        decode.update(_measure_decode(model, cache, spec, device, sampler, notes, overhead))
         lat = decode["latency_ms"]
         decode["tokens_per_s"] = b / (lat["median"] / 1e3)
         _roofline(decode, dec_an.total / n, decode["bytes_moved"] / n, peaks, "mbu")
@@ -184,15 +237,36 @@ def measure(spec: dict) -> dict:
         decode.update(_failure(e))
     if sampler is not None:
         sampler.close()
+    if execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
+        overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
     overhead["total_in_worker_s"] = time.time() - t_start
     if notes:
         prefill["notes"] = decode["notes"] = notes
     return {"records": [prefill, decode], "overhead": overhead}
 
 
-def _measure_decode(model, cache, spec, device, sampler, notes) -> dict:
+def _maybe_graph(fn, execution: str, device: torch.device, notes: list):
+    """Compiled on CUDA: `fn` captured in a CUDA graph -> (replay, "graph", graph).
+    Otherwise, or when capture fails: (fn, "eager" or "compiled", None)."""
+    direct = "compiled" if execution == "compiled" else "eager"
+    if execution != "compiled" or device.type != "cuda":
+        return fn, direct, None
+    try:
+        graph = CudaGraphStep(fn, device=device, warmup_iters=1)
+    except Exception as e:
+        if is_oom_error(e):
+            raise
+        notes.append(f"prefill not captured in a CUDA graph ({type(e).__name__}: {str(e)[:200]}); "
+                     "timed by direct calls")
+        _release(device)
+        return fn, direct, None
+    return graph.replay, "graph", graph
+
+
+def _measure_decode(model, cache, spec, device, sampler, notes, overhead) -> dict:
     t, n = spec["seq_len"], spec["decode_tokens"]
     b = spec["batch_size"]
+    compiled = (spec.get("execution") or "eager") == "compiled"
     tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
     pos = torch.tensor([t], device=device)
     step = model.greedy_step_fn(cache, tokens, pos)
@@ -212,17 +286,26 @@ def _measure_decode(model, cache, spec, device, sampler, notes) -> dict:
     out = {}
     with torch.no_grad(), _Memory(device, sampler) as mem:
         _maybe_inject_oom(spec, "decode")
-        step()  # the first call is never timed, even with warmup 0
-        eager = run_sequences(step)
+        reset()
+        t0 = time.perf_counter()
+        step()  # the first call (compiles when compiled) is never timed, even with warmup 0
+        sync(device)
+        overhead["first_decode_s"] = time.perf_counter() - t0
+        eager = None
+        if not compiled:  # compiled: the uncompiled step is not what runs, and timing it costs the most
+            eager = run_sequences(step)
         if device.type == "cuda":
             reset()
             graph = CudaGraphStep(step, device=device)
-            graph_samples = run_sequences(graph.replay)
+            samples, stab = _timed_rounds(lambda: run_sequences(graph.replay), device)
             graph.close()
-    if device.type == "cuda":
-        out.update(latency_ms=summarize(graph_samples), latency_eager_ms=summarize(eager), decode_mode="graph")
-    else:
-        out.update(latency_ms=summarize(eager), decode_mode="eager")
+            mode = "graph"
+        else:
+            samples, stab = _timed_rounds(lambda: eager or run_sequences(step), device)
+            mode = "compiled" if compiled else "eager"
+    out.update(latency_ms=summarize(samples), decode_mode=mode, stability=stab)
+    if eager is not None and device.type == "cuda":
+        out["latency_eager_ms"] = summarize(eager)
     out.update(status="ok", memory_bytes=mem.result)
     if getattr(mem, "nvml_summary", None):
         out["nvml"] = mem.nvml_summary
