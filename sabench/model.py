@@ -230,6 +230,7 @@ class SharedLlama(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._graphs: dict = {}  # generate's CUDA graphs, by (batch, length, device, execution)
         self.set_execution("eager")
 
     # -- weights ---------------------------------------------------------------
@@ -364,44 +365,57 @@ class SharedLlama(nn.Module):
                  cuda_graph: Optional[bool] = None):
         """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens].
 
-        On CUDA (or with cuda_graph=True) the decode step is captured once in a CUDA
-        graph and replayed, compiled first when the model's execution is "compiled":
-        the same step the benchmark times, with the same tokens as eager execution.
+        cuda_graph (default: on CUDA) replays the decode step from a CUDA graph, compiled
+        first when the model's execution is "compiled": the step the benchmark times, the
+        same tokens as eager execution. The graph, its cache and its step tensors are kept
+        per (batch, T + max_new_tokens) and reused by later calls of that shape, so only
+        the first call pays the capture; free_generate_graphs() gives their memory back.
         """
         b, t = input_ids.shape
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=input_ids.device)
+        dev = input_ids.device
+        out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=dev)
         out[:, :t] = input_ids
         if max_new_tokens == 0:
             return out
-        cache = self.new_cache(b, t + max_new_tokens)
+        use_graph = (dev.type == "cuda" if cuda_graph is None else cuda_graph) and max_new_tokens > 1
+        if use_graph:
+            cache, tokens, pos, graph = self._generate_graph(b, t + max_new_tokens, dev)
+            step = graph.replay
+        else:
+            cache = self.new_cache(b, t + max_new_tokens)
+            tokens = torch.empty(b, 1, dtype=torch.long, device=dev)
+            pos = torch.empty(1, dtype=torch.long, device=dev)
+            step = self.greedy_step_fn(cache, tokens, pos)
+        # Positions past the prompt may hold an earlier call's K/V: every step writes its
+        # position before attending to it, and attends to nothing beyond it.
         logits = self.prefill(input_ids, cache, prefill_chunk)
-        tokens = logits[:, -1].argmax(-1, keepdim=True)
+        tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
         out[:, t: t + 1] = tokens
-        if max_new_tokens == 1:
-            return out
-        pos = torch.tensor([t], device=input_ids.device)
-        step = self.greedy_step_fn(cache, tokens, pos)
-        graph = None
-        if input_ids.device.type == "cuda" if cuda_graph is None else cuda_graph:
+        pos.fill_(t)
+        for _ in range(max_new_tokens - 1):
+            step()
+            out.index_copy_(1, pos, tokens)
+        return out
+
+    def _generate_graph(self, batch_size: int, max_len: int, device: torch.device):
+        key = (batch_size, max_len, str(device), self.execution)
+        if key not in self._graphs:
             from sabench.measure.timing import CudaGraphStep
 
-            first = tokens.clone()
-            graph = CudaGraphStep(step, device=input_ids.device, warmup_iters=1)
-            # The warm-up step ran ahead: rewind. What it wrote into the cache sits at
-            # positions every later step overwrites before it attends to them.
-            tokens.copy_(first)
-            pos.fill_(t)
-            step = graph.replay
-        try:
-            for _ in range(max_new_tokens - 1):
-                step()
-                out.index_copy_(1, pos, tokens)
-        finally:
-            if graph is not None:
-                graph.close()
-        return out
+            cache = self.new_cache(batch_size, max_len)
+            tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+            pos = torch.zeros(1, dtype=torch.long, device=device)  # the warm-up step writes position 0
+            graph = CudaGraphStep(self.greedy_step_fn(cache, tokens, pos), device=device, warmup_iters=1)
+            self._graphs[key] = (cache, tokens, pos, graph)
+        return self._graphs[key]
+
+    def free_generate_graphs(self) -> None:
+        """Drop generate's captured graphs and their caches (their memory goes back to torch)."""
+        for *_, graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
 
 
 # ---------------------------------------------------------------- loading
