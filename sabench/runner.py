@@ -56,18 +56,24 @@ _COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warm
                "prefill_chunk": None, "execution": "eager"}
 
 
-def inductor_cache_dir() -> Path:
-    """Where compiled artefacts persist across the points, processes and runs of this user.
-
-    TORCHINDUCTOR_CACHE_DIR when set, else ~/.cache/sabench/inductor (XDG_CACHE_HOME
-    honoured). Inductor's FX-graph and autotuning caches live there, so a point process
-    compiling a graph another point (or an earlier run) already compiled loads it instead.
-    """
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+def cache_root() -> Path:
+    """sabench's per-user cache: SABENCH_CACHE_DIR, else ~/.cache/sabench (XDG_CACHE_HOME honoured)."""
+    env = os.environ.get("SABENCH_CACHE_DIR")
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sabench" / "inductor"
+    return Path(base) / "sabench"
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled artefacts persist across the points, processes and runs of this user.
+
+    TORCHINDUCTOR_CACHE_DIR when set, else cache_root()/inductor. Inductor's FX-graph and
+    autotuning caches live there, so a point process compiling a graph another point (or
+    an earlier run) already compiled loads it instead.
+    """
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else cache_root() / "inductor"
 
 
 def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
@@ -295,7 +301,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                         "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
                         "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
                         "threads": threads, "fault_oom": os.environ.get(FAULT_ENV),
-                        "execution": suite.execution, "inductor_cache_dir": cache_dir}
+                        "execution": suite.execution, "inductor_cache_dir": cache_dir,
+                        "count_cache_dir": str(cache_root() / "flops")}
                 records, overhead = run_point(spec, workdir)
                 if all(records[ph]["status"] == "oom" for ph in PHASES):
                     oom_at[k] = min(oom_at.get(k, p.seq_len), p.seq_len)

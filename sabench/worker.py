@@ -162,8 +162,8 @@ def measure(spec: dict) -> dict:
     overhead = {"process_start_s": max(0.0, t_start - spec["t_spawn"]) if spec.get("t_spawn") else None}
 
     t0 = time.perf_counter()
-    pre_count = flops.count_prefill(cfg, v, b, t, dtype, chunk_size=chunk, compare_alone=False)
-    dec_count = flops.count_decode_step(cfg, v, b, t + n, dtype, compare_alone=False)
+    counted, overhead["flops_from_cache"] = flops.point_counts(cfg, v, b, t, n, dtype, chunk,
+                                                                cache_dir=spec.get("count_cache_dir"))
     overhead["count_flops_s"] = time.perf_counter() - t0
     pre_an = accounting.prefill_flops(cfg, v, b, t)
     dec_an = accounting.decode_phase_flops(cfg, v, b, t, n)
@@ -171,12 +171,12 @@ def measure(spec: dict) -> dict:
               "kv_cache_bytes": accounting.kv_cache_bytes(cfg, v, b, t + n, dtype)}
 
     prefill = _base_record(spec, "prefill") | common | {
-        "flops": {"counted": pre_count.total, "analytic": pre_an.total,
+        "flops": {"counted": counted["prefill"], "analytic": pre_an.total,
                   "analytic_breakdown": pre_an.to_dict()},
         "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype)}
     decode = _base_record(spec, "decode") | common | {
         "decode_tokens": n,
-        "flops": {"counted": dec_count.total * n, "analytic": dec_an.total,
+        "flops": {"counted": counted["decode_step"] * n, "analytic": dec_an.total,
                   "analytic_breakdown": dec_an.to_dict()},
         # every step reads all weights and the whole static cache buffer (masked positions too)
         "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}

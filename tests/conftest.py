@@ -5,6 +5,8 @@ import pytest
 def _private_history(tmp_path_factory, monkeypatch):
     """Runs in tests record into a throwaway history, never into the repo's reports/."""
     monkeypatch.setenv("SABENCH_HISTORY", str(tmp_path_factory.mktemp("history") / "history.sqlite"))
+    # and keep their FLOP-count and compile caches out of the user's ~/.cache
+    monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sabench-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -104,3 +104,19 @@ def test_unhandled_matrix_operator_is_refused():
 def test_counting_works_on_meta_for_a_full_size_model():
     pre = F.count_prefill("llama-3.1-8b", "sa:23-30", 1, 512)
     assert pre.total == A.prefill_flops("llama-3.1-8b", "sa:23-30", 1, 512).total
+
+
+def test_point_counts_are_cached_on_disk_and_equal_a_fresh_trace(tmp_path):
+    args = ("tiny", "cla:2+sa:2-3/recompute", 2, 24, 5, "float32", 8)
+    fresh, cached = F.point_counts(*args, cache_dir=None)
+    assert not cached
+    assert fresh["prefill"] == F.count_prefill("tiny", args[1], 2, 24, "float32", chunk_size=8).total
+    assert fresh["decode_step"] == F.count_decode_step("tiny", args[1], 2, 29, "float32").total
+    first, hit1 = F.point_counts(*args, cache_dir=tmp_path)
+    second, hit2 = F.point_counts(*args, cache_dir=tmp_path)
+    assert (hit1, hit2) == (False, True) and first == second == fresh
+    other, hit = F.point_counts("tiny", "sa:2-3", 2, 24, 5, "float32", 8, cache_dir=tmp_path)
+    assert not hit and other != fresh  # another variant is another key
+    (entry,) = [p for p in tmp_path.iterdir() if p.read_text() == __import__("json").dumps(first)]
+    entry.write_text("{torn")
+    assert F.point_counts(*args, cache_dir=tmp_path) == (fresh, False)
