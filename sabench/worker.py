@@ -17,9 +17,11 @@ Execution (spec["execution"], every record says which ran):
 - compiled: torch.compile (Inductor) of the prefill chunk and of the decode step
   (model.set_execution). The first call of each phase compiles (or loads from
   TORCHINDUCTOR_CACHE_DIR); it is timed apart as overhead `compile_s`, never as a
-  sample. On CUDA both phases are then captured in CUDA graphs and replayed; a
-  prefill whose capture fails (e.g. out of memory for the graph's pool) is timed by
-  direct calls and says so (`prefill_mode`). The eager decode step is not timed.
+  sample, and happens before the phase's memory window opens. On CUDA the decode
+  step and the launch-bound prefills (<= PREFILL_GRAPH_MAX_TOKENS tokens) are then
+  captured in CUDA graphs and replayed; a prefill whose capture fails for another
+  reason than memory is timed by direct calls and says so (`prefill_mode`, a note).
+  The eager decode step is not timed.
 
 Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to
 EXTRA_ROUNDS more rounds of samples; the record's `stability` says how it ended.
@@ -45,6 +47,10 @@ from sabench.schema import point_key
 
 STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: more rounds, then flagged
 EXTRA_ROUNDS = 3  # at most this many more rounds of `repeats` when a phase is not stable
+# Compiled prefills of at most this many tokens (batch x seq_len) are replayed from a CUDA graph:
+# they are the launch-bound ones. Larger ones run for tens of ms or more, hide their launches, and
+# a graph's private pool would hold a second copy of their activations during the measurement.
+PREFILL_GRAPH_MAX_TOKENS = 8192
 
 
 class _Memory:
@@ -205,13 +211,15 @@ def measure(spec: dict) -> dict:
     try:  # ---- prefill
         _maybe_inject_oom(spec, "prefill")
         cache = model.new_cache(b, t + n)
+        fn = lambda: model.prefill(ids, cache, chunk)  # noqa: E731
+        if execution == "compiled":  # compiling (and autotuning) stays out of the phase's memory window
+            _first_call(fn, device, overhead, "first_prefill_s")
+            _release(device)
         with torch.no_grad(), _Memory(device, sampler) as mem:
-            fn = lambda: model.prefill(ids, cache, chunk)  # noqa: E731
-            t0 = time.perf_counter()
-            fn()  # the first call compiles (compiled) or initialises (eager): never timed
-            sync(device)
-            overhead["first_prefill_s"] = time.perf_counter() - t0
-            fn, mode, graph = _maybe_graph(fn, execution, device, notes)
+            if execution != "compiled":
+                _first_call(fn, device, overhead, "first_prefill_s")
+            capture = execution == "compiled" and device.type == "cuda" and b * t <= PREFILL_GRAPH_MAX_TOKENS
+            fn, mode, graph = _maybe_graph(fn, capture, execution, device, notes)
             samples, stab = _timed_rounds(lambda: time_fn(fn, warmup=spec["warmup"], repeats=spec["repeats"],
                                                           device=device), device)
             if graph is not None:
@@ -245,12 +253,22 @@ def measure(spec: dict) -> dict:
     return {"records": [prefill, decode], "overhead": overhead}
 
 
-def _maybe_graph(fn, execution: str, device: torch.device, notes: list):
-    """Compiled on CUDA: `fn` captured in a CUDA graph -> (replay, "graph", graph).
-    Otherwise, or when capture fails: (fn, "eager" or "compiled", None)."""
-    direct = "compiled" if execution == "compiled" else "eager"
-    if execution != "compiled" or device.type != "cuda":
-        return fn, direct, None
+def _first_call(fn, device: torch.device, overhead: dict, key: str) -> None:
+    """A phase's first call: timed as overhead[key], never a sample. It compiles (compiled
+    execution; Inductor may autotune, cloning the buffers a kernel mutates, such as the
+    cache) or initialises lazily (eager: cuBLAS handles, allocator growth)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    sync(device)
+    overhead[key] = time.perf_counter() - t0
+
+
+def _maybe_graph(fn, capture: bool, execution: str, device: torch.device, notes: list):
+    """`fn` captured in a CUDA graph -> (replay, "graph", graph); uncaptured, or when capture
+    fails for another reason than memory: (fn, execution, None)."""
+    if not capture:
+        return fn, execution, None
     try:
         graph = CudaGraphStep(fn, device=device, warmup_iters=1)
     except Exception as e:
@@ -259,7 +277,7 @@ def _maybe_graph(fn, execution: str, device: torch.device, notes: list):
         notes.append(f"prefill not captured in a CUDA graph ({type(e).__name__}: {str(e)[:200]}); "
                      "timed by direct calls")
         _release(device)
-        return fn, direct, None
+        return fn, execution, None
     return graph.replay, "graph", graph
 
 
@@ -284,13 +302,15 @@ def _measure_decode(model, cache, spec, device, sampler, notes, overhead) -> dic
         return samples
 
     out = {}
-    with torch.no_grad(), _Memory(device, sampler) as mem:
-        _maybe_inject_oom(spec, "decode")
+    _maybe_inject_oom(spec, "decode")
+    if compiled:  # as in prefill: compiling stays out of the memory window
         reset()
-        t0 = time.perf_counter()
-        step()  # the first call (compiles when compiled) is never timed, even with warmup 0
-        sync(device)
-        overhead["first_decode_s"] = time.perf_counter() - t0
+        _first_call(step, device, overhead, "first_decode_s")
+        _release(device)
+    with torch.no_grad(), _Memory(device, sampler) as mem:
+        if not compiled:
+            reset()
+            _first_call(step, device, overhead, "first_decode_s")  # never timed, even with warmup 0
         eager = None
         if not compiled:  # compiled: the uncompiled step is not what runs, and timing it costs the most
             eager = run_sequences(step)
