@@ -84,3 +84,7 @@ repeats: 2
     assert "latency_eager_ms" not in dec and len(dec["latency_ms"]["samples"]) == 2 * 11
     (ovh,) = data["overhead"].values()
     assert ovh["compile_s"] > 0 and ovh["compile_s"] == pytest.approx(ovh["first_prefill_s"] + ovh["first_decode_s"])
+    from sabench.report import write_report
+
+    md = write_report(out).read_text()
+    assert "Execution: compiled, compiled mode." in md and "compilation (first calls" in md
