@@ -7,6 +7,12 @@ layer no longer needs (no Q/K for an SA layer, no K/V for a CLA non-owner).
 The KV cache is preallocated and written in place with `index_copy_`; a decode
 step has static shapes (it attends over the whole buffer under a mask) and never
 reads a value back to the host, so it can be captured in a CUDA graph.
+
+SA spans run as the plan's `sa_strategy` says (plan.py): the source layer hands
+on P (`probs`) or its Q and K for a fused SDPA in every shared layer (`recompute`,
+prefill only). `set_execution("compiled")` wraps the prefill chunk and the greedy
+step in torch.compile; both are functions of tensors and of the cache object, whose
+buffers and RoPE tables never change shape, so one graph serves every step.
 """
 from __future__ import annotations
 
