@@ -47,7 +47,8 @@ def _models(cfg: ModelConfig, dtype: torch.dtype, device: str):
         torch.set_default_dtype(default)
     ours = build_model(cfg, "baseline", dtype, device)
     missing, unexpected = ours.load_state_dict(hf.state_dict(), strict=False)
-    if missing or [k for k in unexpected if not k.endswith("rotary_emb.inv_freq")]:
+    tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    if missing or [k for k in unexpected if not k.endswith("rotary_emb.inv_freq") and k not in tied]:
         raise SystemExit(f"weights do not map: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return ours, hf
 
