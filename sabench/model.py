@@ -32,6 +32,7 @@ from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weigh
 
 
 EXECUTIONS = ("eager", "compiled")
+GENERATE_GRAPHS_KEPT = 4  # generate's captured decode graphs (each with its cache) kept, by shape
 
 
 # ---------------------------------------------------------------- building blocks
@@ -374,8 +375,9 @@ class SharedLlama(nn.Module):
         cuda_graph (default: on CUDA) replays the decode step from a CUDA graph, compiled
         first when the model's execution is "compiled": the step the benchmark times, the
         same tokens as eager execution. The graph, its cache and its step tensors are kept
-        per (batch, T + max_new_tokens) and reused by later calls of that shape, so only
-        the first call pays the capture; free_generate_graphs() gives their memory back.
+        per (batch, T + max_new_tokens), for the GENERATE_GRAPHS_KEPT most recent shapes, and
+        reused by later calls of that shape, so only the first call pays the capture;
+        free_generate_graphs() gives their memory back.
         """
         b, t = input_ids.shape
         if max_new_tokens < 0:
@@ -407,9 +409,13 @@ class SharedLlama(nn.Module):
 
     def _generate_graph(self, batch_size: int, max_len: int, device: torch.device):
         key = (batch_size, max_len, str(device), self.execution)
-        if key not in self._graphs:
+        if key in self._graphs:
+            self._graphs[key] = self._graphs.pop(key)  # most recently used last
+        else:
             from sabench.measure.timing import CudaGraphStep
 
+            while len(self._graphs) >= GENERATE_GRAPHS_KEPT:  # the least recently used shape goes
+                self._graphs.pop(next(iter(self._graphs)))[-1].close()
             cache = self.new_cache(batch_size, max_len)
             tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
             pos = torch.zeros(1, dtype=torch.long, device=device)  # the warm-up step writes position 0

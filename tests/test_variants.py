@@ -177,3 +177,39 @@ def test_sa_recompute_never_materialises_p_in_prefill():
         assert ("attn_apply" in ops_seen.by_operator) == want_probs
         dec = flops.count_decode_step(small_config("gqa"), variant, 1, 17, "float32", compare_alone=False)
         assert "attn_probs" in dec.by_operator and "attn_apply" in dec.by_operator
+
+
+def test_generate_graph_path_logic_on_cpu_with_a_stand_in_graph(monkeypatch):
+    """generate's CUDA-graph path (warm-up rewind, reuse per shape, eviction) with a stand-in that
+    replays by calling the step: the same tokens as direct steps. The real capture: tests/test_cuda_execution.py."""
+    from sabench import model as model_mod
+    from sabench.measure import timing
+
+    made = []
+
+    class StandIn:
+        def __init__(self, fn, device=None, warmup_iters=3, pool=None):
+            for _ in range(warmup_iters):  # like the real one: warm-up steps run ahead of any replay
+                fn()
+            self.fn, self.closed = fn, False
+            made.append(self)
+
+        def replay(self):
+            return self.fn()
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(timing, "CudaGraphStep", StandIn)
+    m = _model("cla:2+sa:2-3/recompute")
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(3))
+    want = m.generate(ids, 9, cuda_graph=False)
+    assert torch.equal(want, _greedy_by_recompute(m, ids, 9))
+    assert torch.equal(m.generate(ids, 9, cuda_graph=True), want)
+    assert torch.equal(m.generate(ids.flip(0), 9, cuda_graph=True), m.generate(ids.flip(0), 9, cuda_graph=False))
+    assert len(made) == 1  # the second call of the shape reused the graph and its cache
+    for n in range(2, 2 + model_mod.GENERATE_GRAPHS_KEPT):
+        m.generate(ids, n, cuda_graph=True)
+    assert len(m._graphs) == model_mod.GENERATE_GRAPHS_KEPT and made[0].closed
+    m.free_generate_graphs()
+    assert not m._graphs and all(g.closed for g in made)
