@@ -180,3 +180,16 @@ def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
     calls = iter([[1.0, 1.5, 1.0, 1.5], [1.0] * 40])  # settles after one more round
     samples, st = _timed_rounds(lambda: next(calls), torch.device("cuda"))
     assert st["stable"] and st["extra_rounds"] == 1 and "note" not in st and len(samples) == 44
+
+
+def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
+    from sabench.runner import cache_root, inductor_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path / "sb"))
+    assert cache_root() == tmp_path / "sb" and inductor_cache_dir() == tmp_path / "sb" / "inductor"
+    monkeypatch.delenv("SABENCH_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "sabench"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
+    assert inductor_cache_dir() == tmp_path / "ind"
