@@ -6,7 +6,10 @@ Conventions (the README states them too):
 - Causal attention counts the lower triangle: a query at absolute position p
   attends p + 1 keys. A prefill of T tokens from an empty cache has T(T+1)/2
   query-key pairs per head; one decode step at context c has c + 1.
-- A layer that computes attention does QK^T and PV; an SA layer does PV only.
+- A layer that computes attention does QK^T and PV; an SA layer does PV only,
+  except in a prefill with the ``/recompute`` strategy, where every SA layer runs
+  QK^T again (from its source layer's Q and K) and PV in one fused kernel. Decode
+  keeps P with either strategy (plan.py).
 - Prefill computes logits for the last position only (time to first token);
   a decode step computes logits for its one token.
 """
@@ -79,8 +82,10 @@ class Flops:
                      self.mlp + o.mlp, self.lm_head + o.lm_head)
 
 
-def _flops(cfg: ModelConfig, plan: SharingPlan, tokens: int, pairs: int, logit_tokens: int) -> Flops:
-    """tokens: new tokens in the whole batch; pairs: query-key pairs per head, whole batch."""
+def _flops(cfg: ModelConfig, plan: SharingPlan, tokens: int, pairs: int, logit_tokens: int,
+           recompute_shared: bool = False) -> Flops:
+    """tokens: new tokens in the whole batch; pairs: query-key pairs per head, whole batch;
+    recompute_shared: SA layers compute QK^T again (prefill with sa_strategy "recompute")."""
     h, d = cfg.hidden_size, cfg.head_dim
     q_out, kv_out = cfg.num_heads * d, cfg.num_kv_heads * d
     proj = attn = 0
@@ -90,7 +95,7 @@ def _flops(cfg: ModelConfig, plan: SharingPlan, tokens: int, pairs: int, logit_t
         out += kv_out if lp.has_k else 0
         out += kv_out if lp.has_v else 0
         proj += 2 * tokens * h * out
-        attn += 2 * cfg.num_heads * pairs * d * (2 if lp.computes_attention else 1)
+        attn += 2 * cfg.num_heads * pairs * d * (2 if lp.computes_attention or recompute_shared else 1)
     mlp = 2 * tokens * 3 * h * cfg.intermediate_size * cfg.num_layers
     return Flops(proj, attn, mlp, 2 * logit_tokens * h * cfg.vocab_size)
 
@@ -102,8 +107,9 @@ def causal_pairs(q_len: int, context: int = 0) -> int:
 
 def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = False) -> Flops:
     cfg = resolve_config(cfg)
-    return _flops(cfg, _plan(cfg, plan), batch_size * seq_len, batch_size * causal_pairs(seq_len),
-                  batch_size * (seq_len if all_logits else 1))
+    p = _plan(cfg, plan)
+    return _flops(cfg, p, batch_size * seq_len, batch_size * causal_pairs(seq_len),
+                  batch_size * (seq_len if all_logits else 1), recompute_shared=p.sa_strategy == "recompute")
 
 
 def decode_flops(cfg, plan, batch_size: int, context: int) -> Flops:

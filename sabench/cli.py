@@ -106,7 +106,7 @@ def cmd_run(args) -> int:
     from sabench.runner import run_suite
 
     return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                     report=not args.no_report)
+                     report=not args.no_report, execution=args.execution)
 
 
 def cmd_quality(args) -> int:
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="measure only the points missing from --out")
     r.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     r.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
+    r.add_argument("--execution", choices=("eager", "compiled"), default=None,
+                   help="override the suite's execution (default: the suite's; auto = compiled on CUDA, eager on CPU)")
     r.set_defaults(func=cmd_run)
 
     q = sub.add_parser("quality", help="perplexity per variant, layer attention similarity, SA span advice",

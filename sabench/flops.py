@@ -13,10 +13,14 @@ Tracing runs on meta tensors: no memory, no weights, any model size.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,7 +131,6 @@ class _Decode(nn.Module):
         super().__init__()
         self.m = model
         self.cache = model.new_cache(batch_size, cache_len)
-        model._positions(self.cache)
 
     def forward(self, tokens, pos):
         return self.m.decode_step(tokens, pos, self.cache)
@@ -155,3 +158,49 @@ def count_decode_step(source, variant="baseline", batch_size=1, cache_len=129, d
     tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=dev)
     pos = torch.tensor([cache_len - 1], device=dev)
     return count(_Decode(m, batch_size, cache_len), (tokens, pos), compare_alone)
+
+
+# ---------------------------------------------------------------- counts of a benchmark point, cached
+def _fingerprint() -> str:
+    """The code a count depends on: a change to any of it invalidates every cached count."""
+    import fvcore
+
+    here = Path(__file__).parent
+    h = hashlib.sha256(f"{torch.__version__} {getattr(fvcore, '__version__', '?')}".encode())
+    for name in ("flops.py", "model.py", "ops.py", "plan.py", "presets.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def point_counts(cfg, variant: str, batch_size: int, seq_len: int, decode_tokens: int, dtype,
+                 chunk_size=None, cache_dir=None) -> tuple[dict, bool]:
+    """fvcore totals of one point: {"prefill": FLOPs of the prefill, "decode_step": FLOPs of one
+    step over the static cache of seq_len + decode_tokens positions}, and whether they came
+    from `cache_dir`.
+
+    Tracing a large model takes seconds and the counts are a pure function of the code,
+    the config, the variant and the shapes, so they are kept as JSON under `cache_dir`
+    (None: always traced), keyed by all of these.
+    """
+    from sabench.dtypes import dtype_name
+    from sabench.presets import resolve_config
+
+    cfg = resolve_config(cfg)
+    key = json.dumps([_fingerprint(), cfg.to_dict(), variant, batch_size, seq_len, decode_tokens,
+                      dtype_name(dtype), chunk_size], sort_keys=True, default=str)
+    path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            return json.loads(path.read_text()), True
+        except (OSError, ValueError):
+            pass  # a torn or unreadable entry is counted again and rewritten
+    counts = {"prefill": count_prefill(cfg, variant, batch_size, seq_len, dtype, chunk_size=chunk_size,
+                                       compare_alone=False).total,
+              "decode_step": count_decode_step(cfg, variant, batch_size, seq_len + decode_tokens, dtype,
+                                               compare_alone=False).total}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counts))
+        os.replace(tmp, path)
+    return counts, False

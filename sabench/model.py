@@ -7,6 +7,12 @@ layer no longer needs (no Q/K for an SA layer, no K/V for a CLA non-owner).
 The KV cache is preallocated and written in place with `index_copy_`; a decode
 step has static shapes (it attends over the whole buffer under a mask) and never
 reads a value back to the host, so it can be captured in a CUDA graph.
+
+SA spans run as the plan's `sa_strategy` says (plan.py): the source layer hands
+on P (`probs`) or its Q and K for a fused SDPA in every shared layer (`recompute`,
+prefill only). `set_execution("compiled")` wraps the prefill chunk and the greedy
+step in torch.compile; both are functions of tensors and of the cache object, whose
+buffers and RoPE tables never change shape, so one graph serves every step.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ from sabench import ops
 from sabench.dtypes import parse_dtype
 from sabench.plan import LayerPlan, SharingPlan, parse_variant
 from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weight_files
+
+
+EXECUTIONS = ("eager", "compiled")
+GENERATE_GRAPHS_KEPT = 4  # generate's captured decode graphs (each with its cache) kept, by shape
 
 
 # ---------------------------------------------------------------- building blocks
@@ -56,6 +66,14 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return torch.where(medium, blended, scaled)
 
 
+def rope_tables(inv_freq: torch.Tensor, length: int, dtype: torch.dtype):
+    """cos, sin [length, head_dim] for positions 0..length-1, computed in float32, cast to dtype."""
+    pos = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq.float())
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -79,13 +97,20 @@ class MLP(nn.Module):
 
 # ---------------------------------------------------------------- cache and step context
 class KVCache:
-    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V."""
+    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V,
+    and the RoPE tables cos/sin [S, D] of its S positions.
+
+    The tables live here, sized like the buffers, rather than on the model: everything a
+    forward reads then has one length S, so a compiled step sees the same shape relations
+    for every cache (no recompile when a model serves caches of several lengths).
+    """
 
     def __init__(self, cfg: ModelConfig, plan: SharingPlan, batch_size: int, max_len: int,
-                 dtype: torch.dtype, device):
+                 dtype: torch.dtype, device, inv_freq: torch.Tensor):
         shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_k else None for lp in plan.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_v else None for lp in plan.layers]
+        self.cos, self.sin = rope_tables(inv_freq, max_len, dtype)
         self.batch_size, self.max_len = batch_size, max_len
 
     def tensors(self) -> list[torch.Tensor]:
@@ -107,13 +132,14 @@ class _Step:
     kv_len: int  # cache positions attended over
     mask: Optional[torch.Tensor]  # [T, kv_len] bool, None when causal
     causal: bool
-    probs: dict = field(default_factory=dict)  # layer -> P, for the SA layers after it
+    share_probs: bool  # SA: the source layer hands on P (else its Q and K, for recompute)
+    shared: dict = field(default_factory=dict)  # SA source layer -> P, or (Q, K)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
-        self.lp, self.keeps_probs = lp, keeps_probs
+        self.lp, self.is_sa_source = lp, is_sa_source
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
         hid, bias = cfg.hidden_size, cfg.qkv_bias or cfg.o_bias
@@ -160,21 +186,26 @@ class Attention(nn.Module):
         if lp.computes_attention:
             q = apply_rope(self._heads(self.q_proj, x, self.h), st.cos, st.sin)
             k = cache.k[lp.kv_source][:, :, : st.kv_len]
-            if self.keeps_probs:
+            if self.is_sa_source and st.share_probs:  # the paper's SA: P materialised, handed on
                 p = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
-                st.probs[lp.index] = p
+                st.shared[lp.index] = p
                 out = ops.attn_apply(p, v, st.causal)
             else:
+                if self.is_sa_source:  # SA recompute: hand on Q and K, P is never stored
+                    st.shared[lp.index] = (q, k)
                 out = self._sdpa(q, k, v, st)
-        else:  # Shared Attention: P of the span's source layer applied to this layer's V
-            out = ops.attn_apply(st.probs[lp.attn_source], v, st.causal)
+        elif st.share_probs:  # Shared Attention: P of the span's source layer applied to this layer's V
+            out = ops.attn_apply(st.shared[lp.attn_source], v, st.causal)
+        else:  # the same P, recomputed by a fused kernel from the source layer's Q and K
+            q, k = st.shared[lp.attn_source]
+            out = self._sdpa(q, k, v, st)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, keeps_probs: bool):
+    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
-        self.self_attn = Attention(cfg, lp, keeps_probs)
+        self.self_attn = Attention(cfg, lp, is_sa_source)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -206,8 +237,8 @@ class SharedLlama(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
-        self._rope_len = 0
-        self.cos = self.sin = self.inv_freq
+        self._graphs: dict = {}  # generate's CUDA graphs, by (batch, length, device, execution)
+        self.set_execution("eager")
 
     # -- weights ---------------------------------------------------------------
     @property
@@ -230,24 +261,35 @@ class SharedLlama(nn.Module):
         return self
 
     # -- positions -------------------------------------------------------------
-    def _rope_tables(self, length: int):
-        if self._rope_len < length or self.cos.device != self.inv_freq.device:
-            pos = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq.float())
-            emb = torch.cat((freqs, freqs), dim=-1)
-            dtype = self.model.embed_tokens.weight.dtype
-            self.cos, self.sin, self._rope_len = emb.cos().to(dtype), emb.sin().to(dtype), length
-        return self.cos, self.sin
-
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """Preallocate the cache for `max_len` positions; sized by the plan."""
         if max_len > self.cfg.max_position_embeddings:
             raise ValueError(f"{max_len} positions exceed the model's {self.cfg.max_position_embeddings}")
         w = self.model.embed_tokens.weight
-        self._rope_tables(max_len)
-        return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device)
+        return KVCache(self.cfg, self.plan, batch_size, max_len, w.dtype, w.device, self.inv_freq)
 
     # -- execution -------------------------------------------------------------
+    def set_execution(self, execution: str = "eager", dynamic: bool = True) -> "SharedLlama":
+        """How prefill chunks and decode steps run: "eager" (plain PyTorch) or "compiled".
+
+        compiled: torch.compile (Inductor; Triton kernels on CUDA, C++ on CPU) of one
+        prefill chunk and of the greedy decode step, each one graph (fullgraph: a graph
+        break would be an error, not a silent slowdown). `dynamic` keeps batch and
+        sequence sizes symbolic so one artefact serves every point of a sweep (sizes 0
+        and 1 are always specialised by dynamo), and Inductor's on-disk caches
+        (TORCHINDUCTOR_CACHE_DIR) let later processes skip most of the compile.
+        Compilation happens lazily on the first call of each, which callers keep untimed.
+        """
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+        self.execution = execution
+        if execution == "compiled":
+            self._chunk_fn = torch.compile(self._prefill_chunk, dynamic=dynamic, fullgraph=True)
+            self._step_fn = torch.compile(self._greedy_step, dynamic=dynamic, fullgraph=True)
+        else:
+            self._chunk_fn, self._step_fn = self._prefill_chunk, self._greedy_step
+        return self
+
     def _run(self, input_ids: torch.Tensor, st: _Step, logits_last_only: bool) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
@@ -256,16 +298,15 @@ class SharedLlama(nn.Module):
             x = x[:, -1:]
         return F.linear(self.model.norm(x), self.lm_weight)
 
-    def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, last_only: bool):
+    def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, causal: bool, last_only: bool):
+        """causal: the chunk starts the sequence (start == 0; decided by the caller so that
+        `start` can stay a symbolic size in a compiled graph)."""
         t = ids.shape[1]
         end = start + t
-        if end > cache.max_len:
-            raise ValueError(f"prompt ends at position {end}, beyond the cache's {cache.max_len}")
         dev = ids.device
-        causal = start == 0
         mask = None if causal else ops._causal_mask(t, end, dev)
-        st = _Step(cache, self.cos[start:end], self.sin[start:end],
-                   torch.arange(start, end, device=dev), end, mask, causal)
+        st = _Step(cache, cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
+                   end, mask, causal, share_probs=self.plan.sa_strategy == "probs")
         return self._run(ids, st, last_only)
 
     @torch.no_grad()
@@ -273,77 +314,120 @@ class SharedLlama(nn.Module):
                 start: int = 0) -> torch.Tensor:
         """Fill the cache with the prompt; logits of the last position [B, 1, vocab].
 
-        chunk_size bounds activation memory (notably SA's materialised P, which is
-        B x H x chunk x context instead of B x H x T x T) by running the whole
-        model over query blocks, each attending to everything cached before it.
+        chunk_size bounds activation memory (notably SA's materialised P with the
+        /probs strategy, which is B x H x chunk x context instead of B x H x T x T)
+        by running the whole model over query blocks, each attending to everything
+        cached before it.
         """
         t = input_ids.shape[1]
         step = chunk_size or t
         if step < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if start + t > cache.max_len:
+            raise ValueError(f"prompt ends at position {start + t}, beyond the cache's {cache.max_len}")
         logits = None
         for s in range(0, t, step):
-            logits = self._prefill_chunk(input_ids[:, s: s + step], cache, start + s, last_only=True)
+            # a fresh contiguous tensor (a few bytes a token): one layout for every chunk and no
+            # view of another tensor, so a compiled chunk never recompiles on strides or bases
+            chunk = input_ids[:, s: s + step].clone(memory_format=torch.contiguous_format)
+            logits = self._chunk_fn(chunk, cache, start + s, start + s == 0, True)
         return logits
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One token per sequence. tokens [B, 1], pos: 1-element long tensor on the device.
 
         Static shapes, no host reads: attends over the whole buffer with positions
-        beyond `pos` masked, so the step can be captured in a CUDA graph.
+        beyond `pos` masked, so the step can be captured in a CUDA graph. P is kept
+        for SA in decode with either strategy (one row per head; plan.py says why).
         """
-        cos = self.cos.index_select(0, pos)
-        sin = self.sin.index_select(0, pos)
-        mask = (self._positions(cache) <= pos)[None, :]
-        st = _Step(cache, cos, sin, pos, cache.max_len, mask, False)
+        cos = cache.cos.index_select(0, pos)
+        sin = cache.sin.index_select(0, pos)
+        s = cache.v[0].shape[2]  # a tensor's size, not the python int: it stays symbolic when compiled
+        mask = (torch.arange(s, device=pos.device) <= pos)[None, :]
+        st = _Step(cache, cos, sin, pos, s, mask, False, share_probs=True)
         return self._run(tokens, st, logits_last_only=True)
 
-    def _positions(self, cache: KVCache) -> torch.Tensor:
-        p = getattr(self, "_pos_arange", None)
-        if p is None or p.numel() != cache.max_len or p.device != self.inv_freq.device:
-            p = self._pos_arange = torch.arange(cache.max_len, device=self.inv_freq.device)
-        return p
+    def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        logits = self.decode_step(tokens, pos, cache)
+        tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        pos.add_(1)
+        return logits
 
     def greedy_step_fn(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor):
         """A zero-argument step for loops and CUDA graphs: decode `tokens` at `pos`,
-        write the argmax back into `tokens` and advance `pos`, all on the device."""
-        self._positions(cache)
-
-        def step():
-            logits = self.decode_step(tokens, pos, cache)
-            tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
-            pos.add_(1)
-            return logits
-
-        return step
+        write the argmax back into `tokens` and advance `pos`, all on the device
+        (compiled when the model's execution is "compiled")."""
+        fn = self._step_fn
+        return lambda: fn(tokens, pos, cache)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full forward without a persistent cache: logits [B, T, vocab]."""
+        """Full forward without a persistent cache: logits [B, T, vocab] (always eager)."""
         b, t = input_ids.shape
         cache = self.new_cache(b, t)
-        return self._prefill_chunk(input_ids, cache, 0, last_only=False)
+        return self._prefill_chunk(input_ids, cache, 0, True, last_only=False)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None):
-        """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens]."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, prefill_chunk: Optional[int] = None,
+                 cuda_graph: Optional[bool] = None):
+        """Greedy decoding with the static cache; returns ids [B, T + max_new_tokens].
+
+        cuda_graph (default: on CUDA) replays the decode step from a CUDA graph, compiled
+        first when the model's execution is "compiled": the step the benchmark times, the
+        same tokens as eager execution. The graph, its cache and its step tensors are kept
+        per (batch, T + max_new_tokens), for the GENERATE_GRAPHS_KEPT most recent shapes, and
+        reused by later calls of that shape, so only the first call pays the capture;
+        free_generate_graphs() gives their memory back.
+        """
         b, t = input_ids.shape
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=input_ids.device)
+        dev = input_ids.device
+        out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=dev)
         out[:, :t] = input_ids
         if max_new_tokens == 0:
             return out
-        cache = self.new_cache(b, t + max_new_tokens)
+        use_graph = (dev.type == "cuda" if cuda_graph is None else cuda_graph) and max_new_tokens > 1
+        if use_graph:
+            cache, tokens, pos, graph = self._generate_graph(b, t + max_new_tokens, dev)
+            step = graph.replay
+        else:
+            cache = self.new_cache(b, t + max_new_tokens)
+            tokens = torch.empty(b, 1, dtype=torch.long, device=dev)
+            pos = torch.empty(1, dtype=torch.long, device=dev)
+            step = self.greedy_step_fn(cache, tokens, pos)
+        # Positions past the prompt may hold an earlier call's K/V: every step writes its
+        # position before attending to it, and attends to nothing beyond it.
         logits = self.prefill(input_ids, cache, prefill_chunk)
-        tokens = logits[:, -1].argmax(-1, keepdim=True)
+        tokens.copy_(logits[:, -1].argmax(-1, keepdim=True))
         out[:, t: t + 1] = tokens
-        pos = torch.tensor([t], device=input_ids.device)
-        step = self.greedy_step_fn(cache, tokens, pos)
+        pos.fill_(t)
         for _ in range(max_new_tokens - 1):
             step()
             out.index_copy_(1, pos, tokens)
         return out
+
+    def _generate_graph(self, batch_size: int, max_len: int, device: torch.device):
+        key = (batch_size, max_len, str(device), self.execution)
+        if key in self._graphs:
+            self._graphs[key] = self._graphs.pop(key)  # most recently used last
+        else:
+            from sabench.measure.timing import CudaGraphStep
+
+            while len(self._graphs) >= GENERATE_GRAPHS_KEPT:  # the least recently used shape goes
+                self._graphs.pop(next(iter(self._graphs)))[-1].close()
+            cache = self.new_cache(batch_size, max_len)
+            tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+            pos = torch.zeros(1, dtype=torch.long, device=device)  # the warm-up step writes position 0
+            graph = CudaGraphStep(self.greedy_step_fn(cache, tokens, pos), device=device, warmup_iters=1)
+            self._graphs[key] = (cache, tokens, pos, graph)
+        return self._graphs[key]
+
+    def free_generate_graphs(self) -> None:
+        """Drop generate's captured graphs and their caches (their memory goes back to torch)."""
+        for *_, graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
 
 
 # ---------------------------------------------------------------- loading

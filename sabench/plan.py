@@ -7,14 +7,29 @@ executes any plan, and the closed forms (``accounting.py``) read the same plan.
 Grammar (whitespace is ignored)::
 
     variant := "baseline" | part ("+" part)*
-    part    := "baseline" | "cla:" N | "sa:" span ("," span)*
+    part    := "baseline" | "cla:" N | "sa:" span ("," span)* [strategy]
     span    := A "-" B          (A <= B, both layer indices, A >= 1)
+    strategy:= "/probs" | "/recompute"     (applies to every span of the part)
 
 ``cla:N``  groups of N adjacent layers share the K/V of the group's first layer;
            when N does not divide the layer count the remainder group goes
            first (CLA paper, 10 layers with CLA3: 0 | 1,2,3 | 4,5,6 | 7,8,9).
 ``sa:A-B`` layers A..B reuse the post-softmax attention weights of layer A-1
            (the SA authors' convention: "SA 23~30" shares 23..30 with 22's).
+
+How an SA span executes in prefill (``SharingPlan.sa_strategy``):
+
+``/probs``     (the default; the canonical variant string drops it, so ``sa:2-3``
+               and ``sa:2-3/probs`` are one plan) the paper's algorithm: the
+               source layer materialises P = softmax(QK^T) and every shared layer
+               applies it to its own V (B x H x T x T activations).
+``/recompute`` P is never stored: each shared layer runs a fused attention kernel
+               on the source layer's (post-RoPE) Q and K and its own V. Same P,
+               O(T) memory, QK^T done again per shared layer. Params and cache are
+               those of ``/probs`` (no Q/K projection, no K cache in the span).
+
+In decode both strategies keep P: it is one row per head (B x H x context), far
+smaller than the K cache a recomputation would read again for every shared layer.
 """
 from __future__ import annotations
 
@@ -64,10 +79,14 @@ class LayerPlan:
         return self.owns_kv and self.computes_attention
 
 
+SA_STRATEGIES = ("probs", "recompute")
+
+
 @dataclass(frozen=True)
 class SharingPlan:
     variant: str
     layers: Tuple[LayerPlan, ...]
+    sa_strategy: str = "probs"  # how SA spans run in prefill: "probs" | "recompute" (module docstring)
 
     def __post_init__(self):
         n = len(self.layers)
@@ -89,6 +108,9 @@ class SharingPlan:
                 )
             if not lp.owns_kv and not self.layers[lp.kv_source].owns_kv:
                 raise PlanError(f"{self.variant!r}: layer {lp.index} shares K/V with a non-owner")
+        if self.sa_strategy not in SA_STRATEGIES:
+            raise PlanError(f"{self.variant!r}: unknown SA strategy {self.sa_strategy!r}; "
+                            f"expected one of {', '.join(SA_STRATEGIES)}")
         assert n == len({lp.index for lp in self.layers})
 
     @property
@@ -113,6 +135,8 @@ class SharingPlan:
             elif not lp.owns_kv:
                 s += f"Q(KV<-{lp.kv_source})"
             parts.append(s)
+        if self.sa_strategy != "probs" and self.sources_of_attention():
+            parts.append(f"[SA prefill: {self.sa_strategy}]")
         return " ".join(parts)
 
 
@@ -135,6 +159,9 @@ def cla_groups(num_layers: int, factor: int) -> list[list[int]]:
 
 def _parse_cla(part: str, text: str, num_layers: int) -> dict[int, int]:
     m = _CLA.match(part)
+    if "/" in part:
+        raise PlanError(f"bad CLA part {part!r} in variant {text!r}: a /strategy suffix belongs to the sa part "
+                        "(e.g. cla:2+sa:2-3/recompute)")
     if not m:
         raise PlanError(f"bad CLA part {part!r} in variant {text!r}: expected cla:N with N a whole number >= 1")
     factor = int(m.group(1))
@@ -151,8 +178,12 @@ def _parse_cla(part: str, text: str, num_layers: int) -> dict[int, int]:
     return kv
 
 
-def _parse_sa(part: str, text: str, num_layers: int) -> dict[int, int]:
-    body = part[len("sa:"):]
+def _parse_sa(part: str, text: str, num_layers: int) -> tuple[dict[int, int], str]:
+    """-> ({shared layer: source layer}, strategy)."""
+    body, slash, strategy = part[len("sa:"):].partition("/")
+    if slash and strategy not in SA_STRATEGIES:
+        raise PlanError(f"bad SA strategy {'/' + strategy!r} in variant {text!r}: expected "
+                        f"{' or '.join('/' + s for s in SA_STRATEGIES)} after the spans, e.g. sa:2-3/recompute")
     if not body:
         raise PlanError(f"empty SA part in variant {text!r}: expected sa:A-B[,C-D...]")
     spans = []
@@ -188,7 +219,7 @@ def _parse_sa(part: str, text: str, num_layers: int) -> dict[int, int]:
     for a, b, _ in spans:
         for layer in range(a, b + 1):
             attn[layer] = a - 1
-    return attn
+    return attn, strategy or "probs"
 
 
 def parse_variant(text: str, num_layers: int) -> SharingPlan:
@@ -202,6 +233,7 @@ def parse_variant(text: str, num_layers: int) -> SharingPlan:
         raise PlanError("empty variant string: use 'baseline', 'cla:N' or 'sa:A-B'")
     kv: dict[int, int] = {}
     attn: dict[int, int] = {}
+    strategy = "probs"
     seen = set()
     for part in norm.split("+"):
         kind = part.split(":", 1)[0]
@@ -213,7 +245,7 @@ def parse_variant(text: str, num_layers: int) -> SharingPlan:
         if kind == "cla":
             kv = _parse_cla(part, text, num_layers)
         elif kind == "sa":
-            attn = _parse_sa(part, text, num_layers)
+            attn, strategy = _parse_sa(part, text, num_layers)
         else:
             raise PlanError(
                 f"unknown variant kind {part!r} in {text!r}: expected baseline, cla:N or sa:A-B[,C-D]"
@@ -223,4 +255,6 @@ def parse_variant(text: str, num_layers: int) -> SharingPlan:
     layers = tuple(
         LayerPlan(index=i, kv_source=kv.get(i, i), attn_source=attn.get(i, i)) for i in range(num_layers)
     )
-    return SharingPlan(variant=norm, layers=layers)
+    # bare sa:A-B and sa:A-B/probs are one plan with one name (results stay comparable)
+    canon = "+".join(p.removesuffix("/probs") for p in norm.split("+"))
+    return SharingPlan(variant=canon, layers=layers, sa_strategy=strategy)

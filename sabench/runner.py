@@ -6,6 +6,7 @@ the same `--out` measures only the points missing from it.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -21,7 +22,8 @@ from typing import Optional
 
 from sabench.paths import reports_dir
 from sabench.schema import PHASES, SCHEMA, point_key
-from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device
+from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device,
+                           resolve_execution)
 
 # Fault injection for tests: point keys ("variant|batch|seq", comma-separated) whose worker
 # raises an out-of-memory error, so OOM handling is exercised on machines that never run out.
@@ -50,7 +52,29 @@ def default_out_dir(suite: Suite) -> Path:
 
 
 # Suite settings that change what a number means: a resumed run must not mix them.
-_COMPARABLE = ("model_config", "dtype", "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory")
+# (value assumed when an older results.json lacks the key: runs before execution modes were eager)
+_COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
+               "prefill_chunk": None, "memory": None, "execution": "eager"}
+
+
+def cache_root() -> Path:
+    """sabench's per-user cache: SABENCH_CACHE_DIR, else ~/.cache/sabench (XDG_CACHE_HOME honoured)."""
+    env = os.environ.get("SABENCH_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sabench"
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled artefacts persist across the points, processes and runs of this user.
+
+    TORCHINDUCTOR_CACHE_DIR when set, else cache_root()/inductor. Inductor's FX-graph and
+    autotuning caches live there, so a point process compiling a graph another point (or
+    an earlier run) already compiled loads it instead.
+    """
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else cache_root() / "inductor"
 
 
 def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
@@ -68,7 +92,7 @@ def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     if data.get("schema") != SCHEMA:
         raise ValueError(f"--resume: {path} has schema {data.get('schema')!r}, this sabench writes {SCHEMA!r}")
     old, new = data.get("suite", {}), suite.to_dict()
-    diff = [k for k in _COMPARABLE if old.get(k) != new.get(k)]
+    diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
     if diff:
         raise ValueError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
                          "use another --out")
@@ -285,8 +309,12 @@ def _run_max_point(p, suite: Suite, base_spec: dict, budget, workdir: Path, data
 
 # ---------------------------------------------------------------- the sweep
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
-              threads: Optional[int] = None) -> int:
-    """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored)."""
+              threads: Optional[int] = None, execution: Optional[str] = None) -> int:
+    """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored).
+
+    execution: None keeps the suite's; "eager" or "compiled" overrides it. The suite
+    stored in results.json carries the resolved mode (never "auto").
+    """
     suite = suite_arg if isinstance(suite_arg, Suite) else load_suite(find_suite(suite_arg))
     if variants:
         suite = suite.with_variants(variants)
@@ -294,6 +322,11 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         device = resolve_device(suite.device)
     except ValueError as e:
         raise SuiteError(suite.path or suite.name, "device", str(e)) from None
+    try:
+        suite = dataclasses.replace(suite, execution=resolve_execution(execution or suite.execution, device))
+    except ValueError as e:
+        raise SuiteError(suite.path or suite.name, "--execution" if execution else "execution", str(e)) from None
+    cache_dir = str(inductor_cache_dir()) if suite.execution == "compiled" else None
     if resume and out is None:
         raise ValueError("--resume needs --out: the run directory to complete")
     out = Path(out) if out is not None else default_out_dir(suite)
@@ -306,6 +339,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "env": _env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
                 "records": []}
+        if cache_dir:
+            data["env"]["inductor_cache_dir"] = cache_dir
         write_json_atomic(path, data)
     else:
         data = existing
@@ -336,7 +371,9 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                     "variant": p.variant, "batch_size": p.batch_size, "seq_len": p.seq_len,
                     "decode_tokens": suite.decode_tokens, "warmup": suite.warmup,
                     "repeats": suite.repeats, "prefill_chunk": suite.prefill_chunk, "peaks": peaks,
-                    "threads": threads, "fault_oom": os.environ.get(FAULT_ENV)}
+                    "threads": threads, "fault_oom": os.environ.get(FAULT_ENV),
+                    "execution": suite.execution, "inductor_cache_dir": cache_dir,
+                    "count_cache_dir": str(cache_root() / "flops")}
             if p.batch_size == MAX_BATCH:
                 progress.start(label)
                 new, overheads, final = _run_max_point(p, suite, spec, budget, workdir, data)

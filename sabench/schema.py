@@ -24,7 +24,11 @@ results.json::
       },
       "suite": { ... the validated suite as run (sabench.suite.Suite.to_dict()) ... },
       "overhead": {"<variant>|<batch>|<seq>": {"process_start_s", "model_build_s", "count_flops_s",
+                    "first_prefill_s", "first_decode_s",  # the untimed first call of each phase
+                    "compile_s",              # compiled execution: first_prefill_s + first_decode_s
+                                              # (compiling, or loading from the Inductor cache)
                     "total_s"}},              # harness overhead, apart from the measured phases
+      # env also holds "inductor_cache_dir" when the run compiled (suite.execution == "compiled")
       "records": [ record, ... ]
     }
 
@@ -38,8 +42,15 @@ record (one per point and phase)::
       "latency_ms": {"median", "p10", "p90", "p99", "mean", "std", "min", "max",
                      "samples": [...]},          # prefill: one sample per prompt forward;
                                                  # decode: one sample per single-token step
-      "latency_eager_ms": {...}                  # decode on CUDA: eager mode; headline above is graph mode
-      "decode_mode": "graph" | "eager",          # decode only
+      "latency_eager_ms": {...}                  # decode on CUDA with execution eager: the eager step;
+                                                 # the headline above is graph mode (absent when compiled)
+      "execution": "eager" | "compiled",         # what ran (suite key `execution`, or --execution)
+      "decode_mode": "graph" | "compiled" | "eager",   # decode only: graph = replayed CUDA graph
+                                                       # (of the compiled step when compiled)
+      "prefill_mode": "graph" | "compiled" | "eager",  # prefill only: graph = compiled and captured
+      "stability": {"p90_over_p10": float, "stable": bool,   # stable: p90/p10 <= threshold (1.05)
+                    "threshold": 1.05, "extra_rounds": int,  # CUDA: up to 3 more rounds of `repeats`
+                    "note": "..."},                          # when still unstable; samples keep them all
       "tokens_per_s": float,                     # prefill: B*T/median_s; decode: B/median_step_s
       "flops": {"counted": int, "analytic": int,  # for the whole phase (prefill forward, or all
                                                  # decode_tokens steps), see accounting.py

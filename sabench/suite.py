@@ -28,6 +28,8 @@ is rejected with its key path before loading. Schema::
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
     memory: null                # optional; memory `max` fits in (80GiB, 16GB, bytes); default: the
                                 # CUDA device's total memory, on CPU the available RAM
+    execution: auto             # optional, default auto; eager | compiled | auto
+                                # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
 """
 from __future__ import annotations
 
@@ -55,10 +57,12 @@ DEFAULTS = {
     "repeats": 5,
     "prefill_chunk": None,
     "memory": None,
+    "execution": "auto",
 }
+EXECUTION_CHOICES = ("auto", "eager", "compiled")
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
 MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (runner.py resolves it)
@@ -113,6 +117,7 @@ class Suite:
     prefill_chunk: Optional[int]
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
+    execution: str = "auto"  # as written; resolve_execution() says what runs on a device
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -130,6 +135,7 @@ class Suite:
             "repeats": self.repeats,
             "prefill_chunk": self.prefill_chunk,
             "memory": self.memory,
+            "execution": self.execution,
             "path": self.path,
         }
 
@@ -186,6 +192,15 @@ def resolve_device(device: str) -> str:
             f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return d
+
+
+def resolve_execution(execution: str, device: str) -> str:
+    """'auto' -> 'compiled' on CUDA, 'eager' on CPU; 'eager' and 'compiled' as given."""
+    if execution not in EXECUTION_CHOICES:
+        raise ValueError(f"unsupported execution {execution!r}: use {', '.join(EXECUTION_CHOICES)}")
+    if execution == "auto":
+        return "compiled" if str(device).startswith("cuda") else "eager"
+    return execution
 
 
 def find_suite(name_or_path) -> Path:
@@ -412,6 +427,10 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
         raise SuiteError(source, "prefill_chunk", f"expected null or an integer >= 1, got {_show(prefill_chunk)}")
 
+    execution = d["execution"]
+    if execution not in EXECUTION_CHOICES:
+        raise SuiteError(source, "execution", f"expected one of {', '.join(EXECUTION_CHOICES)}, got {_show(execution)}")
+
     sweep = d["sweep"]
     if not isinstance(sweep, dict):
         raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
@@ -449,7 +468,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path, memory=memory,
+        path=path, memory=memory, execution=execution,
     )
 
 

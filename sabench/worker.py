@@ -10,8 +10,21 @@ Phases:
   `warmup` untimed then `repeats` timed calls;
 - decode: `decode_tokens` single-token steps from a cache filled to seq_len;
   `warmup` untimed sequences then `repeats` timed ones, every step a sample.
-  On CUDA the step is also captured in a CUDA graph and replayed: graph mode is
-  the headline (decode at small batch is launch-bound in eager mode), eager kept.
+
+Execution (spec["execution"], every record says which ran):
+- eager: plain PyTorch. On CUDA the decode step is also captured in a CUDA graph
+  and replayed: graph mode is the headline, the eager step's timing is kept too.
+- compiled: torch.compile (Inductor) of the prefill chunk and of the decode step
+  (model.set_execution). The first call of each phase compiles (or loads from
+  TORCHINDUCTOR_CACHE_DIR); it is timed apart as overhead `compile_s`, never as a
+  sample, and happens before the phase's memory window opens. On CUDA the decode
+  step and the launch-bound prefills (<= PREFILL_GRAPH_MAX_TOKENS tokens) are then
+  captured in CUDA graphs and replayed; a prefill whose capture fails for another
+  reason than memory is timed by direct calls and says so (`prefill_mode`, a note).
+  The eager decode step is not timed.
+
+Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to
+EXTRA_ROUNDS more rounds of samples; the record's `stability` says how it ended.
 """
 from __future__ import annotations
 
@@ -35,6 +48,13 @@ from sabench.model import load_model
 from sabench.presets import ModelConfig
 from sabench.runner import FAULT_ENV
 from sabench.schema import point_key
+
+STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: more rounds, then flagged
+EXTRA_ROUNDS = 3  # at most this many more rounds of `repeats` when a phase is not stable
+# Compiled prefills of at most this many tokens (batch x seq_len) are replayed from a CUDA graph:
+# they are the launch-bound ones. Larger ones run for tens of ms or more, hide their launches, and
+# a graph's private pool would hold a second copy of their activations during the measurement.
+PREFILL_GRAPH_MAX_TOKENS = 8192
 
 
 class _Memory:
@@ -149,7 +169,34 @@ def _open_sampler(device: torch.device, notes: list):
 
 def _base_record(spec, phase: str) -> dict:
     return {"variant": spec["variant"], "batch_size": spec["batch_size"], "seq_len": spec["seq_len"],
-            "phase": phase, "warmup": spec["warmup"], "repeats": spec["repeats"]}
+            "phase": phase, "warmup": spec["warmup"], "repeats": spec["repeats"],
+            "execution": spec.get("execution") or "eager"}
+
+
+def _stability(samples: list) -> dict:
+    lat = summarize(samples)
+    ratio = lat["p90"] / lat["p10"] if lat["p10"] > 0 else float("inf")
+    return {"p90_over_p10": ratio, "stable": ratio <= STABLE_RATIO, "threshold": STABLE_RATIO}
+
+
+def _timed_rounds(take, device: torch.device) -> tuple[list, dict]:
+    """Samples from `take()` (one round), plus on CUDA up to EXTRA_ROUNDS more while
+    p90/p10 > STABLE_RATIO (a CPU shared with other work rarely settles: no extra rounds).
+
+    Returns (all samples, stability). A set still unstable after the extra rounds is kept as
+    measured and flagged, with a note, rather than cherry-picked."""
+    samples = take()
+    stab = _stability(samples)
+    rounds, limit = 0, EXTRA_ROUNDS if device.type == "cuda" else 0
+    while not stab["stable"] and rounds < limit:
+        samples = samples + take()
+        stab = _stability(samples)
+        rounds += 1
+    stab["extra_rounds"] = rounds
+    if not stab["stable"]:
+        stab["note"] = (f"p90/p10 {stab['p90_over_p10']:.3f} > {STABLE_RATIO} after {rounds} extra rounds: "
+                        "the samples are spread (launch-bound or a busy machine); compare with care")
+    return samples, stab
 
 
 def _roofline(rec: dict, flops_per_sample: float, bytes_per_sample: float, peaks: dict, metric: str):
@@ -187,8 +234,8 @@ def measure(spec: dict) -> dict:
     overhead = {"process_start_s": max(0.0, t_start - spec["t_spawn"]) if spec.get("t_spawn") else None}
 
     t0 = time.perf_counter()
-    pre_count = flops.count_prefill(cfg, v, b, t, dtype, chunk_size=chunk, compare_alone=False)
-    dec_count = flops.count_decode_step(cfg, v, b, t + n, dtype, compare_alone=False)
+    counted, overhead["flops_from_cache"] = flops.point_counts(cfg, v, b, t, n, dtype, chunk,
+                                                                cache_dir=spec.get("count_cache_dir"))
     overhead["count_flops_s"] = time.perf_counter() - t0
     pre_an = accounting.prefill_flops(cfg, v, b, t)
     dec_an = accounting.decode_phase_flops(cfg, v, b, t, n)
@@ -198,21 +245,25 @@ def measure(spec: dict) -> dict:
     predicted = memory_model.predict(cfg, v, dtype, b, t, n, chunk, device.type)
     prefill = _base_record(spec, "prefill") | common | {
         "memory_predicted_bytes": predicted["prefill"].to_dict(),
-        "flops": {"counted": pre_count.total, "analytic": pre_an.total,
+        "flops": {"counted": counted["prefill"], "analytic": pre_an.total,
                   "analytic_breakdown": pre_an.to_dict()},
         "bytes_moved": accounting.prefill_bytes(cfg, v, b, t, dtype, chunk)}
     decode = _base_record(spec, "decode") | common | {
         "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
-        "flops": {"counted": dec_count.total * n, "analytic": dec_an.total,
+        "flops": {"counted": counted["decode_step"] * n, "analytic": dec_an.total,
                   "analytic_breakdown": dec_an.to_dict()},
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
         "bytes_moved": accounting.decode_step_bytes(cfg, v, b, t + n, dtype) * n}
 
+    execution = spec.get("execution") or "eager"
+    if spec.get("inductor_cache_dir"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = spec["inductor_cache_dir"]
     t0 = time.perf_counter()
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
         _maybe_inject_oom(spec, "model build")
         model = load_model(cfg, v, dtype, device, weights="random", seed=spec.get("seed", 0))
+        model.set_execution(execution)
         sync(device)
     except Exception as e:
         failure = _failure(e)
@@ -232,14 +283,32 @@ def measure(spec: dict) -> dict:
     try:  # ---- prefill
         _maybe_inject_oom(spec, "prefill")
         cache = model.new_cache(b, t + n)
+        fn = lambda: model.prefill(ids, cache, chunk)  # noqa: E731
+        if execution == "compiled":  # compiling (and autotuning) stays out of the phase's memory window
+            _first_call(fn, device, overhead, "first_prefill_s")
+            _release(device)
         with torch.no_grad(), _Memory(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
-            samples = time_fn(lambda: model.prefill(ids, cache, chunk), warmup=spec["warmup"],
-                              repeats=spec["repeats"], device=device,
-                              setup=mem.energy_from_call(max(spec["warmup"], 1)))  # time_fn's untimed calls
-            mem.energy.stop()
+            if execution != "compiled":
+                _first_call(fn, device, overhead, "first_prefill_s")
+            capture = execution == "compiled" and device.type == "cuda" and b * t <= PREFILL_GRAPH_MAX_TOKENS
+            fn, mode, graph = _maybe_graph(fn, capture, execution, device, notes)
+            rounds = itertools.count()
+
+            def one_round():  # energy is metered over the first round's timed calls
+                first = next(rounds) == 0
+                out = time_fn(fn, warmup=spec["warmup"], repeats=spec["repeats"], device=device,
+                              setup=mem.energy_from_call(max(spec["warmup"], 1)) if first else None)
+                if first:
+                    mem.energy.stop()
+                return out
+
+            samples, stab = _timed_rounds(one_round, device)
+            if graph is not None:
+                graph.close()
         lat = summarize(samples)
-        prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3))
-        prefill.update(mem.fields(b * t * spec["repeats"], f"{spec['repeats']} timed prefill calls"))
+        prefill.update(status="ok", latency_ms=lat, tokens_per_s=b * t / (lat["median"] / 1e3),
+                       prefill_mode=mode, stability=stab)
+        prefill.update(mem.fields(b * t * spec["repeats"], f"the first {spec['repeats']} timed prefill calls"))
         _roofline(prefill, pre_an.total, prefill["bytes_moved"], peaks, "mfu")
     except Exception as e:
         prefill.update(_failure(e))
@@ -248,7 +317,7 @@ def measure(spec: dict) -> dict:
     try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode.update(_measure_decode(model, cache, spec, device, sampler, mem_kw))
+        decode.update(_measure_decode(model, cache, spec, device, sampler, mem_kw, notes, overhead))
         lat = decode["latency_ms"]
         decode["tokens_per_s"] = b / (lat["median"] / 1e3)
         _roofline(decode, dec_an.total / n, decode["bytes_moved"] / n, peaks, "mbu")
@@ -256,15 +325,46 @@ def measure(spec: dict) -> dict:
         decode.update(_failure(e))
     if sampler is not None:
         sampler.close()
+    if execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
+        overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
     overhead["total_in_worker_s"] = time.time() - t_start
     if notes:
         prefill["notes"] = decode["notes"] = notes
     return {"records": [prefill, decode], "overhead": overhead}
 
 
-def _measure_decode(model, cache, spec, device, sampler, mem_kw) -> dict:
+def _first_call(fn, device: torch.device, overhead: dict, key: str) -> None:
+    """A phase's first call: timed as overhead[key], never a sample. It compiles (compiled
+    execution; Inductor may autotune, cloning the buffers a kernel mutates, such as the
+    cache) or initialises lazily (eager: cuBLAS handles, allocator growth)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    sync(device)
+    overhead[key] = time.perf_counter() - t0
+
+
+def _maybe_graph(fn, capture: bool, execution: str, device: torch.device, notes: list):
+    """`fn` captured in a CUDA graph -> (replay, "graph", graph); uncaptured, or when capture
+    fails for another reason than memory: (fn, execution, None)."""
+    if not capture:
+        return fn, execution, None
+    try:
+        graph = CudaGraphStep(fn, device=device, warmup_iters=1)
+    except Exception as e:
+        if is_oom_error(e):
+            raise
+        notes.append(f"prefill not captured in a CUDA graph ({type(e).__name__}: {str(e)[:200]}); "
+                     "timed by direct calls")
+        _release(device)
+        return fn, execution, None
+    return graph.replay, "graph", graph
+
+
+def _measure_decode(model, cache, spec, device, sampler, mem_kw, notes, overhead) -> dict:
     t, n = spec["seq_len"], spec["decode_tokens"]
     b = spec["batch_size"]
+    compiled = (spec.get("execution") or "eager") == "compiled"
     tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
     pos = torch.tensor([t], device=device)
     step = model.greedy_step_fn(cache, tokens, pos)
@@ -286,22 +386,35 @@ def _measure_decode(model, cache, spec, device, sampler, mem_kw) -> dict:
         return samples
 
     out = {}
+    _maybe_inject_oom(spec, "decode")
+    if compiled:  # as in prefill: compiling stays out of the memory window
+        reset()
+        _first_call(step, device, overhead, "first_decode_s")
+        _release(device)
     with torch.no_grad(), _Memory(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
-        _maybe_inject_oom(spec, "decode")
-        step()  # the first call is never timed, even with warmup 0
-        eager = run_sequences(step)
+        if not compiled:
+            reset()
+            _first_call(step, device, overhead, "first_decode_s")  # never timed, even with warmup 0
+        eager = None
+        if not compiled:  # compiled: the uncompiled step is not what runs, and timing it costs the most
+            eager = run_sequences(step)
+        rounds = itertools.count()
         if device.type == "cuda":
             reset()
             graph = CudaGraphStep(step, device=device)
-            graph_samples = run_sequences(graph.replay, mem.energy)
+            samples, stab = _timed_rounds(
+                lambda: run_sequences(graph.replay, mem.energy if next(rounds) == 0 else None), device)
             graph.close()
-    if device.type == "cuda":
-        out.update(latency_ms=summarize(graph_samples), latency_eager_ms=summarize(eager), decode_mode="graph")
-    else:
-        out.update(latency_ms=summarize(eager), decode_mode="eager")
-    out["status"] = "ok"
-    return out | mem.fields(b * n * spec["repeats"], f"{spec['repeats']} timed sequences of {n} "
-                            f"{out['decode_mode']} decode steps")
+            mode = "graph"
+        else:
+            # no extra rounds off CUDA (see _timed_rounds), and no energy counter either
+            samples, stab = _timed_rounds(lambda: eager if eager is not None else run_sequences(step), device)
+            mode = "compiled" if compiled else "eager"
+    out.update(latency_ms=summarize(samples), decode_mode=mode, stability=stab, status="ok")
+    if eager is not None and device.type == "cuda":
+        out["latency_eager_ms"] = summarize(eager)
+    return out | mem.fields(b * n * spec["repeats"], f"the first {spec['repeats']} timed sequences of {n} "
+                            f"{mode} decode steps")
 
 
 def _failure(e: BaseException) -> dict:

@@ -49,12 +49,21 @@ def test_sa_drops_qk_projection_and_score_flops():
     assert sa.mlp == base.mlp
 
 
+def test_sa_recompute_does_qk_again_in_prefill_only():
+    probs = A.prefill_flops("llama-2-7b", "sa:23-30", 1, 1024)
+    rec = A.prefill_flops("llama-2-7b", "sa:23-30/recompute", 1, 1024)
+    assert rec.attention - probs.attention == 8 * 2 * 32 * (1024 * 1025 // 2) * 128
+    assert rec.projections == probs.projections and rec.mlp == probs.mlp
+    assert A.decode_flops("llama-2-7b", "sa:23-30/recompute", 2, 99) == A.decode_flops("llama-2-7b", "sa:23-30", 2, 99)
+
+
 def test_decode_phase_sums_steps():
     total = A.decode_phase_flops("tiny", "cla:2", 2, 100, 3)
     assert total.total == sum(A.decode_flops("tiny", "cla:2", 2, c).total for c in (100, 101, 102))
 
 
-VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3", "sa:2-3/recompute",
+            "cla:2+sa:1-1,3-3/recompute"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -95,3 +104,19 @@ def test_unhandled_matrix_operator_is_refused():
 def test_counting_works_on_meta_for_a_full_size_model():
     pre = F.count_prefill("llama-3.1-8b", "sa:23-30", 1, 512)
     assert pre.total == A.prefill_flops("llama-3.1-8b", "sa:23-30", 1, 512).total
+
+
+def test_point_counts_are_cached_on_disk_and_equal_a_fresh_trace(tmp_path):
+    args = ("tiny", "cla:2+sa:2-3/recompute", 2, 24, 5, "float32", 8)
+    fresh, cached = F.point_counts(*args, cache_dir=None)
+    assert not cached
+    assert fresh["prefill"] == F.count_prefill("tiny", args[1], 2, 24, "float32", chunk_size=8).total
+    assert fresh["decode_step"] == F.count_decode_step("tiny", args[1], 2, 29, "float32").total
+    first, hit1 = F.point_counts(*args, cache_dir=tmp_path)
+    second, hit2 = F.point_counts(*args, cache_dir=tmp_path)
+    assert (hit1, hit2) == (False, True) and first == second == fresh
+    other, hit = F.point_counts("tiny", "sa:2-3", 2, 24, 5, "float32", 8, cache_dir=tmp_path)
+    assert not hit and other != fresh  # another variant is another key
+    (entry,) = [p for p in tmp_path.iterdir() if p.read_text() == __import__("json").dumps(first)]
+    entry.write_text("{torn")
+    assert F.point_counts(*args, cache_dir=tmp_path) == (fresh, False)

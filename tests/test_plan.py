@@ -65,6 +65,11 @@ def test_cla_one_is_baseline():
     ("cla:2+cla:4", "names 'cla' twice"),
     ("baseline+cla:2", "combines 'baseline'"),
     ("cla:2+sa:2-2", "align the SA span with the CLA groups"),
+    ("sa:2-3/", "bad SA strategy '/'"),
+    ("sa:2-3/fused", "bad SA strategy '/fused'"),
+    ("sa:2-3/recompute/probs", "bad SA strategy"),
+    ("cla:2/recompute", "belongs to the sa part"),
+    ("sa:/recompute", "empty SA part"),
 ])
 def test_bad_variants_name_the_problem_and_the_text(text, fragment):
     with pytest.raises(PlanError) as e:
@@ -73,3 +78,14 @@ def test_bad_variants_name_the_problem_and_the_text(text, fragment):
     assert fragment in msg and "\n" not in msg
     if text:
         assert repr(text) in msg or text.strip().lower() in msg
+
+
+def test_sa_strategy_suffix_bare_and_probs_are_one_plan():
+    bare, probs, rec = (parse_variant(v, 8) for v in ("sa:2-3", "sa:2-3/probs", "SA:2-3 / Recompute"))
+    assert bare == probs and bare.variant == "sa:2-3" and bare.sa_strategy == "probs"
+    assert rec.variant == "sa:2-3/recompute" and rec.sa_strategy == "recompute"
+    assert rec.layers == bare.layers
+    both = parse_variant("cla:2+sa:2-3,6-7/recompute", 8)
+    assert both.variant == "cla:2+sa:2-3,6-7/recompute" and both.sa_strategy == "recompute"
+    assert parse_variant("cla:2+sa:2-3/probs", 8).variant == "cla:2+sa:2-3"
+    assert parse_variant(rec.variant, 8) == rec  # the canonical string parses back to the same plan

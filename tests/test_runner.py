@@ -155,3 +155,54 @@ def test_resume_needs_out_and_a_matching_suite(tmp_path, mini_run, capsys):
     changed = _suite(tmp_path, SUITE.replace("decode_tokens: 4", "decode_tokens: 5"))
     assert main(["run", str(changed), "--out", str(out), "--resume"]) == 2
     assert "decode_tokens" in capsys.readouterr().err
+    # the mode that ran is part of what a number means: a resume may not switch it
+    assert main(["run", str(_suite(tmp_path)), "--out", str(out), "--resume", "--execution", "compiled"]) == 2
+    assert "execution" in capsys.readouterr().err
+
+
+def test_records_say_eager_ran_and_how_stable_it_was(mini_run):
+    _, out = mini_run
+    data = json.loads((out / "results.json").read_text())
+    assert data["suite"]["execution"] == "eager"  # auto on the CPU
+    for r in data["records"]:
+        assert r["execution"] == "eager"
+        assert r.get("prefill_mode", r.get("decode_mode")) == "eager"
+        st = r["stability"]
+        lat = r["latency_ms"]
+        assert st["p90_over_p10"] == pytest.approx(lat["p90"] / lat["p10"])
+        assert st["stable"] == (st["p90_over_p10"] <= st["threshold"]) and st["extra_rounds"] == 0
+
+
+def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
+    import torch
+
+    from sabench.worker import EXTRA_ROUNDS, _timed_rounds
+
+    rounds = []
+
+    def spread():  # every round bimodal: never stable
+        rounds.append(1)
+        return [1.0, 1.0, 2.0, 2.0]
+
+    samples, st = _timed_rounds(spread, torch.device("cuda"))  # only the device's type is read
+    assert len(rounds) == 1 + EXTRA_ROUNDS and len(samples) == 4 * len(rounds)
+    assert not st["stable"] and st["extra_rounds"] == EXTRA_ROUNDS and "compare with care" in st["note"]
+    rounds.clear()
+    samples, st = _timed_rounds(spread, torch.device("cpu"))
+    assert len(rounds) == 1 and st["extra_rounds"] == 0 and not st["stable"]
+    calls = iter([[1.0, 1.5, 1.0, 1.5], [1.0] * 40])  # settles after one more round
+    samples, st = _timed_rounds(lambda: next(calls), torch.device("cuda"))
+    assert st["stable"] and st["extra_rounds"] == 1 and "note" not in st and len(samples) == 44
+
+
+def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
+    from sabench.runner import cache_root, inductor_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path / "sb"))
+    assert cache_root() == tmp_path / "sb" and inductor_cache_dir() == tmp_path / "sb" / "inductor"
+    monkeypatch.delenv("SABENCH_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "sabench"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
+    assert inductor_cache_dir() == tmp_path / "ind"

@@ -98,6 +98,8 @@ MALFORMED = [
     ("decode-tokens-zero", suite_text(decode_tokens=0), "decode_tokens: expected an integer >= 1, got 0"),
     ("repeats-zero", suite_text(repeats=0), "repeats: expected an integer >= 1, got 0"),
     ("prefill-chunk-zero", suite_text(prefill_chunk=0), "prefill_chunk: expected null or an integer >= 1"),
+    ("bad-execution", suite_text(execution="fast"), "execution: expected one of auto, eager, compiled, got 'fast'"),
+    ("sa-bad-strategy", suite_text(variants=["sa:2-3/fused"]), "variants[0]: bad SA strategy '/fused'"),
     ("unknown-model", suite_text(model="llama-99b"), "model: unknown model 'llama-99b'"),
     ("model-dir-without-config", suite_text(model="empty-model"), "model: model directory"),
     ("duplicate-yaml-key", suite_text() + "decode_tokens: 8\n", "decode_tokens: duplicate key (lines"),
@@ -149,6 +151,7 @@ def test_defaults_are_applied(tmp_path):
     suite = load_suite(write(tmp_path, text))
     assert (suite.description, suite.dtype, suite.device) == ("", "bfloat16", "auto")
     assert (suite.decode_tokens, suite.warmup, suite.repeats, suite.prefill_chunk) == (32, 2, 5, None)
+    assert suite.execution == "auto" and suite.to_dict()["execution"] == "auto"
     assert (suite.batch_sizes, suite.seq_lens) == ((2,), (64,))
     assert suite.model_config is PRESETS["tiny"]
     assert suite.path == str(tmp_path / "case.yaml")
@@ -254,6 +257,15 @@ def test_smoke_suite_stays_small():
     suite = load_suite(find_suite("smoke"))
     assert suite.model == "tiny" and suite.dtype == "float32"
     assert len(suite.points()) <= 12 and max(suite.seq_lens) <= 128 and max(suite.batch_sizes) <= 4
+
+
+def test_resolve_execution():
+    from sabench.suite import resolve_execution
+
+    assert resolve_execution("auto", "cuda:0") == "compiled" and resolve_execution("auto", "cpu") == "eager"
+    assert resolve_execution("eager", "cuda") == "eager" and resolve_execution("compiled", "cpu") == "compiled"
+    with pytest.raises(ValueError, match="unsupported execution"):
+        resolve_execution("fast", "cpu")
 
 
 def test_resolve_device(monkeypatch):

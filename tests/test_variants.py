@@ -7,7 +7,8 @@ from sabench.model import build_model, load_model
 from sabench.presets import PRESETS
 from tests.helpers import hf_model, small_config
 
-VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"]
+VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3",
+            "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute"]
 
 
 def _model(variant, kind="gqa", layers=4, seed=0, **kw):
@@ -34,7 +35,7 @@ def test_cached_generate_equals_full_recompute(variant, kind):
     assert torch.equal(m.generate(ids, max_new_tokens=9), _greedy_by_recompute(m, ids, 9))
 
 
-@pytest.mark.parametrize("variant", ["baseline", "sa:2-3", "cla:2+sa:2-3"])
+@pytest.mark.parametrize("variant", ["baseline", "sa:2-3", "cla:2+sa:2-3", "sa:1-2/recompute"])
 def test_chunked_prefill_equals_one_shot(variant):
     m = _model(variant)
     ids = torch.randint(0, 256, (2, 37))
@@ -144,3 +145,71 @@ def test_sa_model_from_transformers_weights_keeps_the_weights_it_uses(tmp_path):
     cla = load_model(tmp_path / "config.json", "cla:2", torch.float32, "cpu")
     assert "model.layers.1.self_attn.k_proj.weight" in cla.load_report["dropped"]
     assert torch.equal(cla.model.layers[1].self_attn.q_proj.weight, hf.model.layers[1].self_attn.q_proj.weight)
+
+
+@pytest.mark.parametrize("spans", ["sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3"])
+@pytest.mark.parametrize("kind", ["gqa", "mha"])
+def test_sa_recompute_equals_probs_and_keeps_the_same_params_and_cache(spans, kind):
+    probs, rec = _model(spans, kind), _model(spans + "/recompute", kind)
+    assert rec.plan.sa_strategy == "recompute" and probs.plan.sa_strategy == "probs"
+    assert rec.load_state_dict(probs.state_dict()) is not None  # same tensors, same names
+    ids = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(rec(ids), probs(ids), atol=1e-4, rtol=1e-4)
+    for chunk in (None, 7):
+        c_p, c_r = probs.new_cache(2, 30), rec.new_cache(2, 30)
+        assert torch.allclose(rec.prefill(ids, c_r, chunk), probs.prefill(ids, c_p, chunk), atol=1e-4, rtol=1e-4)
+        assert c_r.nbytes == c_p.nbytes
+        for a, b in zip(c_r.tensors(), c_p.tensors()):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(rec.generate(ids, 6), probs.generate(ids, 6))
+    cfg = small_config(kind)
+    assert accounting.params(cfg, spans + "/recompute") == accounting.params(cfg, spans)
+    assert accounting.kv_cache_bytes(cfg, spans + "/recompute", 2, 30) == accounting.kv_cache_bytes(cfg, spans, 2, 30)
+
+
+def test_sa_recompute_never_materialises_p_in_prefill():
+    """/recompute runs no attn_probs in prefill (no B x H x T x T tensor), /probs does; decode keeps P in both."""
+    from sabench import flops
+
+    for variant, want_probs in (("sa:2-3", True), ("sa:2-3/recompute", False)):
+        ops_seen = flops.count_prefill(small_config("gqa"), variant, 1, 16, "float32", compare_alone=False)
+        assert ("attn_probs" in ops_seen.by_operator) == want_probs
+        assert ("attn_apply" in ops_seen.by_operator) == want_probs
+        dec = flops.count_decode_step(small_config("gqa"), variant, 1, 17, "float32", compare_alone=False)
+        assert "attn_probs" in dec.by_operator and "attn_apply" in dec.by_operator
+
+
+def test_generate_graph_path_logic_on_cpu_with_a_stand_in_graph(monkeypatch):
+    """generate's CUDA-graph path (warm-up rewind, reuse per shape, eviction) with a stand-in that
+    replays by calling the step: the same tokens as direct steps. The real capture: tests/test_cuda_execution.py."""
+    from sabench import model as model_mod
+    from sabench.measure import timing
+
+    made = []
+
+    class StandIn:
+        def __init__(self, fn, device=None, warmup_iters=3, pool=None):
+            for _ in range(warmup_iters):  # like the real one: warm-up steps run ahead of any replay
+                fn()
+            self.fn, self.closed = fn, False
+            made.append(self)
+
+        def replay(self):
+            return self.fn()
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(timing, "CudaGraphStep", StandIn)
+    m = _model("cla:2+sa:2-3/recompute")
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(3))
+    want = m.generate(ids, 9, cuda_graph=False)
+    assert torch.equal(want, _greedy_by_recompute(m, ids, 9))
+    assert torch.equal(m.generate(ids, 9, cuda_graph=True), want)
+    assert torch.equal(m.generate(ids.flip(0), 9, cuda_graph=True), m.generate(ids.flip(0), 9, cuda_graph=False))
+    assert len(made) == 1  # the second call of the shape reused the graph and its cache
+    for n in range(2, 2 + model_mod.GENERATE_GRAPHS_KEPT):
+        m.generate(ids, n, cuda_graph=True)
+    assert len(m._graphs) == model_mod.GENERATE_GRAPHS_KEPT and made[0].closed
+    m.free_generate_graphs()
+    assert not m._graphs and all(g.closed for g in made)

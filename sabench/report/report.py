@@ -15,6 +15,7 @@ from sabench.report.tables import md_table, phase_table, setup_table
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
                 "speedup_prefill.png", "speedup_decode.png", "flops_breakdown.png", "roofline.png")
 MAX_LISTED = 12
+STABLE_NOTE = "1.05"  # sabench.worker.STABLE_RATIO (not imported: the report must not need torch)
 
 
 def write_report(run_dir) -> Path:
@@ -343,7 +344,7 @@ def _overhead_section(results: dict) -> List[str]:
     if not ovh:
         return []
     parts = [("process start", "process_start_s"), ("model build", "model_build_s"),
-             ("FLOP counting", "count_flops_s")]
+             ("FLOP counting", "count_flops_s"), ("compilation (first calls, compiled execution)", "compile_s")]
     total = sum(o.get("total_s") or 0.0 for o in ovh)
     rows = []
     for label, key in parts:
@@ -355,19 +356,28 @@ def _overhead_section(results: dict) -> List[str]:
             + "; ".join(rows) + ". The rest is warm-up, the timed phases and memory sampling.", ""]
 
 
+def _execution_note(recs: list, phase: str) -> str:
+    """'Execution: compiled, graph mode.' from the records (older results: eager)."""
+    execs = sorted({r.get("execution") or "eager" for r in recs})
+    key = "prefill_mode" if phase == "prefill" else "decode_mode"
+    modes = sorted({r.get(key) for r in recs if r.get(key)})
+    return f"Execution: {'/'.join(execs)}" + (f", {'/'.join(modes)} mode" if modes else "") + "."
+
+
 def _phase_notes(results, index, phase, env) -> str:
     recs = [r for k, r in index.items() if k[3] == phase]
     srcs = sorted({peak_memory(r)[1] for r in recs if peak_memory(r)[1]})
-    notes = []
+    notes = [_execution_note(recs, phase)]
+    unstable = sum(1 for r in recs if (r.get("stability") or {}).get("stable") is False)
+    if unstable:
+        notes.append(f"{unstable} point(s) flagged unstable (p90/p10 above {STABLE_NOTE}; `stability` in results.json).")
     if phase == "prefill":
         notes.append("Latency is one forward over the whole prompt; tokens/s = batch × seq_len / median.")
         notes.append("MFU = analytic FLOPs / median / peak FLOP/s.")
     else:
         dt = results.get("suite", {}).get("decode_tokens")
-        modes = sorted({r.get("decode_mode") for r in recs if r.get("decode_mode")})
         notes.append("Latency is one single-token step after a prompt of seq_len tokens"
-                     + (f" ({dt} steps per run)" if dt else "")
-                     + (f", {'/'.join(modes)} mode" if modes else "") + "; tokens/s = batch / median step.")
+                     + (f" ({dt} steps per run)" if dt else "") + "; tokens/s = batch / median step.")
         notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
     notes.append("Speedup = baseline median / variant median at the same batch and seq_len.")
     if srcs:

@@ -58,6 +58,7 @@ def setup_table(results: dict) -> str:
     add("model", suite.get("model") if not isinstance(suite.get("model"), dict)
         else suite["model"].get("name", str(suite["model"])))
     add("dtype", suite.get("dtype"))
+    add("execution", suite.get("execution") or "eager")  # results from before execution modes: eager
     add("variants", ", ".join(variants_of(results)))
     sweep = suite.get("sweep") or {}
     bs = suite.get("batch_sizes") or sweep.get("batch_size") or sorted({r["batch_size"] for r in results["records"]})
