@@ -167,3 +167,17 @@ def test_a_resumed_run_gains_its_new_points(tmp_path):
     assert again.metrics > 0 and _count(db, "runs") == 1
     assert query_trend(db, metric="median_ms", variant="cla:2", phase="decode")
     assert record_run(write_results(full, tmp_path / "full2"), db).metrics == 0
+
+
+def test_device_peak_and_energy_per_token_are_tracked(tmp_path):
+    """GPU records' absolute device peak and J/token land in history; CPU records have no energy row."""
+    from sabench.report.history import metric_rows
+
+    gpu = make_results(seed=3, gpu=True, oom=False, error=False)
+    rows = {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in metric_rows(gpu)}
+    rec = next(r for r in gpu["records"] if r["status"] == "ok")
+    key = (rec["variant"], rec["batch_size"], rec["seq_len"], rec["phase"])
+    assert rows[key + ("joules_per_token",)] == pytest.approx(rec["joules_per_token"])
+    assert rows[key + ("peak_memory_bytes",)] == rec["memory_bytes"]["device_peak"]
+    cpu = make_results(seed=3, gpu=False, oom=False, error=False)
+    assert not [r for r in metric_rows(cpu) if r[4] == "joules_per_token"]

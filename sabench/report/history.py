@@ -37,13 +37,14 @@ ENV_VAR = "SABENCH_HISTORY"
 METRICS = {
     "median_ms": ("median latency (ms; decode: per token)", fmt_ms, False),
     "tokens_per_s": ("throughput (tokens/s)", fmt_rate, False),
-    "peak_memory_bytes": ("peak memory (bytes)", human_bytes, False),
+    "peak_memory_bytes": ("device peak memory (bytes, absolute)", human_bytes, False),
+    "joules_per_token": ("energy per token (J)", lambda v: f"{v:.4g} J", False),
     "kv_cache_bytes": ("KV cache (bytes)", human_bytes, True),
     "flops_analytic": ("analytic FLOPs", human_flops, True),
     "flops_counted": ("counted FLOPs", human_flops, True),
 }
 TIMING_METRICS = ("median_ms", "tokens_per_s")
-MEASURED = TIMING_METRICS + ("peak_memory_bytes",)
+MEASURED = TIMING_METRICS + ("peak_memory_bytes", "joules_per_token")
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -137,6 +138,7 @@ def metric_rows(results: dict) -> List[tuple]:
             "median_ms": median_ms(r) if ok else None,
             "tokens_per_s": get_num(r, "tokens_per_s") if ok else None,
             "peak_memory_bytes": peak_memory(r)[0] if ok else None,
+            "joules_per_token": get_num(r, "joules_per_token") if ok else None,
             "kv_cache_bytes": get_num(r, "kv_cache_bytes"),
             "flops_analytic": get_num(r, "flops", "analytic"),
             "flops_counted": get_num(r, "flops", "counted"),
