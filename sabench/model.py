@@ -10,15 +10,19 @@ reads a value back to the host, so it can be captured in a CUDA graph.
 
 SA spans run as the plan's `sa_strategy` says (plan.py): the source layer hands
 on P (`probs`) or its Q and K for a fused SDPA in every shared layer (`recompute`,
-prefill only). `set_execution("compiled")` wraps the prefill chunk and the greedy
-step in torch.compile; both are functions of tensors and of the cache object, whose
-buffers and RoPE tables never change shape, so one graph serves every step.
+prefill only). `set_execution("compiled")` compiles regionally: one torch.compile'd
+function runs every decoder layer (the layers of a kind, same code and same shapes,
+share one graph, so a 32-layer model is traced about as fast as a 1-layer one) and
+another the final norm and lm_head. A layer returns its MLP output unadded; the next
+layer's graph adds it before its norm, so the residual add still fuses with the norm
+as in a whole-model graph. Nothing else runs between layers but Python, which a CUDA
+graph of the step (worker, generate) removes.
 """
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -32,6 +36,7 @@ from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weigh
 
 
 EXECUTIONS = ("eager", "compiled")
+COMPILED_GRAPHS_MAX = 64  # dynamo's recompile limit for the layer function (default 8 is too few)
 GENERATE_GRAPHS_KEPT = 4  # generate's captured decode graphs (each with its cache) kept, by shape
 
 
@@ -121,25 +126,34 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
+    def layer_buffers(self, lp: LayerPlan):
+        """(K, V) buffers a layer attends over (its own, or its KV group owner's); K is None
+        for a layer that computes no attention. A layer writes into them iff it owns them."""
+        return (self.k[lp.kv_source] if lp.computes_attention else None), self.v[lp.kv_source]
+
+
 @dataclass
 class _Step:
-    """What every layer of one forward needs to know about positions and masking."""
+    """What every layer of one forward needs to know about positions and masking: tensors
+    and flags only (no Python ints), so a compiled layer never specialises on a length."""
 
-    cache: KVCache
     cos: torch.Tensor  # [T, D]
     sin: torch.Tensor
     write_pos: torch.Tensor  # [T] absolute positions of the new tokens
-    kv_len: int  # cache positions attended over
-    mask: Optional[torch.Tensor]  # [T, kv_len] bool, None when causal
-    causal: bool
+    mask: Optional[torch.Tensor]  # [T, kv_len] bool (kv_len: cache positions attended over), None when causal
+    causal: bool  # a first chunk: kv_len = T
     share_probs: bool  # SA: the source layer hands on P (else its Q and K, for recompute)
-    shared: dict = field(default_factory=dict)  # SA source layer -> P, or (Q, K)
+
+    def kv_len(self, t):
+        return t if self.causal else self.mask.shape[-1]
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
-        self.lp, self.is_sa_source = lp, is_sa_source
+        # flags, not the plan: a compiled layer reads only what layers of its kind share
+        self.writes_k, self.writes_v = lp.has_k, lp.has_v
+        self.computes_attention, self.is_sa_source = lp.computes_attention, is_sa_source
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim ** -0.5
         hid, bias = cfg.hidden_size, cfg.qkv_bias or cfg.o_bias
@@ -174,45 +188,59 @@ class Attention(nn.Module):
                                              scale=self.scale)
         return out.view(b, self.h, t, v.shape[-1])
 
-    def forward(self, x: torch.Tensor, st: _Step) -> torch.Tensor:
-        lp, cache = self.lp, st.cache
+    def forward(self, x: torch.Tensor, st: _Step, k_buf: Optional[torch.Tensor], v_buf: torch.Tensor,
+                shared=None):
+        """k_buf, v_buf: the cache buffers this layer attends over (KVCache.layer_buffers);
+        shared: what the SA source layer handed on (P, or its Q and K). Returns (output,
+        what this layer hands on: P or (Q, K) for an SA source, else None)."""
         b, t, _ = x.shape
-        if lp.has_k:
-            k = apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin)
-            cache.k[lp.index].index_copy_(2, st.write_pos, k)
-        if lp.has_v:
-            cache.v[lp.index].index_copy_(2, st.write_pos, self._heads(self.v_proj, x, self.hkv))
-        v = cache.v[lp.kv_source][:, :, : st.kv_len]
-        if lp.computes_attention:
+        if self.writes_k:
+            k_buf.index_copy_(2, st.write_pos, apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin))
+        if self.writes_v:
+            v_buf.index_copy_(2, st.write_pos, self._heads(self.v_proj, x, self.hkv))
+        kv_len = st.kv_len(t)
+        v = v_buf[:, :, :kv_len]
+        handed_on = None
+        if self.computes_attention:
             q = apply_rope(self._heads(self.q_proj, x, self.h), st.cos, st.sin)
-            k = cache.k[lp.kv_source][:, :, : st.kv_len]
+            k = k_buf[:, :, :kv_len]
             if self.is_sa_source and st.share_probs:  # the paper's SA: P materialised, handed on
-                p = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
-                st.shared[lp.index] = p
-                out = ops.attn_apply(p, v, st.causal)
+                handed_on = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
+                out = ops.attn_apply(handed_on, v, st.causal)
             else:
                 if self.is_sa_source:  # SA recompute: hand on Q and K, P is never stored
-                    st.shared[lp.index] = (q, k)
+                    handed_on = (q, k)
                 out = self._sdpa(q, k, v, st)
         elif st.share_probs:  # Shared Attention: P of the span's source layer applied to this layer's V
-            out = ops.attn_apply(st.shared[lp.attn_source], v, st.causal)
+            out = ops.attn_apply(shared, v, st.causal)
         else:  # the same P, recomputed by a fused kernel from the source layer's Q and K
-            q, k = st.shared[lp.attn_source]
+            q, k = shared
             out = self._sdpa(q, k, v, st)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d)), handed_on
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
         super().__init__()
+        self.lp = lp  # read by the model's layer loop, never inside the (compiled) forward
         self.self_attn = Attention(cfg, lp, is_sa_source)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, st: _Step):
-        x = x + self.self_attn(self.input_layernorm(x), st)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, pending: Optional[torch.Tensor], st: _Step, k_buf, v_buf, shared=None):
+        """x: the residual stream before the previous layer's MLP output `pending` is added
+        (None for the first layer). Returns (stream, this layer's MLP output, handed on)."""
+        if pending is not None:
+            x = x + pending
+        a, handed_on = self.self_attn(self.input_layernorm(x), st, k_buf, v_buf, shared)
+        x = x + a
+        return x, self.mlp(self.post_attention_layernorm(x)), handed_on
+
+
+def _call_layer(layer: DecoderLayer, *args):
+    """One code object for every layer, so compiled layers of a kind share one graph."""
+    return layer(*args)
 
 
 # ---------------------------------------------------------------- the model
@@ -272,11 +300,16 @@ class SharedLlama(nn.Module):
     def set_execution(self, execution: str = "eager", dynamic: bool = True) -> "SharedLlama":
         """How prefill chunks and decode steps run: "eager" (plain PyTorch) or "compiled".
 
-        compiled: torch.compile (Inductor; Triton kernels on CUDA, C++ on CPU) of one
-        prefill chunk and of the greedy decode step, each one graph (fullgraph: a graph
-        break would be an error, not a silent slowdown). `dynamic` keeps batch and
-        sequence sizes symbolic so one artefact serves every point of a sweep (sizes 0
-        and 1 are always specialised by dynamo), and Inductor's on-disk caches
+        compiled: torch.compile (Inductor; Triton kernels on CUDA, C++ on CPU), regional:
+        one compiled function runs every decoder layer and one the head (final norm and
+        lm_head). Dynamo keys its graphs by code object and guards on what a layer reads
+        (its kind's flags, tensor shapes), not on which layer it is, so the layers of a
+        kind share one graph: a few graphs per phase (first layer, plain, CLA non-owner,
+        SA source and shared layer; causal and chunked prefill, decode) instead of one
+        trace of the whole model, whose warm load took ~8 s a process on the 8B shape.
+        fullgraph: a graph break is an error, not a silent slowdown. `dynamic` keeps batch
+        and sequence sizes symbolic so one artefact serves every point of a sweep (sizes
+        0 and 1 are always specialised by dynamo), and Inductor's on-disk caches
         (TORCHINDUCTOR_CACHE_DIR) let later processes skip most of the compile.
         Compilation happens lazily on the first call of each, which callers keep untimed.
         """
@@ -284,19 +317,28 @@ class SharedLlama(nn.Module):
             raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
         self.execution = execution
         if execution == "compiled":
-            self._chunk_fn = torch.compile(self._prefill_chunk, dynamic=dynamic, fullgraph=True)
-            self._step_fn = torch.compile(self._greedy_step, dynamic=dynamic, fullgraph=True)
+            # every (layer kind, phase) is one cache entry of _call_layer's code object
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_MAX)
+            self._layer_fn = torch.compile(_call_layer, dynamic=dynamic, fullgraph=True)
+            self._head_fn = torch.compile(self._head, dynamic=dynamic, fullgraph=True)
         else:
-            self._chunk_fn, self._step_fn = self._prefill_chunk, self._greedy_step
+            self._layer_fn, self._head_fn = _call_layer, self._head
         return self
 
-    def _run(self, input_ids: torch.Tensor, st: _Step, logits_last_only: bool) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            x = layer(x, st)
+    def _head(self, x: torch.Tensor, pending: torch.Tensor, logits_last_only: bool) -> torch.Tensor:
         if logits_last_only:
-            x = x[:, -1:]
-        return F.linear(self.model.norm(x), self.lm_weight)
+            x, pending = x[:, -1:], pending[:, -1:]
+        return F.linear(self.model.norm(x + pending), self.lm_weight)
+
+    def _run(self, input_ids: torch.Tensor, st: _Step, cache: KVCache, logits_last_only: bool) -> torch.Tensor:
+        x, pending, shared = self.model.embed_tokens(input_ids), None, {}
+        for layer in self.model.layers:
+            lp = layer.lp
+            x, pending, handed_on = self._layer_fn(layer, x, pending, st, *cache.layer_buffers(lp),
+                                                   shared.get(lp.attn_source) if not lp.computes_attention else None)
+            if handed_on is not None:
+                shared[lp.index] = handed_on
+        return self._head_fn(x, pending, logits_last_only)
 
     def _prefill_chunk(self, ids: torch.Tensor, cache: KVCache, start: int, causal: bool, last_only: bool):
         """causal: the chunk starts the sequence (start == 0; decided by the caller so that
@@ -305,9 +347,9 @@ class SharedLlama(nn.Module):
         end = start + t
         dev = ids.device
         mask = None if causal else ops._causal_mask(t, end, dev)
-        st = _Step(cache, cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
-                   end, mask, causal, share_probs=self.plan.sa_strategy == "probs")
-        return self._run(ids, st, last_only)
+        st = _Step(cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
+                   mask, causal, share_probs=self.plan.sa_strategy == "probs")
+        return self._run(ids, st, cache, last_only)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, cache: KVCache, chunk_size: Optional[int] = None,
@@ -330,7 +372,7 @@ class SharedLlama(nn.Module):
             # a fresh contiguous tensor (a few bytes a token): one layout for every chunk and no
             # view of another tensor, so a compiled chunk never recompiles on strides or bases
             chunk = input_ids[:, s: s + step].clone(memory_format=torch.contiguous_format)
-            logits = self._chunk_fn(chunk, cache, start + s, start + s == 0, True)
+            logits = self._prefill_chunk(chunk, cache, start + s, start + s == 0, True)
         return logits
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -342,10 +384,9 @@ class SharedLlama(nn.Module):
         """
         cos = cache.cos.index_select(0, pos)
         sin = cache.sin.index_select(0, pos)
-        s = cache.v[0].shape[2]  # a tensor's size, not the python int: it stays symbolic when compiled
-        mask = (torch.arange(s, device=pos.device) <= pos)[None, :]
-        st = _Step(cache, cos, sin, pos, s, mask, False, share_probs=True)
-        return self._run(tokens, st, logits_last_only=True)
+        mask = (torch.arange(cache.max_len, device=pos.device) <= pos)[None, :]
+        st = _Step(cos, sin, pos, mask, False, share_probs=True)
+        return self._run(tokens, st, cache, logits_last_only=True)
 
     def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         logits = self.decode_step(tokens, pos, cache)
@@ -356,9 +397,8 @@ class SharedLlama(nn.Module):
     def greedy_step_fn(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor):
         """A zero-argument step for loops and CUDA graphs: decode `tokens` at `pos`,
         write the argmax back into `tokens` and advance `pos`, all on the device
-        (compiled when the model's execution is "compiled")."""
-        fn = self._step_fn
-        return lambda: fn(tokens, pos, cache)
+        (its layers and head compiled when the model's execution is "compiled")."""
+        return lambda: self._greedy_step(tokens, pos, cache)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -88,3 +88,27 @@ repeats: 2
 
     md = write_report(out).read_text()
     assert "Execution: compiled, compiled mode." in md and "compilation (first calls" in md
+
+
+def test_layers_of_a_kind_share_one_graph_whatever_the_depth(inductor_cache):
+    """Regional compilation: a model 4x deeper, same widths, adds no graph and gives eager's tokens."""
+    from torch._dynamo.utils import counters
+
+    from sabench.presets import resolve_config, with_overrides
+
+    # widths no other test compiles, so the first model's graphs are all new
+    base = with_overrides(resolve_config("tiny"), hidden_size=48, intermediate_size=96, num_heads=3,
+                          num_kv_heads=1, head_dim=16, vocab_size=128)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def run(layers):
+        cfg = with_overrides(base, num_layers=layers)
+        compiled = load_model(cfg, "baseline", torch.float32, "cpu", seed=2).set_execution("compiled")
+        before = counters["stats"]["unique_graphs"]
+        out = compiled.generate(ids, 3)
+        assert torch.equal(out, load_model(cfg, "baseline", torch.float32, "cpu", seed=2).generate(ids, 3))
+        return counters["stats"]["unique_graphs"] - before
+
+    # prefill and decode: first layer (nothing pending), every other layer, head
+    assert run(2) == 6
+    assert run(8) == 0

@@ -57,7 +57,7 @@ def test_sa_layer_output_is_source_probs_times_own_v():
 
     def grab(i):
         def hook(mod, args, out):
-            seen[i] = (args[0].clone(), out.clone())
+            seen[i] = (args[0].clone(), out[0].clone())  # (output, what the layer hands on)
         return hook
 
     for i in (1, 2):
