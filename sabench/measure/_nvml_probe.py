@@ -8,11 +8,11 @@ stand-ins for the two package modules.
 
 Protocol: one JSON object per line. First the helper writes its ready line
 {"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "energy_error": null|why,
-"power_ok": bool, "pid": ...} (or {"id": 0, "ok": false, "error": ...} and exits). Then the parent sends commands, each with an
-"id" that the reply echoes:
+"power_ok": bool, "pid": ...} (or {"id": 0, "ok": false, "error": ...} and exits). Then the
+parent sends commands, each with an "id" that the reply echoes:
 
   {"cmd": "idle"}               -> {"ok": true, "used": bytes} | {"ok": false, "error": ...}
-  {"cmd": "start", "idle": b, "power": p}
+  {"cmd": "start", "idle": b, "power": p, "avoid_cpu": cpu|null}
                                 -> {"ok": true, "idle": bytes|null}; the window opens: a sample
                                    now and every interval_s until "stop" (idle read first if b;
                                    with p, every sample also reads the power draw)
@@ -52,6 +52,10 @@ def _bootstrap() -> None:
             sys.modules[name] = mod
 
 
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 class _Window:
     """The readings of one start()/stop() window; `summary()` is what "stop" sends back."""
 
@@ -75,7 +79,19 @@ class _Window:
     def read_used(self) -> int:
         return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
 
+    def record_error(self, e: BaseException) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = _why(e)
+
     def sample(self) -> None:
+        """One reading; an NVML error is counted, never raised."""
+        try:
+            self._sample()
+        except Exception as e:
+            self.record_error(e)
+
+    def _sample(self) -> None:
         used = self.read_used()
         if self.peak is None or used > self.peak:
             self.peak = used
@@ -91,7 +107,7 @@ class _Window:
         try:
             procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
         except Exception as e:  # e.g. NotSupported: stop asking, once
-            self.proc_error = f"{type(e).__name__}: {e}"
+            self.proc_error = _why(e)
             self._track_proc_now = False
             return
         if not procs:
@@ -101,8 +117,7 @@ class _Window:
         if not mine:
             self.proc_foreign += 1
             return
-        values = [getattr(p, "usedGpuMemory", None) for p in mine]
-        values = [int(v) for v in values if v is not None]
+        values = [int(v) for v in (getattr(p, "usedGpuMemory", None) for p in mine) if v is not None]
         if not values:
             self.proc_na += 1
             return
@@ -110,87 +125,71 @@ class _Window:
         if self.peak_proc is None or total > self.peak_proc:
             self.peak_proc = total
 
-    def record_error(self, e: BaseException) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = f"{type(e).__name__}: {e}"
-
-    def attempt(self) -> None:
-        """One sample of the loop; an NVML error is counted, never raised."""
-        self.attempts += 1
-        self.last()
-
-    def last(self) -> None:
-        """The reading taken at stop(), so even a window shorter than one interval has a peak."""
-        try:
-            self.sample()
-        except Exception as e:
-            self.record_error(e)
-
-    def paced_attempt(self, next_t: float, interval: float) -> tuple[float, float]:
-        """One sample of the loop that was due at `next_t` -> (when the next one is due, now).
-
-        The next is due `interval` after this one's due time, or now when the loop fell
-        behind (slow NVML call, no CPU): it never bursts to catch up.
-        """
-        self.attempt()
-        next_t += interval
-        now = time.perf_counter()
-        if next_t < now:
-            next_t = now
-        return next_t, now
-
     def summary(self) -> dict:
-        return {"peak": self.peak, "peak_proc": self.peak_proc, "n": self.n, "attempts": self.attempts,
-                "power": self.power, "notes": self.notes()}
-
-    def notes(self) -> list[str]:
         notes = []
         if self.errors:
             notes.append(f"{self.errors} NVML error(s) while sampling (those samples were skipped); "
                          f"first: {self.first_error}")
-        return notes + self.process_notes()
+        why = self._why_no_process_peak()
+        if why:
+            notes.append(f"per-process memory unavailable: {why}")
+        return {"peak": self.peak, "peak_proc": self.peak_proc, "n": self.n, "attempts": self.attempts,
+                "power": self.power, "notes": notes}
 
-    def process_notes(self) -> list[str]:
+    def _why_no_process_peak(self) -> Optional[str]:
         if not self.track_process:
-            return []
+            return None
         if self.proc_error is not None:
-            return [f"per-process memory unavailable: nvmlDeviceGetComputeRunningProcesses failed "
-                    f"({self.proc_error})"]
+            return f"nvmlDeviceGetComputeRunningProcesses failed ({self.proc_error})"
         if self.peak_proc is not None:
-            return []
+            return None
         if self.proc_foreign:
-            return [f"per-process memory unavailable: NVML lists compute processes on this GPU but "
-                    f"none with our pid {self.pid} (inside a container NVML reports host-namespace "
-                    "PIDs)"]
+            return (f"NVML lists compute processes on this GPU but none with our pid {self.pid} "
+                    "(inside a container NVML reports host-namespace PIDs)")
         if self.proc_na:
-            return ["per-process memory unavailable: NVML lists our process without a memory figure "
-                    "(usedGpuMemory not available, e.g. under MIG or WDDM)"]
+            return ("NVML lists our process without a memory figure (usedGpuMemory not available, "
+                    "e.g. under MIG or WDDM)")
         if self.proc_empty:
-            return ["per-process memory unavailable: NVML lists no compute process on this GPU "
-                    "(typical inside a container without the host PID namespace)"]
-        return []
+            return ("NVML lists no compute process on this GPU (typical inside a container without "
+                    "the host PID namespace)")
+        return None
 
 
 def _die_with_parent(parent_pid: int) -> None:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except Exception:
         pass  # not Linux: EOF on stdin and the parent-pid check still end us
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(0)
 
 
+def _energy_support(nv, handle) -> tuple[Optional[str], bool]:
+    """(why the total-energy counter cannot be read or None, whether the power draw can be read).
+
+    Windows sample the power draw only when the counter is missing: energy is then integrated
+    from those samples.
+    """
+    try:
+        int(nv.nvmlDeviceGetTotalEnergyConsumption(handle))
+        return None, False
+    except Exception as e:
+        why = _why(e)
+    try:
+        int(nv.nvmlDeviceGetPowerUsage(handle))
+        return why, True
+    except Exception:
+        return why, False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="_nvml_probe")
     ap.add_argument("--nvml", default=None, help='"module:attribute" of a pynvml-like object/factory')
     ap.add_argument("--device-index", type=int, default=0)
-    ap.add_argument("--pci-bus-id", default=None, help="explicit bus id (overrides torch's)")
-    ap.add_argument("--torch-bus-id", default=None, help="bus id torch reported in the parent")
+    ap.add_argument("--pci-bus-id", default=None, help="bus id of the device (torch's, or explicit)")
     ap.add_argument("--uuid", default=None, help="UUID torch reported in the parent")
     ap.add_argument("--pid", type=int, required=True, help="process whose memory to track")
     ap.add_argument("--parent-pid", type=int, default=None)
@@ -210,7 +209,6 @@ def main(argv=None) -> int:
     # (an NVML binding's warnings, a fake's debugging) cannot corrupt it.
     fd_out = os.dup(1)
     os.dup2(2, 1)
-    fd_in = 0
 
     def send(obj) -> None:
         data = (json.dumps(obj) + "\n").encode()
@@ -219,17 +217,12 @@ def main(argv=None) -> int:
 
     from sabench.measure import nvml as core  # torch-free (see _bootstrap)
 
-    try:
-        nv = core.load_nvml(args.nvml)
-    except Exception as e:
-        send({"id": 0, "ok": False, "error": str(e)})
-        return 1
     notes: list = []
-    try:  # nvmlInit, the device and the MIG note: the same code as the sampler thread's
+    try:  # nvmlInit, the device and the MIG note
+        nv = core.load_nvml(args.nvml)
         handle, how = core.open_device(nv, args.device_index, args.pci_bus_id, notes,
-                                       ask_torch=False, torch_bus_id=args.torch_bus_id,
-                                       uuid=args.uuid)
-    except core.NvmlUnavailable as e:  # NVML is shut down again already
+                                       uuid=args.uuid, ask_torch=False)
+    except Exception as e:  # NVML is shut down again already
         send({"id": 0, "ok": False, "error": str(e)})
         return 1
     try:
@@ -237,24 +230,20 @@ def main(argv=None) -> int:
             bus_id = core._text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
         except Exception:
             bus_id = None
-        energy_error, power_ok = core.probe_energy(nv, handle)
+        energy_error, power_ok = _energy_support(nv, handle)
         send({"id": 0, "ok": True, "mapping": how, "notes": notes, "bus_id": bus_id,
               "energy_error": energy_error, "power_ok": power_ok,
               "pid": os.getpid(), "torch_imported": "torch" in sys.modules})
-        return _serve(core, nv, handle, args, parent_pid, fd_in, send)
+        return _serve(nv, handle, args, parent_pid, send)
     except BrokenPipeError:
         return 0  # the parent is gone
     finally:
-        try:
-            nv.nvmlShutdown()
-        except Exception:
-            pass
+        core._shutdown(nv)
 
 
-def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
-    """The command loop; samples every interval while a window is open. Returns the exit code."""
+def _serve(nv, handle, args, parent_pid: int, send) -> int:
+    """The command loop (stdin); samples every interval while a window is open. -> exit code."""
     interval = args.interval_s
-    track = not args.no_track_process
     perf = time.perf_counter
     win = None  # the open window's _Window, or None
     t_open = next_t = 0.0
@@ -263,20 +252,32 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
         base_cpus = frozenset(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         base_cpus = frozenset()
+
+    def answer(read) -> dict:
+        try:
+            return {"ok": True, **read()}
+        except Exception as e:
+            return {"ok": False, "error": _why(e)}
+
     while True:
         if win is not None:
             now = perf()
-            if now >= next_t:  # a sample is due; paced as in the sampler thread
-                next_t, now = win.paced_attempt(next_t, interval)
+            if now >= next_t:  # a sample is due
+                win.attempts += 1
+                win.sample()
+                # the next is due one interval after this one's due time, or now when the loop fell
+                # behind (slow NVML call, no CPU): it never bursts to catch up
+                now = perf()
+                next_t = max(next_t + interval, now)
             timeout = next_t - now
         else:
             timeout = 0.5  # idle: wake now and then only to check the parent is alive
-        ready, _, _ = select.select([fd_in], [], [], max(timeout, 0.0))
+        ready, _, _ = select.select([0], [], [], max(timeout, 0.0))
         if os.getppid() != parent_pid:
             return 0
         if not ready:
             continue
-        data = os.read(fd_in, 65536)
+        data = os.read(0, 65536)
         if not data:
             return 0  # EOF: the parent closed the pipe or died
         buf += data
@@ -290,37 +291,32 @@ def _serve(core, nv, handle, args, parent_pid: int, fd_in: int, send) -> int:
             if cmd == "quit":
                 return 0
             if cmd == "idle":
-                try:
-                    send({"id": rid, "ok": True,
-                          "used": int(nv.nvmlDeviceGetMemoryInfo(handle).used)})
-                except Exception as e:
-                    send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
+                reply = answer(lambda: {"used": int(nv.nvmlDeviceGetMemoryInfo(handle).used)})
             elif cmd == "energy":
-                try:
-                    send({"id": rid, "ok": True, "mj": core.energy_counter_mj(nv, handle)})
-                except Exception as e:
-                    send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"})
+                reply = answer(lambda: {"mj": int(nv.nvmlDeviceGetTotalEnergyConsumption(handle))})
             elif cmd == "start":
                 _avoid_cpu(msg.get("avoid_cpu"), base_cpus)
-                win = _Window(nv, handle, args.pid, track, track_power=bool(msg.get("power")))
+                win = _Window(nv, handle, args.pid, not args.no_track_process,
+                              track_power=bool(msg.get("power")))
                 idle = None
                 if msg.get("idle"):
                     try:
                         idle = win.read_used()
                     except Exception as e:
                         win.record_error(e)
-                send({"id": rid, "ok": True, "idle": idle})
-                t_open = next_t = perf()  # first sample at once, then every interval
-            elif cmd == "stop":
-                if win is None:
-                    send({"id": rid, "ok": False, "error": "no window open"})
-                    continue
-                win.last()
+                reply = {"ok": True, "idle": idle}
+            elif cmd == "stop" and win is not None:
+                win.sample()  # a last reading: even a window shorter than one interval has a peak
                 elapsed = perf() - t_open
-                send({"id": rid, "ok": True, "window": win.summary(), "elapsed_s": elapsed})
+                reply = {"ok": True, "window": win.summary(), "elapsed_s": elapsed}
                 win = None
+            elif cmd == "stop":
+                reply = {"ok": False, "error": "no window open"}
             else:
-                send({"id": rid, "ok": False, "error": f"unknown command {cmd!r}"})
+                reply = {"ok": False, "error": f"unknown command {cmd!r}"}
+            send({"id": rid, **reply})
+            if cmd == "start":
+                t_open = next_t = perf()  # first sample at once, then every interval
 
 
 def _avoid_cpu(cpu, base_cpus) -> None:
