@@ -1,4 +1,4 @@
-"""NvmlSampler(mode="process"): the helper process against tests/fake_nvml.py (no GPU needed).
+"""NvmlSampler and its helper process against tests/fake_nvml.py (no GPU needed).
 
 The fake is scripted through $SABENCH_FAKE_NVML, which the helper inherits; the helper
 imports it as "tests.fake_nvml:make_fake" (the sampler puts the repository root on the
