@@ -100,6 +100,14 @@ def test_compare_names_runs_by_what_differs(tmp_path):
     line = _labels_of(tmp_path / "three", make_results(**base), c, make_results(**base, device_name="NVIDIA H200"))
     assert "**H100 80GB HBM3 · torch 2.13.0**" in line and "**H100 80GB HBM3 · torch 2.11.0+cu130**" in line
     assert "**H200** = `" in line
+    # the same machine and commit, eager against compiled: named by the execution mode
+    e, c = make_results(**base), make_results(**base)
+    e["suite"]["execution"], c["suite"]["execution"] = "eager", "compiled"
+    line = _labels_of(tmp_path / "exec", e, c)
+    assert "**eager** = `" in line and "**compiled** = `" in line
+    # a run without a commit says so, never "?"
+    line = _labels_of(tmp_path / "nocommit", make_results(**base), make_results(**base, commit=None))
+    assert "**a1b2c3d4** = `" in line and "**commit unknown** = `" in line and "?" not in line
 
 
 def test_compare_default_out_dir(tmp_path, monkeypatch):

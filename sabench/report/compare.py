@@ -36,27 +36,33 @@ def _commit(env: dict) -> Optional[str]:
 def _labels(results: Sequence[dict]) -> List[str]:
     """Labels that say how the runs differ, never their directory names.
 
-    The first of these that differs between the runs names them: the device, the software
-    versions that differ (torch, CUDA, driver, sabench, ...), the commit, the creation time.
-    Runs still sharing a label get the next differing one appended; runs that differ in none
-    of them are "run 1", "run 2", ...
+    The first of these that differs between the runs names them: the device, the execution
+    mode (eager / compiled), the software versions that differ (torch, CUDA, driver,
+    sabench, ...), the commit, the creation time. Runs still sharing a label get the next
+    differing one appended; runs that differ in none of them are "run 1", "run 2", ...
+    A run without the value says so ("commit unknown"), never "?".
     """
     envs = [r.get("env") or {} for r in results]
     soft = [k for k in SOFTWARE if len({str(e.get(k)) for e in envs}) > 1]
-    parts = [[_device(e) for e in envs],
-             [", ".join(f"{k} {e.get(k) or '?'}" for k in soft) for e in envs] if soft else [None] * len(envs),
-             [_commit(e) for e in envs],
-             [r.get("created") for r in results]]
-    parts = [p for p in parts if len({str(x) for x in p}) > 1]
+    parts = [("device", [_device(e) for e in envs]),
+             ("execution", [(r.get("suite") or {}).get("execution") for r in results]),
+             ("software", [", ".join(f"{k} {e.get(k) or '?'}" for k in soft) for e in envs]
+              if soft else [None] * len(envs)),
+             ("commit", [_commit(e) for e in envs]),
+             ("created", [r.get("created") for r in results])]
+    parts = [(kind, p) for kind, p in parts if len({str(x) for x in p}) > 1]
     if not parts:
         return [f"run {i + 1}" for i in range(len(results))]
-    labels = [str(x) if x is not None else "?" for x in parts[0]]
-    for more in parts[1:]:
+
+    def name(kind, x):
+        return str(x) if x is not None else f"{kind} unknown"
+
+    labels = [name(parts[0][0], x) for x in parts[0][1]]
+    for kind, more in parts[1:]:
         dup = {lab for lab in labels if labels.count(lab) > 1}
         if not dup:
             break
-        labels = [f"{lab} · {more[i] if more[i] is not None else '?'}" if lab in dup else lab
-                  for i, lab in enumerate(labels)]
+        labels = [f"{lab} · {name(kind, more[i])}" if lab in dup else lab for i, lab in enumerate(labels)]
     if len(set(labels)) < len(labels):
         labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
     return labels
