@@ -306,8 +306,7 @@ def speedup_heatmap(results: dict, index: Dict[Key, dict], out_dir: Path, phase:
         ax.set(xlabel="sequence length (tokens)", ylabel="batch size", title=v)
     cax = g.fig.add_axes([g.right_edge + 0.35 / g.W, g.bottom_edge, 0.18 / g.W, g.top_edge - g.bottom_edge])
     cb = g.fig.colorbar(im, cax=cax, label="speedup (> 1: faster)")
-    ticks = [t for t in (0.25, 1 / 3, 0.5, 2 / 3, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
-             if 1 / lim <= t * 1.0001 and t <= lim * 1.0001]
+    ticks = ratio_ticks(1 / lim / 1.0001, lim * 1.0001, most=7)
     cb.set_ticks(ticks, labels=[f"{t:.3g}×" for t in ticks])
     cb.minorticks_off()
     return g.save(out_dir, f"speedup_{phase}.png",
@@ -420,8 +419,21 @@ def all_figures(results: dict, index: Dict[Key, dict], out_dir: Path) -> Dict[st
 
 # ---------------------------------------------------------------------------- compare figures
 
-RATIO_TICKS = [0.1, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0,
-               5.0, 10.0]
+RATIO_TICKS = (0.25, 1 / 3, 0.5, 2 / 3, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)  # fine steps near 1x
+
+
+def ratio_ticks(lo: float, hi: float, most: int = 9) -> List[float]:
+    """Ticks for a log ratio axis over [lo, hi]: the finest of these sets that puts at most `most`
+    ticks there: fine steps near 1x, powers of 2, 1-2-5 per decade, powers of 10 (each closed
+    under 1/x, so a speedup and the same slowdown get mirrored ticks)."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    levels = (RATIO_TICKS, [2.0 ** k for k in range(-3 * len(decades) - 3, 3 * len(decades) + 4)],
+              [m * 10.0 ** d for d in decades for m in (1, 2, 5)], [10.0 ** d for d in decades])
+    for level in levels:
+        ticks = sorted(t for t in level if lo <= t <= hi)
+        if len(ticks) <= most:
+            return ticks
+    return ticks
 RUN_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
 
 
@@ -492,9 +504,7 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
         lo, hi = ax.get_ylim()
         lo, hi = min(lo, 0.95), max(hi, 1.05)
         ax.set_ylim(lo, hi)
-        ticks = [t for t in RATIO_TICKS if lo <= t <= hi]
-        if len(ticks) > 9:
-            ticks = sorted(set(ticks[::math.ceil(len(ticks) / 9)] + [1.0]))
+        ticks = ratio_ticks(lo, hi)
         ax.set_yticks(ticks, [f"{t:.3g}×" for t in ticks])
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_xticks(range(len(variants)), variants, rotation=20 if len(variants) > 4 else 0)
