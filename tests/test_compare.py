@@ -137,3 +137,18 @@ def test_cli_compare(tmp_path, capsys):
     assert (tmp_path / "c" / "compare.md").exists()
     assert main(["compare", str(ra), str(tmp_path / "nope")]) == 2
     assert "sabench: error:" in capsys.readouterr().err
+
+
+def test_compare_latency_marks_the_points_a_run_could_not_measure(tmp_path, monkeypatch):
+    from sabench.report import plots
+
+    marked = []
+    real = plots.mark_failures
+    monkeypatch.setattr(plots, "mark_failures", lambda ax, xs, *a: (marked.extend(xs), real(ax, xs, *a)))
+    ok = make_results(seed=1, oom=False, error=False)
+    failing = make_results(seed=2, oom=True, error=False)  # baseline at the largest batch and length: OOM
+    runs = [write_results(ok, tmp_path / "a"), write_results(failing, tmp_path / "b")]
+    md = compare_runs(runs, tmp_path / "out").read_text()
+    assert "compare_decode_latency.png" in md
+    longest = max(r["seq_len"] for r in failing["records"])
+    assert marked and set(marked) == {longest}  # the OOM point, in the figures of both phases

@@ -458,17 +458,27 @@ def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
     handles = [Line2D([], [], color="gray", linestyle=ls, marker=m, markersize=4, label=r.label)
                for r, (ls, m) in styles]
     handles += [Line2D([], [], color=bcolor[b], linewidth=3, label=f"batch {b}") for b in batches]
+
+    def failed(r, k):  # a shared point this run did not measure (OOM, error, skipped)
+        return k in pts and k[1] in bcolor and r.index.get(k) is not None and not is_ok(r.index[k])
+
+    if any(failed(r, k) for r in runs for k in pts):
+        handles.append(Line2D([], [], markerfacecolor="white", label="OOM / error / skipped (marked at top)",
+                              **FAIL_STYLE))
     g = Grid(len(variants), handles=handles, legend_cols=8)
     for ax, v in zip(g.axes, variants):
-        ys_all = []
-        for (r, (ls, m)), b in itertools.product(styles, batches):
+        ys_all, any_failed = [], False
+        for slot, ((r, (ls, m)), b) in enumerate(itertools.product(styles, batches)):
             xy = [(s, median_ms(r.index.get((v, b, s, phase)))) for s in seqs if (v, b, s, phase) in pts]
             xy = [(x, y) for x, y in xy if y]
             if xy:
                 xs, ys = zip(*xy)
                 ax.plot(xs, ys, color=bcolor[b], linestyle=ls, marker=m, markersize=3.5, linewidth=1.5)
                 ys_all += ys
-        _facet_axes(ax, v, seqs, ys_all, *LATENCY_LABELS[phase])
+            fails = [s for s in seqs if failed(r, (v, b, s, phase))]
+            mark_failures(ax, fails, bcolor[b], slot)
+            any_failed = any_failed or bool(fails)
+        _facet_axes(ax, v, seqs, ys_all, *LATENCY_LABELS[phase], any_failed)
     more = f", {len(batches)} of {len(batches_all)} batch sizes" if len(batches) < len(batches_all) else ""
     return g.save(out_dir, f"compare_{phase}_latency.png",
                   f"{phase.capitalize()} latency per run (line style = run, colour = batch{more})" + note)
