@@ -125,7 +125,6 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
-
     def layer_buffers(self, lp: LayerPlan):
         """(K, V) buffers a layer attends over (its own, or its KV group owner's); K is None
         for a layer that computes no attention. A layer writes into them iff it owns them."""
@@ -334,8 +333,9 @@ class SharedLlama(nn.Module):
         x, pending, shared = self.model.embed_tokens(input_ids), None, {}
         for layer in self.model.layers:
             lp = layer.lp
+            # a layer that computes its own attention finds nothing under its own index
             x, pending, handed_on = self._layer_fn(layer, x, pending, st, *cache.layer_buffers(lp),
-                                                   shared.get(lp.attn_source) if not lp.computes_attention else None)
+                                                   shared.get(lp.attn_source))
             if handed_on is not None:
                 shared[lp.index] = handed_on
         return self._head_fn(x, pending, logits_last_only)

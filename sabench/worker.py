@@ -15,9 +15,9 @@ Execution (spec["execution"], every record says which ran):
 - eager: plain PyTorch. On CUDA the decode step is also captured in a CUDA graph
   and replayed: graph mode is the headline, the eager step's timing is kept too.
 - compiled: torch.compile (Inductor) of the decoder layers and the head, regionally
-  (model.set_execution: one graph per layer kind, not per model). The first call of each phase compiles (or loads from
-  TORCHINDUCTOR_CACHE_DIR); it is timed apart as overhead `compile_s`, never as a
-  sample, and happens before the phase's memory window opens. On CUDA the decode
+  (model.set_execution: one graph per layer kind, not per model). The first call of
+  each phase compiles (or loads from TORCHINDUCTOR_CACHE_DIR); it is timed apart as
+  overhead `compile_s`, never as a sample, and happens before the phase's memory window opens. On CUDA the decode
   step and the launch-bound prefills (<= PREFILL_GRAPH_MAX_TOKENS tokens) are then
   captured in CUDA graphs and replayed; a prefill whose capture fails for another
   reason than memory is timed by direct calls and says so (`prefill_mode`, a note).

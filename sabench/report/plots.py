@@ -136,6 +136,11 @@ def value_axis(ax, values: Sequence[float]):
     ax.yaxis.set_major_formatter(fmt_tick)
 
 
+def _fail_handle() -> Line2D:
+    """The legend entry for mark_failures' markers."""
+    return Line2D([], [], markerfacecolor="white", label="OOM / error / skipped (marked at top)", **FAIL_STYLE)
+
+
 def mark_failures(ax, xs: Sequence[float], color: str, slot: int):
     """Red-edged X markers (in the series colour) along the top edge of the axes, a row per slot."""
     if xs:
@@ -191,8 +196,7 @@ def _facet_lines(results: dict, index: Dict[Key, dict], out_dir: Path, name: str
                       linestyle="--" if v == BASELINE else "-", label=v) for v in variants]
     handles += extra_handles
     if not all(is_ok(r) for rs in at.values() for r in rs):
-        handles.append(Line2D([], [], markerfacecolor="white", label="OOM / error / skipped (marked at top)",
-                              **FAIL_STYLE))
+        handles.append(_fail_handle())
     g = Grid(len(facets), handles=handles)
     drawn = False
     for ax, f in zip(g.axes, facets):
@@ -463,8 +467,7 @@ def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
         return k in pts and k[1] in bcolor and r.index.get(k) is not None and not is_ok(r.index[k])
 
     if any(failed(r, k) for r in runs for k in pts):
-        handles.append(Line2D([], [], markerfacecolor="white", label="OOM / error / skipped (marked at top)",
-                              **FAIL_STYLE))
+        handles.append(_fail_handle())
     g = Grid(len(variants), handles=handles, legend_cols=8)
     for ax, v in zip(g.axes, variants):
         ys_all, any_failed = [], False
