@@ -109,6 +109,15 @@ def cmd_run(args) -> int:
                      report=not args.no_report, execution=args.execution)
 
 
+def _budget(text: str) -> float:
+    from sabench.advice import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_quality(args) -> int:
     from sabench import quality
     from sabench.report import quality_report
@@ -117,7 +126,8 @@ def cmd_quality(args) -> int:
         quality_report.check_out_dir(args.out)
     result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                               seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
-                              device=args.device, similarity=args.similarity)
+                              device=args.device, similarity=args.similarity, stride=args.stride,
+                              budget=args.budget, candidates=args.candidates)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -172,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
     q.add_argument("--similarity", type=float, default=0.9,
                    help="threshold for the recommended SA spans (default 0.9)")
+    q.add_argument("--stride", type=int, default=None,
+                   help="rolling windows as lm-eval-harness scores perplexity: each later window scores "
+                        "the next STRIDE tokens with up to --seq-len of context (default: non-overlapping "
+                        "windows)")
+    q.add_argument("--budget", type=_budget, default=None,
+                   help="perplexity increase the advice may spend, e.g. 5%% (default 5%%): the advice "
+                        "picks the largest measured saving within it")
+    q.add_argument("--candidates", type=int, default=None,
+                   help="candidate SA plans to measure for the advice (default 8; 0: no advice)")
     q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "
                                                  "float32 on cpu)")
     q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")

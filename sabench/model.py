@@ -527,17 +527,20 @@ def load_weights(model: SharedLlama, files) -> dict:
     return {"loaded": len(loaded), "dropped": sorted(dropped)}
 
 
-def load_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="cuda",
+def load_model(source, variant: str = "baseline", dtype=torch.bfloat16, device=None,
                weights: str = "auto", seed: int = 0) -> SharedLlama:
     """A ready model: `source` is a preset, an HF model directory or a config.json path.
 
+    device=None: CUDA when it is available, else the CPU.
     weights="auto" loads safetensors when the directory holds them, random
     weights (std 0.02, seeded) otherwise; "random" always uses random weights.
     """
     if weights not in ("auto", "random"):
         raise ValueError(f"weights must be 'auto' or 'random', got {weights!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = resolve_config(source)
-    files = weight_files(source) if weights == "auto" and cfg.source != "preset" else []
+    files = weight_files(cfg.source) if weights == "auto" and cfg.source != "preset" else []
     m = build_model(cfg, variant, dtype, device)
     if files:
         m.load_report = load_weights(m, files)

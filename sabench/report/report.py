@@ -361,6 +361,8 @@ def _execution_note(recs: list, phase: str) -> str:
     execs = sorted({r.get("execution") or "eager" for r in recs})
     key = "prefill_mode" if phase == "prefill" else "decode_mode"
     modes = sorted({r.get(key) for r in recs if r.get(key)})
+    if set(modes) <= set(execs):  # "eager, eager mode" says nothing twice
+        modes = []
     return f"Execution: {'/'.join(execs)}" + (f", {'/'.join(modes)} mode" if modes else "") + "."
 
 
