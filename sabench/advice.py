@@ -95,8 +95,8 @@ def greedy_plans(sim, savings: Callable[[str], float]) -> List[dict]:
             gain = savings(plan_string(new)) - current
             if gain <= 0:
                 continue
-            c = max(0.0, 1.0 - float(sim[src][layer]))
-            key = (round(c / gain, 6), layer)  # float noise must not decide a tie; then the lower layer
+            c = max(0.0, round(1.0 - float(sim[src][layer]), 6))  # float noise must not decide a tie
+            key = (c / gain, layer)  # ties: the lower layer first
             if best is None or key < best[0]:
                 best = (key, new, c, gain)
         if best is None:
