@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sabench.loading import point_extras
 from sabench.paths import reports_dir
 from sabench.schema import PHASES, SCHEMA, point_key
 from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device,
@@ -54,7 +55,7 @@ def default_out_dir(suite: Suite) -> Path:
 # Suite settings that change what a number means: a resumed run must not mix them.
 # (value assumed when an older results.json lacks the key: runs before execution modes were eager)
 _COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
-               "prefill_chunk": None, "memory": None, "execution": "eager"}
+               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None}
 
 
 def cache_root() -> Path:
@@ -374,6 +375,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                     "threads": threads, "fault_oom": os.environ.get(FAULT_ENV),
                     "execution": suite.execution, "inductor_cache_dir": cache_dir,
                     "count_cache_dir": str(cache_root() / "flops")}
+            spec.update(point_extras(suite, p.variant, data["records"]))  # weights, perplexity windows
             if p.batch_size == MAX_BATCH:
                 progress.start(label)
                 new, overheads, final = _run_max_point(p, suite, spec, budget, workdir, data)

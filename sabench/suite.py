@@ -30,6 +30,9 @@ is rejected with its key path before loading. Schema::
                                 # CUDA device's total memory, on CPU the available RAM
     execution: auto             # optional, default auto; eager | compiled | auto
                                 # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
+    weights: random             # optional, default random; random | checkpoint (sabench/loading.py)
+    quality: null               # optional, with weights: checkpoint: {text | token_ids, seq_len,
+                                # windows, stride}: a perplexity column beside the timings
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ DEFAULTS = {
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution", "weights",
+                "quality")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
 MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (runner.py resolves it)
@@ -118,6 +122,8 @@ class Suite:
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
     execution: str = "auto"  # as written; resolve_execution() says what runs on a device
+    weights: str = "random"  # random | checkpoint (sabench/loading.py)
+    quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -136,6 +142,8 @@ class Suite:
             "prefill_chunk": self.prefill_chunk,
             "memory": self.memory,
             "execution": self.execution,
+            "weights": self.weights,
+            "quality": self.quality,
             "path": self.path,
         }
 
@@ -454,6 +462,9 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         raise SuiteError(source, "model", str(e)) from None
 
     variants = _parse_variants(d["variants"], cfg.num_layers, source)
+    from sabench.loading import parse_suite_keys
+
+    weights = parse_suite_keys(data, cfg, model, path, source)
 
     limit = cfg.max_position_embeddings
     for seq, p in zip(seq_lens, seq_paths):
@@ -468,7 +479,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path, memory=memory, execution=execution,
+        path=path, memory=memory, execution=execution, **weights,
     )
 
 

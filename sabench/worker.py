@@ -44,7 +44,7 @@ from sabench.measure import (AllocatorTracker, CudaGraphStep, current_rss_bytes,
 from sabench.measure.energy import EnergyMeter
 from sabench.measure.memory import footprint
 from sabench.measure.nvml import parse_pci_bus_id
-from sabench.model import load_model
+from sabench.loading import add_quality, point_model
 from sabench.presets import ModelConfig
 from sabench.runner import FAULT_ENV
 from sabench.schema import point_key
@@ -262,7 +262,7 @@ def measure(spec: dict) -> dict:
     t0 = time.perf_counter()
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
         _maybe_inject_oom(spec, "model build")
-        model = load_model(cfg, v, dtype, device, weights="random", seed=spec.get("seed", 0))
+        model = point_model(spec, cfg, v, dtype, device)  # the suite's weights
         model.set_execution(execution)
         sync(device)
     except Exception as e:
@@ -325,6 +325,8 @@ def measure(spec: dict) -> dict:
         decode.update(_failure(e))
     if sampler is not None:
         sampler.close()
+    cache = None
+    add_quality(model, spec, [prefill, decode])  # which weights ran; the variant's perplexity if asked
     if execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
         overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
     overhead["total_in_worker_s"] = time.time() - t_start

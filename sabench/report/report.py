@@ -9,6 +9,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
                                     phase_rise, predicted_memory, results_path, speedup,
                                     truncate, variants_of)
+from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 
@@ -299,6 +300,7 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
     lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
               + (f", created {results['created']}" if results.get("created") else "") + ".", ""]
     lines += ["## Setup", "", setup_table(results), ""]
+    lines += speed_quality.section(results, index)  # which weights ran; perplexity beside latency
     lines += ["## What this run says", ""]
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
     lines += [""]
