@@ -132,3 +132,30 @@ def test_checkpoint_weights_need_a_checkpoint(tmp_path, capsys):
     assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "weights" in err and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("recs, phase, text", [
+    ([{"execution": "eager", "decode_mode": "eager"}], "decode", "Execution: eager."),
+    ([{"execution": "compiled", "decode_mode": "graph"}], "decode", "Execution: compiled, graph mode."),
+    ([{"execution": "eager", "prefill_mode": "eager"}, {"execution": "eager"}], "prefill", "Execution: eager."),
+])
+def test_execution_note_says_nothing_twice(recs, phase, text):
+    from sabench.report.report import _execution_note
+
+    assert _execution_note(recs, phase) == text
+
+
+def test_pareto_plot_numbers_points_and_lists_them_in_a_legend(tmp_path, monkeypatch):
+    from sabench.report import plots, quality_report
+
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, out, name: figs.append(fig))
+    rows = [{"variant": v, "perplexity": p, "delta_vs_baseline": p - 10, "kv_cache_bytes_per_token": kv}
+            for v, p, kv in [("baseline", 10.0, 100), ("sa:2-3", 10.0001, 80), ("sa:2-3/recompute", 10.0001, 80),
+                             ("cla:2", 12.0, 50)]]
+    quality_report.pareto_plot({"variants": rows, "weights": "checkpoint"}, tmp_path / "p.png")
+    ax = figs[0].axes[0]
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == ["1", "2,3", "4"]  # the two points at one spot share one label
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [x for x in legend if x[0].isdigit()] == ["1  baseline", "2  sa:2-3", "3  sa:2-3/recompute", "4  cla:2"]
