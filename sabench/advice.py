@@ -1,14 +1,14 @@
 """SA span advice that selects: candidate plans ranked by predicted cost per unit of saving, then
 measured, a Pareto set, and the largest saving within a perplexity budget (docs/quality.md).
 
-1. **Candidates** (`greedy_plans`): nested SA plans P_1 ⊂ P_2 ⊂ ..., each one shared layer more
-   than the last. A step either starts a one-layer span `a-a` (source a-1) or extends a span
-   `A-B` to `A-(B+1)` (source still A-1); the plans are always contiguous spans `sa` accepts.
-   Each move's predicted perplexity cost is 1 - sim[source][layer] (the measured mean cosine of
-   the two layers' attention probabilities), its saving the change of `saving()` (decode bytes
-   and prefill FLOPs from accounting.py), and the move with the least cost per unit of saving
-   is taken. Moves that save nothing (a new span whose stored P costs more than it saves) are
-   never taken.
+1. **Candidates** (`greedy_plans`): nested SA plans, each one shared layer more than the last.
+   A step starts a one-layer span `a-a` (source a-1), extends a span `A-B` to `A-(B+1)` (source
+   still A-1) or to `(A-1)-B` (source A-2); the plans are always contiguous spans `sa` accepts.
+   A plan's predicted perplexity cost is the sum over its shared layers of 1 - sim[source][layer]
+   (the measured mean cosine of the two layers' attention probabilities), a move's saving the
+   change of `saving()` (decode bytes and prefill FLOPs from accounting.py), and the move with
+   the least added cost per unit of saving is taken. Moves that save nothing (a new span whose
+   stored P costs more than it saves) are never taken.
 2. **Measurement** (`advise`): the perplexity of candidate plans on the same windows. With few
    candidates all are measured; otherwise a bisection over the nested sequence finds the largest
    plan whose measured increase is within the budget (log2 of the layer count forwards), and
@@ -72,16 +72,24 @@ class Savings:
 
 # ---------------------------------------------------------------- candidates
 def _moves(spans: List[Span], n: int):
-    """(new spans, added layer, source) for every legal one-layer growth of `spans`."""
+    """(new spans, added layer) for every legal one-layer growth of `spans`."""
     shared = {layer for a, b in spans for layer in range(a, b + 1)}
     starts = {a for a, _ in spans}
-    for i, (a, b) in enumerate(spans):  # extend a span at its end: b+1 must not be a source
-        c = b + 1
+    for i, (a, b) in enumerate(spans):
+        c = b + 1  # extend at the end (source still a-1): c must not be another span's source
         if c < n and c not in shared and c + 1 not in starts:
-            yield spans[:i] + [(a, c)] + spans[i + 1:], c, a - 1
+            yield spans[:i] + [(a, c)] + spans[i + 1:], c
+        if a >= 2 and a - 2 not in shared:  # extend at the start: the source a-1 becomes shared, a-2 the source
+            yield spans[:i] + [(a - 1, b)] + spans[i + 1:], a - 1
     for a in range(1, n):  # a new span a-a: a free, its source a-1 free, a not another span's source
         if a not in shared and a - 1 not in shared and a + 1 not in starts:
-            yield sorted(spans + [(a, a)]), a, a - 1
+            yield sorted(spans + [(a, a)]), a
+
+
+def predicted_cost(sim, spans: Sequence[Span]) -> float:
+    """Sum over shared layers of 1 - sim[source][layer] (each term rounded to 1e-6, so float noise
+    does not decide a tie)."""
+    return sum(max(0.0, round(1.0 - float(sim[a - 1][layer]), 6)) for a, b in spans for layer in range(a, b + 1))
 
 
 def greedy_plans(sim, savings: Callable[[str], float]) -> List[dict]:
@@ -91,19 +99,18 @@ def greedy_plans(sim, savings: Callable[[str], float]) -> List[dict]:
     current, cost, out = 0.0, 0.0, []
     while True:
         best = None
-        for new, layer, src in _moves(spans, n):
+        for new, layer in _moves(spans, n):
             gain = savings(plan_string(new)) - current
             if gain <= 0:
                 continue
-            c = max(0.0, round(1.0 - float(sim[src][layer]), 6))  # float noise must not decide a tie
-            key = (c / gain, layer)  # ties: the lower layer first
+            c = predicted_cost(sim, new)
+            key = ((c - cost) / gain, layer)  # ties: the lower layer first
             if best is None or key < best[0]:
                 best = (key, new, c, gain)
         if best is None:
             return out
-        _, spans, c, gain = best
+        _, spans, cost, gain = best
         current += gain
-        cost += c
         out.append({"variant": plan_string(spans), "spans": list(spans), "predicted_cost": cost,
                     "saving": current})
 
