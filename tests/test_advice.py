@@ -214,6 +214,6 @@ def test_bad_budgets_are_one_line_exit_2(exact_span, capsys, text):
 def test_a_span_can_move_its_source_earlier():
     sim = _sim(4, {(2, 3): 0.995, (1, 2): 0.99, (1, 3): 0.99, (0, 1): 0.5})
     plans, _ = _plans(sim)
-    assert [p["variant"] for p in plans] == ["sa:3-3", "sa:2-3"]  # 2-3 takes layer 1 as its source
+    assert [p["variant"] for p in plans] == ["sa:3-3", "sa:2-3", "sa:1-3"]  # 2-3 takes layer 1 as its source
     assert plans[1]["predicted_cost"] == pytest.approx(0.02)  # both layers now measured against layer 1
     assert advice.predicted_cost(sim, [(2, 3)]) == pytest.approx(0.02)
