@@ -157,5 +157,7 @@ def test_pareto_plot_numbers_points_and_lists_them_in_a_legend(tmp_path, monkeyp
     ax = figs[0].axes[0]
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ["1", "2,3", "4"]  # the two points at one spot share one label
+    spots = {(r["kv_cache_bytes_per_token"], r["perplexity"]) for r in rows}
+    assert all(tuple(t.xy) in spots for t in ax.texts)  # each label sits at its point, not a rounded one
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [x for x in legend if x[0].isdigit()] == ["1  baseline", "2  sa:2-3", "3  sa:2-3/recompute", "4  cla:2"]

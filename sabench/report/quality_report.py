@@ -238,19 +238,17 @@ def pareto_plot(result: dict, path: Path) -> None:
     front = pareto(rows)
     ax.step([r["kv_cache_bytes_per_token"] for r in front], [r["perplexity"] for r in front], where="post",
             color="#888888", linestyle="--", linewidth=1.2, label="Pareto frontier", zorder=1)
-    groups: dict = {}  # numbered markers: points at one spot share one label ("1,3"), never overlap text
-    for i, r in enumerate(rows, 1):
+    for i, r in enumerate(rows, 1):  # numbered markers, named in the legend: no long labels to overlap
         on_front = r in front
         ax.scatter(r["kv_cache_bytes_per_token"], r["perplexity"], s=60 if on_front else 40, zorder=3,
                    color=colors[r["variant"]], edgecolors="black" if on_front else "none",
                    label=f"{i}  {r['variant']}")
-        spot = (r["kv_cache_bytes_per_token"], float(f"{r['perplexity']:.3g}"))
-        groups.setdefault(spot, []).append(str(i))
-    for (x, y), numbers in groups.items():
-        ax.annotate(",".join(numbers), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
     ppl = [r["perplexity"] for r in rows]
     if ppl and max(ppl) / min(ppl) >= 4:  # a variant that breaks without retraining: keep the rest readable
         ax.set_yscale("log")
+    ax.autoscale_view()
+    for (x, y), numbers in _label_groups(ax, rows):
+        ax.annotate(",".join(numbers), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
     ax.set_xlabel("KV cache bytes per token (lower is better)")
     ax.set_ylabel("perplexity (lower is better)")
@@ -260,3 +258,21 @@ def pareto_plot(result: dict, path: Path) -> None:
               title="point  variant", title_fontsize=8)
     fig.tight_layout()
     save(fig, path.parent, path.name)
+
+
+LABEL_MERGE_PX = 10  # points closer than this on the figure share one label ("2,3")
+
+
+def _label_groups(ax, rows):
+    """[((x, y), [numbers])]: points whose markers (nearly) coincide on the drawn axes share a label."""
+    groups = []
+    for i, r in enumerate(rows, 1):
+        xy = (r["kv_cache_bytes_per_token"], r["perplexity"])
+        px = ax.transData.transform(xy)
+        for g in groups:
+            if abs(g[2][0] - px[0]) < LABEL_MERGE_PX and abs(g[2][1] - px[1]) < LABEL_MERGE_PX:
+                g[1].append(str(i))
+                break
+        else:
+            groups.append((xy, [str(i)], px))
+    return [(xy, numbers) for xy, numbers, _ in groups]
