@@ -43,7 +43,9 @@ class Step:
     """A change of level at commit `index` (the first commit of the new level).
 
     ratio = after / before with a `confidence` interval [low, high] from the two levels' standard
-    errors; kind is "regression" | "improvement" | "within noise".
+    errors; kind is "regression" | "improvement" | "within noise" | "too short" (beyond the noise,
+    but the new level spans fewer than `confirm` commits: a one-commit spike, or the newest commit
+    alone, is not yet a regression).
     """
 
     index: int
@@ -69,26 +71,34 @@ class StepFit:
 
 
 def series_noise(values: Sequence[float]) -> float:
-    """Robust sd of one value's ln, from neighbour differences: 1.4826 MAD(diff) / sqrt(2)."""
+    """Robust sd of one value's ln, from neighbour differences, raised by one standard error.
+
+    1.4826 MAD(diff) / sqrt(2) estimates the noise (a step moves one difference, not the median);
+    from m differences that estimate has a relative standard error of about 1.17 / sqrt(m), and
+    it is raised by that much so a short series, whose noise is poorly known, needs a larger step
+    (with 10 commits, this halves the false steps on noise-only series).
+    """
     z = np.log(np.asarray(values, dtype=np.float64))
     if z.size < 3:
         return NOISE_FLOOR
     d = np.diff(z)
     mad = float(np.median(np.abs(d - np.median(d))))
-    return max(1.4826 * mad / math.sqrt(2), NOISE_FLOOR)
+    return max(1.4826 * mad / math.sqrt(2) * (1 + 1.17 / math.sqrt(d.size)), NOISE_FLOOR)
 
 
 def detect_steps(values: Sequence[float | None], spreads: Sequence[float | None] | None = None, *,
                  threshold: float = 0.05, noise: float | None = None, penalty: float | None = None,
-                 noise_k: float = 2.0, min_size: int = 1, higher_is_worse: bool = True,
-                 confidence: float = 0.95) -> StepFit:
+                 noise_k: float = 2.0, min_size: int = 1, confirm: int = 2,
+                 higher_is_worse: bool = True, confidence: float = 0.95) -> StepFit:
     """Fit levels to a per-commit series and judge each step against the series' noise.
 
     values: one positive number per commit, oldest first (None or NaN: commit not measured; it is
     skipped and indices still refer to positions in `values`). spreads: optional per-commit standard
     deviation in the same units (e.g. the sd of that commit's round medians). noise: the sd of one
     commit's ln(value) if known; estimated from the series otherwise. penalty: in squared noise
-    units per step (default max(3 ln n, 9)). min_size: the fewest commits a level may span.
+    units per step (default max(3 ln n, 9)). min_size: the fewest commits a level may span in the fit.
+    confirm: the fewest commits the new level must span for its step to count as a regression or
+    an improvement (as asv's min_size).
     higher_is_worse: True for times and energy, False for throughput.
     """
     idx, y, s = _present(values, spreads)
@@ -108,11 +118,12 @@ def detect_steps(values: Sequence[float | None], spreads: Sequence[float | None]
 
     zc = float(norm.ppf((1 + confidence) / 2))
     bar = max(noise_k * sigma, math.log1p(threshold))
-    for (_, _, m0, w0), (a1, _, m1, w1) in zip(segs[:-1], segs[1:]):
+    for (_, _, m0, w0), (a1, b1, m1, w1) in zip(segs[:-1], segs[1:]):
         d, se = m1 - m0, math.sqrt(1 / w0 + 1 / w1)
         exceeds = abs(d) > bar
         worse = (d > 0) == higher_is_worse
-        kind = ("regression" if worse else "improvement") if exceeds else "within noise"
+        kind = ("within noise" if not exceeds else "too short" if b1 - a1 < confirm
+                else "regression" if worse else "improvement")
         steps.append(Step(int(idx[a1]), math.exp(m0), math.exp(m1), math.exp(d), math.exp(d - zc * se),
                           math.exp(d + zc * se), exceeds, kind))
     segments = tuple(Segment(int(idx[a]), int(idx[b - 1]) + 1, math.exp(m)) for a, b, m, _ in segs)
