@@ -45,7 +45,8 @@ class Step:
     ratio = after / before with a `confidence` interval [low, high] from the two levels' standard
     errors; kind is "regression" | "improvement" | "within noise" | "too short" (beyond the noise,
     but the new level spans fewer than `confirm` commits: a one-commit spike, or the newest commit
-    alone, is not yet a regression).
+    alone, is not yet a regression). `before` is the last level that spanned `confirm` commits, so
+    the return from a spike compares like with like.
     """
 
     index: int
@@ -118,14 +119,21 @@ def detect_steps(values: Sequence[float | None], spreads: Sequence[float | None]
 
     zc = float(norm.ppf((1 + confidence) / 2))
     bar = max(noise_k * sigma, math.log1p(threshold))
-    for (_, _, m0, w0), (a1, b1, m1, w1) in zip(segs[:-1], segs[1:]):
-        d, se = m1 - m0, math.sqrt(1 / w0 + 1 / w1)
+    anchor = segs[0] if segs and segs[0][1] - segs[0][0] >= confirm else None  # last confirmed level
+    for prev, seg in zip(segs[:-1], segs[1:]):
+        confirmed = seg[1] - seg[0] >= confirm
+        # a step out of a short level is measured from the last confirmed level, so a one-commit
+        # spike and its return are one transient, and a step hidden behind a spike is still found
+        ref = anchor if confirmed and anchor is not None else prev
+        d, se = seg[2] - ref[2], math.sqrt(1 / ref[3] + 1 / seg[3])
         exceeds = abs(d) > bar
         worse = (d > 0) == higher_is_worse
-        kind = ("within noise" if not exceeds else "too short" if b1 - a1 < confirm
+        kind = ("within noise" if not exceeds
+                else "too short" if not confirmed or ref is not anchor
                 else "regression" if worse else "improvement")
-        steps.append(Step(int(idx[a1]), math.exp(m0), math.exp(m1), math.exp(d), math.exp(d - zc * se),
-                          math.exp(d + zc * se), exceeds, kind))
+        steps.append(Step(int(idx[seg[0]]), math.exp(ref[2]), math.exp(seg[2]), math.exp(d),
+                          math.exp(d - zc * se), math.exp(d + zc * se), exceeds, kind))
+        anchor = seg if confirmed else anchor
     segments = tuple(Segment(int(idx[a]), int(idx[b - 1]) + 1, math.exp(m)) for a, b, m, _ in segs)
     return StepFit(segments, tuple(steps), sigma, pen)
 
