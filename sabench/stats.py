@@ -85,6 +85,14 @@ def validate_samples(samples: Sequence[float], where: str, *, min_n: int = 1) ->
     return a
 
 
+def round_summaries(rounds: Sequence[Sequence[float]], where: str, *, min_rounds: int = 1,
+                    statistic=np.median) -> np.ndarray:
+    """One number per round (default: each round's median step), validated: the samples the
+    interval functions expect. Round i is named in the error as `where`, round i."""
+    out = [float(statistic(validate_samples(r, f"{where}, round {i}"))) for i, r in enumerate(rounds)]
+    return validate_samples(out, where, min_n=min_rounds)
+
+
 # -- ratio intervals --------------------------------------------------------------------------------
 
 
@@ -100,6 +108,7 @@ class RatioEstimate:
     method: str  # how it was computed, in words, e.g. "geometric-mean ratio, paired t on log ratios"
     confidence: float = 0.95
     paired: bool = False
+    within_process: bool = False  # samples were steps of one process each, not rounds (schema v1)
 
     def __str__(self) -> str:
         return f"{fmt_ratio(self.ratio)}× [{fmt_ratio(self.low)}, {fmt_ratio(self.high)}]"
@@ -112,7 +121,7 @@ class RatioEstimate:
     def inverted(self) -> "RatioEstimate":
         """base / candidate (a speedup instead of a time ratio), the interval mirrored."""
         return RatioEstimate(1 / self.ratio, 1 / self.high, 1 / self.low, self.n_cand, self.n_base,
-                             self.method, self.confidence, self.paired)
+                             self.method, self.confidence, self.paired, self.within_process)
 
 
 def fmt_ratio(x: float) -> str:
@@ -122,7 +131,8 @@ def fmt_ratio(x: float) -> str:
 
 def ratio_interval(base_samples: Sequence[float], cand_samples: Sequence[float], *,
                    paired: bool = False, confidence: float = 0.95, method: str = "t",
-                   where: str = "ratio", seed: int = 0, n_resamples: int = 9999) -> RatioEstimate:
+                   where: str = "ratio", seed: int = 0, n_resamples: int = 9999,
+                   within_process: bool = False) -> RatioEstimate:
     """Ratio of geometric means cand / base over per-round summaries, with a `confidence` interval.
 
     paired=True: base_samples[i] and cand_samples[i] come from the same round (measured alternately
@@ -137,6 +147,9 @@ def ratio_interval(base_samples: Sequence[float], cand_samples: Sequence[float],
                    Wilcoxon signed-rank (paired) or Mann-Whitney (unpaired) test; point estimate
                    is the HL median. ValueError where so few rounds cannot reach `confidence`
                    (95%: 6 pairs; 4 + 4 unpaired).
+    within_process=True marks samples that are the steps of a single process per side (results.json
+    v1 holds no rounds): the interval is computed the same way but says it ignores process-to-process
+    variation, and verdict() names that in its reason.
     Invalid samples raise ValueError naming `where`.
     """
     if method not in METHODS:
@@ -154,8 +167,10 @@ def ratio_interval(base_samples: Sequence[float], cand_samples: Sequence[float],
         est, lo, hi, how = _bootstrap(lb, lc, paired, confidence, seed, n_resamples)
     else:
         est, lo, hi, how = _rank(lb, lc, paired, confidence, where)
+    if within_process:
+        how += "; within-process only (steps of one process, not rounds)"
     return RatioEstimate(math.exp(est), math.exp(lo), math.exp(hi), int(lb.size), int(lc.size),
-                         how, confidence, paired)
+                         how, confidence, paired, within_process)
 
 
 def _paired_t(lb: np.ndarray, lc: np.ndarray, confidence: float):
@@ -302,14 +317,14 @@ def verdict(est: RatioEstimate, threshold: float = DEFAULT_THRESHOLD, *,
         label, side = "faster", f"the whole interval {est} lies below {down:.2f}"
     elif est.low > 1 or est.high < 1:
         return Verdict("not distinguishable", f"{est}: the interval excludes 1 but not by the "
-                                              f"{pct} practical threshold")
+                                              f"{pct} practical threshold ({_rounds(est)})")
     else:
         return Verdict("not distinguishable", f"{est}: the interval includes 1 "
                                               f"({_rounds(est)}; {est.confidence:.0%} interval)")
     effect = abs(math.log(est.ratio))
     if est.log_width > max_width_to_effect * effect:
         return Verdict("not distinguishable", f"{est}: the interval is wider than the effect "
-                                              f"({_pct(est.ratio)}); measure more rounds")
+                                              f"({_pct(est.ratio)}; {_rounds(est)}); measure more rounds")
     return Verdict(label, f"{side} ({_rounds(est)}; {est.confidence:.0%} interval, threshold {pct})")
 
 
@@ -363,6 +378,8 @@ def _check_threshold(threshold: float) -> None:
 
 
 def _rounds(est: RatioEstimate) -> str:
+    if est.within_process:
+        return f"{est.n_base} and {est.n_cand} steps of one process each: within-process only"
     if est.paired:
         return f"{est.n_base} paired rounds"
     return f"{est.n_base} base and {est.n_cand} candidate rounds"
@@ -374,6 +391,6 @@ def _pct(ratio: float) -> str:
 
 from sabench.step_detect import Segment, Step, StepFit, detect_steps  # noqa: E402  (re-export)
 
-__all__ = ["summarize", "validate_samples", "RatioEstimate", "ratio_interval", "fmt_ratio",
+__all__ = ["summarize", "validate_samples", "round_summaries", "RatioEstimate", "ratio_interval", "fmt_ratio",
            "Verdict", "verdict", "GateResult", "regression", "detect_steps", "Step", "Segment",
            "StepFit", "METHODS", "DEFAULT_THRESHOLD", "MIN_ROUNDS"]

@@ -9,6 +9,7 @@ import pytest
 import scipy.stats as st
 
 from sabench.stats import (GateResult, RatioEstimate, detect_steps, ratio_interval, regression,
+                           round_summaries,
                            summarize, validate_samples, verdict)
 from sabench.step_detect import _optimal_partition, series_noise
 
@@ -309,3 +310,18 @@ def test_step_behind_a_one_commit_spike_is_measured_from_the_confirmed_level():
     assert [(s.index, s.kind) for s in fit.steps] == [(5, "too short"), (6, "regression")]
     assert fit.steps[1].before == pytest.approx(10.0, rel=0.01)
     assert fit.steps[1].ratio == pytest.approx(1.3, rel=0.02)
+
+
+def test_round_summaries_and_within_process_marking():
+    rounds = [[3.0, 1.0, 2.0], [5.0, 4.0, 6.0, 100.0], [2.0]]
+    assert list(round_summaries(rounds, "p")) == [2.0, 5.5, 2.0]
+    with pytest.raises(ValueError, match="p, round 1"):
+        round_summaries([[1.0], [1.0, -2.0]], "p")
+    with pytest.raises(ValueError, match="at least 3"):
+        round_summaries([[1.0], [2.0]], "p", min_rounds=3)
+    est = ratio_interval(BASE, CAND, within_process=True)
+    assert est.within_process and "within-process only" in est.method
+    assert "within-process only" in verdict(est).reason
+    assert est.inverted().within_process
+    plain = ratio_interval(BASE, CAND)
+    assert (plain.low, plain.high) == (est.low, est.high) and not plain.within_process
