@@ -196,7 +196,8 @@ def _welch_t(lb: np.ndarray, lc: np.ndarray, confidence: float):
 
 
 def bootstrap_kwargs(confidence: float, seed: int, n_resamples: int, method: str) -> dict:
-    """The keyword arguments ratio_interval passes to scipy.stats.bootstrap (tests reuse them)."""
+    """The keyword arguments ratio_interval passes to scipy.stats.bootstrap (`rng` or, before
+    scipy 1.15, `random_state`)."""
     import inspect
 
     from scipy.stats import bootstrap

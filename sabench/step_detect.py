@@ -142,9 +142,8 @@ def _present(values, spreads):
     """Indices, values and spreads of the measured commits; ValueError on a value <= 0 or inf."""
     keep, ys, ss = [], [], []
     for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if v is None or math.isnan(v := float(v)):
             continue
-        v = float(v)
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"history value at commit {i} is {v!r}; values must be finite and > 0")
         sp = None if spreads is None else spreads[i]
