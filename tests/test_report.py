@@ -7,7 +7,7 @@ from report_fixtures import big_results, make_results, write_results
 from sabench.report import ResultsError, load_results, write_report
 from sabench.report.commands import build_parser, main
 from sabench.report.results import human_bytes, human_flops, status_text
-from sabench.schema import SCHEMA
+from sabench.records import SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def small_report(tmp_path_factory):
 
 def test_load_results_accepts_dir_and_file(tmp_path):
     run = write_results(make_results(), tmp_path / "r")
-    assert load_results(run)["schema"] == SCHEMA
-    assert len(load_results(run / "results.json")["records"]) == 36
+    assert load_results(run).schema == SCHEMA
+    assert len(load_results(run / "results.json").records) == 36
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -30,7 +30,7 @@ def test_load_results_accepts_dir_and_file(tmp_path):
     ("{not json", "not valid JSON"),
     (json.dumps({"schema": "other/9", "records": []}), "has schema 'other/9'"),
     (json.dumps([1, 2]), "not a sabench results file"),
-    (json.dumps({"schema": SCHEMA, "records": [{"variant": "baseline"}]}), "lacks"),
+    (json.dumps({"schema": SCHEMA, "records": [{"variant": "baseline"}]}), "batch_size is missing"),
 ])
 def test_load_results_errors_are_one_line(tmp_path, content, needle):
     p = tmp_path / "results.json"
