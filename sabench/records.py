@@ -51,8 +51,14 @@ class PointSpec:
         return point_key(self.variant, self.batch_size, self.seq_len)
 
     @property
+    def size(self) -> str:
+        """'b=4 s=512': the point's place in the sweep, for text that names the variant apart."""
+        return f"b={self.batch_size} s={self.seq_len}"
+
+    @property
     def label(self) -> str:
-        return f"{self.variant} b={self.batch_size} s={self.seq_len}"
+        """'cla:2 b=4 s=512': the one human label of a point (a phase record prefixes its phase)."""
+        return f"{self.variant} {self.size}"
 
 
 def key_label(k: Key) -> str:

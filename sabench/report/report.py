@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x,
-                                    human_bytes, index_records, is_ok, key_label, load_results, median_ms,
+                                    human_bytes, index_records, is_ok, load_results, median_ms,
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
                                     phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord, speedup,
                                     truncate, utilisation, variants_of)
-from sabench.records import STABLE_RATIO
+from sabench.records import STABLE_RATIO, PointSpec
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 
@@ -40,7 +40,7 @@ def write_report(run_dir) -> Path:
 
 def _pt(k: Tuple) -> str:
     """'b=4 s=512': a point's place in the sweep, where the variant is named apart."""
-    return key_label(k).split(" ", 2)[2]
+    return PointSpec(k[0], k[1], k[2]).size
 
 
 def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
@@ -139,7 +139,7 @@ def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
     ooms = sorted({(k[0], k[1], k[2]) for k, r in index.items() if r.status == "oom"},
                   key=lambda t: (variants.index(t[0]) if t[0] in variants else 99, t[1], t[2]))
     if ooms:
-        items = [f"`{v}` b={b} s={s}" for v, b, s in ooms]
+        items = [f"`{v}` {_pt((v, b, s))}" for v, b, s in ooms]
         out.append(f"**Out of memory** at {len(ooms)} point(s): " + listing(items, MAX_LISTED) + ".")
         base_oom = [(b, s) for v, b, s in ooms if v == BASELINE]
         rescued = []
@@ -148,7 +148,7 @@ def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
                    if all(is_ok(index.get((v, b, s, p))) for p in phases if (v, b, s, p) in index)
                    and any((v, b, s, p) in index for p in phases)]
             if ran:
-                rescued.append(f"b={b} s={s} ({', '.join('`' + v + '`' for v in ran)})")
+                rescued.append(f"{_pt((BASELINE, b, s))} ({', '.join('`' + v + '`' for v in ran)})")
         if rescued:
             out.append("Baseline ran out of memory where sharing variants fit: " + listing(rescued, MAX_LISTED) + ".")
     else:
