@@ -84,7 +84,7 @@ MEMORY_SOURCES = {
 def peak_memory(r: Optional[PhaseRecord]) -> Tuple[Optional[float], Optional[str]]:
     """(bytes, source): the point's absolute peak footprint, `memory_bytes.device_peak`, and its
     `memory_source` ("nvml-process", "nvml-device", "rss"); (None, None) when not measured.
-    (v1 files that named it otherwise are upgraded on load: sabench.records_v1.)"""
+    (v1 files that named it otherwise are upgraded on load: sabench.records.v1.)"""
     mem = r.memory_bytes if r is not None else None
     if mem is None or mem.device_peak is None:
         return None, None

@@ -1,25 +1,10 @@
-"""results.json, schema v2, as types: the one contract between the runner (writer) and every reader.
-
-    RunRecord      schema, created, env, suite, overhead, records
-      PhaseRecord  one point and phase: variant, batch_size, seq_len, phase, status, latency, ...
-        Latency    median, p10, p90, p99, mean, std, min, max, samples (milliseconds)
-    PointSpec      variant, batch_size, seq_len: `key` ("variant|batch|seq") and `label` ("cla:2 b=4 s=512")
-
-`load_results(path)` reads a file (v2, or v1 upgraded on the way in), checks every field's type
-and range and raises ResultsError naming the file, the record and the field; nothing that reaches
-a reader can fail later on a missing key or a wrong type. `write_results(path, run)` writes one
-atomically. Units are in field names where they are not obvious: `_ms`, `_bytes`, `_per_s`;
-FLOPs are plain FLOPs (2 per multiply-add). Fields the types do not name are kept in `extra`
-(per record, per memory reading) so a load -> write round trip loses nothing. The field-by-field
-meaning is in docs (results schema) and in the comments below.
-"""
+"""The types of results.json, schema v2 (see the package docstring)."""
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
+
+from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
 
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
@@ -29,10 +14,6 @@ STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: flagged unstable
 MAX_REQUEST = "max"  # a sweep's `batch_size: max`
 
 Key = Tuple[str, int, int, str]  # (variant, batch_size, seq_len, phase)
-
-
-class ResultsError(ValueError):
-    """A results file (or a pair of them) that cannot be used; the message is one line."""
 
 
 def point_key(variant: str, batch_size, seq_len: int) -> str:
@@ -66,84 +47,6 @@ def key_label(k: Key) -> str:
     return f"{k[3]} {PointSpec(k[0], k[1], k[2]).label}"
 
 
-# ---------------------------------------------------------------------------- validation
-
-
-class _Where:
-    """Names a place in a file for error messages: '<file>: record 'decode cla:2 b=4 s=512''."""
-
-    def __init__(self, file: str, what: str):
-        self.file, self.what = file, what
-
-    def fail(self, name: str, msg: str):
-        raise ResultsError(f"{self.file}: {self.what}: {name} {msg}")
-
-
-def _show(v) -> str:
-    s = repr(v) if not isinstance(v, (dict, list)) else type(v).__name__ + " " + json.dumps(v)[:40]
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _number(w: _Where, name: str, v, *, integer=False, lo=None, positive=False, optional=True):
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not _is_int(v)):
-        w.fail(name, f"must be {'an integer' if integer else 'a number'}, got {_show(v)}")
-    if not math.isfinite(v):
-        w.fail(name, f"must be a finite number, got {v!r}")
-    if positive and v <= 0:
-        w.fail(name, f"must be > 0, got {v!r}")
-    if lo is not None and v < lo:
-        w.fail(name, f"must be >= {lo}, got {v!r}")
-    return int(v) if integer else v
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) or (isinstance(v, float) and v.is_integer())
-
-
-def _text(w: _Where, name: str, v, *, choices=None, optional=True):
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
-        return None
-    if not isinstance(v, str):
-        w.fail(name, f"must be a string, got {_show(v)}")
-    if choices is not None and v not in choices:
-        w.fail(name, f"must be one of {', '.join(choices)}, got {v!r}")
-    return v
-
-
-def _mapping(w: _Where, name: str, v, optional=True) -> Optional[dict]:
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
-        return None
-    if not isinstance(v, dict):
-        w.fail(name, f"must be a mapping, got {_show(v)}")
-    return v
-
-
-def _numbers(w: _Where, name: str, v) -> Optional[Dict[str, float]]:
-    """A mapping of name -> number (memory_breakdown, memory_predicted_bytes, ...)."""
-    m = _mapping(w, name, v)
-    return None if m is None else {str(k): _number(w, f"{name}.{k}", x) for k, x in m.items()}
-
-
-def _strings(w: _Where, name: str, v) -> Optional[Tuple[str, ...]]:
-    if v is None:
-        return None
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        w.fail(name, f"must be a list of strings, got {_show(v)}")
-    return tuple(v)
-
-
-def _dump(v):
-    return v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
-
-
 # ---------------------------------------------------------------------------- record parts
 
 
@@ -161,20 +64,20 @@ class Latency:
     samples: Tuple[float, ...] = ()
 
     @classmethod
-    def parse(cls, w: _Where, name: str, v, timed: bool) -> Optional["Latency"]:
-        m = _mapping(w, name, v)
+    def parse(cls, w: Where, name: str, v, timed: bool) -> Optional["Latency"]:
+        m = mapping(w, name, v)
         if m is None:
             return None
         vals = {}
         for f in fields(cls):
             if f.name == "samples":
                 continue
-            vals[f.name] = _number(w, f"{name}.{f.name}", m.get(f.name), lo=0,
+            vals[f.name] = number(w, f"{name}.{f.name}", m.get(f.name), lo=0,
                                    positive=timed and f.name != "std")
         s = m.get("samples") or []
         if not isinstance(s, list):
-            w.fail(f"{name}.samples", f"must be a list of numbers, got {_show(s)}")
-        samples = tuple(_number(w, f"{name}.samples[{i}]", x, positive=timed) for i, x in enumerate(s))
+            w.fail(f"{name}.samples", f"must be a list of numbers, got {show(s)}")
+        samples = tuple(number(w, f"{name}.samples[{i}]", x, positive=timed) for i, x in enumerate(s))
         if timed and vals["median"] is None:
             w.fail(f"{name}.median", "is missing (the record's status is ok)")
         return cls(samples=samples, **vals)
@@ -195,17 +98,17 @@ class Stability:
     note: Optional[str] = None
 
     @classmethod
-    def parse(cls, w: _Where, v) -> Optional["Stability"]:
-        m = _mapping(w, "stability", v)
+    def parse(cls, w: Where, v) -> Optional["Stability"]:
+        m = mapping(w, "stability", v)
         if m is None:
             return None
         stable = m.get("stable")
         if stable is not None and not isinstance(stable, bool):
-            w.fail("stability.stable", f"must be true or false, got {_show(stable)}")
-        return cls(_number(w, "stability.p90_over_p10", m.get("p90_over_p10")), stable,
-                   _number(w, "stability.threshold", m.get("threshold")),
-                   _number(w, "stability.extra_rounds", m.get("extra_rounds"), integer=True, lo=0),
-                   _text(w, "stability.note", m.get("note")))
+            w.fail("stability.stable", f"must be true or false, got {show(stable)}")
+        return cls(number(w, "stability.p90_over_p10", m.get("p90_over_p10")), stable,
+                   number(w, "stability.threshold", m.get("threshold")),
+                   number(w, "stability.extra_rounds", m.get("extra_rounds"), integer=True, lo=0),
+                   text(w, "stability.note", m.get("note")))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -219,13 +122,13 @@ class Flops:
     analytic_breakdown: Optional[Dict[str, float]] = None  # projections, attention, mlp, lm_head
 
     @classmethod
-    def parse(cls, w: _Where, v) -> Optional["Flops"]:
-        m = _mapping(w, "flops", v)
+    def parse(cls, w: Where, v) -> Optional["Flops"]:
+        m = mapping(w, "flops", v)
         if m is None:
             return None
-        return cls(_number(w, "flops.counted", m.get("counted"), lo=0),
-                   _number(w, "flops.analytic", m.get("analytic"), lo=0),
-                   _numbers(w, "flops.analytic_breakdown", m.get("analytic_breakdown")))
+        return cls(number(w, "flops.counted", m.get("counted"), lo=0),
+                   number(w, "flops.analytic", m.get("analytic"), lo=0),
+                   numbers(w, "flops.analytic_breakdown", m.get("analytic_breakdown")))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -242,12 +145,12 @@ class Memory:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, w: _Where, v) -> Optional["Memory"]:
-        m = _mapping(w, "memory_bytes", v)
+    def parse(cls, w: Where, v) -> Optional["Memory"]:
+        m = mapping(w, "memory_bytes", v)
         if m is None:
             return None
         names = [f.name for f in fields(cls) if f.name != "extra"]
-        vals = {n: _number(w, f"memory_bytes.{n}", m.get(n), lo=None if n == "phase_rise" else 0)
+        vals = {n: number(w, f"memory_bytes.{n}", m.get(n), lo=None if n == "phase_rise" else 0)
                 for n in names}
         return cls(extra={k: x for k, x in m.items() if k not in names}, **vals)
 
@@ -357,23 +260,23 @@ class PhaseRecord:
 
     @classmethod
     def from_dict(cls, d, file: str = "results.json", index: int = 0) -> "PhaseRecord":
-        w = _Where(file, f"record {index}")
+        w = Where(file, f"record {index}")
         if not isinstance(d, dict):
-            w.fail("", f"must be a mapping, got {_show(d)}")
-        variant = _text(w, "variant", d.get("variant"), optional=False)
+            w.fail("", f"must be a mapping, got {show(d)}")
+        variant = text(w, "variant", d.get("variant"), optional=False)
         if not variant:
             w.fail("variant", "must not be empty")
-        batch = _number(w, "batch_size", d.get("batch_size"), integer=True, positive=True, optional=False)
-        seq = _number(w, "seq_len", d.get("seq_len"), integer=True, positive=True, optional=False)
-        phase = _text(w, "phase", d.get("phase"), choices=PHASES, optional=False)
-        w = _Where(file, f"record '{phase} {PointSpec(variant, batch, seq).label}'")
-        status = _text(w, "status", d.get("status"), choices=STATUSES, optional=False)
+        batch = number(w, "batch_size", d.get("batch_size"), integer=True, positive=True, optional=False)
+        seq = number(w, "seq_len", d.get("seq_len"), integer=True, positive=True, optional=False)
+        phase = text(w, "phase", d.get("phase"), choices=PHASES, optional=False)
+        w = Where(file, f"record '{phase} {PointSpec(variant, batch, seq).label}'")
+        status = text(w, "status", d.get("status"), choices=STATUSES, optional=False)
         ok = status == "ok"
         vals: Dict[str, Any] = {}
         for name, (kind, kw) in _SCALARS.items():
             v = d.get(name)
-            vals[name] = (_text(w, name, v, **kw) if kind == _STR
-                          else _number(w, name, v, integer=kind == _INT, **kw))
+            vals[name] = (text(w, name, v, **kw) if kind == _STR
+                          else number(w, name, v, integer=kind == _INT, **kw))
         if ok and vals["tokens_per_s"] is not None and vals["tokens_per_s"] <= 0:
             w.fail("tokens_per_s", f"must be > 0 in an ok record, got {vals['tokens_per_s']!r}")
         lat = Latency.parse(w, "latency_ms", d.get("latency_ms"), timed=ok)
@@ -382,16 +285,16 @@ class PhaseRecord:
         known = {f.name for f in fields(cls)} - {"extra"}
         return cls(
             variant=variant, batch_size=batch, seq_len=seq, phase=phase, status=status,
-            error=_text(w, "error", d.get("error")),
+            error=text(w, "error", d.get("error")),
             latency_ms=lat,
             latency_eager_ms=Latency.parse(w, "latency_eager_ms", d.get("latency_eager_ms"), timed=ok),
             flops=Flops.parse(w, d.get("flops")),
             stability=Stability.parse(w, d.get("stability")),
             memory_bytes=Memory.parse(w, d.get("memory_bytes")),
-            memory_predicted_bytes=_numbers(w, "memory_predicted_bytes", d.get("memory_predicted_bytes")),
-            memory_breakdown=_numbers(w, "memory_breakdown", d.get("memory_breakdown")),
-            memory_notes=_strings(w, "memory_notes", d.get("memory_notes")),
-            nvml=_mapping(w, "nvml", d.get("nvml")),
+            memory_predicted_bytes=numbers(w, "memory_predicted_bytes", d.get("memory_predicted_bytes")),
+            memory_breakdown=numbers(w, "memory_breakdown", d.get("memory_breakdown")),
+            memory_notes=strings(w, "memory_notes", d.get("memory_notes")),
+            nvml=mapping(w, "nvml", d.get("nvml")),
             max_attempts=_attempts(w, d.get("max_attempts")),
             extra={k: v for k, v in d.items() if k not in known},
             **vals)
@@ -404,22 +307,22 @@ class PhaseRecord:
             if f.name == "extra":
                 continue
             if v is not None or (energy and f.name in _ENERGY_NULLS):
-                out[f.name] = [_dump(a) for a in v] if f.name == "max_attempts" else _dump(v)
+                out[f.name] = [dump(a) for a in v] if f.name == "max_attempts" else dump(v)
         out.update(self.extra)
         return out
 
 
-def _attempts(w: _Where, v) -> Optional[Tuple[MaxAttempt, ...]]:
+def _attempts(w: Where, v) -> Optional[Tuple[MaxAttempt, ...]]:
     if v is None:
         return None
     if not isinstance(v, list):
-        w.fail("max_attempts", f"must be a list, got {_show(v)}")
+        w.fail("max_attempts", f"must be a list, got {show(v)}")
     out = []
     for i, a in enumerate(v):
-        m = _mapping(w, f"max_attempts[{i}]", a, optional=False)
-        out.append(MaxAttempt(_number(w, f"max_attempts[{i}].batch_size", m.get("batch_size"), integer=True,
+        m = mapping(w, f"max_attempts[{i}]", a, optional=False)
+        out.append(MaxAttempt(number(w, f"max_attempts[{i}].batch_size", m.get("batch_size"), integer=True,
                                       positive=True, optional=False),
-                              _text(w, f"max_attempts[{i}].status", m.get("status"), optional=False)))
+                              text(w, f"max_attempts[{i}].status", m.get("status"), optional=False)))
     return tuple(out)
 
 
@@ -439,10 +342,10 @@ class Overhead:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, w: _Where, key: str, v) -> "Overhead":
-        m = _mapping(w, f"overhead[{key!r}]", v, optional=False)
+    def parse(cls, w: Where, key: str, v) -> "Overhead":
+        m = mapping(w, f"overhead[{key!r}]", v, optional=False)
         names = [f.name for f in fields(cls) if f.name != "extra"]
-        vals = {n: _number(w, f"overhead[{key!r}].{n}", m.get(n)) for n in names}
+        vals = {n: number(w, f"overhead[{key!r}].{n}", m.get(n)) for n in names}
         return cls(extra={k: x for k, x in m.items() if k not in names}, **vals)
 
     def to_dict(self) -> dict:
@@ -473,31 +376,31 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d, file: str = "results.json") -> "RunRecord":
         """Validate (and upgrade a v1 dict); raises ResultsError naming file, record and field."""
-        w = _Where(file, "top level")
+        w = Where(file, "top level")
         if not isinstance(d, dict):
             raise ResultsError(f"{file} is not a sabench results file (top level is not an object)")
         schema = d.get("schema")
         if schema == SCHEMA_V1:
-            from sabench.records_v1 import upgrade_v1
+            from sabench.records.v1 import upgrade_v1
             d = upgrade_v1(d)
         elif schema != SCHEMA:
             raise ResultsError(f"{file} has schema {schema!r}, expected {SCHEMA!r} (or {SCHEMA_V1!r})")
         recs = d.get("records")
         if not isinstance(recs, list):
-            w.fail("records", f"must be a list of objects, got {_show(recs)}")
-        env = _mapping(w, "env", d.get("env")) or {}
+            w.fail("records", f"must be a list of objects, got {show(recs)}")
+        env = mapping(w, "env", d.get("env")) or {}
         for k in _ENV_NUMBERS:
-            _number(w, f"env.{k}", env.get(k), lo=0)
+            number(w, f"env.{k}", env.get(k), lo=0)
         for k in _ENV_TEXTS:
             if env.get(k) is not None and not isinstance(env.get(k), str):
-                w.fail(f"env.{k}", f"must be a string, got {_show(env.get(k))}")
-        suite = _mapping(w, "suite", d.get("suite")) or {}
-        ovh = _mapping(w, "overhead", d.get("overhead")) or {}
+                w.fail(f"env.{k}", f"must be a string, got {show(env.get(k))}")
+        suite = mapping(w, "suite", d.get("suite")) or {}
+        ovh = mapping(w, "overhead", d.get("overhead")) or {}
         known = ("schema", "created", "env", "suite", "overhead", "records")
         return cls(env=env, suite=suite,
                    records=tuple(PhaseRecord.from_dict(r, file, i) for i, r in enumerate(recs)),
                    overhead={str(k): Overhead.parse(w, k, v) for k, v in ovh.items()},
-                   created=_text(w, "created", d.get("created")), schema=SCHEMA,
+                   created=text(w, "created", d.get("created")), schema=SCHEMA,
                    extra={k: v for k, v in d.items() if k not in known}, source=file)
 
     def to_dict(self) -> dict:
@@ -525,39 +428,3 @@ class RunRecord:
     def phases(self) -> List[str]:
         present = {r.phase for r in self.records}
         return [p for p in PHASES if p in present]
-
-
-# ---------------------------------------------------------------------------- files
-
-
-def results_path(path_or_dir) -> Path:
-    """RUN_DIR -> RUN_DIR/results.json; a file path is returned as is."""
-    p = Path(path_or_dir)
-    return p / "results.json" if p.is_dir() else p
-
-
-def load_results(path_or_dir) -> RunRecord:
-    """Read, validate and (for v1 files) upgrade a results.json, or the one in a run directory."""
-    p = results_path(path_or_dir)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if Path(path_or_dir).is_dir():
-            raise ResultsError(f"no results.json in {path_or_dir}") from None
-        raise ResultsError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"cannot read {p}: {e.__class__.__name__}: {e}".splitlines()[0]) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise ResultsError(f"{p} is nested too deeply to be a results file") from None
-    return RunRecord.from_dict(data, str(p))
-
-
-def write_results(path, run: RunRecord) -> Path:
-    """Write `run` as results.json (schema v2) atomically (temp file, fsync, rename)."""
-    from sabench.io import write_atomic
-
-    return write_atomic(path, json.dumps(run.to_dict(), indent=1))
