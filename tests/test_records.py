@@ -184,7 +184,7 @@ DAMAGED = [
     ("seq-zero", _set(("rec", "seq_len"), 0), "seq_len must be > 0"),
     ("variant-number", _set(("rec", "variant"), 3), "variant must be a string"),
     ("attempts-mapping", _set(("rec", "max_attempts"), {"batch_size": 1}), "max_attempts must be a list"),
-    ("record-list", _set(("records", 0), [1, 2]), "record 0:  must be a mapping"),
+    ("record-list", _set(("records", 0), [1, 2]), "record 0 must be a mapping, got list [1, 2]"),
     ("records-mapping", _set(("records",), {"a": 1}), "records must be a list"),
     ("env-list", _set(("env",), ["cpu"]), "env must be a mapping"),
     ("env-peak-string", _set(("env", "peak_flops_per_s"), "fast"), "env.peak_flops_per_s must be a number"),
@@ -249,3 +249,37 @@ def test_non_ok_records_need_no_timing_and_timings_beyond_ok_are_still_typed():
     base["records"][0]["latency_ms"] = {"median": math.nan}
     with pytest.raises(ResultsError, match="latency_ms.median must be a finite"):
         RunRecord.from_dict(base)
+
+
+def test_a_record_with_every_field_round_trips_exactly():
+    lat = {"median": 2.0, "p10": 1.0, "p90": 3.0, "p99": 3.5, "mean": 2.1, "std": 0.2, "min": 1.0, "max": 4.0,
+           "samples": [1.0, 2.0, 4.0]}
+    rec = {"variant": "cla:2", "batch_size": 27, "seq_len": 512, "phase": "decode", "status": "ok",
+           "warmup": 2, "repeats": 5, "execution": "eager", "params": 10, "kv_cache_bytes": 20,
+           "memory_predicted_bytes": {"total": 9, "needed": 8}, "bytes_moved": 30,
+           "flops": {"counted": 1, "analytic": 2, "analytic_breakdown": {"mlp": 2}},
+           "latency_ms": lat, "latency_eager_ms": dict(lat), "tokens_per_s": 13.5, "prefill_mode": "graph",
+           "decode_mode": "graph", "decode_tokens": 16,
+           "stability": {"p90_over_p10": 3.0, "stable": False, "threshold": 1.05, "extra_rounds": 3, "note": "n"},
+           "memory_bytes": {"device_peak": 5, "phase_rise": -1, "peak_allocated": 4, "peak_reserved": 4,
+                            "peak_rss": 3, "peak_other": 7},
+           "memory_source": "nvml-device", "memory_breakdown": {"weights": 1, "context": 0}, "memory_notes": ["a"],
+           "mfu": 0.1, "mbu": 0.5, "floor_ms": 1.5, "roofline_metric": "mbu",
+           "nvml": {"notes": ["x"], "achieved_hz": 99.5}, "energy_j": 2.5, "joules_per_token": 0.1,
+           "energy_source": "nvml-energy-counter", "energy_scope": "5 calls", "energy_window_s": 0.3,
+           "energy_note": "fine", "batch_request": "max", "predicted_max_batch": 28, "max_attempt": 2,
+           "memory_budget_bytes": 100, "memory_budget_source": "device total memory",
+           "max_attempts": [{"batch_size": 28, "status": "oom"}, {"batch_size": 27, "status": "ok"}],
+           "something_new": {"kept": True}}
+    run = {"schema": SCHEMA, "created": "2026-12-01T00:00:00+00:00", "env": {"device": "cuda:0"},
+           "suite": {"name": "s"}, "overhead": {"cla:2|max|512": {"total_s": 1.5, "flops_from_cache": True}},
+           "records": [rec, {"variant": "cla:2", "batch_size": 28, "seq_len": 512, "phase": "decode",
+                             "status": "oom", "error": "out of memory", "energy_note": "NVML unavailable",
+                             "energy_j": None, "joules_per_token": None, "energy_source": None}],
+           "note": "top-level extra"}
+    parsed = RunRecord.from_dict(run)
+    assert parsed.to_dict() == run
+    r = parsed.records[0]
+    assert r.extra == {"something_new": {"kept": True}} and r.memory_bytes.extra == {"peak_other": 7}
+    assert r.max_attempts[1].batch_size == 27 and r.stability.stable is False and r.latency_eager_ms.p99 == 3.5
+    assert parsed.overhead["cla:2|max|512"].total_s == 1.5

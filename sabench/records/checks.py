@@ -17,7 +17,7 @@ class Where:
         self.file, self.what = file, what
 
     def fail(self, name: str, msg: str):
-        raise ResultsError(f"{self.file}: {self.what}: {name} {msg}")
+        raise ResultsError(f"{self.file}: {self.what}: {name} {msg}" if name else f"{self.file}: {self.what} {msg}")
 
 
 def show(v) -> str:

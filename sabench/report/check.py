@@ -28,6 +28,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
+from sabench.io import write_atomic
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
                                     results_path, samples_ms, status_text)
@@ -303,7 +304,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         try:
             if markdown is not None:
                 Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-                Path(markdown).write_text(md, encoding="utf-8")
+                write_atomic(markdown, md)
             if summary:
                 with open(summary, "a", encoding="utf-8") as fh:
                     fh.write(md + "\n")

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from sabench.io import write_atomic
 from sabench.paths import reports_dir
 from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, geomean, listing, fmt_rate, fmt_x,
                                     human_bytes, index_records, is_ok, key_label, load_results, median_ms,
@@ -102,7 +103,7 @@ def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
     figs = plots.compare_figures(runs, shared, out)
     md = render(runs, shared, figs, out)
     p = out / "compare.md"
-    p.write_text(md, encoding="utf-8")
+    write_atomic(p, md)
     return p
 
 

@@ -9,6 +9,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
                                     phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord, speedup,
                                     truncate, utilisation, variants_of)
+from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
@@ -34,7 +35,7 @@ def write_report(run_dir) -> Path:
     figs = plots.all_figures(results, index, out_dir)
     md = render_markdown(results, index, figs)
     out = out_dir / "report.md"
-    out.write_text(md, encoding="utf-8")
+    write_atomic(out, md)
     return out
 
 
