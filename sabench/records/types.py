@@ -1,7 +1,9 @@
 """The types of results.json, schema v2 (see the package docstring)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
@@ -69,24 +71,43 @@ class Latency:
         if m is None:
             return None
         vals = {}
-        for f in fields(cls):
-            if f.name == "samples":
+        for n in _names(cls):
+            if n == "samples":
                 continue
-            vals[f.name] = number(w, f"{name}.{f.name}", m.get(f.name), lo=0,
-                                   positive=timed and f.name != "std")
+            vals[n] = number(w, f"{name}.{n}", m.get(n), lo=0,
+                                   positive=timed and n != "std")
         s = m.get("samples") or []
         if not isinstance(s, list):
             w.fail(f"{name}.samples", f"must be a list of numbers, got {show(s)}")
-        samples = tuple(number(w, f"{name}.samples[{i}]", x, positive=timed) for i, x in enumerate(s))
+        samples = tuple(s)
+        if not _plain_samples(samples, timed):  # the quick check failed: find and name the bad one
+            samples = tuple(number(w, f"{name}.samples[{i}]", x, positive=timed) for i, x in enumerate(s))
         if timed and vals["median"] is None:
             w.fail(f"{name}.median", "is missing (the record's status is ok)")
         return cls(samples=samples, **vals)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"
-             and getattr(self, f.name) is not None}
+        d = {n: getattr(self, n) for n in _names(type(self)) if n != "samples" and getattr(self, n) is not None}
         d["samples"] = list(self.samples)
         return d
+
+
+@lru_cache(maxsize=None)
+def _names(cls) -> Tuple[str, ...]:
+    """A dataclass's field names, in order (dataclasses.fields is slow on every record)."""
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain_samples(xs: tuple, timed: bool) -> bool:
+    """All finite numbers (> 0 when timed): the common case, checked at C speed."""
+    if not all(type(x) is float or type(x) is int for x in xs):
+        return False
+    try:
+        lo, hi = min(xs, default=1.0), max(xs, default=1.0)
+    except TypeError:
+        return False
+    return math.isfinite(lo) and math.isfinite(hi) and lo == lo and (lo > 0 if timed else True) \
+        and all(x == x for x in xs)
 
 
 @dataclass(frozen=True)
@@ -111,7 +132,7 @@ class Stability:
                    text(w, "stability.note", m.get("note")))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {n: getattr(self, n) for n in _names(type(self)) if getattr(self, n) is not None}
 
 
 @dataclass(frozen=True)
@@ -131,7 +152,7 @@ class Flops:
                    numbers(w, "flops.analytic_breakdown", m.get("analytic_breakdown")))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {n: getattr(self, n) for n in _names(type(self)) if getattr(self, n) is not None}
 
 
 @dataclass(frozen=True)
@@ -149,14 +170,13 @@ class Memory:
         m = mapping(w, "memory_bytes", v)
         if m is None:
             return None
-        names = [f.name for f in fields(cls) if f.name != "extra"]
+        names = [n for n in _names(cls) if n != "extra"]
         vals = {n: number(w, f"memory_bytes.{n}", m.get(n), lo=None if n == "phase_rise" else 0)
                 for n in names}
         return cls(extra={k: x for k, x in m.items() if k not in names}, **vals)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name != "extra" and getattr(self, f.name) is not None}
+        d = {n: getattr(self, n) for n in _names(type(self)) if n != "extra" and getattr(self, n) is not None}
         return {**d, **self.extra}
 
 
@@ -282,7 +302,7 @@ class PhaseRecord:
         lat = Latency.parse(w, "latency_ms", d.get("latency_ms"), timed=ok)
         if ok and lat is None:
             w.fail("latency_ms", "is missing (the record's status is ok)")
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = set(_names(cls)) - {"extra"}
         return cls(
             variant=variant, batch_size=batch, seq_len=seq, phase=phase, status=status,
             error=text(w, "error", d.get("error")),
@@ -302,12 +322,12 @@ class PhaseRecord:
     def to_dict(self) -> dict:
         energy = self.energy_note is not None or self.energy_scope is not None
         out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "extra":
+        for n in _names(type(self)):
+            v = getattr(self, n)
+            if n == "extra":
                 continue
-            if v is not None or (energy and f.name in _ENERGY_NULLS):
-                out[f.name] = [dump(a) for a in v] if f.name == "max_attempts" else dump(v)
+            if v is not None or (energy and n in _ENERGY_NULLS):
+                out[n] = [dump(a) for a in v] if n == "max_attempts" else dump(v)
         out.update(self.extra)
         return out
 
@@ -344,13 +364,12 @@ class Overhead:
     @classmethod
     def parse(cls, w: Where, key: str, v) -> "Overhead":
         m = mapping(w, f"overhead[{key!r}]", v, optional=False)
-        names = [f.name for f in fields(cls) if f.name != "extra"]
+        names = [n for n in _names(cls) if n != "extra"]
         vals = {n: number(w, f"overhead[{key!r}].{n}", m.get(n)) for n in names}
         return cls(extra={k: x for k, x in m.items() if k not in names}, **vals)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name != "extra" and getattr(self, f.name) is not None}
+        d = {n: getattr(self, n) for n in _names(type(self)) if n != "extra" and getattr(self, n) is not None}
         return {**d, **self.extra}
 
 
