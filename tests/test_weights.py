@@ -140,8 +140,11 @@ def test_checkpoint_weights_need_a_checkpoint(tmp_path, capsys):
     ([{"execution": "eager", "prefill_mode": "eager"}, {"execution": "eager"}], "prefill", "Execution: eager."),
 ])
 def test_execution_note_says_nothing_twice(recs, phase, text):
+    from types import SimpleNamespace
+
     from sabench.report.report import _execution_note
 
+    recs = [SimpleNamespace(**{"prefill_mode": None, "decode_mode": None, **r}) for r in recs]
     assert _execution_note(recs, phase) == text
 
 

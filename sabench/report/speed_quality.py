@@ -6,22 +6,27 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
-from sabench.report.results import BASELINE, fmt_ms, median_ms, variants_of
+from sabench.report.results import BASELINE, RunRecord, fmt_ms, median_ms, variants_of
 from sabench.report.tables import md_table
 
 
-def weights_used(results: dict) -> str:
+def _field(r, name):
+    """A field the records schema keeps as written (PhaseRecord.extra), or a dict's key."""
+    return r.extra.get(name) if hasattr(r, "extra") else r.get(name)
+
+
+def weights_used(results: RunRecord) -> str:
     """'random' or 'checkpoint' (results from before the choice existed ran random weights)."""
-    recs = {r.get("weights") for r in results.get("records", []) if r.get("weights")}
+    recs = {_field(r, "weights") for r in results.records if _field(r, "weights")}
     if len(recs) == 1:
         return recs.pop()
-    return (results.get("suite") or {}).get("weights") or "random"
+    return (results.suite or {}).get("weights") or "random"
 
 
-def section(results: dict, index: Dict[tuple, dict]) -> List[str]:
+def section(results: RunRecord, index: Dict[tuple, object]) -> List[str]:
     weights = weights_used(results)
     if weights == "checkpoint":
-        text = (f"**Weights: checkpoint** (the safetensors of `{(results.get('suite') or {}).get('model')}`, "
+        text = (f"**Weights: checkpoint** (the safetensors of `{(results.suite or {}).get('model')}`, "
                 "loaded in every point's process).")
     else:
         text = ("**Weights: random** (seeded, std 0.02). Latency, memory and FLOPs do not depend on weight "
@@ -29,11 +34,11 @@ def section(results: dict, index: Dict[tuple, dict]) -> List[str]:
     lines = ["## Weights and quality", "", text, ""]
     ppl = {}
     conv = None
-    for r in results.get("records", []):
-        if isinstance(r.get("perplexity"), (int, float)):
-            ppl.setdefault(r["variant"], r["perplexity"])
-            conv = conv or r.get("perplexity_convention")
-    errors = {r["variant"]: r["quality_error"] for r in results.get("records", []) if r.get("quality_error")}
+    for r in results.records:
+        if isinstance(_field(r, "perplexity"), (int, float)):
+            ppl.setdefault(r.variant, _field(r, "perplexity"))
+            conv = conv or _field(r, "perplexity_convention")
+    errors = {r.variant: _field(r, "quality_error") for r in results.records if _field(r, "quality_error")}
     if not ppl and not errors:
         return lines
     base = ppl.get(BASELINE)
