@@ -18,16 +18,70 @@ class _BadInput(Exception):
     pass
 
 
+def _inspect_inputs(args) -> None:
+    """Fill what --suite gives and the options leave open: model, dtype, variants, batch and
+    seq_len (the suite's first), prefill chunk, memory, tensor-parallel degree and link."""
+    args.link, args.tp_from = None, "--tp"
+    if args.suite is None:
+        if args.model is None:
+            raise _BadInput("inspect: one of --model or --suite is required")
+        return
+    from sabench.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite(args.suite))
+    if args.model is not None:
+        raise _BadInput("inspect: give --model or --suite, not both (the suite names its model)")
+    args.model = suite.model_config
+    args.dtype = args.dtype or suite.dtype
+    args.variant = args.variant or list(suite.variants)
+    if args.batch is None:
+        args.batch = next((b for b in suite.batch_sizes if b != "max"), 1)
+    if args.seq_len is None:
+        args.seq_len = suite.seq_lens[0]
+    if args.prefill_chunk is None:
+        args.prefill_chunk = suite.prefill_chunk
+    if args.memory is None:
+        args.memory = suite.memory
+    if args.tp is None:
+        args.tp, args.tp_from = suite.tensor_parallel, "the suite's parallel.tensor"
+    args.link = suite.link_bandwidth
+
+
+def _link(args) -> dict:
+    """The link bandwidth for the all-reduce floor: --link-bandwidth, the suite's, or the datasheet's."""
+    from sabench.accounting import NVLINK_DATASHEET
+    from sabench.parallel import parse_bandwidth
+
+    if args.link_bandwidth is not None:
+        return {"bytes_per_s": parse_bandwidth(args.link_bandwidth), "source": "--link-bandwidth"}
+    if args.link is not None:
+        return {"bytes_per_s": args.link, "source": "the suite's parallel.link_bandwidth"}
+    return NVLINK_DATASHEET
+
+
+def _peaks(gpu):
+    if gpu is None:
+        return None
+    from sabench.measure.calibrate import DATASHEET
+
+    if gpu not in DATASHEET:
+        raise ValueError(f"--gpu {gpu!r} is not a datasheet sabench knows; use one of {', '.join(DATASHEET)}")
+    return DATASHEET[gpu]
+
+
 def cmd_inspect(args) -> int:
     from tabulate import tabulate
 
     from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
-    from sabench.report.results import human_bytes, human_count, human_flops
+    from sabench.parallel import check_tensor_parallel, rank_config
+    from sabench.report.results import human_bytes, human_count, human_flops, human_rate
     from sabench.presets import resolve_config
 
+    _inspect_inputs(args)
     cfg = resolve_config(args.model)
-    dtype = dtype_name(args.dtype)
+    dtype = dtype_name(args.dtype or "bfloat16")
+    args.batch = 1 if args.batch is None else args.batch
     seq = args.seq_len or min(2048, cfg.max_position_embeddings - 1)
     for v in args.variant or ["baseline"]:  # a bad variant is the likelier mistake: report it first
         accounting.params(cfg, v)
@@ -38,12 +92,21 @@ def cmd_inspect(args) -> int:
                          f"{cfg.max_position_embeddings} positions")
     if args.prefill_chunk is not None and args.prefill_chunk < 1:
         raise ValueError(f"--prefill-chunk must be >= 1, got {args.prefill_chunk}")
+    tp = args.tp or 1
+    try:
+        check_tensor_parallel(cfg, tp)
+    except ValueError as e:
+        raise ValueError(f"{args.tp_from} {tp}: {e}") from None
+    link, peaks = _link(args), _peaks(args.gpu)
     memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
     for v in args.variant or ["baseline"]:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
-        if memory:
-            s["capacity"] = memory_model.capacity(cfg, v, dtype, seq, memory,
+        if tp > 1 or peaks:
+            s["tensor_parallel"] = accounting.tp_summary(cfg, v, args.batch, seq, dtype, tp, args.prefill_chunk,
+                                                         link, peaks)
+        if memory:  # per GPU: a rank's shard must fit in it
+            s["capacity"] = memory_model.capacity(rank_config(cfg, tp), v, dtype, seq, memory,
                                                   prefill_chunk=args.prefill_chunk or "auto")
         if args.count:
             from sabench import flops
@@ -70,8 +133,10 @@ def cmd_inspect(args) -> int:
         [f"decode step FLOPs (ctx {seq})"] + [human_flops(r["flops"]["decode_step"]) for r in rows],
         ["decode step bytes"] + [human_bytes(r["bytes_moved"]["decode_step"]) for r in rows],
     ]
+    if tp > 1 or peaks:
+        table += _tp_rows(rows, tp, peaks)
     if memory:
-        table.append([f"max batch ({human_bytes(memory)}, T={seq})"] + [_max_batch_cell(r["capacity"]) for r in rows])
+        table.append([f"max batch ({human_bytes(memory)}{' per GPU' if tp > 1 else ''}, T={seq})"] + [_max_batch_cell(r["capacity"]) for r in rows])
         limit = cfg.max_position_embeddings - 1
         table.append(["max seq_len at B=1"] + [
             f"{r['capacity']['max_seq_len_at_batch_1']}"
@@ -85,7 +150,37 @@ def cmd_inspect(args) -> int:
     print(tabulate(table, headers=["", *[r["variant"] for r in rows]], tablefmt="github"))
     for r in rows:
         print(f"  {r['variant']}: {r['plan']}")
+    if tp > 1 or peaks:
+        t = rows[0]["tensor_parallel"]
+        print(f"  TP-{tp}: per rank {cfg.num_heads // tp} heads, {cfg.num_kv_heads // tp} KV heads, MLP width "
+              f"{cfg.intermediate_size // tp}; embeddings and lm_head on every rank; total = all ranks together")
+        print(f"  all-reduce link: {human_rate(t['link_bandwidth_bytes_per_s'], 'B/s')} ({t['link_bandwidth_source']})"
+              + (f"; floors: {args.gpu} datasheet peaks, max(compute, memory) + link" if peaks else ""))
     return EXIT_OK
+
+
+def _tp_rows(rows, tp: int, peaks) -> list:
+    from sabench.report.results import human_bytes, human_flops
+
+    def per(key, fmt, phase=None, where="per_rank"):
+        return [fmt(r["tensor_parallel"][where][key] if phase is None else r["tensor_parallel"][where][key][phase])
+                for r in rows]
+
+    out = [
+        [f"weights per rank (TP-{tp})"] + per("weight_bytes", human_bytes),
+        ["weights, all ranks"] + per("weight_bytes", human_bytes, where="total"),
+        ["KV cache per rank"] + per("kv_cache_bytes", human_bytes),
+        ["prefill FLOPs per rank"] + per("flops", human_flops, "prefill"),
+        ["decode step bytes per rank"] + per("bytes_moved", human_bytes, "decode_step"),
+        ["all-reduce bytes per rank: prefill"] + per("link_bytes", human_bytes, "prefill"),
+        ["  decode step"] + per("link_bytes", human_bytes, "decode_step"),
+    ]
+    if peaks:
+        for phase in ("prefill", "decode_step"):
+            out.append([f"{phase.replace('_', ' ')} floor (compute|memory + link)"] + [
+                "{floor_ms:.3g} ms ({compute_ms:.3g}|{memory_ms:.3g} + {link_ms:.3g})".format(
+                    **r["tensor_parallel"]["floors_ms"][phase]) for r in rows])
+    return out
 
 
 def _local_device_memory():
@@ -131,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     i = sub.add_parser("inspect", help="what a variant costs before anything runs (no weights)")
-    i.add_argument("--model", required=True, help="preset, HF model directory or config.json")
+    i.add_argument("--model", help="preset, HF model directory or config.json")
+    i.add_argument("--suite", help="take the model, dtype, variants, first batch and seq_len, prefill chunk, "
+                                   "memory and parallel settings from a suite (options given override them)")
     i.add_argument("--variant", action="append", help="baseline, cla:N, sa:A-B[,C-D], joined by +; repeatable")
-    i.add_argument("--dtype", default="bfloat16", help="float32|bfloat16|float16 (fp32, bf16, fp16)")
-    i.add_argument("--batch", type=int, default=1)
+    i.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (fp32, bf16, fp16; default bfloat16)")
+    i.add_argument("--batch", type=int, default=None, help="batch size (default 1)")
     i.add_argument("--seq-len", type=int, default=None, help="prompt length T (default min(2048, max positions))")
     i.add_argument("--prefill-chunk", type=int, default=None,
                    help="prefill query block for bytes moved and capacity (default: one block for bytes, "
@@ -142,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--memory", default=None,
                    help="device memory for capacity, e.g. 80GiB, 16GB, 512MiB or bytes (default: the local "
                         "CUDA device's total memory; none without a device)")
+    i.add_argument("--tp", type=int, default=None,
+                   help="tensor-parallel degree: per-rank and total figures, all-reduce traffic (default 1)")
+    i.add_argument("--link-bandwidth", default=None,
+                   help="GPU link bandwidth for the all-reduce floor, e.g. 450GB/s (default: the suite's, "
+                        "else NVLink 4's datasheet figure)")
+    i.add_argument("--gpu", default=None,
+                   help="datasheet peaks for per-rank floors, e.g. 'H100 SXM', 'H200', 'A100 80GB'")
     i.add_argument("--count", action="store_true", help="also count FLOPs with fvcore (meta tensors)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)

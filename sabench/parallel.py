@@ -54,7 +54,8 @@ def check_tensor_parallel(cfg: ModelConfig, world: int) -> None:
                     if not (cfg.num_kv_heads % n or cfg.num_heads % n or cfg.intermediate_size % n)]
         raise PlanError(
             f"model {cfg.name!r} cannot be split over {world} tensor-parallel ranks: "
-            f"{' and '.join(problems)} {'is' if len(problems) == 1 else 'are'} not divisible by {world} "
+            f"{', '.join(problems[:-1]) + ' and ' if len(problems) > 1 else ''}{problems[-1]} "
+            f"{'is' if len(problems) == 1 else 'are'} not divisible by {world} "
             f"(sabench shards by KV head); use a degree among {', '.join(map(str, divisors))}")
 
 
@@ -65,6 +66,29 @@ def rank_config(cfg: ModelConfig, world: int) -> ModelConfig:
         return cfg
     return replace(cfg, num_heads=cfg.num_heads // world, num_kv_heads=cfg.num_kv_heads // world,
                    intermediate_size=cfg.intermediate_size // world)
+
+
+def parse_bandwidth(value) -> float:
+    """'450GB/s', '900 GiB/s' or a plain number of bytes per second -> bytes/s; ValueError otherwise."""
+    from sabench.memory_model import parse_size
+
+    if isinstance(value, str):
+        try:  # YAML reads 4.5e11 (no sign in the exponent) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > 0 and value != float("inf"):
+            return float(value)
+        raise ValueError(f"bad bandwidth {value!r}: must be more than 0 bytes/s")
+    text = str(value).strip()
+    if not text.lower().endswith("/s"):
+        raise ValueError(f"bad bandwidth {value!r}: expected bytes per second, e.g. 450GB/s or 4.5e11")
+    try:
+        return float(parse_size(text[:-2]))
+    except ValueError:
+        raise ValueError(f"bad bandwidth {value!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or TB/TiB "
+                         "and /s, e.g. 450GB/s") from None
 
 
 def shard_slice(kind: str, size: int, rank: int, world: int) -> slice:

@@ -30,6 +30,11 @@ is rejected with its key path before loading. Schema::
                                 # CUDA device's total memory, on CPU the available RAM
     execution: auto             # optional, default auto; eager | compiled | auto
                                 # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
+    parallel:                   # optional; default one device
+      tensor: 8                 # tensor-parallel ranks (sabench.parallel: heads, KV heads and MLP width
+                                # must divide by it)
+      link_bandwidth: 450GB/s   # optional; the GPUs' link (per direction, per GPU) for the all-reduce
+                                # floor; default: NVLink 4's datasheet figure, labelled as such
 """
 from __future__ import annotations
 
@@ -58,11 +63,13 @@ DEFAULTS = {
     "prefill_chunk": None,
     "memory": None,
     "execution": "auto",
+    "parallel": None,
 }
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution", "parallel")
+PARALLEL_KEYS = ("tensor", "link_bandwidth")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
 MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (runner.py resolves it)
@@ -118,6 +125,8 @@ class Suite:
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
     execution: str = "auto"  # as written; resolve_execution() says what runs on a device
+    tensor_parallel: int = 1  # ranks per point (parallel.tensor)
+    link_bandwidth: Optional[float] = None  # bytes/s (parallel.link_bandwidth); None: datasheet default
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -137,6 +146,9 @@ class Suite:
             "memory": self.memory,
             "execution": self.execution,
             "path": self.path,
+            # only for a multi-GPU point, so single-device results keep the form they always had
+            **({"parallel": {"tensor": self.tensor_parallel, "link_bandwidth": self.link_bandwidth}}
+               if self.tensor_parallel > 1 else {}),
         }
 
     def points(self) -> list[Point]:
@@ -454,6 +466,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         raise SuiteError(source, "model", str(e)) from None
 
     variants = _parse_variants(d["variants"], cfg.num_layers, source)
+    tensor_parallel, link_bandwidth = _parse_parallel(d["parallel"], cfg, source)
 
     limit = cfg.max_position_embeddings
     for seq, p in zip(seq_lens, seq_paths):
@@ -468,8 +481,32 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path, memory=memory, execution=execution,
+        path=path, memory=memory, execution=execution, tensor_parallel=tensor_parallel,
+        link_bandwidth=link_bandwidth,
     )
+
+
+def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
+    """parallel: {tensor: N, link_bandwidth: ...} -> (N, bytes/s or None); N checked against the model."""
+    from sabench.parallel import check_tensor_parallel, parse_bandwidth
+
+    if value is None:
+        return 1, None
+    if not isinstance(value, dict):
+        raise SuiteError(source, "parallel", f"expected a mapping like {{tensor: 8}}, got {_show(value)}")
+    _check_keys(value, PARALLEL_KEYS, ("tensor",), "parallel", source)
+    tensor = _int_field(value["tensor"], "parallel.tensor", 1, source)
+    try:
+        check_tensor_parallel(cfg, tensor)
+    except PlanError as e:
+        raise SuiteError(source, "parallel.tensor", str(e)) from None
+    link = value.get("link_bandwidth")
+    if link is not None:
+        try:
+            link = parse_bandwidth(link)
+        except ValueError as e:
+            raise SuiteError(source, "parallel.link_bandwidth", str(e)) from None
+    return tensor, link
 
 
 def _parse_variants(value, num_layers: int, source: str) -> tuple[str, ...]:
