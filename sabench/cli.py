@@ -199,6 +199,12 @@ def _max_batch_cell(cap: dict) -> str:
 
 def cmd_run(args) -> int:
     from sabench.runner import run_suite
+    from sabench.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite(args.suite))
+    if suite.tensor_parallel > 1:  # the point launcher runs one process per point for now
+        raise ValueError(f"{suite.path}: parallel.tensor: {suite.tensor_parallel}-way tensor-parallel points "
+                         "cannot be run by `sabench run` yet; `sabench inspect --suite` shows their figures")
 
     return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
                      report=not args.no_report, execution=args.execution)

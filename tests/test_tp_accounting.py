@@ -162,3 +162,8 @@ def test_inspect_table_shows_per_rank_rows(capsys):
     out = capsys.readouterr().out
     assert "| weights per rank (TP-8)" in out and "19.9 GiB" in out
     assert "all-reduce link: 450 GB/s (datasheet: NVLink 4" in out
+
+
+def test_run_refuses_tensor_parallel_suites_until_points_launch_ranks(capsys):
+    assert main(["run", "llama-3.1-70b-tp8"]) == 2
+    assert "parallel.tensor: 8-way tensor-parallel points cannot be run" in capsys.readouterr().err
