@@ -492,8 +492,11 @@ def build_model(source, variant: str = "baseline", dtype=torch.bfloat16, device=
 
 
 @torch.no_grad()
-def load_weights(model: SharedLlama, files) -> dict:
+def load_weights(model: SharedLlama, files, transform=None) -> dict:
     """Copy checkpoint tensors into `model`; tensors of projections the plan removed are skipped.
+
+    transform(name, tensor) -> tensor, when given, maps each checkpoint tensor the model keeps
+    before it is copied (parallel.py: a tensor-parallel rank's slice).
 
     Returns {"loaded": n, "dropped": [names]}; raises ModelSourceError when the
     checkpoint lacks a tensor the model needs or holds one no plan would explain.
@@ -508,6 +511,8 @@ def load_weights(model: SharedLlama, files) -> dict:
             for name in sf.keys():
                 if name in params:
                     t = sf.get_tensor(name)
+                    if transform is not None:
+                        t = transform(name, t)
                     if t.shape != params[name].shape:
                         raise ModelSourceError(
                             f"{f}: tensor {name} has shape {tuple(t.shape)}, the config implies "

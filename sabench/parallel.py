@@ -163,20 +163,29 @@ def shard_model(model, rank: int, world: int, group=None):
     return model
 
 
-def build_tp_model(source, variant="baseline", dtype=torch.bfloat16, device="cpu", rank: int = 0,
-                   world: int = 1, group=None, seed: int = 0):
-    """Rank `rank`'s shard built directly (meta first: no full model in memory), random weights.
+def load_tp_model(source, variant="baseline", dtype=torch.bfloat16, device="cuda", rank: int = 0,
+                  world: int = 1, group=None, weights: str = "auto", seed: int = 0):
+    """Rank `rank`'s shard of a `world`-way tensor-parallel model, built on meta and materialised
+    on `device` at its shard's size (no full model in memory), as model.load_model does for one device.
 
-    Each rank draws its own slices from its own seed, so the shards are not slices of one
-    full random model (timings do not care; for logits equal to TP-1, shard a full model with
-    `shard_model`)."""
-    from sabench.model import build_model, rope_inv_freq
+    weights="auto": a model directory's safetensors, each tensor sliced for this rank as it is read;
+    otherwise (a preset, or weights="random") random weights, seeded per rank: the shards are then
+    not slices of one full random model (timings do not care; for logits equal to TP-1, shard a
+    full model with `shard_model`).
+    """
+    from sabench.model import build_model, load_weights, rope_inv_freq
+    from sabench.presets import resolve_config, weight_files
 
-    m = build_model(source, variant, dtype, "meta")
-    shard_model(m, rank, world, group)
-    if str(device) != "meta":
-        m = m.to_empty(device=device)
-        m.inv_freq = rope_inv_freq(m.cfg).to(m.inv_freq.device)
+    if weights not in ("auto", "random"):
+        raise ValueError(f"weights must be 'auto' or 'random', got {weights!r}")
+    cfg = resolve_config(source)
+    files = weight_files(source) if weights == "auto" and cfg.source != "preset" else []
+    m = shard_model(build_model(cfg, variant, dtype, "meta"), rank, world, group)
+    m = m.to_empty(device=device)
+    m.inv_freq = rope_inv_freq(cfg).to(m.inv_freq.device)
+    if files:
+        m.load_report = load_weights(m, files, transform=lambda name, t: shard_tensor(name, t, rank, world))
+    else:
         m.init_random(seed=seed * 1_000 + rank)
     return m
 

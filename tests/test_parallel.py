@@ -4,7 +4,7 @@ import torch
 
 from sabench.harness_tp import TPLaunchError, run_ranks
 from sabench.model import build_model
-from sabench.parallel import build_tp_model, check_tensor_parallel, rank_config, shard_model, shard_tensor
+from sabench.parallel import check_tensor_parallel, load_tp_model, rank_config, shard_model, shard_tensor
 from sabench.plan import PlanError
 from tests.helpers import small_config
 
@@ -103,7 +103,10 @@ def test_shard_tensor_slices_rows_columns_and_keeps_row_bias_once():
     assert torch.equal(shard_tensor("model.embed_tokens.weight", w, 1, 2), w)
 
 
-@pytest.mark.parametrize("world, named", [(4, "2 KV heads"), (3, "2 KV heads and its 4 attention heads")])
+@pytest.mark.parametrize("world, named", [
+    (4, "2 KV heads is"),
+    (3, r"2 KV heads, its 4 attention heads and its MLP width \(intermediate_size\) 128 are"),
+])
 def test_impossible_degree_is_refused_with_the_numbers(world, named):
     with pytest.raises(PlanError, match=f"cannot be split over {world} tensor-parallel ranks: its {named}"):
         check_tensor_parallel(small_config("gqa"), world)
@@ -119,10 +122,36 @@ def test_mlp_width_must_divide():
         rank_config(cfg, 4)
 
 
-def test_build_tp_model_is_a_rank_shard():
-    m = build_tp_model(small_config("mha"), "sa:2-3", torch.float32, "cpu", rank=1, world=4)
+def test_random_tp_model_is_a_rank_shard():
+    m = load_tp_model(small_config("mha"), "sa:2-3", torch.float32, "cpu", rank=1, world=4)
     assert m.cfg.num_heads == 1 and m.model.layers[0].self_attn.q_proj.weight.shape == (16, 64)
     assert torch.isfinite(m.model.layers[0].self_attn.q_proj.weight).all()
+
+
+def test_checkpoint_loads_sliced_per_rank(tmp_path):
+    """Each rank reads the full checkpoint's tensors and keeps its slice; what a plan drops is dropped."""
+    import json
+
+    from safetensors.torch import save_file
+
+    cfg = small_config("gqa", o_bias=True, qkv_bias=True, mlp_bias=True)  # as _full_model(bias=True)
+    full = _full_model("gqa", "baseline", bias=True)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
+    state = full.state_dict()
+    for rank in (0, 1):
+        m = load_tp_model(str(tmp_path), "cla:2", torch.float32, "cpu", rank=rank, world=2)
+        assert m.load_report["dropped"] == ["model.layers.1.self_attn.k_proj.bias",
+                                            "model.layers.1.self_attn.k_proj.weight",
+                                            "model.layers.1.self_attn.v_proj.bias",
+                                            "model.layers.1.self_attn.v_proj.weight",
+                                            "model.layers.3.self_attn.k_proj.bias",
+                                            "model.layers.3.self_attn.k_proj.weight",
+                                            "model.layers.3.self_attn.v_proj.bias",
+                                            "model.layers.3.self_attn.v_proj.weight"]
+        for name, p in m.state_dict().items():
+            assert torch.equal(p, shard_tensor(name, state[name], rank, 2)), name
+        assert m.model.layers[0].self_attn.o_proj.weight.shape == (64, 32)
 
 
 def _fail_on_rank_1(rank, world):
