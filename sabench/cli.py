@@ -92,7 +92,7 @@ def cmd_inspect(args) -> int:
                          f"{cfg.max_position_embeddings} positions")
     if args.prefill_chunk is not None and args.prefill_chunk < 1:
         raise ValueError(f"--prefill-chunk must be >= 1, got {args.prefill_chunk}")
-    tp = args.tp or 1
+    tp = 1 if args.tp is None else args.tp
     try:
         check_tensor_parallel(cfg, tp)
     except ValueError as e:
@@ -136,7 +136,9 @@ def cmd_inspect(args) -> int:
     if tp > 1 or peaks:
         table += _tp_rows(rows, tp, peaks)
     if memory:
-        table.append([f"max batch ({human_bytes(memory)}{' per GPU' if tp > 1 else ''}, T={seq})"] + [_max_batch_cell(r["capacity"]) for r in rows])
+        per_gpu = " per GPU" if tp > 1 else ""
+        table.append([f"max batch ({human_bytes(memory)}{per_gpu}, T={seq})"]
+                     + [_max_batch_cell(r["capacity"]) for r in rows])
         limit = cfg.max_position_embeddings - 1
         table.append(["max seq_len at B=1"] + [
             f"{r['capacity']['max_seq_len_at_batch_1']}"

@@ -151,6 +151,8 @@ def test_suite_parallel_parses_and_refuses_impossible_plans():
 def test_inspect_tp_errors_are_one_line(capsys):
     assert main(["inspect", "--model", "tiny", "--tp", "3"]) == 2
     assert "--tp 3: model 'tiny' cannot be split over 3" in capsys.readouterr().err
+    assert main(["inspect", "--model", "tiny", "--tp", "0"]) == 2
+    assert "--tp 0: tensor-parallel degree must be an integer >= 1" in capsys.readouterr().err
     assert main(["inspect", "--model", "tiny", "--suite", "smoke"]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["inspect", "--model", "tiny", "--gpu", "B200X"]) == 2
