@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from sabench.errors import UserError
+
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -18,7 +20,7 @@ def parse_dtype(value) -> torch.dtype:
             return value
     elif isinstance(value, str) and value.strip().lower() in DTYPES:
         return DTYPES[value.strip().lower()]
-    raise ValueError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
+    raise UserError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
 
 
 def dtype_name(dtype) -> str:

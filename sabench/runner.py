@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sabench.errors import RunInterrupted
 from sabench.paths import reports_dir
 from sabench.schema import PHASES, SCHEMA, point_key
 from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device,
@@ -404,6 +405,12 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                 data["overhead"][p.key] = overhead
             write_json_atomic(path, data)
             progress.finish(label, _summary(records), measured=overhead is not None)
+    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
+        measured = len({(r["variant"], r.get("batch_request", r["batch_size"]), r["seq_len"])
+                        for r in data["records"]})
+        cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
+                       + [f"--variant {v}" for v in (variants or [])])
+        raise RunInterrupted(path, min(measured, len(points)), len(points), cmd) from None
     finally:
         progress.close()
         shutil.rmtree(workdir, ignore_errors=True)

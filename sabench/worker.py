@@ -431,6 +431,13 @@ def _release(device):
         torch.cuda.empty_cache()
 
 
+def _quiet_on_interrupt():
+    """Ctrl-C reaches the whole process group: a point process just ends (the runner reports it), no traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _die_with_parent():
     """No orphan keeps measuring (and skewing the machine) after the runner is killed."""
     try:
@@ -444,6 +451,7 @@ def _die_with_parent():
 
 def child_main(spec: dict, result_path: str, stderr_path: str) -> None:
     """Entry point in the forked point process: stderr to a file the runner reads on failure."""
+    _quiet_on_interrupt()
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
@@ -465,6 +473,7 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m sabench.worker SPEC.json RESULT.json", file=sys.stderr)
         return 2
+    _quiet_on_interrupt()
     spec = json.loads(open(argv[0]).read())
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from sabench.errors import UserError
 from sabench.schema import PHASES, SCHEMA
 
 BASELINE = "baseline"
@@ -17,7 +18,7 @@ BASELINE = "baseline"
 Key = Tuple[str, int, int, str]
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """A results file (or a pair of them) that cannot be used; the message is one line."""
 
 
