@@ -99,14 +99,35 @@ def refuse_run_dir(path, flag: str, writes=("report.md",)) -> None:
 def check_output_dir(path, flag: str) -> Path:
     """A directory a command will create or write into: refused early, with the flag named, if it cannot be."""
     p = Path(path)
-    for part in p.parts:  # ENAMETOOLONG before anything runs
+    _check_names(p, path, flag)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {str(path)!r} exists and is not a directory, choose a directory path")
+    _check_ancestor(p, path, flag)
+    return p
+
+
+def check_output_file(path, flag: str) -> Path:
+    """A file a command will write: its directory must be creatable, and it must not be a run's own file."""
+    p = Path(path)
+    _check_names(p, path, flag)
+    if p.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a directory, give a file path")
+    refuse_run_file(p, flag)
+    _check_ancestor(p.parent, path, flag)
+    return p
+
+
+def _check_names(p: Path, path, flag: str) -> None:
+    for part in p.parts:  # ENAMETOOLONG before anything runs (Path.exists would raise it)
         if len(os.fsencode(part)) > 255:
             raise UserError(f"{flag} {str(path)[:80]!r}...: a name in the path is longer than 255 bytes, "
                             "choose a shorter path")
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{flag} {str(path)!r} exists and is not a directory, choose a directory path")
-    probe = p
-    while not probe.exists() and probe.parent != probe:  # the nearest existing ancestor decides
+
+
+def _check_ancestor(p: Path, path, flag: str) -> None:
+    """The nearest existing ancestor of `p` (or `p`) decides: it must be a writable directory."""
+    probe = p if str(p) else Path(".")
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise UserError(f"{flag} {str(path)!r}: {str(probe)!r} is a file where a directory belongs, "
@@ -114,14 +135,3 @@ def check_output_dir(path, flag: str) -> Path:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {str(path)!r}: {str(probe)!r} is not writable "
                         "(read-only or no permission), choose a writable path")
-    return p
-
-
-def check_output_file(path, flag: str) -> Path:
-    """A file a command will write: its directory must be creatable, and it must not be a run's own file."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {str(path)!r} is a directory, give a file path")
-    refuse_run_file(p, flag)
-    check_output_dir(p.parent if str(p.parent) else Path("."), flag)
-    return p
