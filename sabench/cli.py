@@ -22,6 +22,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
         raise UserError(f"{message}, in '{self.prog}', see '{self.prog} --help'")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown option names the subcommand it was given to."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = f"{self.prog} {ns.command}" if getattr(ns, "command", None) else self.prog
+            raise UserError(f"unrecognized arguments: {' '.join(extras)}, in '{prog}', see '{prog} --help'")
+        return ns
+
 
 _ASCII_INT = re.compile(r"^[+]?[0-9]{1,12}$")
 

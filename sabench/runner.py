@@ -142,6 +142,8 @@ def run_point(spec: dict, workdir: Path) -> tuple[dict, dict]:
     tail = stderr_path.read_text(errors="replace").strip().splitlines() if stderr_path.exists() else []
     if proc.exitcode is not None and proc.exitcode < 0:
         sig = signal.Signals(-proc.exitcode).name
+        if sig == "SIGINT":  # Ctrl-C reached the point first: the run is interrupted, not the point failed
+            raise KeyboardInterrupt
         msg = f"worker killed by {sig}" + (" (the kernel's OOM killer, likely)" if sig == "SIGKILL" else "")
         status = "oom" if sig == "SIGKILL" else "error"
     else:

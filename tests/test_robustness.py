@@ -131,7 +131,8 @@ def case(id, build, *fragments, xfail=None):
 
 CASES = [
     # ------------------------------------------------------------ run: arguments and suites
-    case("run-unknown-flag", lambda w, t: ["run", str(w.suite), "--frobnicate"], "unrecognized arguments"),
+    case("run-unknown-flag", lambda w, t: ["run", str(w.suite), "--frobnicate"], "unrecognized arguments",
+         "--frobnicate", "sabench run --help"),
     case("run-unknown-suite", lambda w, t: ["run", "no-such-suite"], "unknown suite"),
     case("run-missing-suite-file", lambda w, t: ["run", str(t / "missing.yaml")], "no such suite file"),
     case("run-bad-execution", lambda w, t: ["run", str(w.suite), "--execution", "fast"], "--execution"),
