@@ -103,7 +103,7 @@ def _max_batch_cell(cap: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from sabench.runner import run_suite
+    from sabench.harness.sweep import run_suite
 
     return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
                      report=not args.no_report, execution=args.execution)

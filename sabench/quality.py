@@ -158,7 +158,7 @@ class _QKCapture:
     """Post-RoPE float32 Q [B, H, T, D] and K [B, Hkv, T, D] of every layer, from forward hooks."""
 
     def __init__(self, model):
-        from sabench.model import rope_inv_freq
+        from sabench.layers import rope_inv_freq
 
         cfg = model.cfg
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -174,7 +174,7 @@ class _QKCapture:
 
     def _hook(self, store, index, heads):
         def hook(_module, _inputs, out):
-            from sabench.model import apply_rope
+            from sabench.layers import apply_rope
 
             b, t, _ = out.shape
             if self.rope is None or self.rope[0].shape[0] != t:
@@ -274,17 +274,9 @@ def default_device() -> str:
 
 
 def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+    from sabench.devices import resolve_device
+
+    return torch.device(resolve_device(name))
 
 
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
