@@ -268,6 +268,8 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
 def capacity(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 1, prefill_chunk="auto",
              device: str = "cuda") -> dict:
     """What `sabench inspect --memory` prints per variant."""
+    cfg = resolve_config(cfg)
+    plan = as_plan(plan, cfg.num_layers)
     b, chunk = max_batch(cfg, plan, dtype, seq_len, memory, decode_tokens, prefill_chunk, device)
     return {"memory_bytes": int(memory), "max_batch": b, "prefill_chunk": chunk,
             "max_seq_len_at_batch_1": max_seq_len(cfg, plan, dtype, memory, 1, decode_tokens,

@@ -250,7 +250,7 @@ def recommend_sa(sim, threshold: float = DEFAULT_SIMILARITY) -> Optional[str]:
 
 
 # ---------------------------------------------------------------- variants from one set of weights
-def derive_variant(base, variant: str):
+def derive_variant(base, variant):
     """The `variant` model on the baseline's own tensors (shared storage: no copy, no disk read)."""
     from sabench.model import build_model
 
@@ -328,12 +328,13 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
             names.append(v)
     rows = []
     for v in names:
-        if parse_variant(v, cfg.num_layers).is_baseline:
+        plan = parse_variant(v, cfg.num_layers)
+        if plan.is_baseline:
             ppl = base_ppl
         else:
-            ppl, _ = score(derive_variant(base, v), windows, desc=v, progress=progress)
+            ppl, _ = score(derive_variant(base, plan), windows, desc=v, progress=progress)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
-                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, v, dtype)})
+                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype)})
     return {
         "model": str(model), "weights": weights, "dtype": dtype, "device": str(dev),
         "tokens": windows.numel(), "input_tokens": tokens.numel(), "windows": windows.shape[0],

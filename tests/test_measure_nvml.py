@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import sabench.measure.nvml as nvml_mod
 import sabench.measure.nvml_readings as readings_mod
 from fake_nvml import FAKE_ENV, SPEC, device, script  # tests/ is on sys.path under pytest
 from sabench.measure.nvml import (Availability, NvmlSampler, NvmlUnavailable, nvml_device_info,
