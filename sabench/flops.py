@@ -200,8 +200,7 @@ def point_counts(cfg, plan, batch_size: int, seq_len: int, decode_tokens: int, d
               "decode_step": count_decode_step(cfg, plan, batch_size, seq_len + decode_tokens, dtype,
                                                compare_alone=False).total}
     if path is not None:
-        from sabench.fileio import write_json_atomic
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, counts, indent=None, fsync=False)
+        from sabench.io import write_atomic
+        write_atomic(path, json.dumps(counts), fsync=False)
     return counts, False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from sabench.schema import point_key
+from sabench.records import point_key
 
 FAULT_ENV = "SABENCH_FAULT_OOM"
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from sabench.plan import SharingPlan, parse_variant
 from sabench.presets import ModelConfig
-from sabench.schema import point_key
+from sabench.records import point_key
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from sabench.harness.job import PointJob
-from sabench.schema import PHASES
+from sabench.records import PHASES
 
 _CTX = None
 

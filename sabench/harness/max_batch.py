@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
-from sabench.schema import PHASES
+from sabench.records import PHASES
 from sabench.suite import MAX_BATCH, Suite
 
 MAX_ATTEMPTS = 6  # runs of one `max` point: the predicted batch, then steps down by 1/8 on OOM

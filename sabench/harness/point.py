@@ -17,7 +17,7 @@ import torch
 
 from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
-from sabench.fileio import write_json_atomic
+from sabench.io import write_json_atomic
 from sabench.harness.faults import maybe_inject_oom
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline

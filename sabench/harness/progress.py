@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from sabench.schema import PHASES
+from sabench.records import PHASES
 
 
 class Progress:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from sabench.devices import resolve_device
-from sabench.fileio import write_json_atomic
+from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env
 from sabench.harness.faults import fault_keys_from_env
 from sabench.harness.job import PointJob
@@ -27,7 +27,7 @@ from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.progress import Progress, summary
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
-from sabench.schema import PHASES, SCHEMA
+from sabench.records import PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution
 
 # Suite settings that change what a number means: a resumed run must not mix them.
@@ -51,11 +51,9 @@ def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     if not resume:
         raise ValueError(f"{path} already exists: pass --resume to complete it, or another --out")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--resume: cannot read {path}: {e}") from None
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"--resume: {path} has schema {data.get('schema')!r}, this sabench writes {SCHEMA!r}")
+        data = load_results(path).to_dict()  # validated; a v1 file is upgraded to this schema
+    except ResultsError as e:
+        raise ValueError(f"--resume: {e}") from None
     old, new = data.get("suite", {}), suite.to_dict()
     diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
     if diff:
