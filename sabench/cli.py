@@ -11,6 +11,7 @@ import json
 import re
 import sys
 
+from sabench.argtypes import float_in, int_in
 from sabench.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunInterrupted, UserError,
                             check_output_dir, one_line, os_error, refuse_run_dir)
 
@@ -31,55 +32,26 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
-_ASCII_INT = re.compile(r"^[+]?[0-9]{1,12}$")
-
-
-def int_in(lo: int, hi: int):
-    """argparse type: an ASCII integer in lo..hi (int() alone takes '２' and '1_000')."""
-    def parse(text: str) -> int:
-        t = text.strip()
-        if not _ASCII_INT.match(t) or not lo <= int(t) <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {text!r}")
-        return int(t)
-    parse.__name__ = f"integer in {lo}..{hi}"
-    return parse
-
-
-def float_in(lo: float, hi: float, lo_open: bool = True):
-    """argparse type: a finite number in (lo, hi] (or [lo, hi] when lo_open is False)."""
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = float("nan")
-        ok = (lo < v if lo_open else lo <= v) and v <= hi  # NaN fails both
-        if not ok:
-            raise argparse.ArgumentTypeError(
-                f"expected a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text!r}")
-        return v
-    parse.__name__ = "number"
-    return parse
-
-
 def cmd_inspect(args) -> int:
     from tabulate import tabulate
 
     from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
+    from sabench.plan import parse_variant
     from sabench.report.results import human_bytes, human_count, human_flops
     from sabench.presets import resolve_config
 
     cfg = resolve_config(args.model)
     dtype = dtype_name(args.dtype)
     seq = args.seq_len if args.seq_len is not None else min(2048, cfg.max_position_embeddings - 1)
-    for v in args.variant or ["baseline"]:  # a bad variant is the likelier mistake: report it first
-        accounting.params(cfg, v)
+    # parsed once, here; a bad variant is the likelier mistake: report it first
+    plans = [parse_variant(v, cfg.num_layers) for v in args.variant or ["baseline"]]
     if seq + 1 > cfg.max_position_embeddings:
         raise UserError(f"--seq-len {seq} leaves no room for a decode step within the model's "
                         f"{cfg.max_position_embeddings} positions, give at most {cfg.max_position_embeddings - 1}")
     memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
-    for v in args.variant or ["baseline"]:
+    for v in plans:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
         if memory:
             s["capacity"] = memory_model.capacity(cfg, v, dtype, seq, memory,
@@ -96,7 +68,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return EXIT_OK
-    base = accounting.summary(cfg, "baseline", args.batch, seq, dtype)
+    base = accounting.summary(cfg, parse_variant("baseline", cfg.num_layers), args.batch, seq, dtype)
     table = [
         ["params"] + [f"{human_count(r['params'])} ({r['params'] / base['params']:.1%})" for r in rows],
         ["KV bytes / token"] + [f"{human_bytes(r['kv_cache_bytes_per_token'])} "
@@ -142,7 +114,7 @@ def _max_batch_cell(cap: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from sabench.runner import run_suite
+    from sabench.harness.sweep import run_suite
 
     if args.out is not None:
         check_output_dir(args.out, "--out")

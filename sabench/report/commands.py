@@ -18,7 +18,7 @@ MAX_SIZE = 1 << 24
 
 
 def _int_in(lo: int, hi: int):
-    from sabench.cli import int_in  # one definition of the CLI's integer arguments
+    from sabench.argtypes import int_in  # one definition of the CLI's integer arguments
 
     return int_in(lo, hi)
 
