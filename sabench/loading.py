@@ -36,7 +36,7 @@ DEFAULT_WINDOWS = 8
 def parse_suite_keys(data: dict, cfg, model: str, path: Optional[str], source: str) -> dict:
     """{"weights": ..., "quality": dict or None} from a suite mapping; SuiteError on a problem."""
     from sabench.presets import weight_files
-    from sabench.suite import SuiteError
+    from sabench.suite_fields import SuiteError
 
     weights = data.get("weights", "random")
     if weights not in WEIGHTS:
@@ -102,7 +102,7 @@ def _tokens(text, token_ids, cfg) -> tuple:
     return tuple(quality.read_token_ids(token_ids, cfg.vocab_size).tolist())
 
 
-# ---------------------------------------------------------------- runner side
+# ---------------------------------------------------------------- sweep side
 def point_extras(suite, variant: str, records) -> dict:
     """Spec keys for one point: the weights, and the quality windows when this variant has no
     perplexity yet in `records` (the first point of each variant scores it; a failed one passes
@@ -113,22 +113,22 @@ def point_extras(suite, variant: str, records) -> dict:
     return extras
 
 
-# ---------------------------------------------------------------- worker side
-def point_model(spec: dict, cfg, variant: str, dtype, device):
-    """The point's model, built once in its process with the suite's weights."""
+# ---------------------------------------------------------------- point process side
+def point_model(job, dtype, device):
+    """The point's model (a harness PointJob's), built once in its process with the suite's weights."""
     from sabench.model import load_model
 
-    if spec.get("weights") == "checkpoint":
-        return load_model(spec["model_source"], variant, dtype, device, weights="auto")
-    return load_model(cfg, variant, dtype, device, weights="random", seed=spec.get("seed", 0))
+    if job.weights == "checkpoint":
+        return load_model(job.model_source, job.plan, dtype, device, weights="auto")
+    return load_model(job.cfg, job.plan, dtype, device, weights="random", seed=job.seed)
 
 
-def add_quality(model, spec: dict, records: list) -> None:
-    """Every record says which weights ran; with spec["quality"], the variant's perplexity too
+def add_quality(model, job, records: list) -> None:
+    """Every record says which weights ran; with job.quality, the variant's perplexity too
     (or `quality_error` when scoring failed: the timings stand)."""
     for r in records:
-        r["weights"] = spec.get("weights") or "random"
-    q = spec.get("quality")
+        r["weights"] = job.weights or "random"
+    q = job.quality
     if not q or model is None:
         return
     import torch
