@@ -223,7 +223,23 @@ def cmd_run(args) -> int:
         check_output_dir(args.out, "--out")
     with _value_errors_are_user_errors():
         return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                         report=not args.no_report, execution=args.execution)
+                         report=not args.no_report, execution=args.execution, shard=args.shard)
+
+
+def _shard(text: str):
+    from sabench.harness.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_merge(args) -> int:
+    from sabench.harness.merge import merge_runs
+
+    check_output_dir(args.out, "--out")
+    return merge_runs(args.run_dirs, args.out, partial=not args.complete, report=not args.no_report)
 
 
 class _value_errors_are_user_errors:
@@ -305,7 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
     r.add_argument("--execution", choices=("eager", "compiled"), default=None,
                    help="override the suite's execution (default: the suite's; auto = compiled on CUDA, eager on CPU)")
+    r.add_argument("--shard", type=_shard, default=None, metavar="i/N",
+                   help="run only the i-th of N balanced shards of the points (1-based: 1/8 .. 8/8); "
+                        "combine the shards' runs with `sabench merge`")
     r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("merge", help="combine the runs of a suite's shards into one run",
+                       description="Combine `sabench run --shard i/N` runs of one suite into one run in --out "
+                                   "(results.json and report.md). Shards of different suites, sweeps, model "
+                                   "configs or commits are refused; a point in two shards must be identical. "
+                                   "Exit 1 when points are missing (they are named; what there is is still "
+                                   "written unless --complete).")
+    m.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="shard run directories or results.json files")
+    m.add_argument("--out", required=True, metavar="DIR", help="directory for the merged run (must hold no run)")
+    m.add_argument("--complete", action="store_true", help="write nothing when a point is missing")
+    m.add_argument("--no-report", action="store_true", help="skip writing report.md")
+    m.set_defaults(func=cmd_merge)
 
     q = sub.add_parser("quality", help="perplexity per variant, layer attention similarity, SA span advice",
                        description="Perplexity of each variant built from the same checkpoint (no retraining), "

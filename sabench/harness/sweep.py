@@ -25,6 +25,7 @@ from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.progress import Progress, summary
+from sabench.harness.shard import check_resume, suite_shard
 from sabench.errors import RunInterrupted
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
@@ -118,11 +119,12 @@ def _skipped(job: PointJob, oom_seq: int) -> dict:
 
 
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
-              threads: Optional[int] = None, execution: Optional[str] = None) -> int:
+              threads: Optional[int] = None, execution: Optional[str] = None, shard=None) -> int:
     """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored).
 
     execution: None keeps the suite's; "eager" or "compiled" overrides it. The suite
     stored in results.json carries the resolved mode (never "auto").
+    shard: a sabench.harness.shard.Shard: measure only its points, and record it as `shard`.
     """
     suite, device = resolve_suite(suite_arg, variants, execution)
     if resume and out is None:
@@ -135,8 +137,11 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
 
     if existing is None:
         data = _new_results(suite, device, workdir)
+        if shard is not None:
+            data["shard"] = shard.to_dict()
         write_json_atomic(path, data)
     else:
+        check_resume(existing, shard, path)
         data = existing
         data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
@@ -144,7 +149,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
 
     done = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in data["records"]}
     resolved_max = done_max(data["records"])
-    points = suite.points()
+    points = suite_shard(suite, suite.points(), shard)
     todo = [p for p in points if ((p.variant, p.seq_len) not in resolved_max if p.batch_size == MAX_BATCH
                                   else any((*p, ph) not in done for ph in PHASES))]
     budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
@@ -189,7 +194,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         measured = len({(r["variant"], r.get("batch_request", r["batch_size"]), r["seq_len"])
                         for r in data["records"]})
         cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
-                       + [f"--variant {v}" for v in (variants or [])])
+                       + [f"--variant {v}" for v in (variants or [])]
+                       + ([f"--shard {shard.label}"] if shard is not None else []))
         raise RunInterrupted(path, min(measured, len(points)), len(points), cmd) from None
     finally:
         progress.close()
