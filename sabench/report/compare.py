@@ -11,6 +11,7 @@ from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, geomea
                                     human_bytes, index_records, is_ok, key_label, load_results, median_ms,
                                     peak_memory, results_path, status_text, variants_of)
 from sabench.report.tables import md_table
+from sabench.report import topology
 
 MAX_LISTED = 20
 
@@ -45,7 +46,8 @@ def _labels(results: Sequence[RunRecord]) -> List[str]:
     """
     envs = [r.env for r in results]
     soft = [k for k in SOFTWARE if len({str(e.get(k)) for e in envs}) > 1]
-    parts = [("device", [_device(e) for e in envs]),
+    parts = [("topology", topology.labels(results)),
+             ("device", [_device(e) for e in envs]),
              ("execution", [r.suite.get("execution") for r in results]),
              ("software", [", ".join(f"{k} {e.get(k) or '?'}" for k in soft) for e in envs]
               if soft else [None] * len(envs)),
@@ -236,6 +238,7 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
 
     lines += ["## Environment differences", ""]
     headers, rows = differences(runs, "env")
+    rows += topology.env_rows([r.results for r in runs])
     lines += [md_table(headers, rows) if rows else "The environments record the same values for every key.", ""]
     headers, rows = differences(runs, "suite")
     if rows:
@@ -284,6 +287,7 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             ("decode", "Decode median per-token latency (ms)", _lat("decode"), fmt_ms),
             ("prefill", "Prefill throughput (tokens/s)", _tps("prefill"), fmt_rate),
             ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate),
+            *topology.per_gpu_tables(runs),
             ("prefill", "Prefill energy per token (J)", _energy("prefill"), fmt_ms),
             ("decode", "Decode energy per token (J)", _energy("decode"), fmt_ms)):
         pts = [p for p in pts3 if p + (phase,) in shared]
