@@ -214,6 +214,7 @@ def cmd_run(args) -> int:
     from sabench.harness.sweep import run_suite
     from sabench.suite import find_suite, load_suite
 
+    shard = _shard(args.shard)
     suite = load_suite(find_suite(args.suite))
     if suite.tensor_parallel > 1:  # the point launcher runs one process per point for now
         raise UserError(f"{suite.path}: parallel.tensor: {suite.tensor_parallel}-way tensor-parallel points "
@@ -223,16 +224,19 @@ def cmd_run(args) -> int:
         check_output_dir(args.out, "--out")
     with _value_errors_are_user_errors():
         return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                         report=not args.no_report, execution=args.execution, shard=args.shard)
+                         report=not args.no_report, execution=args.execution, shard=shard)
 
 
-def _shard(text: str):
+def _shard(text):
+    """--shard i/N, parsed when the command runs (docs show `--shard $SLURM_ARRAY_TASK_ID/8`)."""
     from sabench.harness.shard import parse_shard
 
+    if text is None:
+        return None
     try:
         return parse_shard(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise UserError(f"{e}, in 'sabench run', see 'sabench run --help'") from None
 
 
 def cmd_merge(args) -> int:
@@ -321,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
     r.add_argument("--execution", choices=("eager", "compiled"), default=None,
                    help="override the suite's execution (default: the suite's; auto = compiled on CUDA, eager on CPU)")
-    r.add_argument("--shard", type=_shard, default=None, metavar="i/N",
+    r.add_argument("--shard", default=None, metavar="i/N",
                    help="run only the i-th of N balanced shards of the points (1-based: 1/8 .. 8/8); "
                         "combine the shards' runs with `sabench merge`")
     r.set_defaults(func=cmd_run)
