@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from collections import Counter
@@ -200,7 +199,6 @@ def point_counts(cfg, variant: str, batch_size: int, seq_len: int, decode_tokens
                                                compare_alone=False).total}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(counts))
-        os.replace(tmp, path)
+        from sabench.io import write_atomic
+        write_atomic(path, json.dumps(counts), fsync=False)
     return counts, False

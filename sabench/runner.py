@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from sabench.paths import reports_dir
-from sabench.schema import PHASES, SCHEMA, point_key
+from sabench.io import write_atomic
+from sabench.records import PHASES, SCHEMA, ResultsError, load_results, point_key
 from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_device,
                            resolve_execution)
 
@@ -32,18 +33,7 @@ FAULT_ENV = "SABENCH_FAULT_OOM"
 
 # ---------------------------------------------------------------- results file
 def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -86,11 +76,9 @@ def _open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     if not resume:
         raise ValueError(f"{path} already exists: pass --resume to complete it, or another --out")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--resume: cannot read {path}: {e}") from None
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"--resume: {path} has schema {data.get('schema')!r}, this sabench writes {SCHEMA!r}")
+        data = load_results(path).to_dict()  # validated; a v1 file is upgraded to this schema
+    except ResultsError as e:
+        raise ValueError(f"--resume: {e}") from None
     old, new = data.get("suite", {}), suite.to_dict()
     diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
     if diff:

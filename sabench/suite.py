@@ -45,7 +45,7 @@ from sabench.dtypes import dtype_name
 from sabench.paths import suites_dir
 from sabench.plan import PlanError, parse_variant
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
-from sabench.schema import point_key
+from sabench.records import point_key
 
 
 DEFAULTS = {
@@ -94,7 +94,7 @@ class Point(NamedTuple):
 
     @property
     def key(self) -> str:
-        """The results.json key for this point (schema.point_key)."""
+        """The results.json key for this point (sabench.records.point_key)."""
         return point_key(self.variant, self.batch_size, self.seq_len)
 
 

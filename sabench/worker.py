@@ -47,7 +47,8 @@ from sabench.measure.nvml import parse_pci_bus_id
 from sabench.model import load_model
 from sabench.presets import ModelConfig
 from sabench.runner import FAULT_ENV
-from sabench.schema import point_key
+from sabench.io import write_atomic
+from sabench.records import point_key
 
 STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: more rounds, then flagged
 EXTRA_ROUNDS = 3  # at most this many more rounds of `repeats` when a phase is not stable
@@ -454,10 +455,7 @@ def child_main(spec: dict, result_path: str, stderr_path: str) -> None:
 
 
 def _write(result: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result), fsync=False)
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,7 @@ def test_every_point_and_phase_recorded_once_with_the_contracted_fields(mini_run
     rc, out = mini_run
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
-    assert data["schema"] == "sabench-results/1"
+    assert data["schema"] == "sabench-results/2"
     for key in ("torch", "transformers", "sabench", "python", "git_commit", "host", "cpu"):
         assert key in data["env"]
     assert data["env"]["peak_bandwidth_bytes_per_s"] > 0 and data["env"]["peak_flops_per_s"] > 0
