@@ -6,13 +6,13 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from sabench.constants import STABLE_RATIO  # noqa: F401  (re-exported: p90/p10 above it is unstable)
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
 
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "error", "skipped_after_oom")
-STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: flagged unstable (the worker's threshold)
 MAX_REQUEST = "max"  # a sweep's `batch_size: max`
 
 Key = Tuple[str, int, int, str]  # (variant, batch_size, seq_len, phase)
@@ -413,7 +413,7 @@ class RunRecord:
         for k in _ENV_TEXTS:
             if env.get(k) is not None and not isinstance(env.get(k), str):
                 w.fail(f"env.{k}", f"must be a string, got {show(env.get(k))}")
-        suite = mapping(w, "suite", d.get("suite")) or {}
+        suite = _suite(w, mapping(w, "suite", d.get("suite")) or {})
         ovh = mapping(w, "overhead", d.get("overhead")) or {}
         known = ("schema", "created", "env", "suite", "overhead", "records")
         return cls(env=env, suite=suite,
@@ -447,3 +447,21 @@ class RunRecord:
     def phases(self) -> List[str]:
         present = {r.phase for r in self.records}
         return [p for p in PHASES if p in present]
+
+
+def _suite(w: Where, suite: dict) -> dict:
+    """The suite as run stays a mapping, but the keys readers use must have their types."""
+    for k in ("name", "description", "dtype", "device", "execution", "path"):
+        text(w, f"suite.{k}", suite.get(k))
+    if not isinstance(suite.get("model"), (str, dict, type(None))):
+        w.fail("suite.model", f"must be a name or a mapping, got {show(suite.get('model'))}")
+    mapping(w, "suite.model_config", suite.get("model_config"))
+    strings(w, "suite.variants", suite.get("variants"))
+    sweep = mapping(w, "suite.sweep", suite.get("sweep")) or {}
+    for k, v in sweep.items():
+        if not isinstance(v, list) or not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in v):
+            w.fail(f"suite.sweep.{k}", f"must be a list of integers, got {show(v)}")
+    for k in ("decode_tokens", "warmup", "repeats", "prefill_chunk", "rounds", "threads"):
+        number(w, f"suite.{k}", suite.get(k), integer=True, lo=0)
+    return suite
+

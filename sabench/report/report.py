@@ -11,6 +11,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     truncate, utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
+from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 
@@ -30,9 +31,9 @@ def write_report(run_dir) -> Path:
     index = index_records(results)
     for name in FIGURE_FILES:  # no stale figures from an earlier report of a different run
         (out_dir / name).unlink(missing_ok=True)
-    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+    from sabench.report import plots_run  # matplotlib is imported only when figures are drawn
 
-    figs = plots.all_figures(results, index, out_dir)
+    figs = plots_run.all_figures(results, index, out_dir)
     md = render_markdown(results, index, figs)
     out = out_dir / "report.md"
     write_atomic(out, md)
@@ -301,6 +302,7 @@ def render_markdown(results: RunRecord, index: Dict[Key, PhaseRecord], figs: Dic
     lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
               + (f", created {results.created}" if results.created else "") + ".", ""]
     lines += ["## Setup", "", setup_table(results), ""]
+    lines += speed_quality.section(results, index)  # which weights ran; perplexity beside latency
     lines += ["## What this run says", ""]
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
     lines += [""]
@@ -362,6 +364,8 @@ def _execution_note(recs: list, phase: str) -> str:
     """'Execution: compiled, graph mode.' from the records (older results: eager)."""
     execs = sorted({r.execution or "eager" for r in recs})
     modes = sorted({m for m in (r.prefill_mode if phase == "prefill" else r.decode_mode for r in recs) if m})
+    if set(modes) <= set(execs):  # "eager, eager mode" says nothing twice
+        modes = []
     return f"Execution: {'/'.join(execs)}" + (f", {'/'.join(modes)} mode" if modes else "") + "."
 
 
