@@ -18,12 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sabench.dtypes import dtype_bytes
-from sabench.plan import SharingPlan, parse_variant
+from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
-
-
-def _plan(cfg: ModelConfig, plan) -> SharingPlan:
-    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, cfg.num_layers)
 
 
 def layer_params(cfg: ModelConfig, lp) -> int:
@@ -44,7 +40,7 @@ def layer_params(cfg: ModelConfig, lp) -> int:
 
 def params(cfg, plan="baseline") -> int:
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     emb = cfg.vocab_size * cfg.hidden_size
     return emb * (1 if cfg.tie_word_embeddings else 2) + cfg.hidden_size + sum(
         layer_params(cfg, lp) for lp in p.layers)
@@ -53,7 +49,7 @@ def params(cfg, plan="baseline") -> int:
 def kv_bytes_per_token(cfg, plan="baseline", dtype="bfloat16") -> int:
     """Bytes the cache holds per token per sequence: K where a layer has K, V where it owns V."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     per_tensor = cfg.num_kv_heads * cfg.head_dim * dtype_bytes(dtype)
     return per_tensor * sum(int(lp.has_k) + int(lp.has_v) for lp in p.layers)
 
@@ -107,7 +103,7 @@ def causal_pairs(q_len: int, context: int = 0) -> int:
 
 def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = False) -> Flops:
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     return _flops(cfg, p, batch_size * seq_len, batch_size * causal_pairs(seq_len),
                   batch_size * (seq_len if all_logits else 1), recompute_shared=p.sa_strategy == "recompute")
 
@@ -115,7 +111,7 @@ def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = F
 def decode_flops(cfg, plan, batch_size: int, context: int) -> Flops:
     """One decode step (one new token per sequence) with `context` tokens already cached."""
     cfg = resolve_config(cfg)
-    return _flops(cfg, _plan(cfg, plan), batch_size, batch_size * (context + 1), batch_size)
+    return _flops(cfg, as_plan(plan, cfg.num_layers), batch_size, batch_size * (context + 1), batch_size)
 
 
 def decode_phase_flops(cfg, plan, batch_size: int, context: int, steps: int) -> Flops:
@@ -206,7 +202,7 @@ def decode_step_breakdown(cfg, plan, batch_size: int, kv_len: int, dtype) -> Byt
     """One decode step whose attention reads kv_len cache positions (the harness reads its whole
     static buffer, masked positions included: pass the buffer length)."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     e = dtype_bytes(dtype)
     att = _attention_bytes(cfg, p, batch_size, 1, kv_len, e, "probs")  # both strategies keep P's row
     return att + Bytes(weight_bytes_read(cfg, p, dtype, batch_size), 0, 0, 0)
@@ -220,7 +216,7 @@ def decode_step_bytes(cfg, plan, batch_size: int, kv_len: int, dtype) -> int:
 def prefill_breakdown(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=None) -> Bytes:
     """A prefill of seq_len tokens per sequence, in query blocks of chunk_size (None: one block)."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     e = dtype_bytes(dtype)
     total = Bytes(0, 0, 0, 0)
     for start, end in chunk_bounds(seq_len, chunk_size):
@@ -238,7 +234,7 @@ def prefill_bytes(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=No
 def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_chunk=None) -> dict:
     """What `sabench inspect --json` prints for one variant."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     pre = prefill_flops(cfg, p, batch_size, seq_len)
     dec = decode_flops(cfg, p, batch_size, seq_len)
     pre_b = prefill_breakdown(cfg, p, batch_size, seq_len, dtype, prefill_chunk)
@@ -258,3 +254,76 @@ def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_
         "bytes_moved": {"prefill": pre_b.total, "decode_step": dec_b.total,
                         "prefill_breakdown": pre_b.to_dict(), "decode_step_breakdown": dec_b.to_dict()},
     }
+
+
+# ---------------------------------------------------------------- tensor parallelism
+# parallel.py shards by KV head: a rank holds H/N query heads, Hkv/N KV heads and I/N of the MLP
+# width, with embeddings, norms, lm_head and row-parallel biases whole (replicated). A rank's
+# params, cache, FLOPs and bytes are then those of the rank's config (parallel.rank_config); the
+# whole system's are N times a rank's (replicated parts counted on every rank that holds them).
+# On top, two all-reduces per layer (after o_proj and after down_proj), each of the
+# B x tokens x hidden activations; a ring all-reduce sends and receives 2(N-1)/N of that per rank.
+# sabench's layers wait for their all-reduce (the next norm reads its result), so the floor
+# adds the link time to the compute/memory floor instead of overlapping it.
+NVLINK_DATASHEET = {"bytes_per_s": 450e9,
+                    "source": "datasheet: NVLink 4 (H100/H200 SXM), 450 GB/s per direction per GPU"}
+
+
+def all_reduce_bytes(cfg, batch_size: int, tokens: int, dtype, tp: int) -> dict:
+    """All-reduce traffic of one forward over `tokens` new tokens per sequence:
+    {"payload": bytes all-reduced (2 per layer of B*tokens*hidden), "per_rank": bytes a rank
+    sends over its link in a ring all-reduce (2(N-1)/N of the payload; 0 for N = 1)}."""
+    cfg = resolve_config(cfg)
+    payload = 2 * cfg.num_layers * batch_size * tokens * cfg.hidden_size * dtype_bytes(dtype)
+    return {"payload": payload, "per_rank": payload * 2 * (tp - 1) // tp}
+
+
+def _rank_figures(rank_cfg: ModelConfig, p: SharingPlan, batch: int, seq: int, dtype, chunk, tp: int) -> dict:
+    pre_b = prefill_breakdown(rank_cfg, p, batch, seq, dtype, chunk)
+    dec_b = decode_step_breakdown(rank_cfg, p, batch, seq + 1, dtype)
+    return {
+        "params": params(rank_cfg, p),
+        "weight_bytes": params(rank_cfg, p) * dtype_bytes(dtype),
+        "kv_cache_bytes_per_token": kv_bytes_per_token(rank_cfg, p, dtype),
+        "kv_cache_bytes": kv_cache_bytes(rank_cfg, p, batch, seq, dtype),
+        "flops": {"prefill": prefill_flops(rank_cfg, p, batch, seq).total,
+                  "decode_step": decode_flops(rank_cfg, p, batch, seq).total},
+        "bytes_moved": {"prefill": pre_b.total, "decode_step": dec_b.total},
+        "link_bytes": {"prefill": all_reduce_bytes(rank_cfg, batch, seq, dtype, tp)["per_rank"],
+                       "decode_step": all_reduce_bytes(rank_cfg, batch, 1, dtype, tp)["per_rank"]},
+    }
+
+
+def floor_s(flops: int, nbytes: int, link_bytes: int, peaks: dict, link_bytes_per_s: float) -> dict:
+    """One rank's floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth) + link bytes / link bandwidth."""
+    compute = flops / peaks["peak_flops_per_s"]
+    memory = nbytes / peaks["peak_bandwidth_bytes_per_s"]
+    link = link_bytes / link_bytes_per_s if link_bytes else 0.0
+    return {"compute_s": compute, "memory_s": memory, "link_s": link, "floor_s": max(compute, memory) + link}
+
+
+def tp_summary(cfg, plan, batch_size: int, seq_len: int, dtype, tp: int, prefill_chunk=None,
+               link_bandwidth: dict = None, peaks: dict = None) -> dict:
+    """Per-rank and total figures of a `tp`-way tensor-parallel point (what inspect --tp shows).
+
+    link_bandwidth: {"bytes_per_s", "source"} (default NVLINK_DATASHEET, labelled so);
+    peaks: {"peak_flops_per_s", "peak_bandwidth_bytes_per_s"} of one GPU, for the floors
+    (omitted without)."""
+    from sabench.tp_shapes import rank_config
+
+    cfg = resolve_config(cfg)
+    p = as_plan(plan, cfg.num_layers)
+    link = link_bandwidth or NVLINK_DATASHEET
+    rank = _rank_figures(rank_config(cfg, tp), p, batch_size, seq_len, dtype, prefill_chunk, tp)
+    total = {k: ({kk: vv * tp for kk, vv in v.items()} if isinstance(v, dict) else v * tp)
+             for k, v in rank.items() if k != "kv_cache_bytes_per_token"}
+    total["kv_cache_bytes_per_token"] = rank["kv_cache_bytes_per_token"] * tp
+    out = {"tensor": tp, "link_bandwidth_bytes_per_s": link["bytes_per_s"],
+           "link_bandwidth_source": link["source"], "per_rank": rank, "total": total}
+    if peaks:
+        out["floors_ms"] = {
+            phase: {k.replace("_s", "_ms"): v * 1e3 for k, v in floor_s(
+                rank["flops"][phase], rank["bytes_moved"][phase], rank["link_bytes"][phase], peaks,
+                link["bytes_per_s"]).items()}
+            for phase in ("prefill", "decode_step")}
+    return out

@@ -72,7 +72,7 @@ def resolve_ref(repo: Path, ref: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    from sabench.harness.cache import cache_root
+    from sabench.paths import cache_root
 
     return cache_root() / "continuous"
 
@@ -228,6 +228,8 @@ def _artifacts_link() -> Optional[str]:
 
 
 def register(subparsers) -> None:
+    from sabench.argtypes import int_in
+
     p = subparsers.add_parser(
         "continuous", help="measure a base and a head commit side by side and judge the difference",
         description="Check out BASE and HEAD (each in a cached worktree and environment), run SUITE for "
@@ -236,14 +238,14 @@ def register(subparsers) -> None:
     p.add_argument("base", metavar="BASE_REF", help="the reference commit (branch, tag, sha, HEAD~1, ...)")
     p.add_argument("head", metavar="HEAD_REF", help="the commit under test")
     p.add_argument("suite", metavar="SUITE", help="suite name (the head's suites/NAME.yaml) or a YAML path")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per side, interleaved (default 5; 2..100)")
+    p.add_argument("--rounds", type=int_in(2, 100), default=5, help="rounds per side, interleaved (default 5; 2..100)")
     p.add_argument("--threshold", default="5%", help="smallest slowdown that counts (default 5%%)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="where base/, head/ and verdict.md go (default reports/continuous/<base>-<head>-<id>)")
     p.add_argument("--repo", metavar="DIR", default=".", help="the git repository (default: the current one)")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="worktrees and environments, reused across calls (default <sabench cache>/continuous)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both sides (CPU runs)")
+    p.add_argument("--threads", type=int_in(1, 4096), default=None, help="torch threads for both sides (CPU runs)")
     p.set_defaults(func=_cmd)
 
 

@@ -24,7 +24,7 @@ A point's footprint is weights + KV cache + the phase's activation peak + the CU
   and libraries (CUDA_CONTEXT_BYTES) come on top.
 
 The constants are calibrated on the first H100 runs (torch 2.11+cu130, driver 580, Llama-3.1-8B
-and Llama-3.2-1B, /work/shared/measurements/2026-11-22-h100-h200; tests/data holds the readings):
+and Llama-3.2-1B, sabench 2b61a92; the runs are not in this repository, tests/data holds their readings):
 CUDA context = NVML per-process peak minus the allocator's peak reserved, 0.670 GiB in every
 prefill and 0.738-0.742 GiB in every decode (CUDA graphs); the workspace = allocated peak minus
 tensors at the smallest points. tests/test_capacity.py checks the prediction against every
@@ -32,14 +32,14 @@ measured absolute peak of those runs.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
 from sabench import accounting
 from sabench.dtypes import dtype_bytes
-from sabench.plan import SharingPlan, parse_variant
+from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
+from sabench.units import MAX_SIZE, parse_size  # noqa: F401  (re-exported)
 
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
 
@@ -58,24 +58,6 @@ DECODE_LEFTOVER_BLOCKS = 2
 # glibc and the CPU allocator are not modelled.
 CPU_CONTEXT_BYTES = int(0.25 * GiB)
 
-_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
-          "g": 10 ** 9, "gb": 10 ** 9, "gib": GiB, "t": 10 ** 12, "tb": 10 ** 12, "tib": TiB}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text) -> int:
-    """'80GiB', '16 GB', '512MiB' or plain bytes '85520809984' -> bytes; ValueError otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
-        return text
-    m = _SIZE.match(str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise ValueError(f"bad memory size {text!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or "
-                         f"TB/TiB (e.g. 80GiB), or plain bytes")
-    n = int(float(m.group(1)) * _UNITS[unit])
-    if n <= 0:
-        raise ValueError(f"bad memory size {text!r}: must be more than 0 bytes")
-    return n
 
 
 @dataclass(frozen=True)
@@ -101,10 +83,6 @@ class Prediction:
         return {"weights": self.weights, "kv_cache": self.kv_cache, "activations": self.activations,
                 "context": self.context, "total": self.total, "activations_live": self.activations_live,
                 "needed": self.needed}
-
-
-def _plan(cfg: ModelConfig, plan) -> SharingPlan:
-    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, cfg.num_layers)
 
 
 def _has_probs(p: SharingPlan) -> bool:
@@ -170,9 +148,9 @@ def _decode_live(cfg: ModelConfig, p: SharingPlan, batch: int, kv_len: int, e: i
 
 def predict(cfg, plan, dtype, batch_size: int, seq_len: int, decode_tokens: int = 1,
             prefill_chunk: Optional[int] = None, device: str = "cuda") -> dict:
-    """{"prefill": Prediction, "decode": Prediction} for one point as the worker runs it."""
+    """{"prefill": Prediction, "decode": Prediction} for one point as the point process runs it."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     e = dtype_bytes(dtype)
     cuda = str(device).startswith("cuda")
     weights = accounting.params(cfg, p) * e
@@ -230,7 +208,7 @@ def max_batch(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 
     """(largest batch that fits in `memory` bytes, the prefill block it needs); (0, None) when
     not even one sequence fits (the weights alone may not)."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
 
     def fits(b):
         return _fitting_chunk(cfg, p, dtype, b, seq_len, decode_tokens, prefill_chunk, memory, device)
@@ -252,7 +230,7 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
                 prefill_chunk="auto", device: str = "cuda") -> int:
     """Longest prompt (within the model's positions) whose point fits at `batch_size`; 0 if none."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     limit = cfg.max_position_embeddings - decode_tokens
 
     def fits(t):
@@ -272,6 +250,8 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
 def capacity(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 1, prefill_chunk="auto",
              device: str = "cuda") -> dict:
     """What `sabench inspect --memory` prints per variant."""
+    cfg = resolve_config(cfg)
+    plan = as_plan(plan, cfg.num_layers)
     b, chunk = max_batch(cfg, plan, dtype, seq_len, memory, decode_tokens, prefill_chunk, device)
     return {"memory_bytes": int(memory), "max_batch": b, "prefill_chunk": chunk,
             "max_seq_len_at_batch_1": max_seq_len(cfg, plan, dtype, memory, 1, decode_tokens,

@@ -37,8 +37,10 @@ import re
 from dataclasses import dataclass
 from typing import Tuple
 
+from sabench.errors import UserError
 
-class PlanError(ValueError):
+
+class PlanError(UserError):
     """A variant string that cannot be turned into a plan for this model."""
 
 
@@ -140,7 +142,7 @@ class SharingPlan:
         return " ".join(parts)
 
 
-_INT = r"\d+"
+_INT = r"[0-9]{1,9}"  # ASCII only (\d would take "２", which int() reads as 2), and bounded
 _CLA = re.compile(rf"^cla:(-?{_INT})$")
 _SPAN = re.compile(rf"^(-?{_INT})-(-?{_INT})$")
 
@@ -258,3 +260,11 @@ def parse_variant(text: str, num_layers: int) -> SharingPlan:
     # bare sa:A-B and sa:A-B/probs are one plan with one name (results stay comparable)
     canon = "+".join(p.removesuffix("/probs") for p in norm.split("+"))
     return SharingPlan(variant=canon, layers=layers, sa_strategy=strategy)
+
+
+def as_plan(plan, num_layers: int) -> SharingPlan:
+    """`plan` itself when it is a SharingPlan; a variant string parsed for `num_layers` layers.
+
+    The one place a library call that was handed a string parses it (the harness parses each
+    variant once and passes the SharingPlan on)."""
+    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, num_layers)

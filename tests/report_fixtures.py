@@ -1,6 +1,6 @@
 """Synthetic results.json files for the report / compare / check / history tests.
 
-`make_results` produces records shaped like the runner's (sabench.schema): prefill and
+`make_results` produces records shaped like the runner's (sabench.records): prefill and
 decode per (variant, batch, seq), raw samples with log-normal noise, analytic FLOPs with
 their breakdown, KV-cache bytes that shrink with CLA/SA sharing, memory, floor, MFU/MBU,
 plus (by default) one OOM point (baseline at the largest batch x seq, whose decode is then
@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from sabench.schema import SCHEMA
+from sabench.records import SCHEMA
 
 LAYERS = 12
 HIDDEN = 768

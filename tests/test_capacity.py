@@ -7,7 +7,8 @@ import pytest
 
 from sabench import accounting, memory_model as mm
 from sabench.cli import main
-from sabench.runner import FAULT_ENV
+from sabench.harness.faults import FAULT_ENV
+from sabench.records import SCHEMA, RunRecord
 from sabench.suite import SuiteError, parse_suite
 
 DATA = Path(__file__).parent / "data" / "h100_h200_memory_2026-11-22.json"
@@ -236,7 +237,8 @@ def test_report_section_shows_predicted_beside_measured_device_peak():
                rec("cla:2", 26, "decode", 540.0, 70 * GiB, 68 * GiB, **attempts,
                    max_attempts=[{"batch_size": 27, "status": "oom"}, {"batch_size": 26, "status": "ok"}]),
                {"variant": "cla:2", "batch_size": 27, "seq_len": 32768, "phase": "decode", "status": "oom"}]
-    results = {"records": records, "suite": {"variants": ["baseline", "cla:2"]}, "env": {"device": "cuda"}}
+    results = RunRecord.from_dict({"schema": SCHEMA, "records": records, "suite": {"variants": ["baseline", "cla:2"]},
+                                   "env": {"device": "cuda"}})
     md = "\n".join(equal_memory_section(results, index_records(results)))
     assert "## At equal memory" in md and "80 GiB (device total memory)" in md and "decode tok/s per GPU" in md
     row = next(line for line in md.splitlines() if line.startswith("| `cla:2`") and "26" in line)

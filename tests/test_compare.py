@@ -46,7 +46,7 @@ def test_compare_mismatched_suites_lists_left_out_points(tmp_path):
     assert "seq_lens" in md.split("## Summary")[0]  # suite difference listed up front
     left = md.split("### Points left out")[1].split("## ")[0]
     assert "**H100 80GB HBM3**: 12 point(s)" in left
-    assert "`cla:2` b=1 s=2048 prefill (not in H200)" in left
+    assert "prefill cla:2 b=1 s=2048 (not in H200)" in left
     tables = md.split("## Prefill median latency")[1]
     seq_cells = {line.split("|")[3].strip() for line in tables.splitlines() if line.startswith("| ")}
     assert "2048" not in seq_cells and "512" in seq_cells
@@ -140,7 +140,7 @@ def test_cli_compare(tmp_path, capsys):
 
 
 def test_compare_latency_marks_the_points_a_run_could_not_measure(tmp_path, monkeypatch):
-    from sabench.report import plots
+    from sabench.report import plots_compare as plots
 
     marked = []
     real = plots.mark_failures

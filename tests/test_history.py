@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 
 from report_fixtures import make_results, scale_timings, write_results
+from sabench.records import RunRecord
 from sabench.report import ResultsError
 from sabench.report.commands import main
 from sabench.report.history import (TrendPoint, RunInfo, import_paths, machine_fingerprint, mark_steps,
@@ -175,10 +176,10 @@ def test_device_peak_and_energy_per_token_are_tracked(tmp_path):
     from sabench.report.history import metric_rows
 
     gpu = make_results(seed=3, gpu=True, oom=False, error=False)
-    rows = {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in metric_rows(gpu)}
+    rows = {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in metric_rows(RunRecord.from_dict(gpu))}
     rec = next(r for r in gpu["records"] if r["status"] == "ok")
     key = (rec["variant"], rec["batch_size"], rec["seq_len"], rec["phase"])
     assert rows[key + ("joules_per_token",)] == pytest.approx(rec["joules_per_token"])
     assert rows[key + ("peak_memory_bytes",)] == rec["memory_bytes"]["device_peak"]
     cpu = make_results(seed=3, gpu=False, oom=False, error=False)
-    assert not [r for r in metric_rows(cpu) if r[4] == "joules_per_token"]
+    assert not [r for r in metric_rows(RunRecord.from_dict(cpu)) if r[4] == "joules_per_token"]

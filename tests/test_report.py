@@ -7,7 +7,7 @@ from report_fixtures import big_results, make_results, write_results
 from sabench.report import ResultsError, load_results, write_report
 from sabench.report.commands import build_parser, main
 from sabench.report.results import human_bytes, human_flops, status_text
-from sabench.schema import SCHEMA
+from sabench.records import SCHEMA, SCHEMA_V1, PhaseRecord
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def small_report(tmp_path_factory):
 
 def test_load_results_accepts_dir_and_file(tmp_path):
     run = write_results(make_results(), tmp_path / "r")
-    assert load_results(run)["schema"] == SCHEMA
-    assert len(load_results(run / "results.json")["records"]) == 36
+    assert load_results(run).schema == SCHEMA
+    assert len(load_results(run / "results.json").records) == 36
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -30,7 +30,7 @@ def test_load_results_accepts_dir_and_file(tmp_path):
     ("{not json", "not valid JSON"),
     (json.dumps({"schema": "other/9", "records": []}), "has schema 'other/9'"),
     (json.dumps([1, 2]), "not a sabench results file"),
-    (json.dumps({"schema": SCHEMA, "records": [{"variant": "baseline"}]}), "lacks"),
+    (json.dumps({"schema": SCHEMA, "records": [{"variant": "baseline"}]}), "batch_size is missing"),
 ])
 def test_load_results_errors_are_one_line(tmp_path, content, needle):
     p = tmp_path / "results.json"
@@ -53,10 +53,13 @@ def test_human_formats():
     assert human_bytes(512) == "512 B"
     assert human_flops(3.2e9) == "3.2 GFLOP"
     assert human_flops(1.25e12) == "1.25 TFLOP"
-    assert status_text({"status": "oom"}) == "OOM"
-    assert status_text({"status": "skipped_after_oom"}) == "skipped (after OOM)"
-    assert status_text({"status": "error", "error": "x" * 100}, 20).startswith("error: xxxx")
-    assert len(status_text({"status": "error", "error": "x" * 100}, 20)) == len("error: ") + 20
+    def rec(status, error=None):
+        return PhaseRecord("baseline", 1, 128, "prefill", status, error=error)
+
+    assert status_text(rec("oom")) == "OOM"
+    assert status_text(rec("skipped_after_oom")) == "skipped (after OOM)"
+    assert status_text(rec("error", "x" * 100), 20).startswith("error: xxxx")
+    assert len(status_text(rec("error", "x" * 100), 20)) == len("error: ") + 20
 
 
 # ---------------------------------------------------------------- report.md
@@ -107,9 +110,8 @@ def test_report_tables_status_rows_and_speedups(small_report):
     assert "device peak (nvml-process)" in md and "MFU" in md and "MBU" in md and "J/token" in md
     assert re.fullmatch(r"\d+(\.\d+)? (GiB|MiB)", prefill[("cla:2", "1", "512")][8])
     j = float(decode[("cla:2", "4", "512")][12])
-    rec = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r
-           for r in load_results(small_report[0])["records"]}[("cla:2", 4, 512, "decode")]
-    assert j == pytest.approx(rec["joules_per_token"], rel=5e-3)
+    rec = load_results(small_report[0]).index()[("cla:2", 4, 512, "decode")]
+    assert j == pytest.approx(rec.joules_per_token, rel=5e-3)
     assert re.fullmatch(r"\d+\.\d%", prefill[("cla:2", "1", "512")][11])
     assert prefill[("cla:2", "1", "512")][9].endswith("GFLOP")
 
@@ -117,11 +119,11 @@ def test_report_tables_status_rows_and_speedups(small_report):
 def test_report_findings_are_computed(small_report):
     run, _, md = small_report
     results = load_results(run)
-    idx = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in results["records"]}
-    best = max(((idx[("baseline", b, s, "decode")]["latency_ms"]["median"] / r["latency_ms"]["median"], v, b, s)
+    idx = results.index()
+    best = max(((idx[("baseline", b, s, "decode")].latency_ms.median / r.latency_ms.median, v, b, s)
                 for (v, b, s, ph), r in idx.items()
-                if ph == "decode" and v != "baseline" and r["status"] == "ok"
-                and idx[("baseline", b, s, "decode")]["status"] == "ok"))
+                if ph == "decode" and v != "baseline" and r.status == "ok"
+                and idx[("baseline", b, s, "decode")].status == "ok"))
     says = md.split("## What this run says")[1].split("## Figures")[0]
     assert f"**{best[0]:.2f}×**, `{best[1]}` at batch {best[2]}, seq_len {best[3]}" in says
     assert "`cla:2` keeps **0.50×** the baseline's KV cache" in says
@@ -216,8 +218,9 @@ def test_report_memory_saving_measured_beside_predicted(tmp_path):
 
 
 def test_report_reads_results_from_before_device_peak(tmp_path):
-    # older files: peak_nvml was the phase's rise, peak_nvml_process the footprint
+    # older (v1) files: peak_nvml was the phase's rise, peak_nvml_process the footprint
     res = make_results(batch_sizes=(1,), seq_lens=(128, 512), oom=False, error=False)
+    res["schema"] = SCHEMA_V1
     for r in res["records"]:
         if r["status"] == "ok":
             mem = r["memory_bytes"]

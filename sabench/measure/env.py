@@ -127,7 +127,7 @@ def _cuda_env(dev: torch.device) -> dict:
 
 
 def capture_env(device: DeviceLike) -> dict:
-    """The env dict of results.json (see sabench/schema.py). Never raises.
+    """The env dict of results.json (see sabench/records/types.py). Never raises.
 
     `device` is normalised ("cuda" -> "cuda:<current index>"). GPU keys are
     added only for CUDA devices, each only when it could be read.

@@ -7,41 +7,42 @@ beside the measured absolute peak (`memory_bytes.device_peak`) wherever one was 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
-from sabench.report.results import BASELINE, Key, fmt_rate, get_num, human_bytes, is_ok, variants_of
+from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, fmt_rate, human_bytes, is_ok,
+                                    peak_memory, predicted_memory, variants_of)
 from sabench.report.tables import md_table
 
 MAX_ROWS = 24
 
 
-def _largest_ran(index: Dict[Key, dict], variant: str, seq: int) -> Optional[dict]:
+def _largest_ran(index: Dict[Key, PhaseRecord], variant: str, seq: int) -> Optional[PhaseRecord]:
     ran = [r for k, r in index.items() if k[0] == variant and k[2] == seq and k[3] == "decode" and is_ok(r)
-           and get_num(r, "tokens_per_s")]
-    return max(ran, key=lambda r: r["batch_size"]) if ran else None
+           and r.tokens_per_s]
+    return max(ran, key=lambda r: r.batch_size) if ran else None
 
 
-def _max_request(records: List[dict], variant: str, seq: int) -> Optional[dict]:
+def _max_request(records: Sequence[PhaseRecord], variant: str, seq: int) -> Optional[PhaseRecord]:
     for r in records:
-        if (r.get("batch_request") == "max" and r.get("max_attempts") and r["variant"] == variant
-                and r["seq_len"] == seq and r["phase"] == "decode"):
+        if (r.batch_request == "max" and r.max_attempts and r.variant == variant
+                and r.seq_len == seq and r.phase == "decode"):
             return r
     return None
 
 
-def _attempts(req: Optional[dict]) -> str:
+def _attempts(req: Optional[PhaseRecord]) -> str:
     if not req:
         return "—"
-    steps = [f"{a['batch_size']}" + ("" if a["status"] == "ok" else f" {a['status']}") for a in req["max_attempts"]]
-    return f"predicted {req.get('predicted_max_batch')}: " + " → ".join(steps)
+    steps = [f"{a.batch_size}" + ("" if a.status == "ok" else f" {a.status}") for a in req.max_attempts]
+    return f"predicted {req.predicted_max_batch}: " + " → ".join(steps)
 
 
-def equal_memory_section(results: dict, index: Dict[Key, dict]) -> List[str]:
+def equal_memory_section(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
     """Markdown lines of the section (empty when no decode ran)."""
-    records = results.get("records", [])
+    records = results.records
     variants = variants_of(results)
     seqs = sorted({k[2] for k in index if k[3] == "decode"})
-    asked_max = any(r.get("batch_request") == "max" for r in records)
+    asked_max = any(r.batch_request == "max" for r in records)
     rows = []
     for seq in seqs:
         base = _largest_ran(index, BASELINE, seq)
@@ -50,20 +51,20 @@ def equal_memory_section(results: dict, index: Dict[Key, dict]) -> List[str]:
             req = _max_request(records, v, seq)
             if r is None and req is None:
                 continue
-            row = [f"`{v}`", str(seq), str(r["batch_size"]) if r else "none ran",
-                   fmt_rate(get_num(r, "tokens_per_s")) if r else "—"]
+            row = [f"`{v}`", str(seq), str(r.batch_size) if r else "none ran",
+                   fmt_rate(r.tokens_per_s) if r else "—"]
             if base and r and v != BASELINE:
-                row += [f"{r['batch_size'] / base['batch_size']:.2f}×",
-                        f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×"]
+                row += [f"{r.batch_size / base.batch_size:.2f}×",
+                        f"{r.tokens_per_s / base.tokens_per_s:.2f}×"]
             else:
                 row += ["—", "—"]
             row.append(_attempts(req))
             rows.append(row)
     if not rows:
         return []
-    budget = next((r.get("memory_budget_bytes") for r in records if r.get("memory_budget_bytes")), None)
-    source = next((r.get("memory_budget_source") for r in records if r.get("memory_budget_source")), None)
-    device = str(results.get("env", {}).get("device") or results.get("suite", {}).get("device") or "")
+    budget = next((r.memory_budget_bytes for r in records if r.memory_budget_bytes), None)
+    source = next((r.memory_budget_source for r in records if r.memory_budget_source), None)
+    device = str(results.env.get("device") or results.suite.get("device") or "")
     per = "per GPU" if device.startswith("cuda") else "(CPU)"
     intro = (f"Per variant and context, the largest batch whose decode ran and its decode tokens/s {per}, "
              "beside the baseline's. ")
@@ -80,13 +81,12 @@ def equal_memory_section(results: dict, index: Dict[Key, dict]) -> List[str]:
     return lines + _predicted_vs_measured(index)
 
 
-def _predicted_vs_measured(index: Dict[Key, dict]) -> List[str]:
+def _predicted_vs_measured(index: Dict[Key, PhaseRecord]) -> List[str]:
     pts = []
     for k, r in index.items():
-        pred = get_num(r, "memory_predicted_bytes", "total")
-        meas = get_num(r, "memory_bytes", "device_peak")
+        pred, (meas, src) = predicted_memory(r), peak_memory(r)
         if is_ok(r) and pred and meas:
-            pts.append((abs(pred / meas - 1), k, pred, meas, r.get("memory_source")))
+            pts.append((abs(pred / meas - 1), k, pred, meas, src))
     if not pts:
         return []
     worst = max(p[0] for p in pts)

@@ -28,10 +28,15 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from sabench.report.results import (Key, ResultsError, fmt_ms, get_num, human_bytes, index_records,
-                                    load_results, md_escape, peak_memory, results_path, status_text)
+from sabench.io import write_atomic
+from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
+                                    index_records, key_label, load_results, md_escape, peak_memory,
+                                    results_path, samples_ms, status_text)
 
-DETERMINISTIC = (("params",), ("kv_cache_bytes",), ("flops", "analytic"), ("flops", "counted"))
+# figure name -> its value in a record
+DETERMINISTIC = (("params", lambda r: r.params), ("kv_cache_bytes", lambda r: r.kv_cache_bytes),
+                 ("flops.analytic", lambda r: r.flops.analytic if r.flops else None),
+                 ("flops.counted", lambda r: r.flops.counted if r.flops else None))
 
 
 def can_be_significant(n_a: int, n_b: int, alpha: float) -> bool:
@@ -70,8 +75,7 @@ class Finding:
 
     @property
     def point(self) -> str:
-        v, b, s, ph = self.key
-        return f"{ph} {v} b={b} s={s}"
+        return key_label(self.key)
 
     def row(self) -> List[str]:
         if self.delta is not None:
@@ -172,27 +176,15 @@ def _fmt_det(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _get(r: dict, path: Tuple[str, ...]):
-    cur = r
-    for k in path:
-        if not isinstance(cur, dict) or k not in cur:
-            return None
-        cur = cur[k]
-    return cur
+def _samples(r: PhaseRecord) -> np.ndarray:
+    return np.asarray(samples_ms(r), dtype=float)
 
 
-def _samples(r: dict) -> np.ndarray:
-    s = (r.get("latency_ms") or {}).get("samples") or []
-    try:
-        a = np.asarray(s, dtype=float)
-    except (TypeError, ValueError):
-        return np.zeros(0)
-    return a[np.isfinite(a)]
-
-
-def _load(x, what: str) -> Tuple[dict, str]:
-    if isinstance(x, dict):
+def _load(x, what: str) -> Tuple[RunRecord, str]:
+    if isinstance(x, RunRecord):
         return x, f"<{what}>"
+    if isinstance(x, dict):
+        return RunRecord.from_dict(x, f"<{what}>"), f"<{what}>"
     return load_results(x), str(results_path(x))
 
 
@@ -219,7 +211,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
 
     only_b = [k for k in bi if k not in ci]
     only_c = [k for k in ci if k not in bi]
-    lost = [k for k in only_b if bi[k].get("status") == "ok"]
+    lost = [k for k in only_b if bi[k].ok]
     if lost and not allow_missing:
         res.regressions += [Finding(k, "status", "ok", "missing", note="not in the current run") for k in lost]
         only_b = [k for k in only_b if k not in lost]
@@ -231,7 +223,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
     candidates = []  # (key, base samples, cur samples, change, direction)
     for k in sorted(shared, key=_order):
         rb, rc = bi[k], ci[k]
-        sb, sc = rb.get("status"), rc.get("status")
+        sb, sc = rb.status, rc.status
         # --- status
         if sb != sc:
             f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
@@ -242,29 +234,28 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
             else:
                 res.notes.append(f"{f.point}: status {f.baseline} -> {f.current}")
         # --- deterministic figures
-        for path in DETERMINISTIC:
-            vb, vc = _get(rb, path), _get(rc, path)
+        for name, value in DETERMINISTIC:
+            vb, vc = value(rb), value(rc)
             if vb is None and vc is None:
                 continue
             if vb is None or vc is None:
                 if sb == "ok" and sc == "ok":
                     res.deterministic_checked += 1
-                    res.regressions.append(Finding(k, ".".join(path), _fmt_det(vb), _fmt_det(vc),
+                    res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc),
                                                    note="present in one run only"))
                 continue
             res.deterministic_checked += 1
             if vb != vc:
-                num = _isnum(vb) and _isnum(vc)
-                ch = (float(vc) / float(vb) - 1) if num and float(vb) else None
-                res.regressions.append(Finding(k, ".".join(path), _fmt_det(vb), _fmt_det(vc), ch,
-                                               delta=(float(vc) - float(vb)) if num else None))
+                ch = (float(vc) / float(vb) - 1) if float(vb) else None
+                res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc), ch,
+                                               delta=float(vc) - float(vb)))
         if not (sb == "ok" and sc == "ok"):
             continue
         _memory_change(res, k, rb, rc, thr)
         # --- timings
         a, b = _samples(rb), _samples(rc)
         if not len(a) or not len(b) or float(np.median(a)) <= 0:
-            res.notes.append(f"{k[3]} {k[0]} b={k[1]} s={k[2]}: no usable timing samples in "
+            res.notes.append(f"{key_label(k)}: no usable timing samples in "
                              f"{'the baseline' if not len(a) or float(np.median(a)) <= 0 else 'the current run'}")
             if timings:
                 res.unjudged.append(k)
@@ -313,7 +304,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         try:
             if markdown is not None:
                 Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-                Path(markdown).write_text(md, encoding="utf-8")
+                write_atomic(markdown, md)
             if summary:
                 with open(summary, "a", encoding="utf-8") as fh:
                     fh.write(md + "\n")
@@ -322,14 +313,14 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
     return res
 
 
-def _memory_change(res: CheckResult, k: Key, rb: dict, rc: dict, thr: float) -> None:
+def _memory_change(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord, thr: float) -> None:
     """device_peak is listed when it moved beyond the threshold, never gated (allocator and driver
     figures move with versions), and only compared between readings of the same source."""
     (mb, src_b), (mc, src_c) = peak_memory(rb), peak_memory(rc)
     if mb is None or mc is None or mb <= 0:
         return
     if src_b != src_c:
-        res.notes.append(f"{k[3]} {k[0]} b={k[1]} s={k[2]}: device peak not compared ({src_b} vs {src_c})")
+        res.notes.append(f"{key_label(k)}: device peak not compared ({src_b} vs {src_c})")
         return
     change = mc / mb - 1
     if abs(change) > thr:
@@ -340,10 +331,6 @@ def _order(k: Key):
     return (k[3] != "prefill", k[0], k[1], k[2])
 
 
-def _isnum(v) -> bool:
-    return get_num({"v": v}, "v") is not None
-
-
 def _keys(keys: List[Key], limit: int = 10) -> str:
-    items = [f"{ph} {v} b={b} s={s}" for v, b, s, ph in keys[:limit]]
+    items = [key_label(k) for k in keys[:limit]]
     return ", ".join(items) + (f", and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -5,17 +5,18 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from sabench.io import write_atomic
 from sabench.paths import reports_dir
-from sabench.report.results import (Key, ResultsError, fmt_ms, geomean, listing, fmt_rate, fmt_x, get_num, human_bytes,
-                                    index_records, is_ok, load_results, median_ms, peak_memory,
-                                    results_path, status_text, variants_of)
+from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, geomean, listing, fmt_rate, fmt_x,
+                                    human_bytes, index_records, is_ok, key_label, load_results, median_ms,
+                                    peak_memory, results_path, status_text, variants_of)
 from sabench.report.tables import md_table
 
 MAX_LISTED = 20
 
 
 class Run:
-    def __init__(self, label: str, path: Path, results: dict):
+    def __init__(self, label: str, path: Path, results: RunRecord):
         self.label, self.path, self.results = label, path, results
         self.index = index_records(results)
 
@@ -33,7 +34,7 @@ def _commit(env: dict) -> Optional[str]:
     return (str(c)[:8] + ("+dirty" if env.get("git_dirty") else "")) if c else None
 
 
-def _labels(results: Sequence[dict]) -> List[str]:
+def _labels(results: Sequence[RunRecord]) -> List[str]:
     """Labels that say how the runs differ, never their directory names.
 
     The first of these that differs between the runs names them: the device, the execution
@@ -42,14 +43,14 @@ def _labels(results: Sequence[dict]) -> List[str]:
     differing one appended; runs that differ in none of them are "run 1", "run 2", ...
     A run without the value says so ("commit unknown"), never "?".
     """
-    envs = [r.get("env") or {} for r in results]
+    envs = [r.env for r in results]
     soft = [k for k in SOFTWARE if len({str(e.get(k)) for e in envs}) > 1]
     parts = [("device", [_device(e) for e in envs]),
-             ("execution", [(r.get("suite") or {}).get("execution") for r in results]),
+             ("execution", [r.suite.get("execution") for r in results]),
              ("software", [", ".join(f"{k} {e.get(k) or '?'}" for k in soft) for e in envs]
               if soft else [None] * len(envs)),
              ("commit", [_commit(e) for e in envs]),
-             ("created", [r.get("created") for r in results])]
+             ("created", [r.created for r in results])]
     parts = [(kind, p) for kind, p in parts if len({str(x) for x in p}) > 1]
     if not parts:
         return [f"run {i + 1}" for i in range(len(results))]
@@ -97,12 +98,12 @@ def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
     if not shared:
         raise ResultsError("the runs share no (variant, batch, seq_len, phase) point: nothing to compare")
 
-    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+    from sabench.report import plots_compare  # matplotlib is imported only when figures are drawn
 
-    figs = plots.compare_figures(runs, shared, out)
+    figs = plots_compare.compare_figures(runs, shared, out)
     md = render(runs, shared, figs, out)
     p = out / "compare.md"
-    p.write_text(md, encoding="utf-8")
+    write_atomic(p, md)
     return p
 
 
@@ -128,7 +129,7 @@ def _cell(v) -> str:
 
 
 def differences(runs: List[Run], section: str) -> Tuple[List[str], List[List[str]]]:
-    flats = [_flat(r.results.get(section, {})) for r in runs]
+    flats = [_flat(r.results.env if section == "env" else r.results.suite) for r in runs]
     keys = []
     for f in flats:
         for k in f:
@@ -184,7 +185,7 @@ def _lat(phase):
 def _tps(phase):
     def value(run: Run, pt):
         r = run.index.get(pt + (phase,))
-        return (get_num(r, "tokens_per_s"), status_text(r, 30)) if is_ok(r) else (None, status_text(r, 30))
+        return (r.tokens_per_s, status_text(r, 30)) if is_ok(r) else (None, status_text(r, 30))
     return value
 
 
@@ -193,7 +194,7 @@ def _energy(phase):
         r = run.index.get(pt + (phase,))
         if not is_ok(r):
             return None, status_text(r, 30)
-        j = get_num(r, "joules_per_token")
+        j = r.joules_per_token
         return (j, "—") if j is not None else (None, "not measured")
     return value
 
@@ -253,9 +254,9 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
                              f"i.e. {verdict}.")
     flips = []
     for k in _sorted_points(runs, shared):
-        sts = [r.index[k].get("status") for r in runs]
+        sts = [r.index[k].status for r in runs]
         if len(set(sts)) > 1:
-            flips.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (" + ", ".join(
+            flips.append(f"{key_label(k)} (" + ", ".join(
                 f"{r.label}: {st}" for r, st in zip(runs, sts)) + ")")
     if flips:
         lines.append(f"- Status differs at {len(flips)} point(s): " + listing(flips, MAX_LISTED) + ".")
@@ -286,7 +287,7 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             ("prefill", "Prefill energy per token (J)", _energy("prefill"), fmt_ms),
             ("decode", "Decode energy per token (J)", _energy("decode"), fmt_ms)):
         pts = [p for p in pts3 if p + (phase,) in shared]
-        if "energy" in title and not any(get_num(r.index.get(p + (phase,)), "joules_per_token") is not None
+        if "energy" in title and not any(getattr(r.index.get(p + (phase,)), "joules_per_token", None) is not None
                                           for r in runs for p in pts):
             continue
         if pts:
@@ -314,6 +315,6 @@ def _left_out(runs: List[Run], shared):
             missing_in = []
             for k in extra:
                 lacking = [o.label for o in runs if k not in o.index]
-                missing_in.append(f"`{k[0]}` b={k[1]} s={k[2]} {k[3]} (not in {', '.join(lacking)})")
+                missing_in.append(f"{key_label(k)} (not in {', '.join(lacking)})")
             out.append((r, missing_in))
     return out

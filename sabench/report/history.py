@@ -28,8 +28,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from sabench.paths import reports_dir
-from sabench.report.results import (ResultsError, fmt_ms, fmt_rate, get_num, human_bytes, human_flops,
-                                    is_ok, load_results, median_ms, peak_memory, results_path)
+from sabench.report.results import (PhaseRecord, ResultsError, RunRecord, fmt_ms, fmt_rate, human_bytes,
+                                    human_flops, is_ok, key_label, load_results, median_ms, peak_memory,
+                                    results_path, samples_ms)
 
 ENV_VAR = "SABENCH_HISTORY"
 
@@ -108,19 +109,19 @@ def machine_fingerprint(env: dict) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
-def run_key(results: dict) -> str:
-    env, suite = results.get("env", {}), results.get("suite", {})
-    created = results.get("created")
+def run_key(results: RunRecord) -> str:
+    env, suite = results.env, results.suite
+    created = results.created
     if not created:  # no timestamp: tell runs apart by their content instead
         import json
-        created = hashlib.sha256(json.dumps(results.get("records", []), sort_keys=True).encode()).hexdigest()
+        created = hashlib.sha256(json.dumps(results.to_dict()["records"], sort_keys=True).encode()).hexdigest()
     ident = "|".join([str(suite.get("name") or "unnamed"), machine_fingerprint(env),
                       str(env.get("git_commit") or ""), str(created)])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _rel_iqr(r: dict) -> Optional[float]:
-    s = (r.get("latency_ms") or {}).get("samples") or []
+def _rel_iqr(r: PhaseRecord) -> Optional[float]:
+    s = samples_ms(r)
     if len(s) < 2:
         return None
     a = np.asarray(s, dtype=float)
@@ -128,27 +129,27 @@ def _rel_iqr(r: dict) -> Optional[float]:
     return float((q75 - q25) / q50) if q50 > 0 else None
 
 
-def metric_rows(results: dict) -> List[tuple]:
+def metric_rows(results: RunRecord) -> List[tuple]:
     rows = []
-    for r in results.get("records", []):
-        status = str(r.get("status"))
+    for r in results.records:
+        status = r.status
         ok = is_ok(r)
         iqr = _rel_iqr(r) if ok else None
         vals = {
             "median_ms": median_ms(r) if ok else None,
-            "tokens_per_s": get_num(r, "tokens_per_s") if ok else None,
+            "tokens_per_s": r.tokens_per_s if ok else None,
             "peak_memory_bytes": peak_memory(r)[0] if ok else None,
-            "joules_per_token": get_num(r, "joules_per_token") if ok else None,
-            "kv_cache_bytes": get_num(r, "kv_cache_bytes"),
-            "flops_analytic": get_num(r, "flops", "analytic"),
-            "flops_counted": get_num(r, "flops", "counted"),
+            "joules_per_token": r.joules_per_token if ok else None,
+            "kv_cache_bytes": r.kv_cache_bytes,
+            "flops_analytic": r.flops.analytic if r.flops else None,
+            "flops_counted": r.flops.counted if r.flops else None,
         }
         for m, v in vals.items():
             # measured metrics of a failed point are kept as NULL rows (their status says why);
             # figures that were simply not computed are left out
             if v is None and (ok or m not in MEASURED):
                 continue
-            rows.append((str(r["variant"]), int(r["batch_size"]), int(r["seq_len"]), str(r["phase"]), m, v,
+            rows.append((r.variant, r.batch_size, r.seq_len, r.phase, m, None if v is None else float(v),
                          iqr if m in TIMING_METRICS else None, status))
     return rows
 
@@ -161,7 +162,7 @@ class RecordOutcome:
     metrics: int = 0
 
 
-def record_run(results_path_or_dir, db_path=None, results: Optional[dict] = None) -> RecordOutcome:
+def record_run(results_path_or_dir, db_path=None, results: Optional[RunRecord] = None) -> RecordOutcome:
     """Add one run (a run dir or results.json) to the history. A run already there (same key) keeps
     what it has and gains the points it did not have: `--resume` completes a run under its key."""
     src = results_path(results_path_or_dir)
@@ -171,12 +172,12 @@ def record_run(results_path_or_dir, db_path=None, results: Optional[dict] = None
         return _insert(con, data, str(src.resolve()), db)
 
 
-def _insert(con: sqlite3.Connection, data: dict, source: str, db: Path) -> RecordOutcome:
-    env, suite = data.get("env", {}), data.get("suite", {})
+def _insert(con: sqlite3.Connection, data: RunRecord, source: str, db: Path) -> RecordOutcome:
+    env, suite = data.env, data.suite
     key = run_key(data)
     row = (key, str(suite.get("name") or "unnamed"), machine_fingerprint(env), env.get("git_commit"),
            None if env.get("git_dirty") is None else int(bool(env.get("git_dirty"))),
-           str(data.get("created") or ""), env.get("host"), env.get("device"), env.get("device_name"),
+           str(data.created or ""), env.get("host"), env.get("device"), env.get("device_name"),
            source, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     with con:
         cur = con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLS)}) VALUES "
@@ -294,7 +295,7 @@ class Trend:
 
     @property
     def label(self) -> str:
-        return f"{self.phase} {self.variant} b={self.batch_size} s={self.seq_len}"
+        return key_label((self.variant, self.batch_size, self.seq_len, self.phase))
 
     @property
     def steps(self) -> List[TrendPoint]:

@@ -4,18 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x, get_num,
+from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x,
                                     human_bytes, index_records, is_ok, load_results, median_ms,
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
-                                    phase_rise, predicted_memory, results_path, speedup,
-                                    truncate, variants_of)
+                                    phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord, speedup,
+                                    truncate, utilisation, variants_of)
+from sabench.io import write_atomic
+from sabench.records import STABLE_RATIO, PointSpec
+from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
                 "speedup_prefill.png", "speedup_decode.png", "flops_breakdown.png", "roofline.png")
 MAX_LISTED = 12
-STABLE_NOTE = "1.05"  # sabench.worker.STABLE_RATIO (not imported: the report must not need torch)
 
 
 def write_report(run_dir) -> Path:
@@ -29,20 +31,21 @@ def write_report(run_dir) -> Path:
     index = index_records(results)
     for name in FIGURE_FILES:  # no stale figures from an earlier report of a different run
         (out_dir / name).unlink(missing_ok=True)
-    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+    from sabench.report import plots_run  # matplotlib is imported only when figures are drawn
 
-    figs = plots.all_figures(results, index, out_dir)
+    figs = plots_run.all_figures(results, index, out_dir)
     md = render_markdown(results, index, figs)
     out = out_dir / "report.md"
-    out.write_text(md, encoding="utf-8")
+    write_atomic(out, md)
     return out
 
 
 def _pt(k: Tuple) -> str:
-    return f"b={k[1]} s={k[2]}"
+    """'b=4 s=512': a point's place in the sweep, where the variant is named apart."""
+    return PointSpec(k[0], k[1], k[2]).size
 
 
-def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
+def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
     """Markdown bullets computed from the numbers (each one depends on the data)."""
     out: List[str] = []
     variants = variants_of(results)
@@ -115,8 +118,8 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
             for k, r in index.items():
                 if k[0] != v:
                     continue
-                mine = get_num(r, "kv_cache_bytes")
-                base = get_num(index.get((BASELINE,) + k[1:]), "kv_cache_bytes")
+                mine = r.kv_cache_bytes
+                base = getattr(index.get((BASELINE,) + k[1:]), "kv_cache_bytes", None)
                 if mine is not None and base:
                     ratios.append((mine / base, k[1] * k[2], k, mine, base))
             if not ratios:
@@ -135,10 +138,10 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
         out.extend(_energy_findings(index, others, phases))
 
     # --- failures
-    ooms = sorted({(k[0], k[1], k[2]) for k, r in index.items() if r.get("status") == "oom"},
+    ooms = sorted({(k[0], k[1], k[2]) for k, r in index.items() if r.status == "oom"},
                   key=lambda t: (variants.index(t[0]) if t[0] in variants else 99, t[1], t[2]))
     if ooms:
-        items = [f"`{v}` b={b} s={s}" for v, b, s in ooms]
+        items = [f"`{v}` {_pt((v, b, s))}" for v, b, s in ooms]
         out.append(f"**Out of memory** at {len(ooms)} point(s): " + listing(items, MAX_LISTED) + ".")
         base_oom = [(b, s) for v, b, s in ooms if v == BASELINE]
         rescued = []
@@ -147,37 +150,37 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
                    if all(is_ok(index.get((v, b, s, p))) for p in phases if (v, b, s, p) in index)
                    and any((v, b, s, p) in index for p in phases)]
             if ran:
-                rescued.append(f"b={b} s={s} ({', '.join('`' + v + '`' for v in ran)})")
+                rescued.append(f"{_pt((BASELINE, b, s))} ({', '.join('`' + v + '`' for v in ran)})")
         if rescued:
             out.append("Baseline ran out of memory where sharing variants fit: " + listing(rescued, MAX_LISTED) + ".")
     else:
         out.append("No point ran out of memory.")
-    errors = [(k, r) for k, r in index.items() if r.get("status") == "error"]
+    errors = [(k, r) for k, r in index.items() if r.status == "error"]
     if errors:
-        items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.get('error') or 'unknown'), 80)}"
+        items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.error or 'unknown'), 80)}"
                  for k, r in errors]
         out.append(f"**Errors** at {len(errors)} point(s): " + listing(items, 5) + ".")
-    skipped = [f"`{k[0]}` {_pt(k)} {k[3]}" for k, r in index.items() if r.get("status") == "skipped_after_oom"]
+    skipped = [f"`{k[0]}` {_pt(k)} {k[3]}" for k, r in index.items() if r.status == "skipped_after_oom"]
     if skipped:
         out.append(f"Skipped after an OOM: {len(skipped)} measurement(s): " + listing(skipped, MAX_LISTED) + ".")
 
     # --- distance to the roofline floor
-    dec = [(get_num(r, "tokens_per_s"), k, r) for k, r in index.items()
-           if k[3] == "decode" and is_ok(r) and get_num(r, "tokens_per_s")]
+    dec = [(r.tokens_per_s, k, r) for k, r in index.items()
+           if k[3] == "decode" and is_ok(r) and r.tokens_per_s]
     if dec:
         tps, k, r = max(dec, key=lambda t: t[0])
         line = (f"**Best decode throughput**: {fmt_rate(tps)} tokens/s, `{k[0]}` at batch {k[1]}, "
                 f"context {k[2]}")
-        floor, med = get_num(r, "floor_ms"), median_ms(r)
+        floor, med = r.floor_ms, median_ms(r)
         if floor and med:
             line += (f"; its {fmt_ms(med)} ms per token is {med / floor:.2f}× the roofline floor "
                      f"({fmt_ms(floor)} ms)")
-        if get_num(r, "mbu") is not None:
-            line += f", MBU {fmt_pct(r['mbu'])}"
+        if r.mbu is not None:
+            line += f", MBU {fmt_pct(r.mbu)}"
         out.append(line + ".")
-    for phase, key, name in (("prefill", "mfu", "MFU"), ("decode", "mbu", "MBU")):
-        vals = [(get_num(r, key), k) for k, r in index.items() if k[3] == phase and is_ok(r)
-                and get_num(r, key) is not None]
+    for phase, name in (("prefill", "MFU"), ("decode", "MBU")):
+        vals = [(utilisation(r), k) for k, r in index.items() if k[3] == phase and is_ok(r)
+                and utilisation(r) is not None]
         if vals:
             hi = max(vals)
             gm_ratio = _floor_ratio(index, phase)
@@ -197,8 +200,8 @@ def findings(results: dict, index: Dict[Key, dict]) -> List[str]:
 
 
 def _floor_ratio(index, phase) -> Optional[float]:
-    rs = sorted(median_ms(r) / get_num(r, "floor_ms") for k, r in index.items()
-                if k[3] == phase and is_ok(r) and get_num(r, "floor_ms") and median_ms(r))
+    rs = sorted(median_ms(r) / r.floor_ms for k, r in index.items()
+                if k[3] == phase and is_ok(r) and r.floor_ms and median_ms(r))
     return median(rs)
 
 
@@ -251,8 +254,8 @@ def _energy_findings(index, others, phases) -> List[str]:
             ratios = []
             for k, r in index.items():
                 if k[0] == v and k[3] == phase:
-                    a = get_num(r, "joules_per_token") if is_ok(r) else None
-                    b = get_num(index.get((BASELINE,) + k[1:]), "joules_per_token")
+                    a = r.joules_per_token if is_ok(r) else None
+                    b = getattr(index.get((BASELINE,) + k[1:]), "joules_per_token", None)
                     if a and b and is_ok(index.get((BASELINE,) + k[1:])):
                         ratios.append(a / b)
             if ratios:
@@ -263,17 +266,17 @@ def _energy_findings(index, others, phases) -> List[str]:
     return out
 
 
-def memory_table(index: Dict[Key, dict], variants: List[str]) -> Optional[str]:
+def memory_table(index: Dict[Key, PhaseRecord], variants: List[str]) -> Optional[str]:
     """Per variant, the breakdown of device_peak at its largest ok point, beside the prediction."""
     rows = []
     for v in variants:
         pts = [(k[1] * k[2], k[3] == "decode", k) for k, r in index.items()
-               if k[0] == v and is_ok(r) and r.get("memory_breakdown")]
+               if k[0] == v and is_ok(r) and r.memory_breakdown]
         if not pts:
             continue
         k = max(pts)[2]
         r = index[k]
-        bd = r["memory_breakdown"]
+        bd = r.memory_breakdown
         peak, src = peak_memory(r)
         rows.append([v, f"{k[3]} {_pt(k)}", human_bytes(peak)] + [human_bytes(bd.get(x)) for x in
                                                                    ("weights", "kv_cache", "activations", "context")]
@@ -290,15 +293,16 @@ def _figure(figs, key, alt) -> List[str]:
     return [f"![{alt}]({name})", ""] if name else []
 
 
-def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optional[str]]) -> str:
-    suite = results.get("suite", {})
-    env = results.get("env", {})
+def render_markdown(results: RunRecord, index: Dict[Key, PhaseRecord], figs: Dict[str, Optional[str]]) -> str:
+    suite = results.suite
+    env = results.env
     title = suite.get("name") or "run"
     lines = [f"# sabench report: {title}", ""]
     n_ok = sum(1 for r in index.values() if is_ok(r))
     lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
-              + (f", created {results['created']}" if results.get("created") else "") + ".", ""]
+              + (f", created {results.created}" if results.created else "") + ".", ""]
     lines += ["## Setup", "", setup_table(results), ""]
+    lines += speed_quality.section(results, index)  # which weights ran; perplexity beside latency
     lines += ["## What this run says", ""]
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
     lines += [""]
@@ -338,17 +342,17 @@ def render_markdown(results: dict, index: Dict[Key, dict], figs: Dict[str, Optio
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _overhead_section(results: dict) -> List[str]:
+def _overhead_section(results: RunRecord) -> List[str]:
     """The harness's own cost, kept apart from the measured phases so neither hides the other."""
-    ovh = [o for o in (results.get("overhead") or {}).values() if isinstance(o, dict)]
+    ovh = list(results.overhead.values())
     if not ovh:
         return []
     parts = [("process start", "process_start_s"), ("model build", "model_build_s"),
              ("FLOP counting", "count_flops_s"), ("compilation (first calls, compiled execution)", "compile_s")]
-    total = sum(o.get("total_s") or 0.0 for o in ovh)
+    total = sum(o.total_s or 0.0 for o in ovh)
     rows = []
     for label, key in parts:
-        vals = [o[key] for o in ovh if isinstance(o.get(key), (int, float))]
+        vals = [getattr(o, key) for o in ovh if getattr(o, key) is not None]
         if vals:
             rows.append(f"{label} {sum(vals):.2f} s (median {median(vals) * 1e3:.0f} ms a point)")
     return ["## Harness overhead", "",
@@ -358,9 +362,10 @@ def _overhead_section(results: dict) -> List[str]:
 
 def _execution_note(recs: list, phase: str) -> str:
     """'Execution: compiled, graph mode.' from the records (older results: eager)."""
-    execs = sorted({r.get("execution") or "eager" for r in recs})
-    key = "prefill_mode" if phase == "prefill" else "decode_mode"
-    modes = sorted({r.get(key) for r in recs if r.get(key)})
+    execs = sorted({r.execution or "eager" for r in recs})
+    modes = sorted({m for m in (r.prefill_mode if phase == "prefill" else r.decode_mode for r in recs) if m})
+    if set(modes) <= set(execs):  # "eager, eager mode" says nothing twice
+        modes = []
     return f"Execution: {'/'.join(execs)}" + (f", {'/'.join(modes)} mode" if modes else "") + "."
 
 
@@ -368,14 +373,14 @@ def _phase_notes(results, index, phase, env) -> str:
     recs = [r for k, r in index.items() if k[3] == phase]
     srcs = sorted({peak_memory(r)[1] for r in recs if peak_memory(r)[1]})
     notes = [_execution_note(recs, phase)]
-    unstable = sum(1 for r in recs if (r.get("stability") or {}).get("stable") is False)
+    unstable = sum(1 for r in recs if r.stability is not None and r.stability.stable is False)
     if unstable:
-        notes.append(f"{unstable} point(s) flagged unstable (p90/p10 above {STABLE_NOTE}; `stability` in results.json).")
+        notes.append(f"{unstable} point(s) flagged unstable (p90/p10 above {STABLE_RATIO}; `stability` in results.json).")
     if phase == "prefill":
         notes.append("Latency is one forward over the whole prompt; tokens/s = batch × seq_len / median.")
         notes.append("MFU = analytic FLOPs / median / peak FLOP/s.")
     else:
-        dt = results.get("suite", {}).get("decode_tokens")
+        dt = results.suite.get("decode_tokens")
         notes.append("Latency is one single-token step after a prompt of seq_len tokens"
                      + (f" ({dt} steps per run)" if dt else "") + "; tokens/s = batch / median step.")
         notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
@@ -383,7 +388,7 @@ def _phase_notes(results, index, phase, env) -> str:
     if srcs:
         notes.append("Device peak: the point's own absolute footprint during the phase; "
                      + "; ".join(f"{s} = {MEMORY_SOURCES.get(s, s)}" for s in srcs) + ".")
-    if any(get_num(r, "joules_per_token") is not None for r in recs):
+    if any(r.joules_per_token is not None for r in recs):
         notes.append("J/token = energy of the timed calls (NVML energy counter, or its power samples "
                      "integrated) / the tokens they produced; board-level, so anything else on the GPU counts.")
     notes.append("KV cache and FLOPs are analytic; floor = roofline floor of one sample"

@@ -1,132 +1,76 @@
-"""Reading results.json (the contract in sabench.schema) and the small helpers every reader shares.
+"""The small helpers every reader of results.json shares (the records are sabench.records types).
 
 Nothing here imports matplotlib or scipy: `sabench check` and the CLI stay quick to start.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from sabench.schema import PHASES, SCHEMA
+from sabench.records import (Key, PhaseRecord, ResultsError, RunRecord, key_label, load_results,  # noqa: F401
+                             results_path)
 
 BASELINE = "baseline"
-
-# (variant, batch_size, seq_len, phase)
-Key = Tuple[str, int, int, str]
-
-
-class ResultsError(ValueError):
-    """A results file (or a pair of them) that cannot be used; the message is one line."""
-
-
-def results_path(path_or_dir) -> Path:
-    """RUN_DIR -> RUN_DIR/results.json; a file path is returned as is."""
-    p = Path(path_or_dir)
-    if p.is_dir():
-        return p / "results.json"
-    return p
-
-
-def load_results(path_or_dir) -> dict:
-    """Load and validate a results.json (or the one in a run directory).
-
-    Raises ResultsError with a one-line message for a missing/unreadable file, bad
-    JSON, a wrong or missing schema, or a malformed top level.
-    """
-    p = results_path(path_or_dir)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if Path(path_or_dir).is_dir():
-            raise ResultsError(f"no results.json in {path_or_dir}") from None
-        raise ResultsError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"cannot read {p}: {e.__class__.__name__}: {e}".splitlines()[0]) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{p} is not a sabench results file (top level is not an object)")
-    schema = data.get("schema")
-    if schema != SCHEMA:
-        raise ResultsError(f"{p} has schema {schema!r}, expected {SCHEMA!r}")
-    records = data.get("records")
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ResultsError(f"{p}: 'records' must be a list of objects")
-    for i, r in enumerate(records):
-        missing = [k for k in ("variant", "batch_size", "seq_len", "phase", "status") if k not in r]
-        if missing:
-            raise ResultsError(f"{p}: record {i} lacks {', '.join(missing)}")
-    if not isinstance(data.get("env", {}), dict) or not isinstance(data.get("suite", {}), dict):
-        raise ResultsError(f"{p}: 'env' and 'suite' must be objects")
-    data.setdefault("env", {})
-    data.setdefault("suite", {})
-    return data
+__all__ = ["ResultsError", "key_label", "load_results", "results_path"]  # re-exported for readers
 
 
 # ---------------------------------------------------------------------------- records
 
 
-def rkey(r: dict) -> Key:
-    return (str(r["variant"]), int(r["batch_size"]), int(r["seq_len"]), str(r["phase"]))
-
-
-def index_records(results: dict) -> Dict[Key, dict]:
+def index_records(results: RunRecord) -> Dict[Key, PhaseRecord]:
     """(variant, batch, seq, phase) -> record (the last one wins on duplicates)."""
-    return {rkey(r): r for r in results.get("records", [])}
+    return results.index()
 
 
-def variants_of(results: dict) -> List[str]:
+def variants_of(results: RunRecord) -> List[str]:
     """Variants in suite order, then any others found in the records (first-seen order)."""
-    out: List[str] = []
-    for v in list(results.get("suite", {}).get("variants") or []) + [r["variant"] for r in results["records"]]:
-        v = str(v)
-        if v not in out:
-            out.append(v)
-    return out
+    return results.variants()
 
 
-def axis_values(results: dict, field: str, phase: Optional[str] = None) -> List[int]:
-    vals = {int(r[field]) for r in results["records"] if phase is None or r["phase"] == phase}
+def axis_values(results: RunRecord, field: str, phase: Optional[str] = None) -> List[int]:
+    """Sorted distinct batch sizes (`field` "batch_size") or sequence lengths ("seq_len")."""
+    vals = {r.batch_size if field == "batch_size" else r.seq_len for r in results.records
+            if phase is None or r.phase == phase}
     return sorted(vals)
 
 
-def phases_of(results: dict) -> List[str]:
-    present = {r["phase"] for r in results["records"]}
-    return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
+def phases_of(results: RunRecord) -> List[str]:
+    return results.phases()
 
 
-def is_ok(r: Optional[dict]) -> bool:
-    return bool(r) and r.get("status") == "ok"
+def is_ok(r: Optional[PhaseRecord]) -> bool:
+    return r is not None and r.ok
 
 
-def median_ms(r: Optional[dict]) -> Optional[float]:
-    if not is_ok(r):
+def median_ms(r: Optional[PhaseRecord]) -> Optional[float]:
+    return r.latency_ms.median if is_ok(r) else None
+
+
+def p90_ms(r: Optional[PhaseRecord]) -> Optional[float]:
+    return r.latency_ms.p90 if is_ok(r) else None
+
+
+def samples_ms(r: Optional[PhaseRecord]) -> Tuple[float, ...]:
+    return r.latency_ms.samples if r is not None and r.latency_ms is not None else ()
+
+
+def utilisation(r: Optional[PhaseRecord]) -> Optional[float]:
+    """The phase's headline utilisation: MFU for prefill, MBU for decode."""
+    if r is None:
         return None
-    lat = r.get("latency_ms") or {}
-    v = lat.get("median")
-    if v is None and lat.get("samples"):
-        v = median(lat["samples"])
-    return _num(v)
+    return r.mfu if r.phase == "prefill" else r.mbu
 
 
-def p90_ms(r: Optional[dict]) -> Optional[float]:
-    if not is_ok(r):
+def analytic_flops(r: Optional[PhaseRecord]) -> Optional[float]:
+    """flops.analytic, else flops.counted, else None."""
+    f = r.flops if r is not None else None
+    if f is None:
         return None
-    return _num((r.get("latency_ms") or {}).get("p90"))
+    return f.analytic if f.analytic is not None else f.counted
 
 
-def get_num(r: Optional[dict], *path) -> Optional[float]:
-    """r[path[0]][path[1]]... as a float, or None when absent / not a finite number."""
-    cur = r
-    for k in path:
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(k)
-    return _num(cur)
+def flops_breakdown(r: Optional[PhaseRecord]) -> Dict[str, float]:
+    return dict((r.flops.analytic_breakdown or {}) if r is not None and r.flops is not None else {})
 
 
 # memory_source -> how a reader names it (report notes, compare)
@@ -137,43 +81,33 @@ MEMORY_SOURCES = {
 }
 
 
-def peak_memory(r: Optional[dict]) -> Tuple[Optional[float], Optional[str]]:
+def peak_memory(r: Optional[PhaseRecord]) -> Tuple[Optional[float], Optional[str]]:
     """(bytes, source): the point's absolute peak footprint, `memory_bytes.device_peak`, and its
     `memory_source` ("nvml-process", "nvml-device", "rss"); (None, None) when not measured.
-
-    Files written before device_peak existed: `peak_nvml_process` is an nvml-process reading and
-    a CPU record's `peak_rss` an rss one; their old `peak_nvml` was the phase's rise over the level
-    before it, never a footprint (see phase_rise()).
-    """
-    mem = (r or {}).get("memory_bytes") or {}
-    v = _num(mem.get("device_peak"))
-    if v is not None:
-        return v, (r or {}).get("memory_source")
-    v = _num(mem.get("peak_nvml_process"))
-    if v is not None:
-        return v, "nvml-process"
-    if "peak_allocated" not in mem and "peak_nvml" not in mem and _num(mem.get("peak_rss")) is not None:
-        return _num(mem["peak_rss"]), "rss"
-    return None, None
+    (v1 files that named it otherwise are upgraded on load: sabench.records.v1.)"""
+    mem = r.memory_bytes if r is not None else None
+    if mem is None or mem.device_peak is None:
+        return None, None
+    return mem.device_peak, r.memory_source
 
 
-def phase_rise(r: Optional[dict]) -> Optional[float]:
-    """The phase's peak minus the level read just before it (`peak_nvml` in older files)."""
-    mem = (r or {}).get("memory_bytes") or {}
-    v = _num(mem.get("phase_rise"))
-    return v if v is not None else _num(mem.get("peak_nvml"))
+def phase_rise(r: Optional[PhaseRecord]) -> Optional[float]:
+    """The phase's peak minus the level read just before it."""
+    mem = r.memory_bytes if r is not None else None
+    return mem.phase_rise if mem is not None else None
 
 
-def predicted_memory(r: Optional[dict]) -> Optional[float]:
+def predicted_memory(r: Optional[PhaseRecord]) -> Optional[float]:
     """The memory model's total for the point (`memory_predicted_bytes.total`), when written."""
-    return get_num(r, "memory_predicted_bytes", "total")
+    pred = r.memory_predicted_bytes if r is not None else None
+    return pred.get("total") if pred else None
 
 
-def status_text(r: Optional[dict], width: int = 48) -> str:
+def status_text(r: Optional[PhaseRecord], width: int = 48) -> str:
     """How a point that did not produce numbers reads in a table: never blank, never zero."""
     if r is None:
         return "not run"
-    s = r.get("status")
+    s = r.status
     if s == "ok":
         return "ok"
     if s == "oom":
@@ -181,7 +115,7 @@ def status_text(r: Optional[dict], width: int = 48) -> str:
     if s == "skipped_after_oom":
         return "skipped (after OOM)"
     if s == "error":
-        msg = one_line(r.get("error") or "unknown")
+        msg = one_line(r.error or "unknown")
         return "error: " + truncate(msg, width)
     return str(s)
 
@@ -225,7 +159,7 @@ def listing(items: List[str], limit: int) -> str:
     return ", ".join(items[:limit]) + f", and {len(items) - limit} more"
 
 
-def speedup(base: Optional[dict], cur: Optional[dict]) -> Optional[float]:
+def speedup(base: Optional[PhaseRecord], cur: Optional[PhaseRecord]) -> Optional[float]:
     b, c = median_ms(base), median_ms(cur)
     if b is None or c is None or b <= 0 or c <= 0:
         return None

@@ -5,10 +5,10 @@ from typing import Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from sabench.report.results import (BASELINE, Key, fmt_ms, fmt_pct, fmt_rate, fmt_x, get_num, human_bytes,
-                                    human_flops, human_rate, index_records, is_ok, md_escape,
-                                    median_ms, p90_ms, peak_memory, speedup, status_text,
-                                    variants_of)
+from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, analytic_flops, fmt_ms, fmt_pct,
+                                    fmt_rate, fmt_x, human_bytes, human_flops, human_rate, index_records, is_ok,
+                                    md_escape, median_ms, p90_ms, peak_memory, speedup, status_text,
+                                    utilisation, variants_of)
 
 
 def md_table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[Sequence[str]] = None) -> str:
@@ -21,9 +21,9 @@ def md_table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, **kw)
 
 
-def setup_table(results: dict) -> str:
+def setup_table(results: RunRecord) -> str:
     """Environment and suite in one two-column table."""
-    env, suite = results.get("env", {}), results.get("suite", {})
+    env, suite = results.env, results.suite
     rows = []
 
     def add(k, v):
@@ -61,15 +61,15 @@ def setup_table(results: dict) -> str:
     add("execution", suite.get("execution") or "eager")  # results from before execution modes: eager
     add("variants", ", ".join(variants_of(results)))
     sweep = suite.get("sweep") or {}
-    bs = suite.get("batch_sizes") or sweep.get("batch_size") or sorted({r["batch_size"] for r in results["records"]})
-    sl = suite.get("seq_lens") or sweep.get("seq_len") or sorted({r["seq_len"] for r in results["records"]})
+    bs = suite.get("batch_sizes") or sweep.get("batch_size") or sorted({r.batch_size for r in results.records})
+    sl = suite.get("seq_lens") or sweep.get("seq_len") or sorted({r.seq_len for r in results.records})
     add("sweep", f"batch {_list(bs)} × seq_len {_list(sl)}")
     add("decode tokens", suite.get("decode_tokens"))
-    warm = suite.get("warmup", _distinct(results, "warmup"))
-    rep = suite.get("repeats", _distinct(results, "repeats"))
+    warm = suite.get("warmup", _distinct([r.warmup for r in results.records]))
+    rep = suite.get("repeats", _distinct([r.repeats for r in results.records]))
     if warm is not None or rep is not None:
         add("warmup / repeats", f"{warm if warm is not None else '?'} / {rep if rep is not None else '?'}")
-    add("results created", results.get("created"))
+    add("results created", results.created)
     return md_table(["", ""], [list(r) for r in rows], ["left", "left"])
 
 
@@ -77,26 +77,25 @@ def _list(xs) -> str:
     return "{" + ", ".join(str(x) for x in xs) + "}"
 
 
-def _distinct(results: dict, field: str):
-    vals = sorted({r[field] for r in results["records"] if r.get(field) is not None})
+def _distinct(values):
+    vals = sorted({v for v in values if v is not None})
     if not vals:
         return None
     return vals[0] if len(vals) == 1 else "–".join(str(v) for v in (vals[0], vals[-1]))
 
 
-def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = None) -> str:
+def phase_table(results: RunRecord, phase: str, index: Optional[Dict[Key, PhaseRecord]] = None) -> str:
     """variant x batch x seq_len rows for one phase, plus a footnote line when needed."""
     index = index if index is not None else index_records(results)
     recs = [r for k, r in index.items() if k[3] == phase]
     order = {v: i for i, v in enumerate(variants_of(results))}
-    recs.sort(key=lambda r: (order.get(r["variant"], 1e9), r["batch_size"], r["seq_len"]))
+    recs.sort(key=lambda r: (order.get(r.variant, 1e9), r.batch_size, r.seq_len))
 
     sources = {peak_memory(r)[1] for r in recs} - {None}
     mixed_mem = len(sources) > 1
     mem_header = f"device peak ({sources.pop()})" if len(sources) == 1 else "device peak"
-    energy = any(get_num(r, "joules_per_token") is not None for r in recs)
+    energy = any(r.joules_per_token is not None for r in recs)
     util = "MFU" if phase == "prefill" else "MBU"
-    util_key = "mfu" if phase == "prefill" else "mbu"
     lat = "ms" if phase == "prefill" else "ms/token"
     headers = ["variant", "batch", "seq_len", f"median {lat}", f"p90 {lat}", "tokens/s",
                "speedup vs baseline", "KV cache", mem_header,
@@ -107,7 +106,7 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
         align.append("right")
     rows = []
     for r in recs:
-        v, b, s = r["variant"], r["batch_size"], r["seq_len"]
+        v, b, s = r.variant, r.batch_size, r.seq_len
         ok = is_ok(r)
         mem, src = peak_memory(r)
         mem_cell = human_bytes(mem) if mem is not None else "—"
@@ -117,22 +116,20 @@ def phase_table(results: dict, phase: str, index: Optional[Dict[Key, dict]] = No
         if v == BASELINE or not ok:
             sp = "—"
         elif base is not None and not is_ok(base):
-            sp = "— (base " + {"oom": "OOM", "error": "error"}.get(base.get("status"), "skipped") + ")"
+            sp = "— (base " + {"oom": "OOM", "error": "error"}.get(base.status, "skipped") + ")"
         else:
             sp = fmt_x(speedup(base, r))
-        flops = (r.get("flops") or {}).get("analytic")
-        if flops is None:
-            flops = (r.get("flops") or {}).get("counted")
+        flops = analytic_flops(r)
         rows.append([
             v, str(b), str(s),
             fmt_ms(median_ms(r)) if ok else status_text(r, 36),
             fmt_ms(p90_ms(r)) if ok else "—",
-            fmt_rate(r.get("tokens_per_s")) if ok else "—",
+            fmt_rate(r.tokens_per_s) if ok else "—",
             sp,
-            human_bytes(r.get("kv_cache_bytes")),
+            human_bytes(r.kv_cache_bytes),
             mem_cell if ok else "—",
             human_flops(flops),
-            fmt_ms(r.get("floor_ms")),
-            fmt_pct(r.get(util_key)) if ok else "—",
-        ] + ([fmt_ms(get_num(r, "joules_per_token")) if ok else "—"] if energy else []))
+            fmt_ms(r.floor_ms),
+            fmt_pct(utilisation(r)) if ok else "—",
+        ] + ([fmt_ms(r.joules_per_token) if ok else "—"] if energy else []))
     return md_table(headers, rows, align)

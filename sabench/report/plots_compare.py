@@ -1,0 +1,116 @@
+"""The figures of compare.md: each run's latency per variant, and latency ratios against the first run."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
+
+from sabench.report.plots import (LATENCY_LABELS, _PALETTE, Grid, _facet_axes, _fail_handle, mark_failures,
+                                  pick_facets, plt, ratio_ticks, save)
+from sabench.report.results import geomean, is_ok, median_ms, variants_of
+
+
+RUN_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+
+
+def _in_run_order(run, variants) -> List[str]:
+    """`variants` in the run's suite order, any others after them alphabetically."""
+    order = {v: i for i, v in enumerate(variants_of(run.results))}
+    return sorted(variants, key=lambda v: (order.get(v, 1e9), v))
+
+
+def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
+    """Median latency vs seq_len, one facet per variant, colour = batch size, line style = run."""
+    pts = {k for k in shared if k[3] == phase}
+    if not pts:
+        return None
+    variants, note = pick_facets(_in_run_order(runs[0], {k[0] for k in pts}))
+    batches_all = sorted({k[1] for k in pts})
+    batches, _ = pick_facets(batches_all, 4)
+    seqs = sorted({k[2] for k in pts})
+    cmap = plt.get_cmap("viridis")
+    bcolor = {b: cmap(0.85 * i / max(1, len(batches) - 1)) for i, b in enumerate(batches)}
+    styles = list(zip(runs, itertools.cycle(RUN_STYLES)))
+    handles = [Line2D([], [], color="gray", linestyle=ls, marker=m, markersize=4, label=r.label)
+               for r, (ls, m) in styles]
+    handles += [Line2D([], [], color=bcolor[b], linewidth=3, label=f"batch {b}") for b in batches]
+
+    def failed(r, k):  # a shared point this run did not measure (OOM, error, skipped)
+        return k in pts and k[1] in bcolor and r.index.get(k) is not None and not is_ok(r.index[k])
+
+    if any(failed(r, k) for r in runs for k in pts):
+        handles.append(_fail_handle())
+    g = Grid(len(variants), handles=handles, legend_cols=8)
+    for ax, v in zip(g.axes, variants):
+        ys_all, any_failed = [], False
+        for slot, ((r, (ls, m)), b) in enumerate(itertools.product(styles, batches)):
+            xy = [(s, median_ms(r.index.get((v, b, s, phase)))) for s in seqs if (v, b, s, phase) in pts]
+            xy = [(x, y) for x, y in xy if y]
+            if xy:
+                xs, ys = zip(*xy)
+                ax.plot(xs, ys, color=bcolor[b], linestyle=ls, marker=m, markersize=3.5, linewidth=1.5)
+                ys_all += ys
+            fails = [s for s in seqs if failed(r, (v, b, s, phase))]
+            mark_failures(ax, fails, bcolor[b], slot)
+            any_failed = any_failed or bool(fails)
+        _facet_axes(ax, v, seqs, ys_all, *LATENCY_LABELS[phase], any_failed)
+    more = f", {len(batches)} of {len(batches_all)} batch sizes" if len(batches) < len(batches_all) else ""
+    return g.save(out_dir, f"compare_{phase}_latency.png",
+                  f"{phase.capitalize()} latency per run (line style = run, colour = batch{more})" + note)
+
+
+def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
+    """Per variant and phase: every shared point's latency ratio run / first run, and the geometric mean."""
+    ref, others = runs[0], runs[1:]
+    variants = _in_run_order(ref, {k[0] for k in shared})
+    phases = [p for p in ("prefill", "decode") if any(k[3] == p for k in shared)]
+    rng = np.random.default_rng(0)
+    nrun = len(others)
+    width = max(5.0, 1.0 * len(variants) * max(1, nrun) + 2.0)
+    fig, axes = plt.subplots(1, len(phases), figsize=(width * len(phases), 4.8), squeeze=False)
+    fig.subplots_adjust(left=0.9 / (width * len(phases)), right=0.98, top=0.84, bottom=0.24, wspace=0.22)
+    colors = [_PALETTE[i % len(_PALETTE)] for i in range(nrun)]
+    drawn = False
+    for ax, phase in zip(axes[0], phases):
+        for (ri, r), (vi, v) in itertools.product(enumerate(others), enumerate(variants)):
+            meds = [(median_ms(ref.index.get(k)), median_ms(r.index.get(k)))
+                    for k in shared if k[0] == v and k[3] == phase]
+            ratios = [b / a for a, b in meds if a and b]
+            if not ratios:
+                continue
+            drawn = True
+            x0 = vi + (ri - (nrun - 1) / 2) * (0.7 / nrun)
+            ax.scatter(x0 + rng.uniform(-0.12, 0.12, len(ratios)) / nrun, ratios, s=10, alpha=0.45,
+                       color=colors[ri], edgecolors="none")
+            gm = geomean(ratios)
+            ax.plot([x0 - 0.2 / nrun, x0 + 0.2 / nrun], [gm, gm], color="black", linewidth=2.2)
+        ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        lo, hi = min(lo, 0.95), max(hi, 1.05)
+        ax.set_ylim(lo, hi)
+        ticks = ratio_ticks(lo, hi)
+        ax.set_yticks(ticks, [f"{t:.3g}×" for t in ticks])
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(range(len(variants)), variants, rotation=20 if len(variants) > 4 else 0)
+        ax.set(xlim=(-0.6, len(variants) - 0.4), ylabel=f"median latency / {ref.label} (< 1 = faster)", title=phase)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=r.label) for r, c in zip(others, colors)]
+    handles.append(Line2D([], [], color="black", linewidth=2.2, label="geometric mean"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(f"Latency of each run relative to {ref.label}, every shared point")
+    return save(fig, out_dir, "compare_ratio.png")
+
+
+def compare_figures(runs, shared, out_dir: Path) -> Dict[str, Optional[str]]:
+    """The figures of compare.md: {id: file name or None}."""
+    out_dir = Path(out_dir)
+    return {"latency_prefill": compare_latency(runs, shared, out_dir, "prefill"),
+            "latency_decode": compare_latency(runs, shared, out_dir, "decode"),
+            "ratio": compare_ratio(runs, shared, out_dir)}

@@ -1,0 +1,397 @@
+"""Statistics for conclusions that survive noise: sample summaries, ratio intervals, verdicts, the gate.
+
+The unit of replication is the round (one process, or one interleaved visit of every variant),
+not the step: callers pass one number per round (for instance each round's median step time), and
+every interval here treats those numbers as the independent samples. Steps within a round share
+that round's conditions, so feeding raw steps in would overstate the evidence.
+
+Ratios are candidate / base times (> 1: the candidate is slower) and are estimated as ratios of
+geometric means: the arithmetic is done on log times, where timing noise is close to symmetric,
+a ratio and its reciprocal get mirrored intervals (swapping base and candidate mirrors the verdict),
+and the Student t interval on logs keeps its stated coverage with as few as 3 rounds. Percentile
+bootstrap intervals under-cover badly at 3-5 rounds (about 85% for a nominal 95% at n = 5), and a
+rank interval cannot reach 95% below 6 paired rounds; both are available (`method=`) for longer
+series. Everything is deterministic: exact formulas, or a bootstrap with a fixed seed.
+
+scipy is imported inside the functions that need it, so `import sabench.stats` stays light (the
+point process (harness.phases) imports `summarize` from here through sabench.measure).
+
+Step detection over a history series lives in sabench.step_detect and is re-exported here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+METHODS = ("t", "bootstrap", "rank")
+DEFAULT_THRESHOLD = 0.05
+MIN_ROUNDS = 3
+
+
+# -- summaries and validation -----------------------------------------------------------------------
+
+
+def summarize(samples_ms: Sequence[float]) -> dict:
+    """median/p10/p90/p99/mean/std/min/max plus the raw `samples` (all floats, ms).
+
+    Percentiles use numpy's default linear interpolation. `std` is the sample
+    standard deviation (ddof=1; 0.0 for a single sample, so the result stays
+    JSON-serialisable). An empty or non-finite sample list is a bug upstream
+    and raises ValueError rather than producing NaNs in a report.
+    """
+    samples = [float(x) for x in samples_ms]
+    if not samples:
+        raise ValueError("summarize() needs at least one sample")
+    if not all(math.isfinite(x) for x in samples):
+        raise ValueError(f"non-finite latency sample in {samples!r}")
+    a = np.asarray(samples, dtype=np.float64)
+    p10, p50, p90, p99 = np.percentile(a, [10, 50, 90, 99], method="linear")
+    return {
+        "median": float(p50),
+        "p10": float(p10),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "samples": samples,
+    }
+
+
+def validate_samples(samples: Sequence[float], where: str, *, min_n: int = 1) -> np.ndarray:
+    """The samples as a float64 array, or ValueError naming `where` and the first bad value.
+
+    Refuses non-numbers, NaN, +-inf, values <= 0 (a timing, memory or energy figure is positive)
+    and fewer than `min_n` samples. `where` names the point and field (e.g.
+    "results.json point prefill b=1 s=128 sa:2-3, field latency_ms.samples") so the message can
+    be shown to a user as is.
+    """
+    try:
+        a = np.asarray([float(x) for x in samples], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: samples must be numbers ({e})") from None
+    bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: sample {i} is {a[i]!r}; samples must be finite and > 0 "
+                         f"({bad.size} of {a.size} invalid); re-run or drop that point")
+    if a.size < min_n:
+        raise ValueError(f"{where}: {a.size} sample(s), at least {min_n} needed; "
+                         f"measure more rounds")
+    return a
+
+
+def round_summaries(rounds: Sequence[Sequence[float]], where: str, *, min_rounds: int = 1,
+                    statistic=np.median) -> np.ndarray:
+    """One number per round (default: each round's median step), validated: the samples the
+    interval functions expect. Round i is named in the error as `where`, round i."""
+    out = [float(statistic(validate_samples(r, f"{where}, round {i}"))) for i, r in enumerate(rounds)]
+    return validate_samples(out, where, min_n=min_rounds)
+
+
+# -- ratio intervals --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """candidate / base, with a `confidence` interval [low, high]; > 1 means the candidate is slower."""
+
+    ratio: float
+    low: float
+    high: float
+    n_base: int
+    n_cand: int
+    method: str  # how it was computed, in words, e.g. "geometric-mean ratio, paired t on log ratios"
+    confidence: float = 0.95
+    paired: bool = False
+    within_process: bool = False  # samples were steps of one process each, not rounds (schema v1)
+
+    def __str__(self) -> str:
+        return f"{fmt_ratio(self.ratio)}× [{fmt_ratio(self.low)}, {fmt_ratio(self.high)}]"
+
+    @property
+    def log_width(self) -> float:
+        """ln(high / low): the interval's width on the log scale (0 for a point interval)."""
+        return math.log(self.high / self.low)
+
+    def inverted(self) -> "RatioEstimate":
+        """base / candidate (a speedup instead of a time ratio), the interval mirrored."""
+        return RatioEstimate(1 / self.ratio, 1 / self.high, 1 / self.low, self.n_cand, self.n_base,
+                             self.method, self.confidence, self.paired, self.within_process)
+
+
+def fmt_ratio(x: float) -> str:
+    """Two decimals below 10, one below 100, none above: 1.04, 12.3, 250."""
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def ratio_interval(base_samples: Sequence[float], cand_samples: Sequence[float], *,
+                   paired: bool = False, confidence: float = 0.95, method: str = "t",
+                   where: str = "ratio", seed: int = 0, n_resamples: int = 9999,
+                   within_process: bool = False) -> RatioEstimate:
+    """Ratio of geometric means cand / base over per-round summaries, with a `confidence` interval.
+
+    paired=True: base_samples[i] and cand_samples[i] come from the same round (measured alternately
+    in one process or one visit); the interval is on the per-round log ratios. Otherwise the two
+    sets are independent (Welch's unequal-variance interval on the log difference).
+
+    method:
+      "t"          Student / Welch t on log times. Needs 2 rounds per side (paired: 2 pairs). Default.
+      "bootstrap"  scipy.stats.bootstrap (BCa, percentile where BCa is undefined) of the mean log
+                   ratio, seeded by `seed`; point estimate as for "t". Needs 2 per side.
+      "rank"       Hodges-Lehmann shift of the logs with the exact interval from inverting the
+                   Wilcoxon signed-rank (paired) or Mann-Whitney (unpaired) test; point estimate
+                   is the HL median. ValueError where so few rounds cannot reach `confidence`
+                   (95%: 6 pairs; 4 + 4 unpaired).
+    within_process=True marks samples that are the steps of a single process per side (results.json
+    v1 holds no rounds): the interval is computed the same way but says it ignores process-to-process
+    variation, and verdict() names that in its reason.
+    Invalid samples raise ValueError naming `where`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"{where}: unknown interval method {method!r}; use one of {', '.join(METHODS)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"{where}: confidence must lie in (0, 1), got {confidence!r}")
+    lb = np.log(validate_samples(base_samples, f"{where} (base)", min_n=2))
+    lc = np.log(validate_samples(cand_samples, f"{where} (candidate)", min_n=2))
+    if paired and lb.size != lc.size:
+        raise ValueError(f"{where}: paired rounds need as many base as candidate samples "
+                         f"({lb.size} vs {lc.size})")
+    if method == "t":
+        est, lo, hi, how = (_paired_t if paired else _welch_t)(lb, lc, confidence)
+    elif method == "bootstrap":
+        est, lo, hi, how = _bootstrap(lb, lc, paired, confidence, seed, n_resamples)
+    else:
+        est, lo, hi, how = _rank(lb, lc, paired, confidence, where)
+    if within_process:
+        how += "; within-process only (steps of one process, not rounds)"
+    return RatioEstimate(math.exp(est), math.exp(lo), math.exp(hi), int(lb.size), int(lc.size),
+                         how, confidence, paired, within_process)
+
+
+def _paired_t(lb: np.ndarray, lc: np.ndarray, confidence: float):
+    from scipy.stats import t
+
+    d = lc - lb
+    m, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(d.size)
+    h = float(t.ppf((1 + confidence) / 2, d.size - 1)) * se
+    return m, m - h, m + h, "geometric-mean ratio, paired t on per-round log ratios"
+
+
+def _welch_t(lb: np.ndarray, lc: np.ndarray, confidence: float):
+    from scipy.stats import t
+
+    m = float(lc.mean() - lb.mean())
+    vb, vc = float(lb.var(ddof=1)) / lb.size, float(lc.var(ddof=1)) / lc.size
+    how = "geometric-mean ratio, Welch t on log times"
+    if vb + vc == 0:
+        return m, m, m, how
+    df = (vb + vc) ** 2 / (vb ** 2 / (lb.size - 1) + vc ** 2 / (lc.size - 1))
+    h = float(t.ppf((1 + confidence) / 2, df)) * math.sqrt(vb + vc)
+    return m, m - h, m + h, how
+
+
+def bootstrap_kwargs(confidence: float, seed: int, n_resamples: int, method: str) -> dict:
+    """The keyword arguments ratio_interval passes to scipy.stats.bootstrap (`rng` or, before
+    scipy 1.15, `random_state`)."""
+    import inspect
+
+    from scipy.stats import bootstrap
+
+    seed_key = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
+    return {"confidence_level": confidence, "n_resamples": n_resamples, "method": method,
+            "vectorized": True, seed_key: np.random.default_rng(seed)}
+
+
+def _bootstrap(lb: np.ndarray, lc: np.ndarray, paired: bool, confidence: float, seed: int,
+               n_resamples: int):
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    if paired:
+        data, stat = (lc - lb,), _mean_last
+        point = float((lc - lb).mean())
+    else:
+        data, stat = (lc, lb), _mean_difference
+        point = float(lc.mean() - lb.mean())
+    if np.ptp(np.concatenate(data)) == 0 or (not paired and np.ptp(lc) == 0 and np.ptp(lb) == 0):
+        return point, point, point, "geometric-mean ratio, no spread to resample"
+    for kind in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa on a degenerate resample warns and returns NaN
+            ci = bootstrap(data, stat, **bootstrap_kwargs(confidence, seed, n_resamples, kind))
+        lo, hi = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            side = "paired per-round log ratios" if paired else "log times, rounds resampled per side"
+            return point, lo, hi, f"geometric-mean ratio, {kind} bootstrap of {side} (seed {seed})"
+    raise ValueError("bootstrap interval undefined on these samples")  # pragma: no cover
+
+
+def _mean_last(x, axis=-1):
+    return np.mean(x, axis=axis)
+
+
+def _mean_difference(c, b, axis=-1):
+    return np.mean(c, axis=axis) - np.mean(b, axis=axis)
+
+
+def _rank(lb: np.ndarray, lc: np.ndarray, paired: bool, confidence: float, where: str):
+    from scipy.stats import mannwhitneyu, wilcoxon
+
+    if paired:
+        d = lc - lb
+        i, j = np.triu_indices(d.size)
+        v = np.sort((d[i] + d[j]) / 2)  # Walsh averages
+
+        def pvalue(theta: float) -> float:
+            return float(wilcoxon(d - theta, method="exact").pvalue)
+        how = "Hodges-Lehmann ratio, exact Wilcoxon signed-rank interval on per-round log ratios"
+    else:
+        v = np.sort((lc[:, None] - lb[None, :]).ravel())  # all pairwise log differences
+
+        def pvalue(theta: float) -> float:
+            return float(mannwhitneyu(lc - theta, lb, method="exact").pvalue)
+        how = "Hodges-Lehmann ratio, exact Mann-Whitney interval on log times"
+    est = float(np.median(v))
+    if np.ptp(v) == 0:
+        return est, est, est, how
+    lo, hi = _invert_rank_test(v, pvalue, 1 - confidence)
+    if lo is None:
+        raise ValueError(f"{where}: {lb.size} + {lc.size} rounds cannot give a {confidence:.0%} rank "
+                         f"interval; measure more rounds or use method='t'")
+    return est, lo, hi, how
+
+
+def _invert_rank_test(v: np.ndarray, pvalue, alpha: float):
+    """[v_k, v_(M-k+1)]: the shifts a rank test (statistic = how many of v exceed the shift) accepts.
+
+    Between consecutive sorted values v the statistic is constant, so the test is evaluated on one
+    shift per gap, bisecting for the outermost accepted gap; by symmetry the upper end mirrors the
+    lower.
+    Returns (None, None) when even the outermost gap is accepted (too few samples).
+    """
+    m = v.size
+    edges = np.concatenate([[v[0] - 1.0], (v[:-1] + v[1:]) / 2])  # a shift inside each gap j < k
+    gaps = [k for k in range(m // 2 + 1) if k == 0 or v[k - 1] != v[k]]  # skip empty gaps
+    lo, hi = 0, len(gaps)  # the p-value grows as the gap moves inward: bisect for the first accepted
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pvalue(float(edges[gaps[mid]])) > alpha:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == 0:
+        return None, None
+    k = gaps[lo] if lo < len(gaps) else m // 2 + 1
+    return float(v[k - 1]), float(v[m - k])
+
+
+# -- verdicts and the gate --------------------------------------------------------------------------
+
+
+class Verdict(NamedTuple):
+    label: str  # "faster" | "slower" | "not distinguishable" (the candidate, against the base)
+    reason: str
+
+
+def verdict(est: RatioEstimate, threshold: float = DEFAULT_THRESHOLD, *,
+            max_width_to_effect: float = 1.0) -> Verdict:
+    """Is the candidate faster, slower, or not distinguishable from the base on this evidence?
+
+    "slower" only when the whole interval lies above 1 + threshold, "faster" only when it lies
+    below 1 / (1 + threshold) (the mirror image, so swapping base and candidate mirrors the
+    verdict), and in both cases only when the interval is no wider than the effect it reports:
+    ln(high / low) <= max_width_to_effect * |ln ratio|. A ratio whose interval spans a factor of 3
+    is not quoted as a finding even when it clears the threshold.
+    """
+    _check_threshold(threshold)
+    up, down = 1 + threshold, 1 / (1 + threshold)
+    pct = f"{threshold:.0%}"
+    if est.low > up:
+        label, side = "slower", f"the whole interval {est} lies above {up:.2f}"
+    elif est.high < down:
+        label, side = "faster", f"the whole interval {est} lies below {down:.2f}"
+    elif est.low > 1 or est.high < 1:
+        return Verdict("not distinguishable", f"{est}: the interval excludes 1 but not by the "
+                                              f"{pct} practical threshold ({_rounds(est)})")
+    else:
+        return Verdict("not distinguishable", f"{est}: the interval includes 1 "
+                                              f"({_rounds(est)}; {est.confidence:.0%} interval)")
+    effect = abs(math.log(est.ratio))
+    if est.log_width > max_width_to_effect * effect:
+        return Verdict("not distinguishable", f"{est}: the interval is wider than the effect "
+                                              f"({_pct(est.ratio)}; {_rounds(est)}); measure more rounds")
+    return Verdict(label, f"{side} ({_rounds(est)}; {est.confidence:.0%} interval, threshold {pct})")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One point's gate decision: "regression" | "improvement" | "pass" | "not judged"."""
+
+    status: str
+    reason: str
+    estimate: RatioEstimate | None
+    threshold: float
+
+    @property
+    def regressed(self) -> bool:
+        return self.status == "regression"
+
+
+def regression(base_rounds: Sequence[float], cand_rounds: Sequence[float],
+               threshold: float = DEFAULT_THRESHOLD, *, paired: bool = False,
+               confidence: float = 0.95, min_rounds: int = MIN_ROUNDS, method: str = "t",
+               where: str = "point") -> GateResult:
+    """The gate for one point: a regression when the slowdown's interval lies wholly above 1 + threshold.
+
+    Invalid samples (<= 0, NaN, inf, not numbers) raise ValueError naming `where`; fewer than
+    `min_rounds` per side gives "not judged" (named in the reason), never a pass or a fail.
+    "improvement" mirrors "regression" (interval wholly below 1 / (1 + threshold)); anything else
+    passes. With a 95% two-sided interval, the chance of a false alarm on one point whose true
+    slowdown is at most the threshold is at most 2.5%; across K points, pass
+    confidence = 1 - 0.05 / K to hold the whole check to 5% (Bonferroni).
+    """
+    _check_threshold(threshold)
+    b = validate_samples(base_rounds, f"{where} (base)")
+    c = validate_samples(cand_rounds, f"{where} (candidate)")
+    if min(b.size, c.size) < max(min_rounds, 2):
+        return GateResult("not judged", f"{where}: {b.size} base and {c.size} candidate round(s); "
+                                        f"the gate needs at least {max(min_rounds, 2)} per side",
+                          None, threshold)
+    est = ratio_interval(b, c, paired=paired, confidence=confidence, method=method, where=where)
+    if est.low > 1 + threshold:
+        status, why = "regression", f"slower: the whole interval lies above {1 + threshold:.2f}"
+    elif est.high < 1 / (1 + threshold):
+        status, why = "improvement", f"faster: the whole interval lies below {1 / (1 + threshold):.2f}"
+    else:
+        status, why = "pass", f"the interval reaches within {threshold:.0%} of 1"
+    return GateResult(status, f"{where}: {est} {why}", est, threshold)
+
+
+def _check_threshold(threshold: float) -> None:
+    if not (isinstance(threshold, (int, float)) and 0 <= threshold < 10):
+        raise ValueError(f"threshold must be a fraction such as 0.05, got {threshold!r}")
+
+
+def _rounds(est: RatioEstimate) -> str:
+    if est.within_process:
+        return f"{est.n_base} and {est.n_cand} steps of one process each: within-process only"
+    if est.paired:
+        return f"{est.n_base} paired rounds"
+    return f"{est.n_base} base and {est.n_cand} candidate rounds"
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.0f}%"
+
+
+from sabench.step_detect import Segment, Step, StepFit, detect_steps  # noqa: E402  (re-export)
+
+__all__ = ["summarize", "validate_samples", "round_summaries", "RatioEstimate", "ratio_interval", "fmt_ratio",
+           "Verdict", "verdict", "GateResult", "regression", "detect_steps", "Step", "Segment",
+           "StepFit", "METHODS", "DEFAULT_THRESHOLD", "MIN_ROUNDS"]
