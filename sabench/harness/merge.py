@@ -9,7 +9,8 @@ by --variant). A point in two runs is refused unless its records are identical.
 
 Points of the suite's grid absent from every run are named and make the exit code 1; what the
 runs hold is still written, unless `partial=False` (`--complete`): then nothing is written.
-The merged run keeps the first run's env and lists every run it came from under `merged`.
+The merged run keeps the first run's env and lists every run it came from under `merged`; it is
+recorded in the history (with its report), the shard runs themselves are not.
 """
 from __future__ import annotations
 
@@ -178,4 +179,15 @@ def merge_runs(run_dirs: Sequence, out, partial: bool = True, report: bool = Tru
         from sabench.report import write_report
 
         print(f"report:  {write_report(out)}", file=sys.stderr)
+        _record(path)
     return 1 if missing else 0
+
+
+def _record(path: Path) -> None:
+    """The merged run goes into the history (shard runs do not: each holds part of the points)."""
+    try:
+        from sabench.report.history import record_run
+
+        record_run(path)
+    except Exception as e:  # pragma: no cover - the merged results are written already
+        print(f"sabench: history not updated ({type(e).__name__}: {e})", file=sys.stderr)

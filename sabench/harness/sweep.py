@@ -202,11 +202,11 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"results: {path}", file=sys.stderr)
     if report:
-        _finish(out, path)
+        _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
     return 1 if failed else 0
 
 
-def _finish(out: Path, path: Path) -> None:
+def _finish(out: Path, path: Path, history: bool = True) -> None:
     """Report and history; a failure here must not lose the measurements already on disk."""
     try:
         from sabench.report import write_report
@@ -214,6 +214,8 @@ def _finish(out: Path, path: Path) -> None:
         print(f"report:  {write_report(out)}", file=sys.stderr)
     except Exception as e:  # pragma: no cover - report failures are reported, results are kept
         print(f"sabench: report not written ({type(e).__name__}: {e}); results are intact", file=sys.stderr)
+    if not history:
+        return
     try:
         from sabench.report.history import record_run
 
