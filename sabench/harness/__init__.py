@@ -7,6 +7,8 @@
 - point.py: the child's main: analytic figures, model build, phases, result file
 - phases.py: prefill and decode timing, graph capture, stability rounds, roofline
 - faults.py: SABENCH_FAULT_OOM, the fault-injection seam of the tests
+- shard.py: `--shard i/N`, deterministic cost-balanced shards of the point grid
+- merge.py: `sabench merge`, shard runs back into one run
 - progress.py, environment.py: the progress line; the run's env and calibration
 
 Trackers (memory, energy) live in sabench.measure.trackers. Importing this package imports
