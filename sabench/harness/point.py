@@ -106,6 +106,7 @@ def measure(job: PointJob) -> dict:
     pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
+    prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
 
     if job.inductor_cache_dir:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.inductor_cache_dir
