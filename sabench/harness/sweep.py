@@ -1,8 +1,10 @@
-"""Sweeping a suite: the order of points, the results file, resuming, OOM skips, progress.
+"""Sweeping a suite: rounds of points, the results file, resuming, retrying, OOM skips, progress.
 
+Every round visits every point once, in the round's shuffled order (harness.rounds); each
+(point, round) is its own point process, merged into the point's one phase record per phase.
 results.json is rewritten atomically (temp file, fsync, rename) after every point, so killing
 the runner at any moment leaves a valid file; `--resume` with the same `--out` measures only
-the points missing from it. The suite is turned into typed PointJobs here, once: each variant
+the (point, round) pairs missing from it (and, with `retry`, those that failed). The suite is turned into typed PointJobs here, once: each variant
 is parsed into its SharingPlan once per run, and the point processes parse nothing.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Optional
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env, run_conditions
-from sabench.harness.faults import fault_keys_from_env
+from sabench.harness.faults import fault_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
@@ -94,7 +96,7 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
     common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype, batch_size=0, seq_len=0,
                   decode_tokens=suite.decode_tokens, warmup=suite.warmup, repeats=suite.repeats,
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
-                  fault_oom=fault_keys_from_env(), inductor_cache_dir=cache_dir,
+                  fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"))
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
