@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over every point, each in a fresh shuffled order of (batch, seq) cells with a "
                         "cell's variants back to back; each (point, round) its own process (default: the "
                         "suite's `rounds`, else 1)")
-    r.add_argument("--threads", type=int_in(1, 1024), default=None,
+    r.add_argument("--threads", type=int_in(1, 4096), default=None,
                    help="torch intra-op threads in every point process (default: the suite's `threads`, "
                         "else torch's default); recorded in results.json")
     r.add_argument("--retry-failed", nargs="?", const="errors", choices=("errors", "oom"), default=None,

@@ -81,7 +81,7 @@ DEFAULTS = {
     "rounds": 1,
     "threads": None,
 }
-MAX_ROUNDS, MAX_THREADS = 100, 1024
+MAX_ROUNDS, MAX_THREADS = 100, 4096
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
