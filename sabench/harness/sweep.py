@@ -157,7 +157,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before"))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
     jobs = point_jobs(suite, device, peaks, suite.threads)
-    sweep = _Sweep(suite, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
+    sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
     todo = sweep.todo()
     total = suite.rounds * len(suite.points())
     progress = sweep.progress = Progress(total, total - len(todo))
@@ -192,13 +192,12 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
 class _Sweep:
     """The points of a run, round by round: what is left to measure, measuring one (point, round)."""
 
-    def __init__(self, suite: Suite, data: dict, path: Path, workdir: Path, jobs: dict, retry: tuple):
+    def __init__(self, suite: Suite, device: str, data: dict, path: Path, workdir: Path, jobs: dict, retry: tuple):
         self.suite, self.data, self.path, self.workdir, self.jobs, self.retry = suite, data, path, workdir, jobs, retry
         self.at = {_key(r): i for i, r in enumerate(data["records"])}
         self.oom_at = _oom_seq_lens(data["records"])
         self.resolved_max = done_max(data["records"])
-        self.budget = memory_budget(suite, data["env"], jobs and next(iter(jobs.values())).device) \
-            if MAX_BATCH in suite.batch_sizes else None
+        self.budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
         self.progress = None
 
     def record(self, p, phase: str) -> Optional[dict]:
