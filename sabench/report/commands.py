@@ -35,16 +35,24 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "check", help="CI regression gate: CURRENT against BASELINE",
-        description="Exit 0: no regression; 1: a regression; 2: bad input. Deterministic figures (params, "
-                    "KV bytes, FLOPs) and ok statuses must match exactly; a timing regresses when its median "
-                    "slows by more than --threshold and a one-sided Mann-Whitney U test on the raw samples "
-                    "gives p < --alpha.")
+        description="Exit 0: no regression; 1: a regression, or no point ran ok in both runs; 2: bad input "
+                    "(including invalid timings). Deterministic figures (params, KV bytes, FLOPs) and ok "
+                    "statuses must match exactly (a point ok in BASELINE that errors, runs out of memory or is "
+                    "missing in CURRENT regresses). A timing regresses when the confidence interval of its "
+                    "slowdown (CURRENT / BASELINE over per-round medians) lies wholly above 1 + --threshold; "
+                    "the intervals are Bonferroni-corrected so the whole check raises a false alarm with "
+                    "probability at most --alpha. Files without rounds (schema v1) are judged on the steps of "
+                    "one process, marked within-process only. The first line of the output (and of --markdown) "
+                    "is the verdict.")
     p.add_argument("baseline", metavar="BASELINE", help="baseline run dir or results.json")
     p.add_argument("current", metavar="CURRENT", help="current run dir or results.json")
     p.add_argument("--threshold", default="5%",
-                   help="smallest median change that counts: '5%%', '0.05' or '5' (a bare number > 1 is a "
-                        "percentage, <= 1 a fraction); default 5%%")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+                   help="practical threshold: a slowdown counts only when its whole interval lies above "
+                        "1 + threshold: '5%%', '0.05' or '5' (a bare number > 1 is a percentage, <= 1 a "
+                        "fraction); default 5%%")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise false-alarm rate of the timing gate: each of the K points judged gets a "
+                        "1 - alpha/K interval (default 0.05)")
     p.add_argument("--timings", choices=("on", "off"), default="on",
                    help="'off': gate on deterministic figures only (shared CI runners); timings still listed")
     p.add_argument("--allow-missing", action="store_true",

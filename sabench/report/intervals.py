@@ -1,0 +1,65 @@
+"""Confidence intervals on the ratios readers print: report, compare and check share these.
+
+Every interval is computed over rounds (one median per round, sabench.records.round_medians):
+- two variants of one cell in ONE run are paired by round (round k of both was measured back to
+  back), `ratio_interval(..., paired=True)` on the rounds both measured;
+- points of two different runs are unpaired (Welch t on the log per-round medians);
+- a record without two measured rounds (schema v1, a one-round run) falls back to the steps of its
+  one process, and the interval is marked within-process only (printed with a †).
+
+Times: `time_ratio` is candidate / base (> 1: slower); `speedup` is its inverse (base / candidate).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from sabench.records import PhaseRecord, paired_round_medians, round_medians
+from sabench.stats import DEFAULT_THRESHOLD, RatioEstimate, Verdict, ratio_interval, verdict
+
+CONFIDENCE = 0.95
+WITHIN_MARK = "†"
+WITHIN_NOTE = ("† within-process only: the interval is computed from the steps of one process per point "
+               "(no rounds recorded), so it ignores the variation between processes and is too narrow; "
+               "measure with `--rounds` for intervals over rounds.")
+
+
+def time_ratio(base: Optional[PhaseRecord], cand: Optional[PhaseRecord], *, same_run: bool,
+               confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """candidate / base latency with its interval, or None when either side lacks two values."""
+    if base is None or cand is None or not base.ok or not cand.ok:
+        return None
+    where = f"{cand.label} vs {base.label}"
+    if same_run:
+        pair = paired_round_medians(base, cand)
+        if pair is not None:
+            return ratio_interval(pair[0], pair[1], paired=True, confidence=confidence, where=where)
+    b, wb = round_medians(base)
+    c, wc = round_medians(cand)
+    if len(b) < 2 or len(c) < 2:
+        return None
+    return ratio_interval(b, c, confidence=confidence, where=where, within_process=wb or wc)
+
+
+def speedup(base, cand, *, same_run: bool, confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """base / candidate latency (> 1: the candidate is faster) with its interval."""
+    est = time_ratio(base, cand, same_run=same_run, confidence=confidence)
+    return est.inverted() if est is not None else None
+
+
+def fmt_est(est: Optional[RatioEstimate], missing: str = "—") -> str:
+    """'1.04× [0.97, 1.12]', with † when the interval is within-process only."""
+    if est is None:
+        return missing
+    return str(est) + (WITHIN_MARK if est.within_process else "")
+
+
+def speed_verdict(sp: RatioEstimate, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
+    """stats.verdict on a SPEEDUP estimate (base / candidate): "faster" means the candidate is faster.
+
+    The verdict is taken on the time ratio (candidate / base), whose labels already speak of the
+    candidate; its reason quotes that time ratio."""
+    return verdict(sp.inverted(), threshold)
+
+
+def within_any(ests: List[Optional[RatioEstimate]]) -> bool:
+    return any(e is not None and e.within_process for e in ests)
