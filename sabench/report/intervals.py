@@ -63,3 +63,25 @@ def speed_verdict(sp: RatioEstimate, threshold: float = DEFAULT_THRESHOLD) -> Ve
 
 def within_any(ests: List[Optional[RatioEstimate]]) -> bool:
     return any(e is not None and e.within_process for e in ests)
+
+
+def geomean_interval(ests: List[RatioEstimate], confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """The geometric mean of per-point ratios with an interval that carries each point's own
+    measurement noise (points taken as fixed: it says how well this set of points was measured,
+    not how another set would come out). Each point's standard error on the log scale is read
+    back from its interval, ln(high / low) / (2 z); the mean's is sqrt(sum se_i^2) / n."""
+    import math
+
+    from scipy.stats import norm
+
+    ests = [e for e in ests if e is not None]
+    if not ests:
+        return None
+    n = len(ests)
+    logs = [math.log(e.ratio) for e in ests]
+    se = [math.log(e.high / e.low) / (2 * float(norm.ppf((1 + e.confidence) / 2))) for e in ests]
+    m, s = sum(logs) / n, math.sqrt(sum(x * x for x in se)) / n
+    h = float(norm.ppf((1 + confidence) / 2)) * s
+    return RatioEstimate(math.exp(m), math.exp(m - h), math.exp(m + h), n, n,
+                         f"geometric mean over {n} points, per-point noise combined", confidence,
+                         paired=False, within_process=any(e.within_process for e in ests))
