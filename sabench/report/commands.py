@@ -13,8 +13,6 @@ from typing import List, Optional
 
 from sabench.report.results import ResultsError
 
-HISTORY_METRICS = ("median_ms", "tokens_per_s", "peak_memory_bytes", "kv_cache_bytes", "flops_analytic",
-                   "flops_counted")
 
 
 def register(subparsers) -> None:
@@ -63,12 +61,17 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "history", help="trends across commits from the SQLite history",
-        description="Print (and plot) a metric across recorded runs, per point, marking moves beyond the "
-                    "noise (max(3 x relative IQR of the samples, --threshold)). The database is --db, "
-                    "else $SABENCH_HISTORY, else reports/history.sqlite.")
+        description="Print (and plot) a metric across recorded runs, per point, marking steps found by step "
+                    "detection over the whole series (per-commit values weighted by their spread): a step is "
+                    "a regression only when the levels differ by more than the series' noise and --threshold, "
+                    "and the new level holds for two commits. The database is --db, else $SABENCH_HISTORY, "
+                    "else reports/history.sqlite.")
     p.add_argument("--db", metavar="PATH", default=None, help="history database")
     p.add_argument("--suite", default=None)
-    p.add_argument("--metric", default="median_ms", choices=HISTORY_METRICS)
+    p.add_argument("--metric", default="median_ms", metavar="METRIC",
+                   help="median_ms (default), tokens_per_s, peak_memory_bytes, flops_analytic, flops_counted, or any "
+                        "numeric field of a record by its name in results.json (joules_per_token, mfu, "
+                        "latency_ms.p90, memory_bytes.peak_rss, ...)")
     p.add_argument("--variant", default=None)
     p.add_argument("--phase", default=None, choices=("prefill", "decode"))
     p.add_argument("--batch", type=int, default=None, help="only this batch size")

@@ -46,6 +46,25 @@ METRICS = {
 }
 TIMING_METRICS = ("median_ms", "tokens_per_s")
 MEASURED = TIMING_METRICS + ("peak_memory_bytes", "joules_per_token")
+HIGHER_IS_BETTER = ("tokens_per_s", "mfu", "mbu")
+_DETERMINISTIC_FIELDS = ("params", "kv_cache_bytes", "bytes_moved", "flops.counted", "flops.analytic", "warmup",
+                         "repeats", "decode_tokens", "predicted_max_batch", "memory_budget_bytes",
+                         "stability.threshold")
+
+
+def _field_metrics() -> Dict[str, tuple]:
+    """Every numeric field a phase record holds (sabench.records.fields), by its dotted name."""
+    from sabench.records.fields import numeric_fields
+
+    return {name: (name.replace("_", " "), _plain, name in _DETERMINISTIC_FIELDS)
+            for name in numeric_fields() if name not in METRICS}
+
+
+def _plain(v) -> str:
+    return f"{v:.4g}"
+
+
+METRICS.update(_field_metrics())
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -135,7 +154,10 @@ def metric_rows(results: RunRecord) -> List[tuple]:
         status = r.status
         ok = is_ok(r)
         iqr = _rel_iqr(r) if ok else None
-        vals = {
+        from sabench.records.fields import numeric_fields
+
+        vals = {name: get(r) for name, get in numeric_fields().items()}  # every field; the aliases below win
+        vals.update({
             "median_ms": median_ms(r) if ok else None,
             "tokens_per_s": r.tokens_per_s if ok else None,
             "peak_memory_bytes": peak_memory(r)[0] if ok else None,
@@ -143,7 +165,7 @@ def metric_rows(results: RunRecord) -> List[tuple]:
             "kv_cache_bytes": r.kv_cache_bytes,
             "flops_analytic": r.flops.analytic if r.flops else None,
             "flops_counted": r.flops.counted if r.flops else None,
-        }
+        })
         for m, v in vals.items():
             # measured metrics of a failed point are kept as NULL rows (their status says why);
             # figures that were simply not computed are left out
@@ -279,7 +301,9 @@ class TrendPoint:
     rel_iqr: Optional[float]
     status: str
     change: Optional[float] = None     # relative to the previous point with a value
-    step: Optional[str] = None         # "up" / "down" when the move is beyond the noise
+    step: Optional[str] = None         # "up" / "down" where a change of level beyond the noise starts
+    kind: Optional[str] = None         # that step's "regression" | "improvement" | "too short"
+    interval: Optional[Tuple[float, float, float]] = None  # the step's ratio after / before, 95% interval
 
 
 @dataclass
@@ -303,25 +327,37 @@ class Trend:
 
 
 def mark_steps(points: List[TrendPoint], metric: str, threshold: float) -> None:
-    """Flag moves larger than the noise: max(3 x relative IQR of either run, threshold) for timings,
-    `threshold` for peak memory, any change at all for the deterministic figures."""
+    """Mark the steps of a series: `change` is each value against the previous one (for reading);
+    `step` ("up"/"down") marks where a change of level was found.
+
+    Deterministic figures: any change at all is a step. Measured figures: step detection over the
+    WHOLE series (sabench.stats.detect_steps on the per-commit values, each weighted by its own
+    spread: the samples' relative IQR / 1.349, an sd), so a step is marked only where the levels
+    before and after differ by more than the series' noise (2 sd) and the threshold; `kind` says
+    whether it is a "regression", an "improvement", or "too short" (the new level spans one commit
+    so far: not yet a confirmed regression)."""
     prev = None
-    deterministic = METRICS.get(metric, ("", None, False))[2]
     for p in points:
-        p.change, p.step = None, None
+        p.change, p.step, p.kind, p.interval = None, None, None, None
         if p.value is None:
             continue
         if prev is not None and prev.value:
-            ch = p.value / prev.value - 1
-            p.change = ch
-            if deterministic:
-                noise = 0.0
-            else:
-                iqr = max(prev.rel_iqr or 0.0, p.rel_iqr or 0.0)
-                noise = max(3 * iqr, threshold)
-            if abs(ch) > noise:
-                p.step = "up" if ch > 0 else "down"
+            p.change = p.value / prev.value - 1
         prev = p
+    if METRICS.get(metric, ("", None, False))[2]:
+        for p in points:
+            if p.change:
+                p.step = "up" if p.change > 0 else "down"
+        return
+    from sabench.stats import detect_steps
+
+    vals = [p.value if (p.value is not None and p.value > 0) else None for p in points]
+    spreads = [v * p.rel_iqr / 1.349 if (v is not None and p.rel_iqr) else None for v, p in zip(vals, points)]
+    fit = detect_steps(vals, spreads, threshold=threshold, higher_is_worse=metric not in HIGHER_IS_BETTER)
+    for st in fit.steps:
+        if st.exceeds_noise:
+            p = points[st.index]
+            p.step, p.kind, p.interval = ("up" if st.ratio > 1 else "down"), st.kind, (st.ratio, st.low, st.high)
 
 
 def query_trend(db_path=None, suite: Optional[str] = None, metric: str = "median_ms",
@@ -405,14 +441,22 @@ def format_trends(trends: List[Trend], last: int = 10) -> str:
                 elif p.value is None:
                     row.append({"oom": "OOM", "skipped_after_oom": "skipped"}.get(p.status, p.status))
                 else:
-                    mark = {"up": " ▲", "down": " ▼"}.get(p.step or "", "")
+                    mark = {"up": " ▲", "down": " ▼"}.get(p.step or "", "") + ("?" if p.kind == "too short" else "")
                     row.append(fmt(p.value) + mark)
             rows.append(row)
         out.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
                             colalign=["left"] + ["right"] * len(shown)))
         out.append("runs: " + ", ".join(f"{h} = {r.created}" for h, r in zip(headers[1:], shown)))
         steps = sum(len(t.steps) for t in ts)
-        out.append(f"▲/▼: moved by more than the noise ({steps} step(s))" + "\n")
+        out.append(f"▲/▼: a change of level larger than the series' noise and the threshold, found by step "
+                   f"detection over the whole series ({steps} step(s); ? = one commit so far, not confirmed)")
+        for t in ts:
+            for p in t.steps:
+                if p.interval is not None and p.kind in ("regression", "improvement"):
+                    r, lo, hi = p.interval
+                    out.append(f"  {p.kind}: {t.label} at {p.run.commit_short}: {r:.2f}× [{lo:.2f}, {hi:.2f}] "
+                               f"(level after / before, 95% interval)")
+        out.append("")
     return "\n".join(out)
 
 
