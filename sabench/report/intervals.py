@@ -85,3 +85,22 @@ def geomean_interval(ests: List[RatioEstimate], confidence: float = CONFIDENCE) 
     return RatioEstimate(math.exp(m), math.exp(m - h), math.exp(m + h), n, n,
                          f"geometric mean over {n} points, per-point noise combined", confidence,
                          paired=False, within_process=any(e.within_process for e in ests))
+
+
+def latency_band(r: Optional[PhaseRecord]) -> Optional[tuple]:
+    """(low, high, within_process) to draw around a point's median: the range of its per-round
+    medians when it has two or more rounds, else the p10–p90 of its steps (within-process)."""
+    if r is None or not r.ok or r.latency_ms is None:
+        return None
+    vals, within = round_medians(r)
+    if not within:
+        return min(vals), max(vals), False
+    lat = r.latency_ms
+    if lat.p10 is None or lat.p90 is None:
+        return None
+    return lat.p10, lat.p90, True
+
+
+def is_noisy(r: Optional[PhaseRecord]) -> bool:
+    """The record's own stability check failed (p90/p10 of its samples above the threshold)."""
+    return r is not None and r.stability is not None and r.stability.stable is False
