@@ -177,7 +177,7 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
                        interpolation="nearest")
         ax.grid(False)
         for (i, j), txt in labels.items():
-            ax.text(j, i, txt, ha="center", va="center", color="black", fontsize=fs - 2 if "\n" in txt else fs)
+            ax.text(j, i, txt, ha="center", va="center", color="black", fontsize=fs - 1.5 if "\n" in txt else fs)
         ax.set_xticks(range(ns), [_short_int(s) for s in seqs], rotation=45 if ns > 8 else 0)
         ax.set_yticks(range(nb), [str(b) for b in batches])
         ax.set(xlabel="sequence length (tokens)", ylabel="batch size", title=v)
@@ -187,8 +187,7 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
     cb.set_ticks(ticks, labels=[f"{t:.3g}×" for t in ticks])
     cb.minorticks_off()
     return g.save(out_dir, f"speedup_{phase}.png",
-                  f"{phase.capitalize()} speedup over baseline with its 95% interval "
-                  f"(≈: not distinguishable at 5%, left uncoloured)")
+                  f"{phase.capitalize()} speedup [95% interval]; ≈: not distinguishable")
 
 
 FLOP_COLORS = {"projections": "#4c72b0", "attention": "#dd8452", "mlp": "#55a868", "lm_head": "#8172b3"}
