@@ -5,7 +5,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from report_fixtures import make_results, scale_timings, with_rounds, write_results
