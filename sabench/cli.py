@@ -23,14 +23,15 @@ def cmd_inspect(args) -> int:
 
     from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
+    from sabench.plan import parse_variant
     from sabench.report.results import human_bytes, human_count, human_flops
     from sabench.presets import resolve_config
 
     cfg = resolve_config(args.model)
     dtype = dtype_name(args.dtype)
     seq = args.seq_len or min(2048, cfg.max_position_embeddings - 1)
-    for v in args.variant or ["baseline"]:  # a bad variant is the likelier mistake: report it first
-        accounting.params(cfg, v)
+    # parsed once, here; a bad variant is the likelier mistake: report it first
+    plans = [parse_variant(v, cfg.num_layers) for v in args.variant or ["baseline"]]
     if seq < 1 or args.batch < 1:
         raise ValueError(f"--batch and --seq-len must be >= 1, got {args.batch} and {seq}")
     if seq + 1 > cfg.max_position_embeddings:
@@ -40,7 +41,7 @@ def cmd_inspect(args) -> int:
         raise ValueError(f"--prefill-chunk must be >= 1, got {args.prefill_chunk}")
     memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
-    for v in args.variant or ["baseline"]:
+    for v in plans:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
         if memory:
             s["capacity"] = memory_model.capacity(cfg, v, dtype, seq, memory,
@@ -57,7 +58,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return EXIT_OK
-    base = accounting.summary(cfg, "baseline", args.batch, seq, dtype)
+    base = accounting.summary(cfg, parse_variant("baseline", cfg.num_layers), args.batch, seq, dtype)
     table = [
         ["params"] + [f"{human_count(r['params'])} ({r['params'] / base['params']:.1%})" for r in rows],
         ["KV bytes / token"] + [f"{human_bytes(r['kv_cache_bytes_per_token'])} "
@@ -103,7 +104,7 @@ def _max_batch_cell(cap: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from sabench.runner import run_suite
+    from sabench.harness.sweep import run_suite
 
     return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
                      report=not args.no_report, execution=args.execution)

@@ -1,29 +1,45 @@
-"""dtype names accepted everywhere (CLI, suites, Python API)."""
+"""dtype names accepted everywhere (CLI, suites, Python API).
+
+The table is torch-free: accounting, the memory model and suite validation need a dtype's
+canonical name and size, not torch. `parse_dtype` (the torch.dtype) imports torch when called.
+"""
 from __future__ import annotations
 
-import torch
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+# accepted spelling -> canonical name
+ALIASES = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16",
 }
-CANONICAL = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}  # canonical name -> bytes per element
 
 
-def parse_dtype(value) -> torch.dtype:
-    """'bf16' / 'bfloat16' / torch.bfloat16 -> torch.bfloat16; ValueError otherwise."""
-    if isinstance(value, torch.dtype):
-        if value in CANONICAL:
-            return value
-    elif isinstance(value, str) and value.strip().lower() in DTYPES:
-        return DTYPES[value.strip().lower()]
-    raise ValueError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
+def _error(value) -> ValueError:
+    return ValueError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
 
 
 def dtype_name(dtype) -> str:
-    return CANONICAL[parse_dtype(dtype)]
+    """'bf16' / 'bfloat16' / torch.bfloat16 -> 'bfloat16'; ValueError otherwise. No torch import."""
+    if isinstance(dtype, str):
+        name = ALIASES.get(dtype.strip().lower())
+        if name is None:
+            raise _error(dtype)
+        return name
+    if type(dtype).__name__ == "dtype" and type(dtype).__module__ == "torch":  # a torch.dtype
+        name = str(dtype).removeprefix("torch.")
+        if name in ITEMSIZE:
+            return name
+    raise _error(dtype)
 
 
 def dtype_bytes(dtype) -> int:
-    return parse_dtype(dtype).itemsize
+    """Bytes per element of a dtype given by name or torch.dtype. No torch import."""
+    return ITEMSIZE[dtype_name(dtype)]
+
+
+def parse_dtype(value):
+    """'bf16' / 'bfloat16' / torch.bfloat16 -> torch.bfloat16; ValueError otherwise."""
+    import torch
+
+    return getattr(torch, dtype_name(value))
+

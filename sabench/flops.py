@@ -166,12 +166,12 @@ def _fingerprint() -> str:
 
     here = Path(__file__).parent
     h = hashlib.sha256(f"{torch.__version__} {getattr(fvcore, '__version__', '?')}".encode())
-    for name in ("flops.py", "model.py", "ops.py", "plan.py", "presets.py"):
+    for name in ("flops.py", "model.py", "layers.py", "ops.py", "plan.py", "presets.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()
 
 
-def point_counts(cfg, variant: str, batch_size: int, seq_len: int, decode_tokens: int, dtype,
+def point_counts(cfg, plan, batch_size: int, seq_len: int, decode_tokens: int, dtype,
                  chunk_size=None, cache_dir=None) -> tuple[dict, bool]:
     """fvcore totals of one point: {"prefill": FLOPs of the prefill, "decode_step": FLOPs of one
     step over the static cache of seq_len + decode_tokens positions}, and whether they came
@@ -182,10 +182,12 @@ def point_counts(cfg, variant: str, batch_size: int, seq_len: int, decode_tokens
     (None: always traced), keyed by all of these.
     """
     from sabench.dtypes import dtype_name
+    from sabench.plan import as_plan
     from sabench.presets import resolve_config
 
     cfg = resolve_config(cfg)
-    key = json.dumps([_fingerprint(), cfg.to_dict(), variant, batch_size, seq_len, decode_tokens,
+    plan = as_plan(plan, cfg.num_layers)
+    key = json.dumps([_fingerprint(), cfg.to_dict(), plan.variant, batch_size, seq_len, decode_tokens,
                       dtype_name(dtype), chunk_size], sort_keys=True, default=str)
     path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if cache_dir else None
     if path is not None and path.exists():
@@ -193,9 +195,9 @@ def point_counts(cfg, variant: str, batch_size: int, seq_len: int, decode_tokens
             return json.loads(path.read_text()), True
         except (OSError, ValueError):
             pass  # a torn or unreadable entry is counted again and rewritten
-    counts = {"prefill": count_prefill(cfg, variant, batch_size, seq_len, dtype, chunk_size=chunk_size,
+    counts = {"prefill": count_prefill(cfg, plan, batch_size, seq_len, dtype, chunk_size=chunk_size,
                                        compare_alone=False).total,
-              "decode_step": count_decode_step(cfg, variant, batch_size, seq_len + decode_tokens, dtype,
+              "decode_step": count_decode_step(cfg, plan, batch_size, seq_len + decode_tokens, dtype,
                                                compare_alone=False).total}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

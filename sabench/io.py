@@ -6,6 +6,7 @@ removes the temporary file.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -29,3 +30,8 @@ def write_atomic(path, data: Union[str, bytes], *, fsync: bool = True) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path, data, *, indent=1, fsync: bool = True) -> Path:
+    """`data` as JSON, written atomically (see write_atomic)."""
+    return write_atomic(path, json.dumps(data, indent=indent), fsync=fsync)

@@ -38,7 +38,7 @@ from typing import Optional
 
 from sabench import accounting
 from sabench.dtypes import dtype_bytes
-from sabench.plan import SharingPlan, parse_variant
+from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
 
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
@@ -101,10 +101,6 @@ class Prediction:
         return {"weights": self.weights, "kv_cache": self.kv_cache, "activations": self.activations,
                 "context": self.context, "total": self.total, "activations_live": self.activations_live,
                 "needed": self.needed}
-
-
-def _plan(cfg: ModelConfig, plan) -> SharingPlan:
-    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, cfg.num_layers)
 
 
 def _has_probs(p: SharingPlan) -> bool:
@@ -170,9 +166,9 @@ def _decode_live(cfg: ModelConfig, p: SharingPlan, batch: int, kv_len: int, e: i
 
 def predict(cfg, plan, dtype, batch_size: int, seq_len: int, decode_tokens: int = 1,
             prefill_chunk: Optional[int] = None, device: str = "cuda") -> dict:
-    """{"prefill": Prediction, "decode": Prediction} for one point as the worker runs it."""
+    """{"prefill": Prediction, "decode": Prediction} for one point as the point process runs it."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     e = dtype_bytes(dtype)
     cuda = str(device).startswith("cuda")
     weights = accounting.params(cfg, p) * e
@@ -230,7 +226,7 @@ def max_batch(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 
     """(largest batch that fits in `memory` bytes, the prefill block it needs); (0, None) when
     not even one sequence fits (the weights alone may not)."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
 
     def fits(b):
         return _fitting_chunk(cfg, p, dtype, b, seq_len, decode_tokens, prefill_chunk, memory, device)
@@ -252,7 +248,7 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
                 prefill_chunk="auto", device: str = "cuda") -> int:
     """Longest prompt (within the model's positions) whose point fits at `batch_size`; 0 if none."""
     cfg = resolve_config(cfg)
-    p = _plan(cfg, plan)
+    p = as_plan(plan, cfg.num_layers)
     limit = cfg.max_position_embeddings - decode_tokens
 
     def fits(t):
@@ -272,6 +268,8 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
 def capacity(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 1, prefill_chunk="auto",
              device: str = "cuda") -> dict:
     """What `sabench inspect --memory` prints per variant."""
+    cfg = resolve_config(cfg)
+    plan = as_plan(plan, cfg.num_layers)
     b, chunk = max_batch(cfg, plan, dtype, seq_len, memory, decode_tokens, prefill_chunk, device)
     return {"memory_bytes": int(memory), "max_batch": b, "prefill_chunk": chunk,
             "max_seq_len_at_batch_1": max_seq_len(cfg, plan, dtype, memory, 1, decode_tokens,

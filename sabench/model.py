@@ -4,7 +4,8 @@ Module names follow transformers' Llama (`model.layers.N.self_attn.q_proj`, ...)
 so a checkpoint's state dict loads as is; a plan only removes the projections a
 layer no longer needs (no Q/K for an SA layer, no K/V for a CLA non-owner).
 
-The KV cache is preallocated and written in place with `index_copy_`; a decode
+The building blocks (norm, RoPE, MLP, attention, decoder layer, KV cache) are in
+layers.py. The KV cache is preallocated and written in place with `index_copy_`; a decode
 step has static shapes (it attends over the whole buffer under a mask) and never
 reads a value back to the host, so it can be captured in a CUDA graph.
 
@@ -16,13 +17,11 @@ share one graph, so a 32-layer model is traced about as fast as a 1-layer one) a
 another the final norm and lm_head. A layer returns its MLP output unadded; the next
 layer's graph adds it before its norm, so the residual add still fuses with the norm
 as in a whole-model graph. Nothing else runs between layers but Python, which a CUDA
-graph of the step (worker, generate) removes.
+graph of the step (the harness, generate) removes.
 """
 from __future__ import annotations
 
-import math
 import zlib
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -31,210 +30,14 @@ from torch import nn
 
 from sabench import ops
 from sabench.dtypes import parse_dtype
-from sabench.plan import LayerPlan, SharingPlan, parse_variant
+from sabench.layers import DecoderLayer, KVCache, RMSNorm, _Step, rope_inv_freq
+from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weight_files
 
 
 EXECUTIONS = ("eager", "compiled")
 COMPILED_GRAPHS_MAX = 64  # dynamo's recompile limit for the layer function (default 8 is too few)
 GENERATE_GRAPHS_KEPT = 4  # generate's captured decode graphs (each with its cache) kept, by shape
-
-
-# ---------------------------------------------------------------- building blocks
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 and cast back before the weight, as Llama does.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
-
-
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    rs = cfg.rope_scaling
-    if not rs:
-        return inv_freq
-    # Llama 3.1 scaling: long wavelengths slowed by `factor`, short ones kept, a smooth blend between.
-    factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
-    old = rs["original_max_position_embeddings"]
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
-    smooth = (old / wavelen - low) / (high - low)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
-    return torch.where(medium, blended, scaled)
-
-
-def rope_tables(inv_freq: torch.Tensor, length: int, dtype: torch.dtype):
-    """cos, sin [length, head_dim] for positions 0..length-1, computed in float32, cast to dtype."""
-    pos = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
-    freqs = torch.outer(pos, inv_freq.float())
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + rotate_half(x) * sin
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=b)
-        self.up_proj = nn.Linear(h, i, bias=b)
-        self.down_proj = nn.Linear(i, h, bias=b)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-# ---------------------------------------------------------------- cache and step context
-class KVCache:
-    """Preallocated per-owner buffers [B, Hkv, S, D]: K only where a layer has K, V where it owns V,
-    and the RoPE tables cos/sin [S, D] of its S positions.
-
-    The tables live here, sized like the buffers, rather than on the model: everything a
-    forward reads then has one length S, so a compiled step sees the same shape relations
-    for every cache (no recompile when a model serves caches of several lengths).
-    """
-
-    def __init__(self, cfg: ModelConfig, plan: SharingPlan, batch_size: int, max_len: int,
-                 dtype: torch.dtype, device, inv_freq: torch.Tensor):
-        shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_k else None for lp in plan.layers]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) if lp.has_v else None for lp in plan.layers]
-        self.cos, self.sin = rope_tables(inv_freq, max_len, dtype)
-        self.batch_size, self.max_len = batch_size, max_len
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in self.k + self.v if t is not None]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
-
-    def layer_buffers(self, lp: LayerPlan):
-        """(K, V) buffers a layer attends over (its own, or its KV group owner's); K is None
-        for a layer that computes no attention. A layer writes into them iff it owns them."""
-        return (self.k[lp.kv_source] if lp.computes_attention else None), self.v[lp.kv_source]
-
-
-@dataclass
-class _Step:
-    """What every layer of one forward needs to know about positions and masking: tensors
-    and flags only (no Python ints), so a compiled layer never specialises on a length."""
-
-    cos: torch.Tensor  # [T, D]
-    sin: torch.Tensor
-    write_pos: torch.Tensor  # [T] absolute positions of the new tokens
-    mask: Optional[torch.Tensor]  # [T, kv_len] bool (kv_len: cache positions attended over), None when causal
-    causal: bool  # a first chunk: kv_len = T
-    share_probs: bool  # SA: the source layer hands on P (else its Q and K, for recompute)
-
-    def kv_len(self, t):
-        return t if self.causal else self.mask.shape[-1]
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
-        super().__init__()
-        # flags, not the plan: a compiled layer reads only what layers of its kind share
-        self.writes_k, self.writes_v = lp.has_k, lp.has_v
-        self.computes_attention, self.is_sa_source = lp.computes_attention, is_sa_source
-        self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.scale = cfg.head_dim ** -0.5
-        hid, bias = cfg.hidden_size, cfg.qkv_bias or cfg.o_bias
-        if lp.has_q:
-            self.q_proj = nn.Linear(hid, self.h * self.d, bias=bias)
-        if lp.has_k:
-            self.k_proj = nn.Linear(hid, self.hkv * self.d, bias=bias)
-        if lp.has_v:
-            self.v_proj = nn.Linear(hid, self.hkv * self.d, bias=bias)
-        self.o_proj = nn.Linear(self.h * self.d, hid, bias=cfg.o_bias)
-
-    def _heads(self, proj: nn.Linear, x: torch.Tensor, n: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        return proj(x).view(b, t, n, self.d).transpose(1, 2)
-
-    def _sdpa(self, q, k, v, st: _Step) -> torch.Tensor:
-        """Fused attention that keeps GQA copy-free on every backend.
-
-        Without a mask (causal prefill) `enable_gqa` lets the flash kernel read the shared
-        K/V heads directly. With a mask (decode, chunked prefill) no fused CUDA kernel takes
-        `enable_gqa` (SDPA would fall back to the math kernel and expand K/V), so the
-        query heads of a group are folded into the query axis instead: [B, Hkv, G*T, D]
-        against [B, Hkv, S, D] is plain multi-head attention with the mask repeated per head.
-        """
-        g = self.h // self.hkv
-        if st.mask is None or g == 1:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=st.mask, is_causal=st.causal,
-                                                  scale=self.scale, enable_gqa=g > 1)
-        b, _, t, d = q.shape
-        mask = st.mask if st.mask.shape[0] == 1 else st.mask.repeat(g, 1)
-        out = F.scaled_dot_product_attention(q.reshape(b, self.hkv, g * t, d), k, v, attn_mask=mask,
-                                             scale=self.scale)
-        return out.view(b, self.h, t, v.shape[-1])
-
-    def forward(self, x: torch.Tensor, st: _Step, k_buf: Optional[torch.Tensor], v_buf: torch.Tensor,
-                shared=None):
-        """k_buf, v_buf: the cache buffers this layer attends over (KVCache.layer_buffers);
-        shared: what the SA source layer handed on (P, or its Q and K). Returns (output,
-        what this layer hands on: P or (Q, K) for an SA source, else None)."""
-        b, t, _ = x.shape
-        if self.writes_k:
-            k_buf.index_copy_(2, st.write_pos, apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin))
-        if self.writes_v:
-            v_buf.index_copy_(2, st.write_pos, self._heads(self.v_proj, x, self.hkv))
-        kv_len = st.kv_len(t)
-        v = v_buf[:, :, :kv_len]
-        handed_on = None
-        if self.computes_attention:
-            q = apply_rope(self._heads(self.q_proj, x, self.h), st.cos, st.sin)
-            k = k_buf[:, :, :kv_len]
-            if self.is_sa_source and st.share_probs:  # the paper's SA: P materialised, handed on
-                handed_on = ops.attn_probs(q, k, st.mask, st.causal, self.scale)
-                out = ops.attn_apply(handed_on, v, st.causal)
-            else:
-                if self.is_sa_source:  # SA recompute: hand on Q and K, P is never stored
-                    handed_on = (q, k)
-                out = self._sdpa(q, k, v, st)
-        elif st.share_probs:  # Shared Attention: P of the span's source layer applied to this layer's V
-            out = ops.attn_apply(shared, v, st.causal)
-        else:  # the same P, recomputed by a fused kernel from the source layer's Q and K
-            q, k = shared
-            out = self._sdpa(q, k, v, st)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d)), handed_on
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, lp: LayerPlan, is_sa_source: bool):
-        super().__init__()
-        self.lp = lp  # read by the model's layer loop, never inside the (compiled) forward
-        self.self_attn = Attention(cfg, lp, is_sa_source)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, pending: Optional[torch.Tensor], st: _Step, k_buf, v_buf, shared=None):
-        """x: the residual stream before the previous layer's MLP output `pending` is added
-        (None for the first layer). Returns (stream, this layer's MLP output, handed on)."""
-        if pending is not None:
-            x = x + pending
-        a, handed_on = self.self_attn(self.input_layernorm(x), st, k_buf, v_buf, shared)
-        x = x + a
-        return x, self.mlp(self.post_attention_layernorm(x)), handed_on
 
 
 def _call_layer(layer: DecoderLayer, *args):
@@ -472,16 +275,15 @@ class SharedLlama(nn.Module):
 
 # ---------------------------------------------------------------- loading
 def _resolve_device(device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
-    return dev
+    from sabench.devices import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def build_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="meta") -> SharedLlama:
     """The model's modules with uninitialised storage (meta by default: no memory, for accounting)."""
     cfg = resolve_config(source)
-    plan = variant if isinstance(variant, SharingPlan) else parse_variant(variant, cfg.num_layers)
+    plan = as_plan(variant, cfg.num_layers)
     with torch.device("meta"):
         m = SharedLlama(cfg, plan)
     m = m.to(dtype=parse_dtype(dtype)).requires_grad_(False)  # inference only: no autograd bookkeeping

@@ -26,3 +26,27 @@ def suites_dir() -> Path:
 
 def reports_dir() -> Path:
     return project_root() / "reports"
+
+
+def cache_root() -> Path:
+    """sabench's per-user cache: SABENCH_CACHE_DIR, else ~/.cache/sabench (XDG_CACHE_HOME honoured)."""
+    import os
+
+    env = os.environ.get("SABENCH_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sabench"
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled artefacts persist across the points, processes and runs of this user.
+
+    TORCHINDUCTOR_CACHE_DIR when set, else cache_root()/inductor. Inductor's FX-graph and
+    autotuning caches live there, so a point process compiling a graph another point (or
+    an earlier run) already compiled loads it instead.
+    """
+    import os
+
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(env) if env else cache_root() / "inductor"

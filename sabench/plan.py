@@ -258,3 +258,11 @@ def parse_variant(text: str, num_layers: int) -> SharingPlan:
     # bare sa:A-B and sa:A-B/probs are one plan with one name (results stay comparable)
     canon = "+".join(p.removesuffix("/probs") for p in norm.split("+"))
     return SharingPlan(variant=canon, layers=layers, sa_strategy=strategy)
+
+
+def as_plan(plan, num_layers: int) -> SharingPlan:
+    """`plan` itself when it is a SharingPlan; a variant string parsed for `num_layers` layers.
+
+    The one place a library call that was handed a string parses it (the harness parses each
+    variant once and passes the SharingPlan on)."""
+    return plan if isinstance(plan, SharingPlan) else parse_variant(plan, num_layers)

@@ -158,7 +158,7 @@ class _QKCapture:
     """Post-RoPE float32 Q [B, H, T, D] and K [B, Hkv, T, D] of every layer, from forward hooks."""
 
     def __init__(self, model):
-        from sabench.model import rope_inv_freq
+        from sabench.layers import rope_inv_freq
 
         cfg = model.cfg
         self.h, self.hkv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -174,7 +174,7 @@ class _QKCapture:
 
     def _hook(self, store, index, heads):
         def hook(_module, _inputs, out):
-            from sabench.model import apply_rope
+            from sabench.layers import apply_rope
 
             b, t, _ = out.shape
             if self.rope is None or self.rope[0].shape[0] != t:
@@ -250,7 +250,7 @@ def recommend_sa(sim, threshold: float = DEFAULT_SIMILARITY) -> Optional[str]:
 
 
 # ---------------------------------------------------------------- variants from one set of weights
-def derive_variant(base, variant: str):
+def derive_variant(base, variant):
     """The `variant` model on the baseline's own tensors (shared storage: no copy, no disk read)."""
     from sabench.model import build_model
 
@@ -274,17 +274,9 @@ def default_device() -> str:
 
 
 def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
+    from sabench.devices import resolve_device
+
+    return torch.device(resolve_device(name))
 
 
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
@@ -336,12 +328,13 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
             names.append(v)
     rows = []
     for v in names:
-        if parse_variant(v, cfg.num_layers).is_baseline:
+        plan = parse_variant(v, cfg.num_layers)
+        if plan.is_baseline:
             ppl = base_ppl
         else:
-            ppl, _ = score(derive_variant(base, v), windows, desc=v, progress=progress)
+            ppl, _ = score(derive_variant(base, plan), windows, desc=v, progress=progress)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
-                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, v, dtype)})
+                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype)})
     return {
         "model": str(model), "weights": weights, "dtype": dtype, "device": str(dev),
         "tokens": windows.numel(), "input_tokens": tokens.numel(), "windows": windows.shape[0],

@@ -14,7 +14,7 @@ rank interval cannot reach 95% below 6 paired rounds; both are available (`metho
 series. Everything is deterministic: exact formulas, or a bootstrap with a fixed seed.
 
 scipy is imported inside the functions that need it, so `import sabench.stats` stays light (the
-worker imports `summarize` from here through sabench.measure).
+point process (harness.phases) imports `summarize` from here through sabench.measure).
 
 Step detection over a history series lives in sabench.step_detect and is re-exported here.
 """

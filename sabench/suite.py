@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, Optional
 
 import yaml
 
+from sabench.devices import DEVICE_PATTERN, resolve_device  # noqa: F401  (re-exported)
 from sabench.dtypes import dtype_name
 from sabench.paths import suites_dir
 from sabench.plan import PlanError, parse_variant
@@ -65,10 +66,10 @@ ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
-MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (runner.py resolves it)
+MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (harness.max_batch resolves it)
 
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE = DEVICE_PATTERN
 
 
 class SuiteError(ValueError):
@@ -167,31 +168,6 @@ class Suite:
                 raise SuiteError(source, "--variant", f"{text!r} is given twice (as {v!r})")
             canon.append(v)
         return dataclasses.replace(self, variants=tuple(canon))
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' or 'cpu'; 'cuda[:N]' checked against this machine.
-
-    Kept out of validation on purpose: a suite written for a GPU box must still
-    validate on a laptop; only running it needs the device.
-    """
-    import torch
-
-    d = str(device).strip().lower()
-    if not _DEVICE.match(d):
-        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cpu":
-        return d
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use auto or cpu")
-    index = int(d.split(":")[1]) if ":" in d else 0
-    if index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return d
 
 
 def resolve_execution(execution: str, device: str) -> str:

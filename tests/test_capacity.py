@@ -7,8 +7,8 @@ import pytest
 
 from sabench import accounting, memory_model as mm
 from sabench.cli import main
+from sabench.harness.faults import FAULT_ENV
 from sabench.records import SCHEMA, RunRecord
-from sabench.runner import FAULT_ENV
 from sabench.suite import SuiteError, parse_suite
 
 DATA = Path(__file__).parent / "data" / "h100_h200_memory_2026-11-22.json"

@@ -123,7 +123,7 @@ def test_real_gpu_point_device_peak_breakdown_and_energy(tmp_path):
             "variant": "cla:2", "batch_size": 2, "seq_len": 64, "decode_tokens": 8, "warmup": 1,
             "repeats": 3, "prefill_chunk": None, "peaks": {}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    subprocess.run([sys.executable, "-m", "sabench.worker", str(tmp_path / "spec.json"),
+    subprocess.run([sys.executable, "-m", "sabench.harness.point", str(tmp_path / "spec.json"),
                     str(tmp_path / "out.json")], check=True, cwd=str(ROOT), timeout=600,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
     records = json.loads((tmp_path / "out.json").read_text())["records"]

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import sabench.measure.nvml as nvml_mod
+import sabench.measure.nvml_readings as readings_mod
 from fake_nvml import FAKE_ENV, SPEC, device, script  # tests/ is on sys.path under pytest
 from sabench.measure.nvml import (Availability, NvmlSampler, NvmlUnavailable, nvml_device_info,
                                   open_device, parse_pci_bus_id, resolve_handle)
@@ -166,8 +166,8 @@ def test_no_torch_bus_id_falls_back_to_index(monkeypatch):
     # When torch cannot tell the bus id or UUID (a CPU-only torch; faked here so that a GPU box,
     # whose real ids the fake NVML does not know, takes the same path): index fallback, noted
     # on a multi-GPU host.
-    monkeypatch.setattr(nvml_mod, "torch_pci_bus_id", lambda index: None)
-    monkeypatch.setattr(nvml_mod, "torch_uuid", lambda index: None)
+    monkeypatch.setattr(readings_mod, "torch_pci_bus_id", lambda index: None)
+    monkeypatch.setattr(readings_mod, "torch_uuid", lambda index: None)
     d0, d1 = FakeDevice(BUS0), FakeDevice(BUS1)
     notes: list = []
     assert resolve_handle(FakeNvml([d0, d1]), 1, notes=notes) == (d1, "index")

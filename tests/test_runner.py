@@ -11,7 +11,7 @@ import pytest
 
 from sabench import accounting
 from sabench.cli import main
-from sabench.runner import FAULT_ENV
+from sabench.harness.faults import FAULT_ENV
 
 SUITE = """\
 name: mini
@@ -176,7 +176,8 @@ def test_records_say_eager_ran_and_how_stable_it_was(mini_run):
 def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
     import torch
 
-    from sabench.worker import EXTRA_ROUNDS, _timed_rounds
+    from sabench.constants import EXTRA_ROUNDS
+    from sabench.harness.phases import timed_rounds as _timed_rounds
 
     rounds = []
 
@@ -196,7 +197,7 @@ def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
 
 
 def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
-    from sabench.runner import cache_root, inductor_cache_dir
+    from sabench.paths import cache_root, inductor_cache_dir
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path / "sb"))

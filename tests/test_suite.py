@@ -290,7 +290,7 @@ def test_resolve_device(monkeypatch):
 
 def test_cli_rejects_malformed_suite_with_exit_2(tmp_path, capsys):
     cli = pytest.importorskip("sabench.cli")
-    pytest.importorskip("sabench.runner")  # `sabench run` hands the suite to runner.run_suite
+    pytest.importorskip("sabench.harness.sweep")  # `sabench run` hands the suite to harness.sweep.run_suite
     path = write(tmp_path, sweep_text(seq_len=[32, TINY_POSITIONS]), "bad-suite.yaml")
     out = tmp_path / "o"
     rc = cli.main(["run", str(path), "--out", str(out)])

@@ -38,7 +38,7 @@ from typing import Optional
 
 
 def _bootstrap() -> None:
-    """Make `sabench.measure.nvml` importable without running the packages' __init__ (torch)."""
+    """Make `sabench.measure.nvml_readings` importable without running the packages' __init__ (torch)."""
     import types
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         while data:
             data = data[os.write(fd_out, data):]
 
-    from sabench.measure import nvml as core  # torch-free (see _bootstrap)
+    from sabench.measure import nvml_readings as core  # torch-free (see _bootstrap)
 
     notes: list = []
     try:  # nvmlInit, the device and the MIG note

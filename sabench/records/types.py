@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from sabench.constants import STABLE_RATIO  # noqa: F401  (re-exported: p90/p10 above it is unstable)
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
 from sabench.records.rounds import RoundSample, parse_rounds
 
@@ -13,7 +14,6 @@ SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
 PHASES = ("prefill", "decode")
 STATUSES = ("ok", "oom", "error", "skipped_after_oom")
-STABLE_RATIO = 1.05  # p90/p10 of a point's samples above this: flagged unstable (the worker's threshold)
 MAX_REQUEST = "max"  # a sweep's `batch_size: max`
 
 Key = Tuple[str, int, int, str]  # (variant, batch_size, seq_len, phase)

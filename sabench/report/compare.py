@@ -100,9 +100,9 @@ def compare_runs(run_dirs: Sequence, out_dir=None) -> Path:
     if not shared:
         raise ResultsError("the runs share no (variant, batch, seq_len, phase) point: nothing to compare")
 
-    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+    from sabench.report import plots_compare  # matplotlib is imported only when figures are drawn
 
-    figs = plots.compare_figures(runs, shared, out)
+    figs = plots_compare.compare_figures(runs, shared, out)
     md = render(runs, shared, figs, out)
     p = out / "compare.md"
     write_atomic(p, md)

@@ -187,32 +187,3 @@ def ratio_ticks(lo: float, hi: float, most: int = 9) -> List[float]:
         if len(ticks) <= most:
             return ticks
     return ticks
-
-
-# ---------------------------------------------------------------------------- entry points
-
-
-def all_figures(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path) -> Dict[str, Optional[str]]:
-    """Every figure of the report: {id: file name or None}."""
-    from sabench.report.plots_run import (decode_throughput, flops_breakdown, latency_vs_seq, memory_vs_seq,
-                                          roofline_scatter, speedup_heatmap)
-
-    out_dir = Path(out_dir)
-    return {"prefill_latency": latency_vs_seq(results, index, out_dir, "prefill"),
-            "decode_latency": latency_vs_seq(results, index, out_dir, "decode"),
-            "decode_throughput": decode_throughput(results, index, out_dir),
-            "memory": memory_vs_seq(results, index, out_dir),
-            "speedup_prefill": speedup_heatmap(results, index, out_dir, "prefill"),
-            "speedup_decode": speedup_heatmap(results, index, out_dir, "decode"),
-            "flops_breakdown": flops_breakdown(results, index, out_dir),
-            "roofline": roofline_scatter(results, index, out_dir)}
-
-
-def compare_figures(runs, shared, out_dir: Path) -> Dict[str, Optional[str]]:
-    """The figures of compare.md: {id: file name or None}."""
-    from sabench.report.plots_compare import compare_latency, compare_ratio
-
-    out_dir = Path(out_dir)
-    return {"latency_prefill": compare_latency(runs, shared, out_dir, "prefill"),
-            "latency_decode": compare_latency(runs, shared, out_dir, "decode"),
-            "ratio": compare_ratio(runs, shared, out_dir)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from matplotlib.lines import Line2D
@@ -115,3 +115,11 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
     fig.suptitle(f"Latency of each run relative to {ref.label}, every shared point with its 95% interval"
                  + (" (within-process only)" if within else ""))
     return save(fig, out_dir, "compare_ratio.png")
+
+
+def compare_figures(runs, shared, out_dir: Path) -> Dict[str, Optional[str]]:
+    """The figures of compare.md: {id: file name or None}."""
+    out_dir = Path(out_dir)
+    return {"latency_prefill": compare_latency(runs, shared, out_dir, "prefill"),
+            "latency_decode": compare_latency(runs, shared, out_dir, "decode"),
+            "ratio": compare_ratio(runs, shared, out_dir)}

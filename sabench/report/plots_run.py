@@ -279,3 +279,16 @@ def roofline_scatter(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir:
                 for p, m in PHASE_MARKERS.items() if any(k[1] == p for k in pts)]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], loc="upper left", fontsize=8, frameon=True)
     return save(fig, out_dir, "roofline.png")
+
+
+def all_figures(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path) -> Dict[str, Optional[str]]:
+    """Every figure of the report: {id: file name or None}."""
+    out_dir = Path(out_dir)
+    return {"prefill_latency": latency_vs_seq(results, index, out_dir, "prefill"),
+            "decode_latency": latency_vs_seq(results, index, out_dir, "decode"),
+            "decode_throughput": decode_throughput(results, index, out_dir),
+            "memory": memory_vs_seq(results, index, out_dir),
+            "speedup_prefill": speedup_heatmap(results, index, out_dir, "prefill"),
+            "speedup_decode": speedup_heatmap(results, index, out_dir, "decode"),
+            "flops_breakdown": flops_breakdown(results, index, out_dir),
+            "roofline": roofline_scatter(results, index, out_dir)}

@@ -33,9 +33,9 @@ def write_report(run_dir) -> Path:
     index = index_records(results)
     for name in FIGURE_FILES:  # no stale figures from an earlier report of a different run
         (out_dir / name).unlink(missing_ok=True)
-    from sabench.report import plots  # matplotlib is imported only when figures are drawn
+    from sabench.report import plots_run  # matplotlib is imported only when figures are drawn
 
-    figs = plots.all_figures(results, index, out_dir)
+    figs = plots_run.all_figures(results, index, out_dir)
     md = render_markdown(results, index, figs)
     out = out_dir / "report.md"
     write_atomic(out, md)

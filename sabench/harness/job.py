@@ -1,0 +1,61 @@
+"""One point's job, typed: what a point process needs to measure it, parsed once by the sweep.
+
+The sweep builds a PointJob per point from the validated suite, with the variant already
+parsed into a SharingPlan, and hands it to the point process (pickled by the forkserver):
+the child parses nothing. `from_dict` is the edge for a job written as JSON
+(`python -m sabench.harness.point JOB.json RESULT.json`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sabench.plan import SharingPlan, parse_variant
+from sabench.presets import ModelConfig
+from sabench.records import point_key
+
+
+@dataclass(frozen=True)
+class PointJob:
+    cfg: ModelConfig
+    plan: SharingPlan
+    device: str  # resolved: "cpu", "cuda" or "cuda:N"
+    dtype: str  # canonical name
+    batch_size: int
+    seq_len: int
+    decode_tokens: int
+    warmup: int
+    repeats: int
+    prefill_chunk: Optional[int] = None
+    execution: str = "eager"  # resolved: "eager" or "compiled"
+    peaks: dict = field(default_factory=dict)  # peak_bandwidth_bytes_per_s, peak_flops_per_s
+    threads: Optional[int] = None
+    fault_oom: Optional[str] = None  # faults.FAULT_ENV's keys, read once by the sweep
+    inductor_cache_dir: Optional[str] = None
+    count_cache_dir: Optional[str] = None
+    seed: int = 0
+    t_spawn: Optional[float] = None  # time.time() when the launcher started the process
+
+    @property
+    def variant(self) -> str:
+        return self.plan.variant
+
+    @property
+    def key(self) -> str:
+        return point_key(self.variant, self.batch_size, self.seq_len)
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant} B={self.batch_size} T={self.seq_len}"
+
+    def replace(self, **changes) -> "PointJob":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PointJob":
+        """A job from its JSON form: the runner's spec keys (model_config, variant, ...)."""
+        cfg = ModelConfig(**d["model_config"])
+        names = {f.name for f in dataclasses.fields(cls)} - {"cfg", "plan"}
+        kw = {k: v for k, v in d.items() if k in names and v is not None}
+        return cls(cfg=cfg, plan=parse_variant(d["variant"], cfg.num_layers), **kw)

@@ -1,0 +1,73 @@
+"""Launching one point process: a forkserver child per point, its exit classified.
+
+Every point runs in a fresh process (its own allocator, its own CUDA context), so an
+out-of-memory error, a crash or a leaked allocation cannot touch the next point's numbers.
+The child writes its result file and exits 0; anything else is classified here: killed by
+SIGKILL (the kernel's OOM killer, likely) is "oom", any other death or exit code "error".
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from sabench.harness.job import PointJob
+from sabench.records import PHASES
+
+_CTX = None
+
+
+def _context():
+    """A forkserver that has imported torch and sabench once: each point is still a fresh
+    process but starts in milliseconds, not the 1-2 s an interpreter needs to import torch.
+    The server never touches CUDA."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
+
+        # torch and NVML must number GPUs alike (the sampler also matches by PCI bus id)
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+        _CTX = mp.get_context("forkserver")
+        _CTX.set_forkserver_preload(["sabench._forkserver_preload"])
+    return _CTX
+
+
+def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
+    """Measure one point in its own process; returns (records by phase, overhead)."""
+    from sabench.harness.point import child_main
+
+    result_path, stderr_path = workdir / "result.json", workdir / "stderr.txt"
+    for f in (result_path, stderr_path):
+        if f.exists():
+            f.unlink()
+    job = job.replace(t_spawn=time.time())
+    t0 = time.perf_counter()
+    proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)), daemon=True)
+    proc.start()
+    proc.join()
+    wall = time.perf_counter() - t0
+    if proc.exitcode == 0 and result_path.exists():
+        result = json.loads(result_path.read_text())
+        overhead = dict(result["overhead"], total_s=wall)
+        return {r["phase"]: r for r in result["records"]}, overhead
+    tail = stderr_path.read_text(errors="replace").strip().splitlines() if stderr_path.exists() else []
+    status, msg = classify_exit(proc.exitcode, tail)
+    return failed_records(job, status, msg, tail), {"total_s": wall, "point": job.key}
+
+
+def classify_exit(exitcode, stderr_tail: list) -> tuple[str, str]:
+    """(status, message) of a point process that did not deliver its result."""
+    if exitcode is not None and exitcode < 0:
+        sig = signal.Signals(-exitcode).name
+        msg = f"worker killed by {sig}" + (" (the kernel's OOM killer, likely)" if sig == "SIGKILL" else "")
+        return ("oom" if sig == "SIGKILL" else "error"), msg
+    return "error", f"worker exited with code {exitcode}: " + (stderr_tail[-1] if stderr_tail else "no message")
+
+
+def failed_records(job: PointJob, status: str, msg: str, tail: list) -> dict:
+    return {phase: {"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len,
+                    "phase": phase, "status": status, "error": msg[:500],
+                    "stderr_tail": "\n".join(tail[-20:])} for phase in PHASES}

@@ -1,0 +1,209 @@
+"""Measuring a phase: prefill and decode timing, graph capture, stability rounds, roofline.
+
+- prefill: the prompt forward that fills a fresh cache (time to first token), `warmup`
+  untimed then `repeats` timed calls;
+- decode: `decode_tokens` single-token steps from a cache filled to seq_len; `warmup`
+  untimed sequences then `repeats` timed ones, every step a sample.
+
+Execution (every record says which ran):
+- eager: plain PyTorch. On CUDA the decode step is also captured in a CUDA graph and
+  replayed: graph mode is the headline, the eager step's timing is kept too.
+- compiled: torch.compile (Inductor) of the decoder layers and the head, regionally. The
+  first call of each phase compiles (or loads from TORCHINDUCTOR_CACHE_DIR); it is timed apart
+  as overhead, never as a sample, before the phase's memory window opens. On CUDA the decode
+  step and the launch-bound prefills (<= PREFILL_GRAPH_MAX_TOKENS tokens) are then replayed
+  from CUDA graphs; a prefill whose capture fails for another reason than memory is timed by
+  direct calls and says so (`prefill_mode`, a note). The eager decode step is not timed.
+
+Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to EXTRA_ROUNDS more rounds
+of samples on CUDA; the record's `stability` says how it ended.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+
+import torch
+
+from sabench.constants import EXTRA_ROUNDS, STABLE_RATIO
+from sabench.harness.faults import maybe_inject_oom
+from sabench.harness.job import PointJob
+from sabench.measure import CudaGraphStep, is_oom_error, summarize, time_fn, time_steps
+from sabench.measure.timing import sync
+from sabench.measure.trackers import PhaseTrackers
+
+# Compiled prefills of at most this many tokens (batch x seq_len) are replayed from a CUDA graph:
+# they are the launch-bound ones. Larger ones run for tens of ms or more, hide their launches, and
+# a graph's private pool would hold a second copy of their activations during the measurement.
+PREFILL_GRAPH_MAX_TOKENS = 8192
+
+
+def _stability(samples: list) -> dict:
+    lat = summarize(samples)
+    ratio = lat["p90"] / lat["p10"] if lat["p10"] > 0 else float("inf")
+    return {"p90_over_p10": ratio, "stable": ratio <= STABLE_RATIO, "threshold": STABLE_RATIO}
+
+
+def timed_rounds(take, device: torch.device) -> tuple[list, dict]:
+    """Samples from `take()` (one round), plus on CUDA up to EXTRA_ROUNDS more while
+    p90/p10 > STABLE_RATIO (a CPU shared with other work rarely settles: no extra rounds).
+
+    Returns (all samples, stability). A set still unstable after the extra rounds is kept as
+    measured and flagged, with a note, rather than cherry-picked."""
+    samples = take()
+    stab = _stability(samples)
+    rounds, limit = 0, EXTRA_ROUNDS if device.type == "cuda" else 0
+    while not stab["stable"] and rounds < limit:
+        samples = samples + take()
+        stab = _stability(samples)
+        rounds += 1
+    stab["extra_rounds"] = rounds
+    if not stab["stable"]:
+        stab["note"] = (f"p90/p10 {stab['p90_over_p10']:.3f} > {STABLE_RATIO} after {rounds} extra rounds: "
+                        "the samples are spread (launch-bound or a busy machine); compare with care")
+    return samples, stab
+
+
+def roofline(rec: dict, flops_per_sample: float, bytes_per_sample: float, peaks: dict, metric: str):
+    bw, pf = peaks.get("peak_bandwidth_bytes_per_s"), peaks.get("peak_flops_per_s")
+    med_s = rec["latency_ms"]["median"] / 1e3
+    floors = []
+    if pf:
+        floors.append(flops_per_sample / pf)
+        rec["mfu"] = flops_per_sample / (med_s * pf)
+    if bw:
+        floors.append(bytes_per_sample / bw)
+        rec["mbu"] = bytes_per_sample / (med_s * bw)
+    if floors:
+        rec["floor_ms"] = max(floors) * 1e3
+    rec["roofline_metric"] = metric  # which of mfu/mbu is the headline for this phase
+
+
+def first_call(fn, device: torch.device, overhead: dict, key: str) -> None:
+    """A phase's first call: timed as overhead[key], never a sample. It compiles (compiled
+    execution; Inductor may autotune, cloning the buffers a kernel mutates, such as the
+    cache) or initialises lazily (eager: cuBLAS handles, allocator growth)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    sync(device)
+    overhead[key] = time.perf_counter() - t0
+
+
+def _maybe_graph(fn, capture: bool, execution: str, device: torch.device, notes: list):
+    """`fn` captured in a CUDA graph -> (replay, "graph", graph); uncaptured, or when capture
+    fails for another reason than memory: (fn, execution, None)."""
+    if not capture:
+        return fn, execution, None
+    try:
+        graph = CudaGraphStep(fn, device=device, warmup_iters=1)
+    except Exception as e:
+        if is_oom_error(e):
+            raise
+        notes.append(f"prefill not captured in a CUDA graph ({type(e).__name__}: {str(e)[:200]}); "
+                     "timed by direct calls")
+        release(device)
+        return fn, execution, None
+    return graph.replay, "graph", graph
+
+
+def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, notes, overhead) -> dict:
+    """The prefill record's measured fields (status, latency, mode, stability, memory, energy)."""
+    fn = lambda: model.prefill(ids, cache, job.prefill_chunk)  # noqa: E731
+    compiled = job.execution == "compiled"
+    if compiled:  # compiling (and autotuning) stays out of the phase's memory window
+        first_call(fn, device, overhead, "first_prefill_s")
+        release(device)
+    with torch.no_grad(), PhaseTrackers(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
+        if not compiled:
+            first_call(fn, device, overhead, "first_prefill_s")
+        capture = compiled and device.type == "cuda" and job.batch_size * job.seq_len <= PREFILL_GRAPH_MAX_TOKENS
+        fn, mode, graph = _maybe_graph(fn, capture, job.execution, device, notes)
+        rounds = itertools.count()
+
+        def one_round():  # energy is metered over the first round's timed calls
+            first = next(rounds) == 0
+            out = time_fn(fn, warmup=job.warmup, repeats=job.repeats, device=device,
+                          setup=mem.energy_from_call(max(job.warmup, 1)) if first else None)
+            if first:
+                mem.energy.stop()
+            return out
+
+        samples, stab = timed_rounds(one_round, device)
+        if graph is not None:
+            graph.close()
+    lat = summarize(samples)
+    return {"status": "ok", "latency_ms": lat, "tokens_per_s": job.batch_size * job.seq_len / (lat["median"] / 1e3),
+            "prefill_mode": mode, "stability": stab} | mem.fields(
+        job.batch_size * job.seq_len * job.repeats, f"the first {job.repeats} timed prefill calls")
+
+
+def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhead) -> dict:
+    """The decode record's measured fields: every step of the timed sequences a sample."""
+    t, n, b = job.seq_len, job.decode_tokens, job.batch_size
+    compiled = job.execution == "compiled"
+    tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
+    pos = torch.tensor([t], device=device)
+    step = model.greedy_step_fn(cache, tokens, pos)
+
+    def reset():  # the same n positions every sequence: identical work per repeat
+        pos.fill_(t)
+        tokens.fill_(1)
+
+    def run_sequences(fn, energy=None):  # energy: metered over the timed sequences
+        samples = []
+        for i in range(job.warmup + job.repeats):
+            if energy is not None and i == job.warmup:
+                energy.start()
+            s = time_steps(lambda _i: fn(), n, device=device, setup=reset)
+            if i >= job.warmup:
+                samples += s
+        if energy is not None:
+            energy.stop()
+        return samples
+
+    out = {}
+    maybe_inject_oom(job.fault_oom, job.variant, b, t, "decode")
+    if compiled:  # as in prefill: compiling stays out of the memory window
+        reset()
+        first_call(step, device, overhead, "first_decode_s")
+        release(device)
+    with torch.no_grad(), PhaseTrackers(device, sampler, kv_cache=cache.nbytes, **mem_kw) as mem:
+        if not compiled:
+            reset()
+            first_call(step, device, overhead, "first_decode_s")  # never timed, even with warmup 0
+        eager = None
+        if not compiled:  # compiled: the uncompiled step is not what runs, and timing it costs the most
+            eager = run_sequences(step)
+        rounds = itertools.count()
+        if device.type == "cuda":
+            reset()
+            graph = CudaGraphStep(step, device=device)
+            samples, stab = timed_rounds(
+                lambda: run_sequences(graph.replay, mem.energy if next(rounds) == 0 else None), device)
+            graph.close()
+            mode = "graph"
+        else:
+            # no extra rounds off CUDA (see timed_rounds), and no energy counter either
+            samples, stab = timed_rounds(lambda: eager if eager is not None else run_sequences(step), device)
+            mode = "compiled" if compiled else "eager"
+    out.update(latency_ms=summarize(samples), decode_mode=mode, stability=stab, status="ok")
+    if eager is not None and device.type == "cuda":
+        out["latency_eager_ms"] = summarize(eager)
+    return out | mem.fields(b * n * job.repeats, f"the first {job.repeats} timed sequences of {n} "
+                            f"{mode} decode steps")
+
+
+def failure(e: BaseException) -> dict:
+    msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+    if is_oom_error(e):
+        return {"status": "oom", "error": msg}
+    tb = traceback.format_exc(limit=3)
+    return {"status": "error", "error": msg, "traceback": tb[-2000:]}
+
+
+def release(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()

@@ -1,0 +1,196 @@
+"""The point process: build the model of one PointJob, measure its phases, write the result.
+
+Runs in a forkserver child per point (harness.launch), or as
+`python -m sabench.harness.point JOB.json RESULT.json` (a job in its JSON form). It writes
+RESULT (JSON: the point's two records and its overhead) and exits 0; anything else is the
+launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
+figures, the memory prediction, the FLOP count and the model all take that plan.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from sabench import accounting, flops, memory_model
+from sabench.dtypes import parse_dtype
+from sabench.io import write_json_atomic
+from sabench.harness.faults import maybe_inject_oom
+from sabench.harness.job import PointJob
+from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
+from sabench.measure.nvml_readings import parse_pci_bus_id
+from sabench.measure.timing import sync
+from sabench.model import load_model
+
+
+def _pre_cuda_levels(device: torch.device, notes: list):
+    """Used memory of every GPU, read before this process touches CUDA ({} off CUDA or without NVML)."""
+    if device.type != "cuda":
+        return {}
+    from sabench.measure.nvml_readings import used_bytes_by_bus
+
+    try:
+        return used_bytes_by_bus()
+    except Exception as e:
+        notes.append(f"NVML level before CUDA initialisation unavailable: {e}")
+        return {}
+
+
+def _open_sampler(device: torch.device, notes: list):
+    if device.type != "cuda":
+        return None
+    from sabench.measure.nvml import NvmlSampler
+
+    avail = NvmlSampler.available()
+    if not avail:
+        notes.append(f"NVML unavailable: {getattr(avail, 'reason', avail)}")
+        return None
+    try:
+        return NvmlSampler(device.index or 0)
+    except Exception as e:  # NVML trouble must not cost the timing
+        notes.append(f"NVML sampler failed to start: {e}")
+        return None
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the model's parameters (`params` of the record, a tied weight counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def analytic_records(job: PointJob, overhead: dict) -> tuple[dict, dict, tuple]:
+    """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
+    moved and parameters, the counted FLOPs and the memory prediction. Returns them with the
+    analytic FLOP totals (prefill, decode phase)."""
+    cfg, plan, dtype = job.cfg, job.plan, job.dtype
+    b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
+    t0 = time.perf_counter()
+    counted, overhead["flops_from_cache"] = flops.point_counts(cfg, plan, b, t, n, dtype, chunk,
+                                                                cache_dir=job.count_cache_dir)
+    overhead["count_flops_s"] = time.perf_counter() - t0
+    pre_an = accounting.prefill_flops(cfg, plan, b, t)
+    dec_an = accounting.decode_phase_flops(cfg, plan, b, t, n)
+    base = {"variant": job.variant, "batch_size": b, "seq_len": t, "warmup": job.warmup, "repeats": job.repeats,
+            "execution": job.execution, "params": accounting.params(cfg, plan),
+            "kv_cache_bytes": accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype)}
+    predicted = memory_model.predict(cfg, plan, dtype, b, t, n, chunk, torch.device(job.device).type)
+    prefill = {"phase": "prefill"} | base | {
+        "memory_predicted_bytes": predicted["prefill"].to_dict(),
+        "flops": {"counted": counted["prefill"], "analytic": pre_an.total, "analytic_breakdown": pre_an.to_dict()},
+        "bytes_moved": accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk)}
+    decode = {"phase": "decode"} | base | {
+        "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
+        "flops": {"counted": counted["decode_step"] * n, "analytic": dec_an.total,
+                  "analytic_breakdown": dec_an.to_dict()},
+        # every step reads all weights and, layer by layer, the whole static cache buffer it
+        # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
+        "bytes_moved": accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n}
+    return _ordered(prefill), _ordered(decode), (pre_an.total, dec_an.total)
+
+
+_KEY_ORDER = ("variant", "batch_size", "seq_len", "phase", "warmup", "repeats", "execution")
+
+
+def _ordered(rec: dict) -> dict:  # the records' keys in the order results.json always had
+    return {k: rec[k] for k in _KEY_ORDER} | {k: v for k, v in rec.items() if k not in _KEY_ORDER}
+
+
+def measure(job: PointJob) -> dict:
+    """{"records": [prefill, decode], "overhead": {...}} of one point."""
+    t_start = time.time()
+    device = torch.device(job.device)
+    b, t, n = job.batch_size, job.seq_len, job.decode_tokens
+    notes: list = []
+    pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
+    overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
+    prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
+
+    if job.inductor_cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.inductor_cache_dir
+    t0 = time.perf_counter()
+    try:  # the weights alone may not fit: both phases are then out of memory, and that is data
+        maybe_inject_oom(job.fault_oom, job.variant, b, t, "model build")
+        model = load_model(job.cfg, job.plan, parse_dtype(job.dtype), device, weights="random", seed=job.seed)
+        model.set_execution(job.execution)
+        sync(device)
+    except Exception as e:
+        fail = failure(e)
+        fail["error"] = "building the model: " + fail["error"]
+        prefill.update(fail)
+        decode.update(fail)
+        return {"records": [prefill, decode], "overhead": overhead}
+    overhead["model_build_s"] = time.perf_counter() - t0
+    sampler = _open_sampler(device, notes)
+    no_nvml = notes[-1] if sampler is None and device.type == "cuda" and notes else None
+    mem_kw = {"weights": _weights_bytes(model), "nvml_reason": no_nvml,
+              "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    ids = torch.randint(0, job.cfg.vocab_size, (b, t), generator=gen).to(device)
+
+    cache = None
+    try:  # ---- prefill
+        maybe_inject_oom(job.fault_oom, job.variant, b, t, "prefill")
+        cache = model.new_cache(b, t + n)
+        prefill.update(measure_prefill(job, model, ids, cache, device, sampler, mem_kw, notes, overhead))
+        roofline(prefill, pre_flops, prefill["bytes_moved"], job.peaks, "mfu")
+    except Exception as e:
+        prefill.update(failure(e))
+    release(device)
+
+    try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
+        if cache is None:
+            cache = model.new_cache(b, t + n)
+        decode.update(measure_decode(job, model, cache, device, sampler, mem_kw, overhead))
+        decode["tokens_per_s"] = b / (decode["latency_ms"]["median"] / 1e3)
+        roofline(decode, dec_flops / n, decode["bytes_moved"] / n, job.peaks, "mbu")
+    except Exception as e:
+        decode.update(failure(e))
+    if sampler is not None:
+        sampler.close()
+    if job.execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
+        overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
+    overhead["total_in_worker_s"] = time.time() - t_start
+    if notes:
+        prefill["notes"] = decode["notes"] = notes
+    return {"records": [prefill, decode], "overhead": overhead}
+
+
+def _die_with_parent():
+    """No orphan keeps measuring (and skewing the machine) after the runner is killed."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
+    """Entry point in the forked point process: stderr to a file the launcher reads on failure."""
+    _die_with_parent()
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    if job.threads:
+        torch.set_num_threads(int(job.threads))
+    write_json_atomic(result_path, measure(job), indent=None, fsync=False)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m sabench.harness.point JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        job = PointJob.from_dict(json.load(f))
+    if job.threads:
+        torch.set_num_threads(int(job.threads))
+    write_json_atomic(argv[1], measure(job), indent=None, fsync=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

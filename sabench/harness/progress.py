@@ -1,0 +1,53 @@
+"""Progress of a sweep: a bar with the current point and an ETA on a terminal; plain lines otherwise."""
+from __future__ import annotations
+
+import sys
+import time
+
+from sabench.records import PHASES
+
+
+class Progress:
+    def __init__(self, total: int, done: int):
+        self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.measured = 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="point", dynamic_ncols=True)
+
+    def start(self, label: str):
+        if self.bar is not None:
+            self.bar.set_description(label)
+        else:
+            print(f"[{self.done + 1}/{self.total}] {label} ...", file=sys.stderr, flush=True)
+
+    def finish(self, label: str, summary: str, measured: bool = True):
+        self.done += 1
+        self.measured += measured
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary)
+            self.bar.update(1)
+            return
+        eta = ""
+        if self.measured:
+            elapsed = time.perf_counter() - self.t0
+            eta = f" (ETA {elapsed / self.measured * (self.total - self.done):.0f} s)"
+        print(f"[{self.done}/{self.total}] {label}: {summary}{eta}", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary(records: dict) -> str:
+    """'prefill 1.2 ms, decode oom': one point's outcome in a line."""
+    parts = []
+    for phase in PHASES:
+        r = records.get(phase, {})
+        if r.get("status") == "ok":
+            parts.append(f"{phase} {r['latency_ms']['median']:.3g} ms")
+        else:
+            parts.append(f"{phase} {r.get('status')}")
+    return ", ".join(parts)
