@@ -131,7 +131,9 @@ def cmd_history(args) -> int:
         return 0
     sys.stdout.write(history.format_trends(trends, last=args.last))
     if args.plot:
-        print(history.plot_trends(trends, args.plot))
+        from sabench.report.plots_history import plot_trends
+
+        print(plot_trends(trends, args.plot))
     return 0
 
 

@@ -460,13 +460,6 @@ def format_trends(trends: List[Trend], last: int = 10) -> str:
     return "\n".join(out)
 
 
-def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path]:
-    """The trend plot (sabench.report.plots_history)."""
-    from sabench.report.plots_history import plot_trends as plot
-
-    return plot(trends, path, max_lines)
-
-
 def list_suites(db_path=None) -> List[Tuple[str, int]]:
     with closing(connect(db_path, create=False)) as con:
         return con.execute("SELECT suite, COUNT(*) FROM runs GROUP BY suite ORDER BY suite").fetchall()
