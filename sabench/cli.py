@@ -1,21 +1,35 @@
-"""The `sabench` command: thin parsing over the library. Exit codes: 0 ok, 1 failed
-points or a regression, 2 bad input (one line on stderr, never a traceback)."""
+"""The `sabench` command: thin parsing over the library.
+
+Exit codes: 0 ok; 1 failed points, a regression, or a bug (then with its traceback);
+2 a user error (one line on stderr, `sabench: error: <what>, <where>, <what to do>`,
+never a traceback); 130 interrupted (Ctrl-C; one line saying what was kept).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from sabench.argtypes import float_in, int_in
+from sabench.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunInterrupted, UserError,
+                            check_output_dir, one_line, os_error, refuse_run_dir)
+
+EXIT_FAILED = 1
+MAX_SIZE = 1 << 24  # batch, sequence and chunk sizes beyond this are typos
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
-        raise _BadInput(f"{self.prog}: {message}")
+        raise UserError(f"{message}, in '{self.prog}', see '{self.prog} --help'")
 
-
-class _BadInput(Exception):
-    pass
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown option names the subcommand it was given to."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = f"{self.prog} {ns.command}" if getattr(ns, "command", None) else self.prog
+            raise UserError(f"unrecognized arguments: {' '.join(extras)}, in '{prog}', see '{prog} --help'")
+        return ns
 
 
 def cmd_inspect(args) -> int:
@@ -29,16 +43,12 @@ def cmd_inspect(args) -> int:
 
     cfg = resolve_config(args.model)
     dtype = dtype_name(args.dtype)
-    seq = args.seq_len or min(2048, cfg.max_position_embeddings - 1)
+    seq = args.seq_len if args.seq_len is not None else min(2048, cfg.max_position_embeddings - 1)
     # parsed once, here; a bad variant is the likelier mistake: report it first
     plans = [parse_variant(v, cfg.num_layers) for v in args.variant or ["baseline"]]
-    if seq < 1 or args.batch < 1:
-        raise ValueError(f"--batch and --seq-len must be >= 1, got {args.batch} and {seq}")
     if seq + 1 > cfg.max_position_embeddings:
-        raise ValueError(f"--seq-len {seq} leaves no room for a decode step within the model's "
-                         f"{cfg.max_position_embeddings} positions")
-    if args.prefill_chunk is not None and args.prefill_chunk < 1:
-        raise ValueError(f"--prefill-chunk must be >= 1, got {args.prefill_chunk}")
+        raise UserError(f"--seq-len {seq} leaves no room for a decode step within the model's "
+                        f"{cfg.max_position_embeddings} positions, give at most {cfg.max_position_embeddings - 1}")
     memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
     for v in plans:
@@ -106,8 +116,24 @@ def _max_batch_cell(cap: dict) -> str:
 def cmd_run(args) -> int:
     from sabench.harness.sweep import run_suite
 
-    return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                     report=not args.no_report, execution=args.execution)
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    with _value_errors_are_user_errors():
+        return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
+                         report=not args.no_report, execution=args.execution)
+
+
+class _value_errors_are_user_errors:
+    """The runner and quality layers raise plain ValueError for bad input (resume mismatches,
+    --seq-len against the model, tokens outside the vocabulary): a user error there."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is not None and issubclass(kind, ValueError) and not issubclass(kind, UserError):
+            raise UserError(one_line(str(e))) from e
+        return False
 
 
 def cmd_quality(args) -> int:
@@ -115,10 +141,12 @@ def cmd_quality(args) -> int:
     from sabench.report import quality_report
 
     if args.out is not None:
-        quality_report.check_out_dir(args.out)
-    result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
-                              seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
-                              device=args.device, similarity=args.similarity)
+        check_output_dir(args.out, "--out")
+        refuse_run_dir(args.out, "--out", writes=("report.md",))
+    with _value_errors_are_user_errors():
+        result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
+                                  seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
+                                  device=args.device, similarity=args.similarity)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -135,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", required=True, help="preset, HF model directory or config.json")
     i.add_argument("--variant", action="append", help="baseline, cla:N, sa:A-B[,C-D], joined by +; repeatable")
     i.add_argument("--dtype", default="bfloat16", help="float32|bfloat16|float16 (fp32, bf16, fp16)")
-    i.add_argument("--batch", type=int, default=1)
-    i.add_argument("--seq-len", type=int, default=None, help="prompt length T (default min(2048, max positions))")
-    i.add_argument("--prefill-chunk", type=int, default=None,
+    i.add_argument("--batch", type=int_in(1, MAX_SIZE), default=1)
+    i.add_argument("--seq-len", type=int_in(1, MAX_SIZE), default=None, help="prompt length T (default min(2048, max positions))")
+    i.add_argument("--prefill-chunk", type=int_in(1, MAX_SIZE), default=None,
                    help="prefill query block for bytes moved and capacity (default: one block for bytes, "
                         "the largest power of two that fits for capacity)")
     i.add_argument("--memory", default=None,
@@ -169,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="UTF-8 text, encoded with the model directory's tokenizer")
     src.add_argument("--token-ids", metavar="FILE", help="whitespace-separated integer token ids")
-    q.add_argument("--seq-len", type=int, default=None, help="window length (default min(2048, max positions))")
-    q.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
-    q.add_argument("--similarity", type=float, default=0.9,
+    q.add_argument("--seq-len", type=int_in(2, MAX_SIZE), default=None,
+                   help="window length (default min(2048, max positions))")
+    q.add_argument("--max-windows", type=int_in(1, MAX_SIZE), default=None, help="score at most this many windows")
+    q.add_argument("--similarity", type=float_in(0.0, 1.0), default=0.9,
                    help="threshold for the recommended SA spans (default 0.9)")
     q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "
                                                  "float32 on cpu)")
@@ -196,18 +225,32 @@ def _version() -> str:
 
 
 def main(argv=None) -> int:
+    """Run one command; user errors -> one line and 2, Ctrl-C -> one line and 130, bugs propagate."""
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except _BadInput as e:
-        print(f"sabench: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sabench: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except UserError as e:
+        return _user_error(e)
+    except RunInterrupted as e:
+        print(f"sabench: {one_line(e)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("sabench: interrupted", file=sys.stderr)
-        return 130
+        print("sabench: interrupted; files written before the interrupt are kept, nothing else was changed; "
+              "run the command again", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:  # a path the user gave that cannot be read or written
+        mapped = os_error(e, "cannot use")
+        if mapped is None:
+            raise
+        return _user_error(mapped)
+
+
+def _user_error(e: Exception) -> int:
+    msg = one_line(e)
+    if len(msg) > 2000:  # a message quoting a huge input stays readable
+        msg = msg[:1000] + " ... " + msg[-500:]
+    print(f"sabench: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def entry() -> None:  # console script

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+from sabench.errors import UserError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]{1,3})?)$")  # ASCII digits only
 
 
 def resolve_device(device) -> str:
-    """'auto' -> 'cuda' or 'cpu'; 'cpu'; 'cuda[:N]' checked against this machine. ValueError
+    """'auto' -> 'cuda' or 'cpu'; 'cpu'; 'cuda[:N]' checked against this machine. UserError
     (one line: what, and what to use instead) otherwise. Accepts a torch.device too.
 
     Suite validation only checks the spelling (DEVICE_PATTERN): a suite written for a GPU box
@@ -17,16 +19,16 @@ def resolve_device(device) -> str:
 
     d = str(device).strip().lower()
     if not DEVICE_PATTERN.match(d):
-        raise ValueError(f"unsupported device {str(device)!r}: use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unsupported device {str(device)!r}: use auto, cpu, cuda or cuda:N")
     if d == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if d == "cpu":
         return d
     if not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; use auto or cpu")
+        raise UserError(f"device {str(device)!r} requested but CUDA is not available here; use auto or cpu")
     index = int(d.split(":")[1]) if ":" in d else 0
     if index >= torch.cuda.device_count():
-        raise ValueError(
+        raise UserError(
             f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return d

@@ -15,7 +15,9 @@ ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}  # canonical name -> byte
 
 
 def _error(value) -> ValueError:
-    return ValueError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
+    from sabench.errors import UserError
+
+    return UserError(f"unsupported dtype {value!r}: use float32, bfloat16 or float16 (fp32, bf16, fp16)")
 
 
 def dtype_name(dtype) -> str:

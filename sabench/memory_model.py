@@ -38,6 +38,7 @@ from typing import Optional
 
 from sabench import accounting
 from sabench.dtypes import dtype_bytes
+from sabench.errors import UserError
 from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
 
@@ -60,21 +61,25 @@ CPU_CONTEXT_BYTES = int(0.25 * GiB)
 
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
           "g": 10 ** 9, "gb": 10 ** 9, "gib": GiB, "t": 10 ** 12, "tb": 10 ** 12, "tib": TiB}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+MAX_SIZE = 2 ** 60  # an exbibyte: larger is a typo, not a device
 
 
 def parse_size(text) -> int:
     """'80GiB', '16 GB', '512MiB' or plain bytes '85520809984' -> bytes; ValueError otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+    if isinstance(text, int) and not isinstance(text, bool) and 0 < text <= MAX_SIZE:
         return text
     m = _SIZE.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
-        raise ValueError(f"bad memory size {text!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or "
+        raise UserError(f"bad memory size {text!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or "
                          f"TB/TiB (e.g. 80GiB), or plain bytes")
-    n = int(float(m.group(1)) * _UNITS[unit])
+    n = float(m.group(1)) * _UNITS[unit]
+    if not 0 < n <= MAX_SIZE:
+        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes and at most 1 EiB")
+    n = int(n)
     if n <= 0:
-        raise ValueError(f"bad memory size {text!r}: must be more than 0 bytes")
+        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes")
     return n
 
 

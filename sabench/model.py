@@ -21,6 +21,8 @@ graph of the step (the harness, generate) removes.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import zlib
 from typing import Optional
 
@@ -293,6 +295,19 @@ def build_model(source, variant: str = "baseline", dtype=torch.bfloat16, device=
     return m.eval()
 
 
+@contextlib.contextmanager
+def _open_checkpoint(f):
+    """safe_open with a damaged or unreadable file as a ModelSourceError naming it (the user can fix it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            yield sf
+    except (SafetensorError, OSError) as e:
+        raise ModelSourceError(f"{f}: not a readable safetensors checkpoint ({' '.join(str(e).split())}), "
+                               "re-download the file or remove it to use random weights") from None
+
+
 @torch.no_grad()
 def load_weights(model: SharedLlama, files) -> dict:
     """Copy checkpoint tensors into `model`; tensors of projections the plan removed are skipped.
@@ -300,13 +315,11 @@ def load_weights(model: SharedLlama, files) -> dict:
     Returns {"loaded": n, "dropped": [names]}; raises ModelSourceError when the
     checkpoint lacks a tensor the model needs or holds one no plan would explain.
     """
-    from safetensors import safe_open
-
     params = dict(model.named_parameters())
     base_names = {n for n, _ in build_model(model.cfg, "baseline").named_parameters()}  # meta: free
     loaded, dropped, unexpected = set(), [], []
     for f in files:
-        with safe_open(str(f), framework="pt", device="cpu") as sf:
+        with _open_checkpoint(f) as sf:
             for name in sf.keys():
                 if name in params:
                     t = sf.get_tensor(name)

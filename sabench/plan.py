@@ -37,8 +37,10 @@ import re
 from dataclasses import dataclass
 from typing import Tuple
 
+from sabench.errors import UserError
 
-class PlanError(ValueError):
+
+class PlanError(UserError):
     """A variant string that cannot be turned into a plan for this model."""
 
 
@@ -140,7 +142,7 @@ class SharingPlan:
         return " ".join(parts)
 
 
-_INT = r"\d+"
+_INT = r"[0-9]{1,9}"  # ASCII only (\d would take "２", which int() reads as 2), and bounded
 _CLA = re.compile(rf"^cla:(-?{_INT})$")
 _SPAN = re.compile(rf"^(-?{_INT})-(-?{_INT})$")
 

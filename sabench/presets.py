@@ -7,14 +7,42 @@ a Llama-family decoder. Sources: a preset name, a model directory holding
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from sabench.errors import UserError
 
-class ModelSourceError(ValueError):
+
+class ModelSourceError(UserError):
     """A model source that cannot be resolved to a config."""
+
+
+_MAX_DIM = 1 << 30  # no real model has a dimension (or 2**30 positions) this large: larger is a typo
+_HF_NAME = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "num_kv_heads": "num_key_value_heads"}
+ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_rope_scaling(rs, where: str) -> None:
+    """Llama-3 rope scaling: a mapping with every field, each a finite number > 0."""
+    if not isinstance(rs, dict):
+        raise ModelSourceError(f"{where}: rope_scaling must be a mapping with {', '.join(ROPE_SCALING_FIELDS)}, "
+                               f"got {type(rs).__name__} {rs!r}, fix the model's config")
+    for k in ROPE_SCALING_FIELDS:
+        v = rs.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            raise ModelSourceError(f"{where}: rope_scaling.{k} must be a finite number > 0, got {v!r}, "
+                                   "fix the model's config")
+    if rs["high_freq_factor"] <= rs["low_freq_factor"]:
+        raise ModelSourceError(f"{where}: rope_scaling.high_freq_factor ({rs['high_freq_factor']}) must exceed "
+                               f"low_freq_factor ({rs['low_freq_factor']}), fix the model's config")
 
 
 @dataclass(frozen=True)
@@ -40,18 +68,28 @@ class ModelConfig:
     source: str = "preset"
 
     def __post_init__(self):
+        """The one place a model's shape is checked for consistency (presets, config.json, results)."""
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                     "num_kv_heads", "head_dim", "max_position_embeddings"):
             v = getattr(self, key)
-            if not isinstance(v, int) or v < 1:
-                raise ModelSourceError(f"model {self.name!r}: {key} must be a positive integer, got {v!r}")
+            if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+                raise ModelSourceError(f"model {self.name!r}: {_HF_NAME.get(key, key)} must be an integer in "
+                                       f"1..{_MAX_DIM}, got {v!r}, fix the model's config")
         if self.num_heads % self.num_kv_heads:
             raise ModelSourceError(
                 f"model {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of "
-                f"num_key_value_heads ({self.num_kv_heads})"
+                f"num_key_value_heads ({self.num_kv_heads}), fix the model's config"
             )
         if self.head_dim % 2:
-            raise ModelSourceError(f"model {self.name!r}: head_dim must be even for RoPE, got {self.head_dim}")
+            raise ModelSourceError(f"model {self.name!r}: head_dim must be even for RoPE, got {self.head_dim}, "
+                                   "fix the model's config")
+        for key in ("rope_theta", "rms_norm_eps"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ModelSourceError(f"model {self.name!r}: {key} must be a finite number > 0, got {v!r}, "
+                                       "fix the model's config")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling, f"model {self.name!r}")
 
     @property
     def attention_kind(self) -> str:
@@ -128,50 +166,85 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str) -> ModelConfig:
             f"{source}: model_type {mt!r} is not a Llama-family decoder sabench runs "
             "(supported: llama, mistral, qwen2)"
         )
-    try:
-        hidden = int(d["hidden_size"])
-        heads = int(d["num_attention_heads"])
-        head_dim = d.get("head_dim") or hidden // heads
-        # transformers 4 writes `rope_scaling` (+ top-level rope_theta); 5 writes `rope_parameters`.
-        rs = d.get("rope_scaling") or d.get("rope_parameters") or None
-        if rs is not None:
-            rtype = rs.get("rope_type", rs.get("type"))
-            if rtype in (None, "default"):
-                rs = None
-            elif rtype != "llama3":
-                raise ModelSourceError(f"{source}: rope_scaling type {rtype!r} is not supported (llama3 is)")
-            else:
-                rs = {k: float(rs[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")} | {
-                    "original_max_position_embeddings": int(rs["original_max_position_embeddings"])}
-        rope_theta = d.get("rope_theta")
-        if rope_theta is None:  # transformers 5 nests it under rope_parameters
-            rope_theta = (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-        attention_bias = bool(d.get("attention_bias", False))
-        return ModelConfig(
-            name=name,
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(d["intermediate_size"]),
-            num_layers=int(d["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-            rope_theta=float(rope_theta),
-            rope_scaling=rs,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            qkv_bias=(mt == "qwen2") or attention_bias,
-            o_bias=attention_bias and mt != "qwen2",
-            mlp_bias=bool(d.get("mlp_bias", False)),
-            source=source,
-        )
-    except KeyError as e:
-        raise ModelSourceError(f"{source}: config has no {e.args[0]!r}") from None
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ModelSourceError):
-            raise
-        raise ModelSourceError(f"{source}: malformed config ({e})") from None
+
+    def get_int(key, default=None):
+        """A positive integer field of config.json (JSON 4.0 is accepted as 4, 4.5 or "4" are not)."""
+        if key not in d or d[key] is None:
+            if default is None:
+                raise ModelSourceError(f"{source}: config has no {key!r}, add it to the config")
+            return default
+        v = d[key]
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+            raise ModelSourceError(f"{source}: {key} must be an integer in 1..{_MAX_DIM}, got {v!r}, "
+                                   "fix the model's config")
+        return v
+
+    def get_number(value, key):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ModelSourceError(f"{source}: {key} must be a finite number > 0, got {value!r}, "
+                                   "fix the model's config")
+        return float(value)
+
+    hidden = get_int("hidden_size")
+    heads = get_int("num_attention_heads")
+    if d.get("head_dim") is None:
+        if hidden % heads:
+            raise ModelSourceError(f"{source}: hidden_size ({hidden}) is not divisible by num_attention_heads "
+                                   f"({heads}) and head_dim is not given, fix the model's config or give head_dim")
+        head_dim = hidden // heads
+    else:
+        head_dim = get_int("head_dim")
+    rs = _hf_rope_scaling(d, source)
+    rope_theta = d.get("rope_theta")
+    if rope_theta is None:  # transformers 5 nests it under rope_parameters
+        params = d.get("rope_parameters")
+        rope_theta = params.get("rope_theta", 10000.0) if isinstance(params, dict) else 10000.0
+    attention_bias = bool(d.get("attention_bias", False))
+    return ModelConfig(
+        name=name,
+        vocab_size=get_int("vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=get_int("intermediate_size"),
+        num_layers=get_int("num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=get_int("num_key_value_heads", default=heads),  # absent (or null): MHA; 0 is refused
+        head_dim=head_dim,
+        max_position_embeddings=get_int("max_position_embeddings", default=2048),
+        rope_theta=get_number(rope_theta, "rope_theta"),
+        rope_scaling=rs,
+        rms_norm_eps=get_number(d.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        qkv_bias=(mt == "qwen2") or attention_bias,
+        o_bias=attention_bias and mt != "qwen2",
+        mlp_bias=bool(d.get("mlp_bias", False)),
+        source=source,
+    )
+
+
+def _hf_rope_scaling(d: dict, source: str) -> Optional[dict]:
+    """transformers 4 writes `rope_scaling` (+ top-level rope_theta); 5 writes `rope_parameters`."""
+    key = "rope_scaling" if d.get("rope_scaling") is not None else "rope_parameters"
+    rs = d.get(key)
+    if rs is None:
+        return None
+    if not isinstance(rs, dict):
+        raise ModelSourceError(f"{source}: {key} must be a mapping (e.g. {{\"rope_type\": \"llama3\", ...}}) "
+                               f"or null, got {type(rs).__name__} {rs!r}, fix the model's config")
+    rtype = rs.get("rope_type", rs.get("type"))
+    if rtype in (None, "default"):
+        return None
+    if rtype != "llama3":
+        raise ModelSourceError(f"{source}: {key} type {rtype!r} is not supported (llama3 is), "
+                               "use a model with llama3 or default RoPE")
+    missing = [k for k in ROPE_SCALING_FIELDS if k not in rs]
+    if missing:
+        raise ModelSourceError(f"{source}: {key} lacks {', '.join(missing)}, add them to the config")
+    out = {k: rs[k] for k in ROPE_SCALING_FIELDS}
+    _check_rope_scaling(out, source)
+    return {k: float(out[k]) for k in ROPE_SCALING_FIELDS[:3]} | {
+        "original_max_position_embeddings": int(out["original_max_position_embeddings"])}
 
 
 def weight_files(source: str | os.PathLike) -> list[Path]:

@@ -22,14 +22,16 @@ is rejected with its key path before loading. Schema::
                                 # the largest batch that fits for each variant and seq_len (predicted
                                 # by memory_model, confirmed by running it, stepping down on OOM)
       seq_len: [32, 128]        # prompt lengths, same rules
-    decode_tokens: 16           # optional, default 32; >= 1
-    warmup: 2                   # optional, default 2; >= 0
-    repeats: 5                  # optional, default 5; >= 1
+    decode_tokens: 16           # optional, default 32; 1..2**20
+    warmup: 2                   # optional, default 2; 0..1000
+    repeats: 5                  # optional, default 5; 1..10000
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
     memory: null                # optional; memory `max` fits in (80GiB, 16GB, bytes); default: the
                                 # CUDA device's total memory, on CPU the available RAM
     execution: auto             # optional, default auto; eager | compiled | auto
                                 # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
+    allow_long_context: false   # optional; true lets seq_len + decode_tokens exceed the model's positions
+                                # (the model then runs with max_position_embeddings raised to fit)
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import yaml
 
 from sabench.devices import DEVICE_PATTERN, resolve_device  # noqa: F401  (re-exported)
 from sabench.dtypes import dtype_name
+from sabench.errors import UserError
 from sabench.paths import suites_dir
 from sabench.plan import PlanError, parse_variant
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
@@ -59,11 +62,13 @@ DEFAULTS = {
     "prefill_chunk": None,
     "memory": None,
     "execution": "auto",
+    "allow_long_context": False,
 }
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
-                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution")
+                "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
+                "allow_long_context")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
 MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (harness.max_batch resolves it)
@@ -72,7 +77,7 @@ _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = DEVICE_PATTERN
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError):
     """A suite that cannot run as written. str(e) is one line: ``FILE: key.path: problem``.
 
     `source` is the file (or suite label), `key` the dotted key path (None when the
@@ -119,6 +124,7 @@ class Suite:
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
     execution: str = "auto"  # as written; resolve_execution() says what runs on a device
+    allow_long_context: bool = False  # seq_len + decode_tokens may exceed the model's positions
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -138,7 +144,7 @@ class Suite:
             "memory": self.memory,
             "execution": self.execution,
             "path": self.path,
-        }
+        } | ({"allow_long_context": True} if self.allow_long_context else {})
 
     def points(self) -> list[Point]:
         """Every point, per variant with batch size then seq_len ascending.
@@ -173,7 +179,7 @@ class Suite:
 def resolve_execution(execution: str, device: str) -> str:
     """'auto' -> 'compiled' on CUDA, 'eager' on CPU; 'eager' and 'compiled' as given."""
     if execution not in EXECUTION_CHOICES:
-        raise ValueError(f"unsupported execution {execution!r}: use {', '.join(EXECUTION_CHOICES)}")
+        raise UserError(f"unsupported execution {execution!r}: use {', '.join(EXECUTION_CHOICES)}")
     if execution == "auto":
         return "compiled" if str(device).startswith("cuda") else "eager"
     return execution
@@ -233,6 +239,9 @@ def _read_yaml(text: str, source: str) -> Any:
         raise SuiteError(source, where, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as e:
         raise SuiteError(source, None, f"invalid YAML: {e}") from None
+    except RecursionError:
+        raise SuiteError(source, None, "nested too deeply (or an alias refers to itself); "
+                                       "a suite is a flat mapping of plain values") from None
 
 
 def _vet_nodes(node, path: str, source: str, seen=None) -> None:
@@ -300,9 +309,13 @@ def _check_keys(mapping: dict, allowed, required, path: str, source: str) -> Non
             raise SuiteError(source, _join(path, key), "required key missing")
 
 
-def _int_field(value, key: str, minimum: int, source: str) -> int:
-    if not _is_int(value) or value < minimum:
-        raise SuiteError(source, key, f"expected an integer >= {minimum}, got {_show(value)}")
+# Upper bounds: a value past these is a typo (or 1e20), and would hang a run rather than fail it.
+MAX_REPEATS, MAX_WARMUP, MAX_DECODE_TOKENS, MAX_SIZE = 10_000, 1_000, 1 << 20, 1 << 24
+
+
+def _int_field(value, key: str, minimum: int, source: str, maximum: int = MAX_SIZE) -> int:
+    if not _is_int(value) or not minimum <= value <= maximum:
+        raise SuiteError(source, key, f"expected an integer in {minimum}..{maximum}, got {_show(value)}")
     return value
 
 
@@ -342,8 +355,9 @@ def _batch_list(value, source: str) -> tuple:
     first: dict = {}
     for i, item in enumerate(value):
         p = f"{key}[{i}]"
-        if item != MAX_BATCH and (not _is_int(item) or item < 1):
-            raise SuiteError(source, p, f"expected a positive integer or {MAX_BATCH!r}, got {_show(item)}")
+        if item != MAX_BATCH and (not _is_int(item) or not 1 <= item <= MAX_SIZE):
+            raise SuiteError(source, p, f"expected an integer in 1..{MAX_SIZE} or {MAX_BATCH!r}, "
+                                        f"got {_show(item)}")
         if item in first:
             raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
         first[item] = p
@@ -396,12 +410,16 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise SuiteError(source, "device", f"expected auto, cpu, cuda or cuda:N, got {_show(d['device'])}")
 
-    decode_tokens = _int_field(d["decode_tokens"], "decode_tokens", 1, source)
-    warmup = _int_field(d["warmup"], "warmup", 0, source)
-    repeats = _int_field(d["repeats"], "repeats", 1, source)
+    decode_tokens = _int_field(d["decode_tokens"], "decode_tokens", 1, source, MAX_DECODE_TOKENS)
+    warmup = _int_field(d["warmup"], "warmup", 0, source, MAX_WARMUP)
+    repeats = _int_field(d["repeats"], "repeats", 1, source, MAX_REPEATS)
     prefill_chunk = d["prefill_chunk"]
-    if prefill_chunk is not None and (not _is_int(prefill_chunk) or prefill_chunk < 1):
-        raise SuiteError(source, "prefill_chunk", f"expected null or an integer >= 1, got {_show(prefill_chunk)}")
+    if prefill_chunk is not None and (not _is_int(prefill_chunk) or not 1 <= prefill_chunk <= MAX_SIZE):
+        raise SuiteError(source, "prefill_chunk",
+                         f"expected null or an integer in 1..{MAX_SIZE}, got {_show(prefill_chunk)}")
+    allow_long = d["allow_long_context"]
+    if not isinstance(allow_long, bool):
+        raise SuiteError(source, "allow_long_context", f"expected true or false, got {_show(allow_long)}")
 
     execution = d["execution"]
     if execution not in EXECUTION_CHOICES:
@@ -432,19 +450,24 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     variants = _parse_variants(d["variants"], cfg.num_layers, source)
 
     limit = cfg.max_position_embeddings
+    needed = max(seq_lens) + decode_tokens
+    if allow_long and needed > limit:
+        # Asked for explicitly: the model runs past its trained positions (RoPE extends; quality may not).
+        cfg = dataclasses.replace(cfg, max_position_embeddings=needed)
     for seq, p in zip(seq_lens, seq_paths):
-        if seq + decode_tokens > limit:
+        if seq + decode_tokens > cfg.max_position_embeddings:
             raise SuiteError(
                 source, p,
                 f"{seq} + decode_tokens {decode_tokens} exceeds the model's {limit} positions; "
-                f"seq_len may be at most {limit - decode_tokens}",
+                f"seq_len may be at most {limit - decode_tokens} (or set allow_long_context: true to run "
+                "past the trained positions)",
             )
 
     return Suite(
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path, memory=memory, execution=execution,
+        path=path, memory=memory, execution=execution, allow_long_context=allow_long,
     )
 
 

@@ -80,24 +80,27 @@ MALFORMED = [
     ("sa-overlapping", suite_text(variants=["sa:1-2,2-3"]), "variants[0]: overlapping SA spans"),
     ("variant-as-mapping", "name: unit\nmodel: tiny\nvariants:\n  - baseline\n  - sa: 2-3\n"
                            "sweep: {batch_size: 1, seq_len: 32}\n", "variants[1]: expected a variant string"),
-    ("batch-size-zero", sweep_text(batch_size=[1, 0]), "sweep.batch_size[1]: expected a positive integer or 'max', got 0"),
+    ("batch-size-zero", sweep_text(batch_size=[1, 0]), "sweep.batch_size[1]: expected an integer in 1..16777216 or 'max', got 0"),
     ("batch-size-float", sweep_text(batch_size=1.5), "sweep.batch_size: expected a positive integer or a list"),
     ("batch-size-repeated", sweep_text(batch_size=[4, 1, 4]), "sweep.batch_size[2]: 4 is listed twice"),
     ("empty-batch-list", sweep_text(batch_size=[]), "sweep.batch_size: expected a non-empty list"),
-    ("negative-seq-len", sweep_text(seq_len=[-8]), "sweep.seq_len[0]: expected an integer >= 1, got -8"),
-    ("seq-len-string", sweep_text(seq_len=["32"]), "sweep.seq_len[0]: expected an integer >= 1, got '32'"),
-    ("seq-len-bool", sweep_text(seq_len=[32, True]), "sweep.seq_len[1]: expected an integer >= 1, got true"),
-    ("warmup-bool", suite_text(warmup=True), "warmup: expected an integer >= 0, got true"),
-    ("warmup-word", suite_text(warmup="two"), "warmup: expected an integer >= 0, got 'two'"),
-    ("warmup-negative", suite_text(warmup=-1), "warmup: expected an integer >= 0, got -1"),
+    ("negative-seq-len", sweep_text(seq_len=[-8]), "sweep.seq_len[0]: expected an integer in 1..16777216, got -8"),
+    ("seq-len-string", sweep_text(seq_len=["32"]), "sweep.seq_len[0]: expected an integer in 1..16777216, got '32'"),
+    ("seq-len-bool", sweep_text(seq_len=[32, True]), "sweep.seq_len[1]: expected an integer in 1..16777216, got true"),
+    ("warmup-bool", suite_text(warmup=True), "warmup: expected an integer in 0..1000, got true"),
+    ("warmup-word", suite_text(warmup="two"), "warmup: expected an integer in 0..1000, got 'two'"),
+    ("warmup-negative", suite_text(warmup=-1), "warmup: expected an integer in 0..1000, got -1"),
     ("seq-beyond-positions", sweep_text(seq_len=[32, TINY_POSITIONS - 8]),
      f"sweep.seq_len[1]: {TINY_POSITIONS - 8} + decode_tokens 16 exceeds the model's {TINY_POSITIONS} positions; "
      f"seq_len may be at most {TINY_POSITIONS - 16}"),
     ("single-seq-beyond-positions", sweep_text(seq_len=TINY_POSITIONS),
      f"sweep.seq_len: {TINY_POSITIONS} + decode_tokens 16 exceeds"),
-    ("decode-tokens-zero", suite_text(decode_tokens=0), "decode_tokens: expected an integer >= 1, got 0"),
-    ("repeats-zero", suite_text(repeats=0), "repeats: expected an integer >= 1, got 0"),
-    ("prefill-chunk-zero", suite_text(prefill_chunk=0), "prefill_chunk: expected null or an integer >= 1"),
+    ("decode-tokens-zero", suite_text(decode_tokens=0), "decode_tokens: expected an integer in 1..1048576, got 0"),
+    ("repeats-zero", suite_text(repeats=0), "repeats: expected an integer in 1..10000, got 0"),
+    ("prefill-chunk-zero", suite_text(prefill_chunk=0), "prefill_chunk: expected null or an integer in 1..16777216"),
+    ("repeats-huge", suite_text(repeats=10 ** 20), "repeats: expected an integer in 1..10000, got 100000000000000000000"),
+    ("warmup-huge", suite_text(warmup=5000), "warmup: expected an integer in 0..1000, got 5000"),
+    ("allow-long-context-word", suite_text(allow_long_context="yes please"), "allow_long_context: expected true or false"),
     ("bad-execution", suite_text(execution="fast"), "execution: expected one of auto, eager, compiled, got 'fast'"),
     ("sa-bad-strategy", suite_text(variants=["sa:2-3/fused"]), "variants[0]: bad SA strategy '/fused'"),
     ("unknown-model", suite_text(model="llama-99b"), "model: unknown model 'llama-99b'"),
@@ -310,3 +313,14 @@ def test_paths_anchor_to_the_checkout_else_the_working_directory(tmp_path, monke
     monkeypatch.setattr(paths, "PACKAGE_DIR", installed)
     monkeypatch.chdir(tmp_path)
     assert paths.suites_dir() == tmp_path / "suites" and paths.reports_dir() == tmp_path / "reports"
+
+
+def test_allow_long_context_runs_past_the_models_positions(tmp_path):
+    """Asked for explicitly, a sequence beyond the trained positions is accepted and the model is sized for it."""
+    seq = TINY_POSITIONS + 100
+    suite = load_suite(write(tmp_path, suite_text(sweep={"batch_size": 1, "seq_len": seq}, allow_long_context=True)))
+    assert suite.model_config.max_position_embeddings == seq + BASE["decode_tokens"]
+    assert suite.to_dict()["allow_long_context"] is True
+    plain = load_suite(write(tmp_path, suite_text(), "plain.yaml"))
+    assert "allow_long_context" not in plain.to_dict()  # older results stay comparable on --resume
+    assert plain.model_config.max_position_embeddings == TINY_POSITIONS

@@ -62,6 +62,8 @@ def classify_exit(exitcode, stderr_tail: list) -> tuple[str, str]:
     """(status, message) of a point process that did not deliver its result."""
     if exitcode is not None and exitcode < 0:
         sig = signal.Signals(-exitcode).name
+        if sig == "SIGINT":  # Ctrl-C reached the point first: the run is interrupted, not the point failed
+            raise KeyboardInterrupt
         msg = f"worker killed by {sig}" + (" (the kernel's OOM killer, likely)" if sig == "SIGKILL" else "")
         return ("oom" if sig == "SIGKILL" else "error"), msg
     return "error", f"worker exited with code {exitcode}: " + (stderr_tail[-1] if stderr_tail else "no message")

@@ -157,6 +157,13 @@ def measure(job: PointJob) -> dict:
     return {"records": [prefill, decode], "overhead": overhead}
 
 
+def _quiet_on_interrupt():
+    """Ctrl-C reaches the whole process group: a point process just ends (the sweep reports it), no traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _die_with_parent():
     """No orphan keeps measuring (and skewing the machine) after the runner is killed."""
     try:
@@ -170,6 +177,7 @@ def _die_with_parent():
 
 def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
     """Entry point in the forked point process: stderr to a file the launcher reads on failure."""
+    _quiet_on_interrupt()
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
@@ -184,6 +192,7 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m sabench.harness.point JOB.json RESULT.json", file=sys.stderr)
         return 2
+    _quiet_on_interrupt()
     with open(argv[0]) as f:
         job = PointJob.from_dict(json.load(f))
     if job.threads:

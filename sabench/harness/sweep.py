@@ -25,6 +25,7 @@ from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.progress import Progress, summary
+from sabench.errors import RunInterrupted
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
@@ -182,6 +183,12 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                 data["overhead"][p.key] = overhead
             write_json_atomic(path, data)
             progress.finish(label, summary(records), measured=overhead is not None)
+    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
+        measured = len({(r["variant"], r.get("batch_request", r["batch_size"]), r["seq_len"])
+                        for r in data["records"]})
+        cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
+                       + [f"--variant {v}" for v in (variants or [])])
+        raise RunInterrupted(path, min(measured, len(points)), len(points), cmd) from None
     finally:
         progress.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -5,8 +5,10 @@ import json
 import math
 from typing import Dict, Optional, Tuple
 
+from sabench.errors import UserError
 
-class ResultsError(ValueError):
+
+class ResultsError(UserError):
     """A results file (or a pair of them) that cannot be used; the message is one line."""
 
 

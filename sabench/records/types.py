@@ -416,7 +416,7 @@ class RunRecord:
         for k in _ENV_TEXTS:
             if env.get(k) is not None and not isinstance(env.get(k), str):
                 w.fail(f"env.{k}", f"must be a string, got {show(env.get(k))}")
-        suite = mapping(w, "suite", d.get("suite")) or {}
+        suite = _suite(w, mapping(w, "suite", d.get("suite")) or {})
         ovh = mapping(w, "overhead", d.get("overhead")) or {}
         known = ("schema", "created", "env", "suite", "overhead", "records")
         return cls(env=env, suite=suite,
@@ -450,3 +450,21 @@ class RunRecord:
     def phases(self) -> List[str]:
         present = {r.phase for r in self.records}
         return [p for p in PHASES if p in present]
+
+
+def _suite(w: Where, suite: dict) -> dict:
+    """The suite as run stays a mapping, but the keys readers use must have their types."""
+    for k in ("name", "description", "dtype", "device", "execution", "path"):
+        text(w, f"suite.{k}", suite.get(k))
+    if not isinstance(suite.get("model"), (str, dict, type(None))):
+        w.fail("suite.model", f"must be a name or a mapping, got {show(suite.get('model'))}")
+    mapping(w, "suite.model_config", suite.get("model_config"))
+    strings(w, "suite.variants", suite.get("variants"))
+    sweep = mapping(w, "suite.sweep", suite.get("sweep")) or {}
+    for k, v in sweep.items():
+        if not isinstance(v, list) or not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in v):
+            w.fail(f"suite.sweep.{k}", f"must be a list of integers, got {show(v)}")
+    for k in ("decode_tokens", "warmup", "repeats", "prefill_chunk", "rounds", "threads"):
+        number(w, f"suite.{k}", suite.get(k), integer=True, lo=0)
+    return suite
+

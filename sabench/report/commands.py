@@ -1,8 +1,8 @@
 """argparse subcommands: report, compare, check, history.
 
 `register(subparsers)` adds them to the main `sabench` parser; each sets `func(args) -> int`.
-Bad input is raised as sabench.report.ResultsError (a ValueError): the caller prints
-`sabench: error: <msg>` and exits 2. `main(argv)` does exactly that on its own
+Bad input is raised as sabench.report.ResultsError (a sabench.errors.UserError): the caller
+prints `sabench: error: <msg>` and exits 2. `main(argv)` does exactly that on its own
 (`python -m sabench.report.commands ...`), for tests and standalone use.
 """
 from __future__ import annotations
@@ -11,8 +11,16 @@ import argparse
 import sys
 from typing import List, Optional
 
+from sabench.errors import UserError, check_output_dir, check_output_file
 from sabench.report.results import ResultsError
 
+MAX_SIZE = 1 << 24
+
+
+def _int_in(lo: int, hi: int):
+    from sabench.argtypes import int_in  # one definition of the CLI's integer arguments
+
+    return int_in(lo, hi)
 
 
 def register(subparsers) -> None:
@@ -74,10 +82,10 @@ def register(subparsers) -> None:
                         "latency_ms.p90, memory_bytes.peak_rss, ...)")
     p.add_argument("--variant", default=None)
     p.add_argument("--phase", default=None, choices=("prefill", "decode"))
-    p.add_argument("--batch", type=int, default=None, help="only this batch size")
-    p.add_argument("--seq-len", type=int, default=None, help="only this seq_len")
+    p.add_argument("--batch", type=_int_in(1, MAX_SIZE), default=None, help="only this batch size")
+    p.add_argument("--seq-len", type=_int_in(1, MAX_SIZE), default=None, help="only this seq_len")
     p.add_argument("--machine", default=None, help="machine fingerprint (prefix) or host name")
-    p.add_argument("--last", type=int, default=10, help="columns: the last N runs (default 10; 0 = all)")
+    p.add_argument("--last", type=_int_in(0, 1_000_000), default=10, help="columns: the last N runs (default 10; 0 = all)")
     p.add_argument("--threshold", default="5%", help="smallest relative move marked as a step (default 5%%)")
     p.add_argument("--plot", metavar="FILE", default=None, help="write the trend plot (PNG) here")
     p.add_argument("--import", dest="import_paths", nargs="+", metavar="PATH", default=None,
@@ -99,6 +107,8 @@ def cmd_compare(args) -> int:
 
     if len(args.runs) < 2:
         raise ResultsError("compare needs at least two runs")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     print(compare_runs(args.runs, args.out))
     return 0
 
@@ -106,6 +116,8 @@ def cmd_compare(args) -> int:
 def cmd_check(args) -> int:
     from sabench.report.check import check, parse_threshold
 
+    if args.markdown is not None:
+        check_output_file(args.markdown, "--markdown")
     res = check(args.baseline, args.current, threshold=parse_threshold(args.threshold),
                 markdown=args.markdown, alpha=args.alpha, timings=args.timings == "on",
                 allow_missing=args.allow_missing)
@@ -117,6 +129,8 @@ def cmd_history(args) -> int:
     from sabench.report import history
     from sabench.report.check import parse_threshold
 
+    if args.plot is not None:
+        check_output_file(args.plot, "--plot")
     if args.import_paths:
         added, present = history.import_paths(args.import_paths, args.db)
         print(f"{history.resolve_db(args.db)}: {added} run(s) added, {present} already present")
@@ -145,12 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Parse and run one subcommand; ValueError (ResultsError) -> 'sabench: error: ...' and 2."""
+    """Parse and run one subcommand; a UserError (ResultsError) -> 'sabench: error: ...' and 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as e:
-        print(f"sabench: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"sabench: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 
