@@ -169,8 +169,11 @@ def test_history_metric_accepts_every_numeric_record_field(tmp_path, capsys):
         assert main(["history", "--db", str(db), "--metric", metric]) == 0
         out = capsys.readouterr().out
         assert out.startswith(metric) and "cla:2 b=1 s=512" in out
-    assert main(["history", "--db", str(db), "--metric", "nonsense"]) == 2
-    assert "unknown metric 'nonsense'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse refuses it before anything runs
+        main(["history", "--db", str(db), "--metric", "nonsense"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metric" in err and "unknown metric 'nonsense'" in err and "joules_per_token" in err
 
 
 def test_cli_history_table_plot_and_import(tmp_path, capsys):

@@ -23,6 +23,17 @@ def _int_in(lo: int, hi: int):
     return int_in(lo, hi)
 
 
+def _history_metric(text: str) -> str:
+    """argparse type: a metric the history records (its aliases and every numeric record field)."""
+    from sabench.report.history import METRICS
+
+    if text not in METRICS:
+        short = [m for m in METRICS if "." not in m]
+        raise argparse.ArgumentTypeError(f"unknown metric {text!r}; choose from {', '.join(short)}, or a nested "
+                                         f"field such as latency_ms.p90 or memory_bytes.device_peak")
+    return text
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="write report.md and figures for a run",
@@ -76,7 +87,7 @@ def register(subparsers) -> None:
                     "else reports/history.sqlite.")
     p.add_argument("--db", metavar="PATH", default=None, help="history database")
     p.add_argument("--suite", default=None)
-    p.add_argument("--metric", default="median_ms", metavar="METRIC",
+    p.add_argument("--metric", default="median_ms", metavar="METRIC", type=_history_metric,
                    help="median_ms (default), tokens_per_s, peak_memory_bytes, flops_analytic, flops_counted, or any "
                         "numeric field of a record by its name in results.json (joules_per_token, mfu, "
                         "latency_ms.p90, memory_bytes.peak_rss, ...)")
