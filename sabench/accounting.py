@@ -254,3 +254,76 @@ def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_
         "bytes_moved": {"prefill": pre_b.total, "decode_step": dec_b.total,
                         "prefill_breakdown": pre_b.to_dict(), "decode_step_breakdown": dec_b.to_dict()},
     }
+
+
+# ---------------------------------------------------------------- tensor parallelism
+# parallel.py shards by KV head: a rank holds H/N query heads, Hkv/N KV heads and I/N of the MLP
+# width, with embeddings, norms, lm_head and row-parallel biases whole (replicated). A rank's
+# params, cache, FLOPs and bytes are then those of the rank's config (parallel.rank_config); the
+# whole system's are N times a rank's (replicated parts counted on every rank that holds them).
+# On top, two all-reduces per layer (after o_proj and after down_proj), each of the
+# B x tokens x hidden activations; a ring all-reduce sends and receives 2(N-1)/N of that per rank.
+# sabench's layers wait for their all-reduce (the next norm reads its result), so the floor
+# adds the link time to the compute/memory floor instead of overlapping it.
+NVLINK_DATASHEET = {"bytes_per_s": 450e9,
+                    "source": "datasheet: NVLink 4 (H100/H200 SXM), 450 GB/s per direction per GPU"}
+
+
+def all_reduce_bytes(cfg, batch_size: int, tokens: int, dtype, tp: int) -> dict:
+    """All-reduce traffic of one forward over `tokens` new tokens per sequence:
+    {"payload": bytes all-reduced (2 per layer of B*tokens*hidden), "per_rank": bytes a rank
+    sends over its link in a ring all-reduce (2(N-1)/N of the payload; 0 for N = 1)}."""
+    cfg = resolve_config(cfg)
+    payload = 2 * cfg.num_layers * batch_size * tokens * cfg.hidden_size * dtype_bytes(dtype)
+    return {"payload": payload, "per_rank": payload * 2 * (tp - 1) // tp}
+
+
+def _rank_figures(rank_cfg: ModelConfig, p: SharingPlan, batch: int, seq: int, dtype, chunk, tp: int) -> dict:
+    pre_b = prefill_breakdown(rank_cfg, p, batch, seq, dtype, chunk)
+    dec_b = decode_step_breakdown(rank_cfg, p, batch, seq + 1, dtype)
+    return {
+        "params": params(rank_cfg, p),
+        "weight_bytes": params(rank_cfg, p) * dtype_bytes(dtype),
+        "kv_cache_bytes_per_token": kv_bytes_per_token(rank_cfg, p, dtype),
+        "kv_cache_bytes": kv_cache_bytes(rank_cfg, p, batch, seq, dtype),
+        "flops": {"prefill": prefill_flops(rank_cfg, p, batch, seq).total,
+                  "decode_step": decode_flops(rank_cfg, p, batch, seq).total},
+        "bytes_moved": {"prefill": pre_b.total, "decode_step": dec_b.total},
+        "link_bytes": {"prefill": all_reduce_bytes(rank_cfg, batch, seq, dtype, tp)["per_rank"],
+                       "decode_step": all_reduce_bytes(rank_cfg, batch, 1, dtype, tp)["per_rank"]},
+    }
+
+
+def floor_s(flops: int, nbytes: int, link_bytes: int, peaks: dict, link_bytes_per_s: float) -> dict:
+    """One rank's floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth) + link bytes / link bandwidth."""
+    compute = flops / peaks["peak_flops_per_s"]
+    memory = nbytes / peaks["peak_bandwidth_bytes_per_s"]
+    link = link_bytes / link_bytes_per_s if link_bytes else 0.0
+    return {"compute_s": compute, "memory_s": memory, "link_s": link, "floor_s": max(compute, memory) + link}
+
+
+def tp_summary(cfg, plan, batch_size: int, seq_len: int, dtype, tp: int, prefill_chunk=None,
+               link_bandwidth: dict = None, peaks: dict = None) -> dict:
+    """Per-rank and total figures of a `tp`-way tensor-parallel point (what inspect --tp shows).
+
+    link_bandwidth: {"bytes_per_s", "source"} (default NVLINK_DATASHEET, labelled so);
+    peaks: {"peak_flops_per_s", "peak_bandwidth_bytes_per_s"} of one GPU, for the floors
+    (omitted without)."""
+    from sabench.tp_shapes import rank_config
+
+    cfg = resolve_config(cfg)
+    p = as_plan(plan, cfg.num_layers)
+    link = link_bandwidth or NVLINK_DATASHEET
+    rank = _rank_figures(rank_config(cfg, tp), p, batch_size, seq_len, dtype, prefill_chunk, tp)
+    total = {k: ({kk: vv * tp for kk, vv in v.items()} if isinstance(v, dict) else v * tp)
+             for k, v in rank.items() if k != "kv_cache_bytes_per_token"}
+    total["kv_cache_bytes_per_token"] = rank["kv_cache_bytes_per_token"] * tp
+    out = {"tensor": tp, "link_bandwidth_bytes_per_s": link["bytes_per_s"],
+           "link_bandwidth_source": link["source"], "per_rank": rank, "total": total}
+    if peaks:
+        out["floors_ms"] = {
+            phase: {k.replace("_s", "_ms"): v * 1e3 for k, v in floor_s(
+                rank["flops"][phase], rank["bytes_moved"][phase], rank["link_bytes"][phase], peaks,
+                link["bytes_per_s"]).items()}
+            for phase in ("prefill", "decode_step")}
+    return out

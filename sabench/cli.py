@@ -32,29 +32,92 @@ class _Parser(argparse.ArgumentParser):
         return ns
 
 
+def _inspect_inputs(args) -> None:
+    """Fill what --suite gives and the options leave open: model, dtype, variants, batch and
+    seq_len (the suite's first), prefill chunk, memory, tensor-parallel degree and link."""
+    args.link, args.tp_from = None, "--tp"
+    if args.suite is None:
+        if args.model is None:
+            raise UserError("inspect: one of --model or --suite is required")
+        return
+    from sabench.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite(args.suite))
+    if args.model is not None:
+        raise UserError("inspect: give --model or --suite, not both (the suite names its model)")
+    args.model = suite.model_config
+    args.dtype = args.dtype or suite.dtype
+    args.variant = args.variant or list(suite.variants)
+    if args.batch is None:
+        args.batch = next((b for b in suite.batch_sizes if b != "max"), 1)
+    if args.seq_len is None:
+        args.seq_len = suite.seq_lens[0]
+    if args.prefill_chunk is None:
+        args.prefill_chunk = suite.prefill_chunk
+    if args.memory is None:
+        args.memory = suite.memory
+    if args.tp is None:
+        args.tp, args.tp_from = suite.tensor_parallel, "the suite's parallel.tensor"
+    args.link = suite.link_bandwidth
+
+
+def _link(args) -> dict:
+    """The link bandwidth for the all-reduce floor: --link-bandwidth, the suite's, or the datasheet's."""
+    from sabench.accounting import NVLINK_DATASHEET
+    from sabench.tp_shapes import parse_bandwidth
+
+    if args.link_bandwidth is not None:
+        return {"bytes_per_s": parse_bandwidth(args.link_bandwidth), "source": "--link-bandwidth"}
+    if args.link is not None:
+        return {"bytes_per_s": args.link, "source": "the suite's parallel.link_bandwidth"}
+    return NVLINK_DATASHEET
+
+
+def _peaks(gpu):
+    if gpu is None:
+        return None
+    from sabench.measure.calibrate import DATASHEET
+
+    if gpu not in DATASHEET:
+        raise UserError(f"--gpu {gpu!r} is not a datasheet sabench knows; use one of {', '.join(DATASHEET)}")
+    return DATASHEET[gpu]
+
+
 def cmd_inspect(args) -> int:
     from tabulate import tabulate
 
     from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
+    from sabench.tp_shapes import check_tensor_parallel, rank_config
     from sabench.plan import parse_variant
-    from sabench.report.results import human_bytes, human_count, human_flops
+    from sabench.report.results import human_bytes, human_count, human_flops, human_rate
     from sabench.presets import resolve_config
 
+    _inspect_inputs(args)
     cfg = resolve_config(args.model)
-    dtype = dtype_name(args.dtype)
+    dtype = dtype_name(args.dtype or "bfloat16")
+    args.batch = 1 if args.batch is None else args.batch
     seq = args.seq_len if args.seq_len is not None else min(2048, cfg.max_position_embeddings - 1)
     # parsed once, here; a bad variant is the likelier mistake: report it first
     plans = [parse_variant(v, cfg.num_layers) for v in args.variant or ["baseline"]]
     if seq + 1 > cfg.max_position_embeddings:
         raise UserError(f"--seq-len {seq} leaves no room for a decode step within the model's "
                         f"{cfg.max_position_embeddings} positions, give at most {cfg.max_position_embeddings - 1}")
+    tp = 1 if args.tp is None else args.tp
+    try:
+        check_tensor_parallel(cfg, tp)
+    except ValueError as e:
+        raise UserError(f"{args.tp_from} {tp}: {e}") from None
+    link, peaks = _link(args), _peaks(args.gpu)
     memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
     for v in plans:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
-        if memory:
-            s["capacity"] = memory_model.capacity(cfg, v, dtype, seq, memory,
+        if tp > 1 or peaks:
+            s["tensor_parallel"] = accounting.tp_summary(cfg, v, args.batch, seq, dtype, tp, args.prefill_chunk,
+                                                         link, peaks)
+        if memory:  # per GPU: a rank's shard must fit in it
+            s["capacity"] = memory_model.capacity(rank_config(cfg, tp), v, dtype, seq, memory,
                                                   prefill_chunk=args.prefill_chunk or "auto")
         if args.count:
             from sabench import flops
@@ -81,8 +144,12 @@ def cmd_inspect(args) -> int:
         [f"decode step FLOPs (ctx {seq})"] + [human_flops(r["flops"]["decode_step"]) for r in rows],
         ["decode step bytes"] + [human_bytes(r["bytes_moved"]["decode_step"]) for r in rows],
     ]
+    if tp > 1 or peaks:
+        table += _tp_rows(rows, tp, peaks)
     if memory:
-        table.append([f"max batch ({human_bytes(memory)}, T={seq})"] + [_max_batch_cell(r["capacity"]) for r in rows])
+        per_gpu = " per GPU" if tp > 1 else ""
+        table.append([f"max batch ({human_bytes(memory)}{per_gpu}, T={seq})"]
+                     + [_max_batch_cell(r["capacity"]) for r in rows])
         limit = cfg.max_position_embeddings - 1
         table.append(["max seq_len at B=1"] + [
             f"{r['capacity']['max_seq_len_at_batch_1']}"
@@ -96,7 +163,37 @@ def cmd_inspect(args) -> int:
     print(tabulate(table, headers=["", *[r["variant"] for r in rows]], tablefmt="github"))
     for r in rows:
         print(f"  {r['variant']}: {r['plan']}")
+    if tp > 1 or peaks:
+        t = rows[0]["tensor_parallel"]
+        print(f"  TP-{tp}: per rank {cfg.num_heads // tp} heads, {cfg.num_kv_heads // tp} KV heads, MLP width "
+              f"{cfg.intermediate_size // tp}; embeddings and lm_head on every rank; total = all ranks together")
+        print(f"  all-reduce link: {human_rate(t['link_bandwidth_bytes_per_s'], 'B/s')} ({t['link_bandwidth_source']})"
+              + (f"; floors: {args.gpu} datasheet peaks, max(compute, memory) + link" if peaks else ""))
     return EXIT_OK
+
+
+def _tp_rows(rows, tp: int, peaks) -> list:
+    from sabench.report.results import human_bytes, human_flops
+
+    def per(key, fmt, phase=None, where="per_rank"):
+        return [fmt(r["tensor_parallel"][where][key] if phase is None else r["tensor_parallel"][where][key][phase])
+                for r in rows]
+
+    out = [
+        [f"weights per rank (TP-{tp})"] + per("weight_bytes", human_bytes),
+        ["weights, all ranks"] + per("weight_bytes", human_bytes, where="total"),
+        ["KV cache per rank"] + per("kv_cache_bytes", human_bytes),
+        ["prefill FLOPs per rank"] + per("flops", human_flops, "prefill"),
+        ["decode step bytes per rank"] + per("bytes_moved", human_bytes, "decode_step"),
+        ["all-reduce bytes per rank: prefill"] + per("link_bytes", human_bytes, "prefill"),
+        ["  decode step"] + per("link_bytes", human_bytes, "decode_step"),
+    ]
+    if peaks:
+        for phase in ("prefill", "decode_step"):
+            out.append([f"{phase.replace('_', ' ')} floor (compute|memory + link)"] + [
+                "{floor_ms:.3g} ms ({compute_ms:.3g}|{memory_ms:.3g} + {link_ms:.3g})".format(
+                    **r["tensor_parallel"]["floors_ms"][phase]) for r in rows])
+    return out
 
 
 def _local_device_memory():
@@ -115,6 +212,12 @@ def _max_batch_cell(cap: dict) -> str:
 
 def cmd_run(args) -> int:
     from sabench.harness.sweep import run_suite
+    from sabench.suite import find_suite, load_suite
+
+    suite = load_suite(find_suite(args.suite))
+    if suite.tensor_parallel > 1:  # the point launcher runs one process per point for now
+        raise UserError(f"{suite.path}: parallel.tensor: {suite.tensor_parallel}-way tensor-parallel points "
+                        "cannot be run by `sabench run` yet, `sabench inspect --suite` shows their figures")
 
     if args.out is not None:
         check_output_dir(args.out, "--out")
@@ -136,6 +239,15 @@ class _value_errors_are_user_errors:
         return False
 
 
+def _budget(text: str) -> float:
+    from sabench.advice import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_quality(args) -> int:
     from sabench import quality
     from sabench.report import quality_report
@@ -146,7 +258,8 @@ def cmd_quality(args) -> int:
     with _value_errors_are_user_errors():
         result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                                   seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
-                                  device=args.device, similarity=args.similarity)
+                                  device=args.device, similarity=args.similarity, stride=args.stride,
+                                  budget=args.budget, candidates=args.candidates)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -160,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     i = sub.add_parser("inspect", help="what a variant costs before anything runs (no weights)")
-    i.add_argument("--model", required=True, help="preset, HF model directory or config.json")
+    i.add_argument("--model", help="preset, HF model directory or config.json")
+    i.add_argument("--suite", help="take the model, dtype, variants, first batch and seq_len, prefill chunk, "
+                                   "memory and parallel settings from a suite (options given override them)")
     i.add_argument("--variant", action="append", help="baseline, cla:N, sa:A-B[,C-D], joined by +; repeatable")
-    i.add_argument("--dtype", default="bfloat16", help="float32|bfloat16|float16 (fp32, bf16, fp16)")
-    i.add_argument("--batch", type=int_in(1, MAX_SIZE), default=1)
+    i.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (fp32, bf16, fp16; default bfloat16)")
+    i.add_argument("--batch", type=int_in(1, MAX_SIZE), default=None, help="batch size (default 1)")
     i.add_argument("--seq-len", type=int_in(1, MAX_SIZE), default=None, help="prompt length T (default min(2048, max positions))")
     i.add_argument("--prefill-chunk", type=int_in(1, MAX_SIZE), default=None,
                    help="prefill query block for bytes moved and capacity (default: one block for bytes, "
@@ -171,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--memory", default=None,
                    help="device memory for capacity, e.g. 80GiB, 16GB, 512MiB or bytes (default: the local "
                         "CUDA device's total memory; none without a device)")
+    i.add_argument("--tp", type=int_in(1, 1024), default=None,
+                   help="tensor-parallel degree: per-rank and total figures, all-reduce traffic (default 1)")
+    i.add_argument("--link-bandwidth", default=None,
+                   help="GPU link bandwidth for the all-reduce floor, e.g. 450GB/s (default: the suite's, "
+                        "else NVLink 4's datasheet figure)")
+    i.add_argument("--gpu", default=None,
+                   help="datasheet peaks for per-rank floors, e.g. 'H100 SXM', 'H200', 'A100 80GB'")
     i.add_argument("--count", action="store_true", help="also count FLOPs with fvcore (meta tensors)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
@@ -202,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-windows", type=int_in(1, MAX_SIZE), default=None, help="score at most this many windows")
     q.add_argument("--similarity", type=float_in(0.0, 1.0), default=0.9,
                    help="threshold for the recommended SA spans (default 0.9)")
+    q.add_argument("--stride", type=int_in(1, MAX_SIZE), default=None,
+                   help="rolling windows as lm-eval-harness scores perplexity: each later window scores "
+                        "the next STRIDE tokens with up to --seq-len of context (default: non-overlapping "
+                        "windows)")
+    q.add_argument("--budget", type=_budget, default=None,
+                   help="perplexity increase the advice may spend, e.g. 5%% (default 5%%): the advice "
+                        "picks the largest measured saving within it")
+    q.add_argument("--candidates", type=int_in(0, 1000), default=None,
+                   help="candidate SA plans to measure for the advice (default 8; 0: no advice)")
     q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "
                                                  "float32 on cpu)")
     q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")

@@ -24,7 +24,7 @@ A point's footprint is weights + KV cache + the phase's activation peak + the CU
   and libraries (CUDA_CONTEXT_BYTES) come on top.
 
 The constants are calibrated on the first H100 runs (torch 2.11+cu130, driver 580, Llama-3.1-8B
-and Llama-3.2-1B, /work/shared/measurements/2026-11-22-h100-h200; tests/data holds the readings):
+and Llama-3.2-1B, sabench 2b61a92; the runs are not in this repository, tests/data holds their readings):
 CUDA context = NVML per-process peak minus the allocator's peak reserved, 0.670 GiB in every
 prefill and 0.738-0.742 GiB in every decode (CUDA graphs); the workspace = allocated peak minus
 tensors at the smallest points. tests/test_capacity.py checks the prediction against every
@@ -32,15 +32,14 @@ measured absolute peak of those runs.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
 from sabench import accounting
 from sabench.dtypes import dtype_bytes
-from sabench.errors import UserError
 from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
+from sabench.units import MAX_SIZE, parse_size  # noqa: F401  (re-exported)
 
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
 
@@ -59,28 +58,6 @@ DECODE_LEFTOVER_BLOCKS = 2
 # glibc and the CPU allocator are not modelled.
 CPU_CONTEXT_BYTES = int(0.25 * GiB)
 
-_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
-          "g": 10 ** 9, "gb": 10 ** 9, "gib": GiB, "t": 10 ** 12, "tb": 10 ** 12, "tib": TiB}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-MAX_SIZE = 2 ** 60  # an exbibyte: larger is a typo, not a device
-
-
-def parse_size(text) -> int:
-    """'80GiB', '16 GB', '512MiB' or plain bytes '85520809984' -> bytes; ValueError otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool) and 0 < text <= MAX_SIZE:
-        return text
-    m = _SIZE.match(str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise UserError(f"bad memory size {text!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or "
-                         f"TB/TiB (e.g. 80GiB), or plain bytes")
-    n = float(m.group(1)) * _UNITS[unit]
-    if not 0 < n <= MAX_SIZE:
-        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes and at most 1 EiB")
-    n = int(n)
-    if n <= 0:
-        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes")
-    return n
 
 
 @dataclass(frozen=True)

@@ -309,8 +309,11 @@ def _open_checkpoint(f):
 
 
 @torch.no_grad()
-def load_weights(model: SharedLlama, files) -> dict:
+def load_weights(model: SharedLlama, files, transform=None) -> dict:
     """Copy checkpoint tensors into `model`; tensors of projections the plan removed are skipped.
+
+    transform(name, tensor) -> tensor, when given, maps each checkpoint tensor the model keeps
+    before it is copied (parallel.py: a tensor-parallel rank's slice).
 
     Returns {"loaded": n, "dropped": [names]}; raises ModelSourceError when the
     checkpoint lacks a tensor the model needs or holds one no plan would explain.
@@ -323,6 +326,8 @@ def load_weights(model: SharedLlama, files) -> dict:
             for name in sf.keys():
                 if name in params:
                     t = sf.get_tensor(name)
+                    if transform is not None:
+                        t = transform(name, t)
                     if t.shape != params[name].shape:
                         raise ModelSourceError(
                             f"{f}: tensor {name} has shape {tuple(t.shape)}, the config implies "
@@ -342,17 +347,20 @@ def load_weights(model: SharedLlama, files) -> dict:
     return {"loaded": len(loaded), "dropped": sorted(dropped)}
 
 
-def load_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="cuda",
+def load_model(source, variant: str = "baseline", dtype=torch.bfloat16, device=None,
                weights: str = "auto", seed: int = 0) -> SharedLlama:
     """A ready model: `source` is a preset, an HF model directory or a config.json path.
 
+    device=None: CUDA when it is available, else the CPU.
     weights="auto" loads safetensors when the directory holds them, random
     weights (std 0.02, seeded) otherwise; "random" always uses random weights.
     """
     if weights not in ("auto", "random"):
         raise ValueError(f"weights must be 'auto' or 'random', got {weights!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = resolve_config(source)
-    files = weight_files(source) if weights == "auto" and cfg.source != "preset" else []
+    files = weight_files(cfg.source) if weights == "auto" and cfg.source != "preset" else []
     m = build_model(cfg, variant, dtype, device)
     if files:
         m.load_report = load_weights(m, files)

@@ -139,6 +139,8 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig("llama-3-8b", 128256, 4096, 14336, 32, 32, 8, 128, 8192, 500000.0),
         ModelConfig("llama-3.1-8b", 128256, 4096, 14336, 32, 32, 8, 128, 131072, 500000.0,
                     _LLAMA3_SCALING_8B),
+        ModelConfig("llama-3.1-70b", 128256, 8192, 28672, 80, 64, 8, 128, 131072, 500000.0,
+                    _LLAMA3_SCALING_8B),
         ModelConfig("llama-3.2-1b", 128256, 2048, 8192, 16, 32, 8, 64, 131072, 500000.0,
                     _LLAMA3_SCALING_SMALL, tie_word_embeddings=True),
         ModelConfig("llama-3.2-3b", 128256, 3072, 8192, 28, 24, 8, 128, 131072, 500000.0,

@@ -19,6 +19,9 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from sabench import windows as win
+from sabench.windows import IGNORE
+
 BATCH_BUDGET_BYTES = 2 << 30  # logits, attention scores and captured Q/K of one batch of windows
 CE_CHUNK_BYTES = 256 << 20  # float32 logits turned into NLL at a time
 SIM_BLOCK_BYTES = 256 << 20  # float32 attention rows of all layers for one query block
@@ -96,14 +99,19 @@ def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: Optional[int] 
 
 
 # ---------------------------------------------------------------- perplexity
-def _nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> float:
-    """Sum of -log p(next token) over every position but the last, in float32, chunked."""
-    pred, target = logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Sum of -log p(target) over the scored positions (targets != IGNORE), in float32, chunked."""
+    pred, target = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
     rows = max(1, CE_CHUNK_BYTES // (4 * logits.shape[-1]))
     total = 0.0
     for s in range(0, pred.shape[0], rows):
-        total += F.cross_entropy(pred[s: s + rows].float(), target[s: s + rows], reduction="sum").item()
+        total += F.cross_entropy(pred[s: s + rows].float(), target[s: s + rows], reduction="sum",
+                                 ignore_index=IGNORE).item()
     return total
+
+
+class NonFiniteLogits(ValueError):
+    """The model's logits hold NaN or inf (a broken checkpoint, or a dtype that overflows)."""
 
 
 def windows_per_batch(model, seq_len: int, with_qk: bool = False) -> int:
@@ -117,27 +125,34 @@ def windows_per_batch(model, seq_len: int, with_qk: bool = False) -> int:
 
 
 @torch.no_grad()
-def score(model, windows: torch.Tensor, *, with_similarity: bool = False, desc: str = "",
-          progress: bool = True):
-    """(perplexity, similarity [L, L] or None) of `model` on `windows` [W, T].
+def score(model, windows, *, with_similarity: bool = False, desc: str = "", progress: bool = True,
+          check_finite: bool = False):
+    """(perplexity, similarity [L, L] or None) of `model` on `windows` (a windows.Windows, or a
+    [W, T] tensor of non-overlapping windows).
 
-    The similarity needs the baseline (every layer computes its own attention).
+    The similarity needs the baseline (every layer computes its own attention). check_finite:
+    raise NonFiniteLogits at the first batch whose logits hold NaN or inf.
     """
     from tqdm import tqdm
 
+    if isinstance(windows, torch.Tensor):
+        windows = win.non_overlapping(windows.reshape(-1), windows.shape[1])
     device = model.lm_weight.device
-    batch = windows_per_batch(model, windows.shape[1], with_similarity)
+    batch = windows_per_batch(model, windows.seq_len, with_similarity)
     nll, count = 0.0, 0
     sim_sum, heads = None, 0
     capture = _QKCapture(model) if with_similarity else None
-    bar = tqdm(total=windows.shape[0], desc=desc, unit="window", disable=None if progress else True,
+    bar = tqdm(total=windows.count, desc=desc, unit="window", disable=None if progress else True,
                leave=False)
     try:
-        for s in range(0, windows.shape[0], batch):
-            ids = windows[s: s + batch].to(device)
+        for s in range(0, windows.count, batch):
+            ids = windows.inputs[s: s + batch].to(device)
+            targets = windows.targets[s: s + batch].to(device)
             logits = model(ids)
-            nll += _nll_sum(logits, ids)
-            count += ids.shape[0] * (ids.shape[1] - 1)
+            if check_finite and not torch.isfinite(logits).all():
+                raise NonFiniteLogits(f"windows {s}..{s + ids.shape[0] - 1}")
+            nll += _nll_sum(logits, targets)
+            count += int((targets != IGNORE).sum())
             del logits
             if capture is not None:
                 part = similarity_sums(capture.q, capture.k, model.cfg.head_dim ** -0.5)
@@ -186,8 +201,10 @@ class _QKCapture:
         return hook
 
     def clear(self):
-        self.q = [None] * len(self.q)
-        self.k = [None] * len(self.k)
+        """Drop the captured tensors of a batch. In place: the hooks hold these very lists, so
+        rebinding them (`self.q = [...]`) would leave the hooks filling lists nobody reads."""
+        for store in (self.q, self.k):
+            store[:] = [None] * len(store)
 
     def remove(self):
         for h in self.handles:
@@ -281,10 +298,12 @@ def _device(name: str) -> torch.device:
 
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
              seq_len: Optional[int] = None, max_windows: Optional[int] = None, dtype=None, device=None,
-             similarity: float = DEFAULT_SIMILARITY, progress: bool = True) -> dict:
-    """The `sabench quality` result (see the README for its keys). Bad input raises ValueError
-    (or FileNotFoundError) before any model is loaded."""
-    from sabench import accounting
+             similarity: float = DEFAULT_SIMILARITY, progress: bool = True, stride: Optional[int] = None,
+             budget: Optional[float] = None, candidates: Optional[int] = None) -> dict:
+    """The `sabench quality` result (see the README and docs/quality.md for its keys). Bad input
+    raises ValueError (or FileNotFoundError) before any model is loaded; so do a baseline whose
+    logits are not finite (after loading)."""
+    from sabench import accounting, advice
     from sabench.dtypes import dtype_name
     from sabench.model import load_model
     from sabench.plan import parse_variant
@@ -303,8 +322,14 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
                          f"got {seq_len}")
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"--max-windows must be >= 1, got {max_windows}")
+    if stride is not None and not 1 <= stride <= seq_len:
+        raise ValueError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
     if not 0 < similarity <= 1:
         raise ValueError(f"--similarity must be in (0, 1], got {similarity}")
+    budget = advice.DEFAULT_BUDGET if budget is None else budget
+    candidates = advice.DEFAULT_CANDIDATES if candidates is None else candidates
+    if candidates < 0:
+        raise ValueError(f"--candidates must be >= 0 (0: no advice), got {candidates}")
     if (text is None) == (token_ids is None):
         raise ValueError("give exactly one of --text FILE and --token-ids FILE")
     if text is not None and cfg.source == "preset":
@@ -312,12 +337,29 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
                          "directory or use --token-ids")
     tokens = (tokenize_text(text, Path(cfg.source).parent, cfg.vocab_size) if text is not None
               else read_token_ids(token_ids, cfg.vocab_size))
-    windows = make_windows(tokens, seq_len, max_windows)
+    windows = win.make(tokens, seq_len, max_windows, stride)
 
     weights = "checkpoint" if cfg.source != "preset" and weight_files(model) else "random"
     base = load_model(model, "baseline", dtype, dev, weights="auto")
-    base_ppl, sim = score(base, windows, with_similarity=True, desc="baseline", progress=progress)
+    try:
+        base_ppl, sim = score(base, windows, with_similarity=True, desc="baseline", progress=progress,
+                              check_finite=True)
+    except NonFiniteLogits as e:
+        raise ValueError(f"the baseline's logits are not finite (NaN or inf) on {e} of {str(model)!r}: "
+                         f"the {weights} weights are broken, or {dtype} overflows; check the checkpoint "
+                         "(or try --dtype float32)") from None
     recommended = recommend_sa(sim.tolist(), similarity)
+
+    scored = {}
+
+    def measure(v: str) -> float:
+        plan = parse_variant(v, cfg.num_layers)  # once per variant string; the plan goes on
+        if plan.variant not in scored:
+            scored[plan.variant] = score(derive_variant(base, plan), windows, desc=v, progress=progress)[0]
+        return scored[plan.variant]
+
+    advised = (advice.advise(cfg, sim.tolist(), measure, base_ppl, seq_len=seq_len, dtype=dtype,
+                             budget=budget, candidates=candidates) if candidates else None)
 
     names, seen = [], set()
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
@@ -329,16 +371,15 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     rows = []
     for v in names:
         plan = parse_variant(v, cfg.num_layers)
-        if plan.is_baseline:
-            ppl = base_ppl
-        else:
-            ppl, _ = score(derive_variant(base, plan), windows, desc=v, progress=progress)
+        ppl = base_ppl if plan.is_baseline else measure(v)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
                      "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype)})
     return {
         "model": str(model), "weights": weights, "dtype": dtype, "device": str(dev),
-        "tokens": windows.numel(), "input_tokens": tokens.numel(), "windows": windows.shape[0],
-        "seq_len": seq_len, "similarity_threshold": similarity, "variants": rows,
+        "tokens": windows.tokens, "input_tokens": tokens.numel(), "windows": windows.count,
+        "seq_len": seq_len, "stride": stride, "predictions": windows.predictions,
+        "perplexity_convention": windows.convention(),
+        "similarity_threshold": similarity, "variants": rows,
         "attention_similarity": [[round(x, 6) for x in row] for row in sim.tolist()],
-        "recommended_sa": recommended,
+        "recommended_sa": recommended, "advice": advised,
     }

@@ -30,6 +30,14 @@ is rejected with its key path before loading. Schema::
                                 # CUDA device's total memory, on CPU the available RAM
     execution: auto             # optional, default auto; eager | compiled | auto
                                 # (auto: compiled on CUDA, eager on CPU; `sabench run --execution` overrides)
+    weights: random             # optional, default random; random | checkpoint (sabench/loading.py)
+    quality: null               # optional, with weights: checkpoint: {text | token_ids, seq_len,
+                                # windows, stride}: a perplexity column beside the timings
+    parallel:                   # optional; default one device
+      tensor: 8                 # tensor-parallel ranks (sabench.parallel: heads, KV heads and MLP width
+                                # must divide by it)
+      link_bandwidth: 450GB/s   # optional; the GPUs' link (per direction, per GPU) for the all-reduce
+                                # floor; default: NVLink 4's datasheet figure, labelled as such
     allow_long_context: false   # optional; true lets seq_len + decode_tokens exceed the model's positions
                                 # (the model then runs with max_position_embeddings raised to fit)
 """
@@ -39,9 +47,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
-
-import yaml
+from typing import NamedTuple, Optional
 
 from sabench.devices import DEVICE_PATTERN, resolve_device  # noqa: F401  (re-exported)
 from sabench.dtypes import dtype_name
@@ -50,6 +56,9 @@ from sabench.paths import suites_dir
 from sabench.plan import PlanError, parse_variant
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
 from sabench.records import point_key
+from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
+                                   MAX_WARMUP, REQUIRED, SuiteError, _batch_list, _check_keys, _int_field, _int_list,
+                                   _is_int, _read_yaml, _show, _string_field)
 
 
 DEFAULTS = {
@@ -62,33 +71,19 @@ DEFAULTS = {
     "prefill_chunk": None,
     "memory": None,
     "execution": "auto",
+    "parallel": None,
     "allow_long_context": False,
 }
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
-REQUIRED = ("name", "model", "variants", "sweep")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
-                "allow_long_context")
+                "allow_long_context", "parallel", "weights", "quality")
+PARALLEL_KEYS = ("tensor", "link_bandwidth")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
-MAX_BATCH = "max"  # a batch_size entry: the largest batch that fits (harness.max_batch resolves it)
 
 _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = DEVICE_PATTERN
-
-
-class SuiteError(UserError):
-    """A suite that cannot run as written. str(e) is one line: ``FILE: key.path: problem``.
-
-    `source` is the file (or suite label), `key` the dotted key path (None when the
-    problem is the file as a whole), `problem` the explanation.
-    """
-
-    def __init__(self, source: str, key: Optional[str], problem: str):
-        self.source, self.key, self.problem = str(source), key, problem
-        parts = [self.source] + ([key] if key else []) + [problem]
-        # Messages quoted from YAML, presets or plans may wrap; the CLI contract is one line.
-        super().__init__(" ".join(": ".join(parts).split()))
 
 
 class Point(NamedTuple):
@@ -124,7 +119,11 @@ class Suite:
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
     execution: str = "auto"  # as written; resolve_execution() says what runs on a device
+    tensor_parallel: int = 1  # ranks per point (parallel.tensor)
+    link_bandwidth: Optional[float] = None  # bytes/s (parallel.link_bandwidth); None: datasheet default
     allow_long_context: bool = False  # seq_len + decode_tokens may exceed the model's positions
+    weights: str = "random"  # random | checkpoint (sabench/loading.py)
+    quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -143,7 +142,12 @@ class Suite:
             "prefill_chunk": self.prefill_chunk,
             "memory": self.memory,
             "execution": self.execution,
+            "weights": self.weights,
+            "quality": self.quality,
             "path": self.path,
+            # only for a multi-GPU point, so single-device results keep the form they always had
+            **({"parallel": {"tensor": self.tensor_parallel, "link_bandwidth": self.link_bandwidth}}
+               if self.tensor_parallel > 1 else {}),
         } | ({"allow_long_context": True} if self.allow_long_context else {})
 
     def points(self) -> list[Point]:
@@ -220,148 +224,6 @@ def load_suite(path) -> Suite:
     except UnicodeDecodeError as e:
         raise SuiteError(source, None, f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     return parse_suite(_read_yaml(text, source), source)
-
-
-def _read_yaml(text: str, source: str) -> Any:
-    """YAML text -> plain data, refusing anything safe loading would not build as data."""
-    try:
-        # Composing builds only the node tree (no object is constructed), so the tree
-        # can be vetted, with key paths for the messages, before safe_load runs.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if root is None:
-            raise SuiteError(source, None, f"empty suite file; expected a mapping with keys {', '.join(REQUIRED)}")
-        _vet_nodes(root, "", source)
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = ": ".join(p for p in (e.context, e.problem) if p)
-        raise SuiteError(source, where, f"invalid YAML: {problem}") from None
-    except yaml.YAMLError as e:
-        raise SuiteError(source, None, f"invalid YAML: {e}") from None
-    except RecursionError:
-        raise SuiteError(source, None, "nested too deeply (or an alias refers to itself); "
-                                       "a suite is a flat mapping of plain values") from None
-
-
-def _vet_nodes(node, path: str, source: str, seen=None) -> None:
-    """Reject tags safe loading cannot construct, and keys written twice in one mapping.
-
-    YAML silently keeps the last of two equal keys; in a suite that hides an edit.
-    """
-    seen = set() if seen is None else seen
-    if id(node) in seen:  # aliases can make the tree a graph
-        return
-    seen.add(id(node))
-    line = node.start_mark.line + 1
-    if node.tag not in yaml.SafeLoader.yaml_constructors:
-        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-        raise SuiteError(
-            source, path or None,
-            f"tag {tag!r} (line {line}) is not allowed; a suite is plain data: "
-            "strings, numbers, booleans, null, lists and mappings",
-        )
-    if isinstance(node, yaml.MappingNode):
-        keys: dict = {}
-        for key_node, value_node in node.value:
-            child = _join(path, key_node.value if isinstance(key_node, yaml.ScalarNode) else "<key>")
-            _vet_nodes(key_node, child, source, seen)
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in keys:
-                    raise SuiteError(
-                        source, child,
-                        f"duplicate key (lines {keys[key_node.value]} and {key_node.start_mark.line + 1}); "
-                        "each key may appear once",
-                    )
-                keys[key_node.value] = key_node.start_mark.line + 1
-            _vet_nodes(value_node, child, source, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _vet_nodes(item, f"{path}[{i}]", source, seen)
-
-
-def _join(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _show(value) -> str:
-    """A value as the suite author wrote it (YAML spelling for booleans and null)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'} {value!r}"
-    return repr(value)
-
-
-def _is_int(value) -> bool:
-    # bool is an int subclass; `warmup: yes` is a typo, not 1.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise SuiteError(source, _join(path, key), f"unknown key; allowed keys: {', '.join(allowed)}")
-    for key in required:
-        if key not in mapping:
-            raise SuiteError(source, _join(path, key), "required key missing")
-
-
-# Upper bounds: a value past these is a typo (or 1e20), and would hang a run rather than fail it.
-MAX_REPEATS, MAX_WARMUP, MAX_DECODE_TOKENS, MAX_SIZE = 10_000, 1_000, 1 << 20, 1 << 24
-
-
-def _int_field(value, key: str, minimum: int, source: str, maximum: int = MAX_SIZE) -> int:
-    if not _is_int(value) or not minimum <= value <= maximum:
-        raise SuiteError(source, key, f"expected an integer in {minimum}..{maximum}, got {_show(value)}")
-    return value
-
-
-def _string_field(value, key: str, what: str, source: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise SuiteError(source, key, f"expected {what}, got {_show(value)}")
-    return value.strip()
-
-
-def _int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]:
-    """A positive int or a non-empty list of distinct ones -> (sorted values, key path of each)."""
-    if _is_int(value):
-        items, paths = [value], [key]
-    elif isinstance(value, list):
-        items, paths = value, [f"{key}[{i}]" for i in range(len(value))]
-    else:
-        raise SuiteError(source, key, f"expected a positive integer or a list of them, got {_show(value)}")
-    if not items:
-        raise SuiteError(source, key, "expected a non-empty list of positive integers, got []")
-    first = {}
-    for item, p in zip(items, paths):
-        _int_field(item, p, 1, source)
-        if item in first:
-            raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
-        first[item] = p
-    order = sorted(range(len(items)), key=items.__getitem__)
-    return tuple(items[i] for i in order), [paths[i] for i in order]
-
-
-def _batch_list(value, source: str) -> tuple:
-    """sweep.batch_size: positive ints and at most one `max` -> ints ascending, then "max"."""
-    key = "sweep.batch_size"
-    if value == MAX_BATCH:
-        return (MAX_BATCH,)
-    if not isinstance(value, list) or not value:
-        return _int_list(value, key, source)[0]
-    first: dict = {}
-    for i, item in enumerate(value):
-        p = f"{key}[{i}]"
-        if item != MAX_BATCH and (not _is_int(item) or not 1 <= item <= MAX_SIZE):
-            raise SuiteError(source, p, f"expected an integer in 1..{MAX_SIZE} or {MAX_BATCH!r}, "
-                                        f"got {_show(item)}")
-        if item in first:
-            raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
-        first[item] = p
-    return tuple(sorted(x for x in value if x != MAX_BATCH)) + ((MAX_BATCH,) if MAX_BATCH in value else ())
 
 
 def _resolve_model(model: str, path: Optional[str]) -> ModelConfig:
@@ -448,6 +310,10 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         raise SuiteError(source, "model", str(e)) from None
 
     variants = _parse_variants(d["variants"], cfg.num_layers, source)
+    from sabench.loading import parse_suite_keys
+
+    weights = parse_suite_keys(data, cfg, model, path, source)
+    tensor_parallel, link_bandwidth = _parse_parallel(d["parallel"], cfg, source)
 
     limit = cfg.max_position_embeddings
     needed = max(seq_lens) + decode_tokens
@@ -467,8 +333,32 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
-        path=path, memory=memory, execution=execution, allow_long_context=allow_long,
+        path=path, memory=memory, execution=execution, tensor_parallel=tensor_parallel,
+        link_bandwidth=link_bandwidth, allow_long_context=allow_long, **weights,
     )
+
+
+def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
+    """parallel: {tensor: N, link_bandwidth: ...} -> (N, bytes/s or None); N checked against the model."""
+    from sabench.tp_shapes import check_tensor_parallel, parse_bandwidth
+
+    if value is None:
+        return 1, None
+    if not isinstance(value, dict):
+        raise SuiteError(source, "parallel", f"expected a mapping like {{tensor: 8}}, got {_show(value)}")
+    _check_keys(value, PARALLEL_KEYS, ("tensor",), "parallel", source)
+    tensor = _int_field(value["tensor"], "parallel.tensor", 1, source)
+    try:
+        check_tensor_parallel(cfg, tensor)
+    except PlanError as e:
+        raise SuiteError(source, "parallel.tensor", str(e)) from None
+    link = value.get("link_bandwidth")
+    if link is not None:
+        try:
+            link = parse_bandwidth(link)
+        except ValueError as e:
+            raise SuiteError(source, "parallel.link_bandwidth", str(e)) from None
+    return tensor, link
 
 
 def _parse_variants(value, num_layers: int, source: str) -> tuple[str, ...]:

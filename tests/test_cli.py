@@ -92,6 +92,6 @@ def test_python_api_bad_inputs_raise_clear_errors():
         sabench.load_model("tiny", "sa:3-2", device="cpu")
     with pytest.raises(sabench.ModelSourceError, match="unknown model"):
         sabench.load_model("nope", device="cpu")
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # asked for explicitly; the default (device=None) picks the CPU here
         with pytest.raises(ValueError, match="CUDA is not available"):
-            sabench.load_model("tiny")
+            sabench.load_model("tiny", device="cuda")

@@ -310,3 +310,145 @@ def test_pareto_frontier_and_strict_json():
     assert [r["variant"] for r in pareto(rows)] == ["d", "c", "baseline"]  # b: c beats it on both axes
     d = json.loads(to_json({"variants": rows}))
     assert d["variants"][5]["perplexity"] is None and d["variants"][0]["perplexity"] == 10.0
+
+
+# ---------------------------------------------------------------- several batches of windows
+def _hf_ppl(ckpt, windows):
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return _ppl(hf(windows).logits, windows)
+
+
+@pytest.mark.parametrize("per_batch, batches", [(5, 1), (3, 2), (2, 3)])
+def test_several_batches_match_transformers_and_one_batch(ckpt, result, monkeypatch, per_batch, batches):
+    """The Q/K hooks keep filling the capture's lists after each batch is cleared (the lists were
+    once rebound, and the second batch crashed)."""
+    monkeypatch.setattr(quality, "windows_per_batch", lambda *a, **k: per_batch)
+    r = quality.evaluate(str(ckpt), variants=["baseline", "sa:2-3"], token_ids=ckpt / "ids.txt", seq_len=SEQ,
+                         progress=False, candidates=0)
+    assert -(-r["windows"] // per_batch) == batches
+    ref = _hf_ppl(ckpt, _windows(ckpt))
+    assert abs(r["variants"][0]["perplexity"] - ref) / ref < 1e-5
+    assert r["variants"][1]["perplexity"] == pytest.approx(_row(result, "sa:2-3")["perplexity"], rel=1e-5)
+    got = torch.tensor(r["attention_similarity"])
+    assert (got - torch.tensor(result["attention_similarity"])).abs().max().item() < 1e-5
+
+
+def test_default_settings_with_several_batches_run_from_the_command_line(ckpt, tmp_path, monkeypatch, capsys):
+    """No --seq-len (default: min(2048, positions) = 512 here), a budget that fits 2 windows a batch."""
+    ids = torch.randint(0, 256, (3 * 512 + 7,), generator=torch.Generator().manual_seed(9))
+    f = tmp_path / "long.txt"
+    f.write_text(" ".join(map(str, ids.tolist())))
+    per_window = quality.windows_per_batch(load_model(str(ckpt), "baseline", torch.float32, "cpu"), 512, True)
+    monkeypatch.setattr(quality, "BATCH_BUDGET_BYTES", 2 * quality.BATCH_BUDGET_BYTES // per_window)
+    rc, out, err = _run(capsys, "quality", "--model", ckpt, "--token-ids", f, "--json", "--candidates", 0)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["windows"] == 3 and d["seq_len"] == 512
+    w = ids[: 3 * 512].view(3, 512)
+    ref = _hf_ppl(ckpt, w)
+    assert abs(d["variants"][0]["perplexity"] - ref) / ref < 1e-5
+
+
+# ---------------------------------------------------------------- rolling windows (lm-eval-harness)
+def _lm_eval_rolling(token_list, prefix_token, max_seq_len, context_len):
+    """lm-eval-harness 0.4.13, lm_eval/utils.py: get_rolling_token_windows (MIT), as written there."""
+    pred_len = max_seq_len - context_len + 1
+    predicted = 0
+    first_seq_len = min(max_seq_len, len(token_list))
+    yield [prefix_token] + token_list[: first_seq_len - 1], token_list[:first_seq_len]
+    predicted += first_seq_len
+    while predicted < len(token_list):
+        window_pred_len = min(len(token_list) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        yield (token_list[window_end - max_seq_len - 1: window_end - 1],
+               token_list[window_end - window_pred_len: window_end])
+        predicted += window_pred_len
+
+
+def _lm_eval_nll(hf, tokens, max_len, stride):
+    """lm-eval's loglikelihood_rolling with transformers: windows made disjoint
+    (make_disjoint_window), input = (context + continuation)[-(max_len + 1):][:-1], the last
+    len(continuation) logits scored. Returns (sum of NLL, count)."""
+    total, count = 0.0, 0
+    for ctx, cont in _lm_eval_rolling(tokens[1:], tokens[0], max_len, max_len - stride + 1):
+        ctx = ctx[: len(ctx) - (len(cont) - 1)]
+        inp = (ctx + cont)[-(max_len + 1):][:-1]
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([inp])).logits[0].double(), dim=-1)
+        scored = logp[-len(cont):]
+        total -= scored.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+        count += len(cont)
+    return total, count
+
+
+@pytest.mark.parametrize("n, length, stride", [(23, 8, 3), (23, 8, 8), (24, 8, 1), (6, 8, 2), (17, 5, 4)])
+def test_rolling_windows_are_lm_evals(n, length, stride):
+    from sabench.windows import IGNORE, rolling
+
+    tokens = list(range(100, 100 + n))
+    w = rolling(torch.tensor(tokens), length, stride)
+    pairs = list(_lm_eval_rolling(tokens[1:], tokens[0], length, length - stride + 1))
+    assert w.count == len(pairs)
+    scored = []
+    for i, (ctx, cont) in enumerate(pairs):
+        ctx = ctx[: len(ctx) - (len(cont) - 1)]
+        assert w.inputs[i].tolist() == (ctx + cont)[-(length + 1):][:-1]
+        t = w.targets[i]
+        assert t[t != IGNORE].tolist() == cont and (t[: len(t) - len(cont)] == IGNORE).all()
+        scored += cont
+    assert scored == tokens[1:]  # every token after the first, exactly once
+    assert w.predictions == n - 1
+
+
+@pytest.mark.parametrize("stride", [SEQ // 4, SEQ])
+def test_rolling_perplexity_equals_lm_eval_convention_with_transformers(ckpt, stride):
+    from transformers import LlamaForCausalLM
+
+    r = quality.evaluate(str(ckpt), variants=["baseline"], token_ids=ckpt / "ids.txt", seq_len=SEQ,
+                         stride=stride, progress=False, candidates=0)
+    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    tokens = [int(x) for x in (ckpt / "ids.txt").read_text().split()]
+    nll, count = _lm_eval_nll(hf, tokens, SEQ, stride)
+    ref = math.exp(nll / count)
+    assert r["predictions"] == count == N_TOKENS - 1 and r["stride"] == stride
+    assert abs(r["variants"][0]["perplexity"] - ref) / ref < 1e-5
+    assert "lm-eval-harness rolling windows" in r["perplexity_convention"]
+
+
+def test_rolling_convention_is_stated_in_the_report(ckpt, tmp_path, capsys):
+    out = tmp_path / "roll"
+    rc, stdout, _ = _run(capsys, "quality", "--model", ckpt, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
+                         "--stride", 16, "--candidates", 0, "--out", out)
+    assert rc == 0 and "rolling (stride 16)" in stdout
+    report = (out / "report.md").read_text()
+    assert "lm-eval-harness rolling windows" in report and "stride 16" in report
+
+
+def test_one_window_is_said_in_the_singular(ckpt, capsys):
+    rc, out, _ = _run(capsys, "quality", "--model", ckpt, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
+                      "--max-windows", 1, "--candidates", 0)
+    assert rc == 0 and "1 non-overlapping window of" in out and "1 windows" not in out
+
+
+# ---------------------------------------------------------------- broken checkpoints
+def test_non_finite_logits_stop_with_exit_2(ckpt, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "nan"
+    d.mkdir()
+    (d / "config.json").write_text((ckpt / "config.json").read_text())
+    for f in ckpt.glob("*.safetensors"):
+        save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(f).items()}, d / f.name,
+                  metadata={"format": "pt"})
+    rc, out, err = _run(capsys, "quality", "--model", d, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
+                        "--out", tmp_path / "o")
+    assert rc == 2 and out == "" and not (tmp_path / "o").exists()
+    assert len(err.strip().splitlines()) == 1 and "not finite" in err and "advice" not in err
+
+
+def test_load_model_picks_the_device(ckpt):
+    m = load_model(str(ckpt), "baseline", torch.float32)
+    assert m.lm_weight.device.type == ("cuda" if torch.cuda.is_available() else "cpu")

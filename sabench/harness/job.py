@@ -35,6 +35,9 @@ class PointJob:
     inductor_cache_dir: Optional[str] = None
     count_cache_dir: Optional[str] = None
     seed: int = 0
+    weights: str = "random"  # "random" or "checkpoint" (suite key `weights`)
+    model_source: Optional[str] = None  # the model directory checkpoint weights come from
+    quality: Optional[dict] = None  # perplexity windows to score after timing (sabench.loading)
     t_spawn: Optional[float] = None  # time.time() when the launcher started the process
 
     @property

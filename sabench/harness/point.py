@@ -23,7 +23,7 @@ from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
 from sabench.measure.nvml_readings import parse_pci_bus_id
 from sabench.measure.timing import sync
-from sabench.model import load_model
+from sabench.loading import add_quality, point_model
 
 
 def _pre_cuda_levels(device: torch.device, notes: list):
@@ -112,7 +112,7 @@ def measure(job: PointJob) -> dict:
     t0 = time.perf_counter()
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
         maybe_inject_oom(job.fault_oom, job.variant, b, t, "model build")
-        model = load_model(job.cfg, job.plan, parse_dtype(job.dtype), device, weights="random", seed=job.seed)
+        model = point_model(job, parse_dtype(job.dtype), device)  # the suite's weights
         model.set_execution(job.execution)
         sync(device)
     except Exception as e:
@@ -149,6 +149,8 @@ def measure(job: PointJob) -> dict:
         decode.update(failure(e))
     if sampler is not None:
         sampler.close()
+    cache = None
+    add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
     if job.execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
         overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
     overhead["total_in_worker_s"] = time.time() - t_start

@@ -26,6 +26,7 @@ from sabench.harness.launch import run_point
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.progress import Progress, summary
 from sabench.errors import RunInterrupted
+from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
@@ -34,7 +35,7 @@ from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, 
 # Suite settings that change what a number means: a resumed run must not mix them.
 # (value assumed when an older results.json lacks the key: runs before execution modes were eager)
 _COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
-               "prefill_chunk": None, "memory": None, "execution": "eager"}
+               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None}
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -155,7 +156,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     failed = 0
     try:
         for p in todo:
-            job = jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len)
+            job = jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len,
+                                         **point_extras(suite, p.variant, data["records"]))
             label, k = job.label, (p.variant, p.batch_size)
             if p.batch_size == MAX_BATCH:
                 progress.start(label)

@@ -73,9 +73,18 @@ def variant_rows(result: dict) -> List[list]:
 VARIANT_HEADERS = ["variant", "perplexity", "Δ vs baseline", "KV bytes / token"]
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _windows_text(result: dict) -> str:
+    kind = "non-overlapping " if result.get("stride") is None else f"rolling (stride {result['stride']}) "
+    return f"{plural(result['windows'], kind + 'window')} of {result['seq_len']} tokens"
+
+
 def _summary(result: dict) -> str:
-    return (f"{result['model']}: {weights_note(result)}; {result['windows']} windows of {result['seq_len']} "
-            f"tokens ({result['tokens']} of the input's {result['input_tokens']}), "
+    return (f"{result['model']}: {weights_note(result)}; {_windows_text(result)} "
+            f"({result['tokens']} of the input's {result['input_tokens']}), "
             f"{result['dtype']} on {result['device']}")
 
 
@@ -100,7 +109,39 @@ def format_table(result: dict) -> str:
         matrix,
         "",
         _advice(result),
+        *advice_text(result),
     ])
+
+
+ADVICE_HEADERS = ["#", "plan", "shared layers", "saving", "decode bytes", "prefill FLOPs", "KV bytes",
+                  "predicted cost", "perplexity", "Δ measured", ""]
+
+
+def advice_rows(result: dict) -> List[list]:
+    adv = result.get("advice") or {}
+    rows = []
+    for i, m in enumerate(adv.get("measured", []), 1):
+        mark = ("pick" if m["variant"] == adv.get("pick") else "") + (" Pareto" if m["pareto"] else "")
+        rows.append([i, m["variant"], m["shared_layers"], f"{m['saving']:.2%}", f"{m['decode_bytes_saving']:.2%}",
+                     f"{m['prefill_flops_saving']:.2%}", f"{m['kv_bytes_saving']:.2%}",
+                     f"{m['predicted_cost']:.3g}", f"{m['perplexity']:.5g}", f"{m['increase']:+.2%}",
+                     mark.strip()])
+    return rows
+
+
+def advice_text(result: dict) -> List[str]:
+    from sabench.advice import pick_line
+
+    adv = result.get("advice")
+    if adv is None:
+        return []
+    lines = ["", f"measured candidate SA plans ({len(adv['measured'])} of {adv['candidates']}; saving: "
+                 f"{adv['saving_definition']}):"]
+    if adv["measured"]:
+        lines.append(tabulate(advice_rows(result), headers=ADVICE_HEADERS, tablefmt="github",
+                              disable_numparse=True))
+    lines.append(pick_line(adv))
+    return lines
 
 
 # ---------------------------------------------------------------- report.md and figures
@@ -121,16 +162,18 @@ def render_markdown(result: dict) -> str:
         lines += [f"> **{weights_note(result).capitalize()}.**", ""]
     setup = [["model", f"`{result['model']}`"], ["weights", result["weights"]],
              ["dtype, device", f"{result['dtype']}, {result['device']}"],
-             ["windows", f"{result['windows']} of {result['seq_len']} tokens, non-overlapping"],
-             ["tokens scored", f"{result['tokens']} (of {result['input_tokens']} in the input; "
-                               f"{result['windows'] * (result['seq_len'] - 1)} predictions)"],
+             ["windows", _windows_text(result)],
+             ["tokens covered", f"{result['tokens']} (of {result['input_tokens']} in the input; "
+                                f"{plural(result['predictions'], 'prediction')} scored)"],
+             ["perplexity convention", result["perplexity_convention"]],
              ["similarity threshold", f"{result['similarity_threshold']:g}"]]
     lines += ["## Setup", "", tabulate(setup, headers=["", ""], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Perplexity per variant", "",
               "Every variant is the baseline's checkpoint with no retraining: SA layers apply the source "
               "layer's attention weights to their own V, CLA non-owners attend over the owner's K/V. "
-              "Perplexity = exp(mean NLL over every predicted token of every window); Δ is against the "
-              "baseline; KV bytes are per token and sequence, in the evaluation dtype.", "",
+              "Perplexity = exp(mean NLL over every scored prediction; " + result["perplexity_convention"]
+              + "); Δ is against the baseline; KV bytes are per token and sequence, in the evaluation "
+              "dtype.", "",
               tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github", disable_numparse=True),
               "",
               f"![perplexity against KV bytes per token]({PARETO})", ""]
@@ -142,6 +185,14 @@ def render_markdown(result: dict) -> str:
               tabulate([[a] + [f"{x:.3f}" for x in row] for a, row in enumerate(sim)],
                        headers=["layer"] + [str(b) for b in range(len(sim))], tablefmt="github",
                        disable_numparse=True), ""]
+    if result.get("advice"):
+        lines += ["## Advice: measured SA plans", "",
+                  "Candidates are nested SA plans, each one shared layer more than the last, grown by the move "
+                  "with the least predicted perplexity cost (1 - similarity of the layer to its span's source) "
+                  "per unit of saving; the perplexity of the plans in this table was measured on the same "
+                  "windows. Pareto: no other measured plan saves more for less increase. Pick: the largest "
+                  "saving whose measured increase is within the budget (see docs/quality.md).", ""]
+        lines += advice_text(result)[2:] + [""]
     return "\n".join(lines)
 
 
@@ -169,7 +220,7 @@ def heatmap(result: dict, path: Path) -> None:
             a, b = (int(x) for x in span.split("-"))
             ax.add_patch(plt.Rectangle((a - 0.5, a - 1.5), b - a + 1, 1, fill=False, edgecolor="red", lw=1.8))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mean cosine similarity")
-    ax.set_title(f"Attention similarity, {result['windows']} windows x {result['seq_len']} tokens"
+    ax.set_title(f"Attention similarity, {plural(result['windows'], 'window')} x {result['seq_len']} tokens"
                  + (" (random weights)" if result["weights"] == "random" else "")
                  + ("\nred: recommended " + result["recommended_sa"] if result["recommended_sa"] else ""))
     fig.tight_layout()
@@ -183,24 +234,45 @@ def pareto_plot(result: dict, path: Path) -> None:
 
     rows = [r for r in result["variants"] if math.isfinite(r["perplexity"])]  # a broken variant has no point
     colors = variant_colors([r["variant"] for r in rows])
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
     front = pareto(rows)
     ax.step([r["kv_cache_bytes_per_token"] for r in front], [r["perplexity"] for r in front], where="post",
             color="#888888", linestyle="--", linewidth=1.2, label="Pareto frontier", zorder=1)
-    for r in rows:
+    for i, r in enumerate(rows, 1):  # numbered markers, named in the legend: no long labels to overlap
         on_front = r in front
         ax.scatter(r["kv_cache_bytes_per_token"], r["perplexity"], s=60 if on_front else 40, zorder=3,
-                   color=colors[r["variant"]], edgecolors="black" if on_front else "none")
-        ax.annotate(r["variant"], (r["kv_cache_bytes_per_token"], r["perplexity"]), xytext=(5, 5),
-                    textcoords="offset points", fontsize=8)
+                   color=colors[r["variant"]], edgecolors="black" if on_front else "none",
+                   label=f"{i}  {r['variant']}")
     ppl = [r["perplexity"] for r in rows]
     if ppl and max(ppl) / min(ppl) >= 4:  # a variant that breaks without retraining: keep the rest readable
         ax.set_yscale("log")
+    ax.autoscale_view()
+    for (x, y), numbers in _label_groups(ax, rows):
+        ax.annotate(",".join(numbers), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
     ax.set_xlabel("KV cache bytes per token (lower is better)")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title("What sharing saves and what it costs" + (" (random weights)" if result["weights"] == "random"
                                                            else ""))
-    ax.legend(loc="best", frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8,
+              title="point  variant", title_fontsize=8)
     fig.tight_layout()
     save(fig, path.parent, path.name)
+
+
+LABEL_MERGE_PX = 10  # points closer than this on the figure share one label ("2,3")
+
+
+def _label_groups(ax, rows):
+    """[((x, y), [numbers])]: points whose markers (nearly) coincide on the drawn axes share a label."""
+    groups = []
+    for i, r in enumerate(rows, 1):
+        xy = (r["kv_cache_bytes_per_token"], r["perplexity"])
+        px = ax.transData.transform(xy)
+        for g in groups:
+            if abs(g[2][0] - px[0]) < LABEL_MERGE_PX and abs(g[2][1] - px[1]) < LABEL_MERGE_PX:
+                g[1].append(str(i))
+                break
+        else:
+            groups.append((xy, [str(i)], px))
+    return [(xy, numbers) for xy, numbers, _ in groups]

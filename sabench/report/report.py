@@ -11,6 +11,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     truncate, utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
+from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
 from sabench.report.tables import md_table, phase_table, setup_table
 from sabench.report.intervals import WITHIN_NOTE
@@ -258,6 +259,7 @@ def render_markdown(results: RunRecord, index: Dict[Key, PhaseRecord], figs: Dic
     lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
               + (f", created {results.created}" if results.created else "") + ".", ""]
     lines += ["## Setup", "", setup_table(results), ""]
+    lines += speed_quality.section(results, index)  # which weights ran; perplexity beside latency
     lines += ["## What this run says", ""]
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]
     lines += [""]
@@ -319,6 +321,8 @@ def _execution_note(recs: list, phase: str) -> str:
     """'Execution: compiled, graph mode.' from the records (older results: eager)."""
     execs = sorted({r.execution or "eager" for r in recs})
     modes = sorted({m for m in (r.prefill_mode if phase == "prefill" else r.decode_mode for r in recs) if m})
+    if set(modes) <= set(execs):  # "eager, eager mode" says nothing twice
+        modes = []
     return f"Execution: {'/'.join(execs)}" + (f", {'/'.join(modes)} mode" if modes else "") + "."
 
 

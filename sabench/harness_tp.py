@@ -1,0 +1,77 @@
+"""Run a callable on N tensor-parallel ranks with torchrun's machinery.
+
+`run_ranks(fn, world, args)` launches `world` local processes with
+`torch.distributed.launcher.api.elastic_launch` (what `torchrun --standalone
+--nproc-per-node N` runs: c10d rendezvous on a free local port, the RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT environment per process), initialises a process
+group in each (NCCL on CUDA, one device per rank by LOCAL_RANK; gloo on CPU), calls
+`fn(rank, world, *args)` and returns every rank's return value, by rank.
+
+`fn` and `args` cross a process boundary (spawn): `fn` must be a module-level function
+and its arguments and return values picklable (tensors are: return CPU tensors).
+A rank that raises makes `run_ranks` raise TPLaunchError with that rank's error.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable, Optional, Sequence
+
+BACKENDS = ("gloo", "nccl")
+
+
+class TPLaunchError(RuntimeError):
+    """A rank failed (its exception, or its exit status)."""
+
+
+def default_backend(device: str) -> str:
+    """nccl for CUDA devices, gloo otherwise."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def _rank_entry(fn: Callable, backend: str, args: tuple) -> Any:
+    """What each launched process runs: join the group, run `fn`, leave the group."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    try:
+        return fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable, world: int, args: Sequence = (), backend: Optional[str] = None,
+              device: str = "cpu", run_id: Optional[str] = None, log_dir: Optional[str] = None) -> list:
+    """[fn's return value on rank 0, ..., rank world-1]; see the module docstring."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if not isinstance(world, int) or world < 1:
+        raise ValueError(f"world must be an integer >= 1, got {world!r}")
+    backend = backend or default_backend(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=world,
+        run_id=run_id or f"sabench-tp-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone
+        max_restarts=0, monitor_interval=0.1, start_method="spawn", logs_specs=_logs_specs(log_dir),
+    )
+    try:
+        results = elastic_launch(config, _rank_entry)(fn, backend, tuple(args))
+    except ChildFailedError as e:
+        failures = "; ".join(f"rank {f.local_rank}: {f.message or f'exit {f.exitcode}'}"
+                             for f in e.failures.values())
+        raise TPLaunchError(f"tensor-parallel run of {getattr(fn, '__name__', fn)} over {world} ranks failed: "
+                            f"{failures}") from None
+    return [results[r] for r in range(world)]
+
+
+def _logs_specs(log_dir: Optional[str]):
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+    return DefaultLogsSpecs(log_dir=log_dir)

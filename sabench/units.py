@@ -1,0 +1,30 @@
+"""Sizes as users write them: '80GiB', '16 GB', '512MiB' or plain bytes."""
+from __future__ import annotations
+
+import re
+
+from sabench.errors import UserError
+
+KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
+_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
+          "g": 10 ** 9, "gb": 10 ** 9, "gib": GiB, "t": 10 ** 12, "tb": 10 ** 12, "tib": TiB}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+MAX_SIZE = 2 ** 60  # an exbibyte: larger is a typo, not a device
+
+
+def parse_size(text) -> int:
+    """'80GiB', '16 GB', '512MiB' or plain bytes '85520809984' -> bytes; ValueError otherwise."""
+    if isinstance(text, int) and not isinstance(text, bool) and 0 < text <= MAX_SIZE:
+        return text
+    m = _SIZE.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise UserError(f"bad memory size {text!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or "
+                         f"TB/TiB (e.g. 80GiB), or plain bytes")
+    n = float(m.group(1)) * _UNITS[unit]
+    if not 0 < n <= MAX_SIZE:
+        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes and at most 1 EiB")
+    n = int(n)
+    if n <= 0:
+        raise UserError(f"bad memory size {text!r}: must be more than 0 bytes")
+    return n
