@@ -1,15 +1,16 @@
 """The harness: from a suite to results.json, one point process per point.
 
-- sweep.py: run_suite; the order of points, the results file, resume, OOM skips
+- sweep.py: run_suite; rounds of points, the results file, resume, retrying failures, OOM skips
+- rounds.py: a round's shuffled order (cells shuffled, a cell's variants adjacent); merging rounds
 - job.py: PointJob, one point's typed job (the variant parsed once, as a SharingPlan)
 - launch.py: one forkserver child per point; its exit classified
 - max_batch.py: `batch_size: max`, predicted then stepped down on OOM
 - point.py: the child's main: analytic figures, model build, phases, result file
 - phases.py: prefill and decode timing, graph capture, stability rounds, roofline
-- faults.py: SABENCH_FAULT_OOM, the fault-injection seam of the tests
+- faults.py: SABENCH_FAULT_OOM and SABENCH_FAULT_SLOWDOWN, the fault-injection seams of the tests
 - shard.py: `--shard i/N`, deterministic cost-balanced shards of the point grid
 - merge.py: `sabench merge`, shard runs back into one run
-- progress.py, environment.py: the progress line; the run's env and calibration
+- progress.py, environment.py: the progress line; the run's env, calibration and conditions
 
 Trackers (memory, energy) live in sabench.measure.trackers. Importing this package imports
 nothing heavy; `from sabench.harness.sweep import run_suite`.

@@ -79,8 +79,9 @@ def _per_gpu_value(phase: str):
 
 
 def per_gpu_tables(runs) -> list:
-    """compare's per-GPU throughput tables, (phase, title, value, fmt), when any run spans several GPUs."""
+    """compare's per-GPU throughput tables, (phase, title, value, fmt, interval=None), when any run spans
+    several GPUs."""
     if not any(topology(r.results).gpus > 1 for r in runs):
         return []
     return [(phase, f"{phase.capitalize()} throughput per GPU (tokens/s: total / GPUs per point)",
-             _per_gpu_value(phase), fmt_rate) for phase in ("prefill", "decode")]
+             _per_gpu_value(phase), fmt_rate, None) for phase in ("prefill", "decode")]
