@@ -14,22 +14,25 @@ import shutil
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Optional
 
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env
-from sabench.harness.faults import fault_keys_from_env
+from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
+from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
+from sabench.harness.preflight import preflight
 from sabench.harness.progress import Progress, summary
 from sabench.errors import RunInterrupted
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
-from sabench.records import PHASES, SCHEMA, ResultsError, load_results
+from sabench.records import FAILED_STATUSES, PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution
 
 # Suite settings that change what a number means: a resumed run must not mix them.
@@ -87,13 +90,14 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int]) -
     common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype, batch_size=0, seq_len=0,
                   decode_tokens=suite.decode_tokens, warmup=suite.warmup, repeats=suite.repeats,
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
-                  fault_oom=fault_keys_from_env(), inductor_cache_dir=cache_dir,
+                  fault_oom=fault_keys_from_env(), fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"))
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
 
 def _new_results(suite: Suite, device: str, workdir: Path) -> dict:
     data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
             "records": []}
     if suite.execution == "compiled":
@@ -117,6 +121,7 @@ def _skipped(job: PointJob, oom_seq: int) -> dict:
                  "error": f"seq_len {oom_seq} already ran out of memory at this batch size"} for ph in PHASES}
 
 
+@holds_run_lock
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
               threads: Optional[int] = None, execution: Optional[str] = None) -> int:
     """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored).
@@ -129,7 +134,9 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         raise ValueError("--resume needs --out: the run directory to complete")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
     existing = open_results(out, suite, resume)
+    preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
     path = out / "results.json"
     workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
 
@@ -164,7 +171,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
                 new, overheads, final = run_max_point(job, suite.batch_sizes, budget, workdir, data)
                 data["records"] += new
                 data["overhead"].update(overheads)
-                failed += sum(r["status"] == "error" for r in new)
+                failed += sum(r["status"] in FAILED_STATUSES for r in new)
                 write_json_atomic(path, data)
                 b_run = final[PHASES[0]]["batch_size"]
                 progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
@@ -180,7 +187,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
             for ph in PHASES:
                 if (*p, ph) not in done:
                     data["records"].append(records[ph])
-                    failed += records[ph]["status"] == "error"
+                    failed += records[ph]["status"] in FAILED_STATUSES
             if overhead is not None:
                 data["overhead"][p.key] = overhead
             write_json_atomic(path, data)

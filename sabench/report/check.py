@@ -227,7 +227,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
         # --- status
         if sb != sc:
             f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
-            if sb == "ok" or sc == "error":
+            if sb == "ok" or sc in ("error", "killed"):
                 res.regressions.append(f)
             elif sc == "ok":
                 res.improvements.append(f)
