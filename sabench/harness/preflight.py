@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from sabench.errors import UserError, one_line
 
-BYTES_PER_POINT = 4 * 2**20  # results.json grows ~10-50 kB a point; figures, report and history are a few MB
+BYTES_PER_POINT = 2 * 2**20  # generous: results.json grows ~5-50 kB a point (and is rewritten via a copy)
 MIN_FREE_BYTES = 64 * 2**20
 
 
