@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from sabench.continuous import register as register_continuous
+
+    register_continuous(sub)
     return p
 
 

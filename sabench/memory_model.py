@@ -24,7 +24,7 @@ A point's footprint is weights + KV cache + the phase's activation peak + the CU
   and libraries (CUDA_CONTEXT_BYTES) come on top.
 
 The constants are calibrated on the first H100 runs (torch 2.11+cu130, driver 580, Llama-3.1-8B
-and Llama-3.2-1B, /work/shared/measurements/2026-11-22-h100-h200; tests/data holds the readings):
+and Llama-3.2-1B, sabench 2b61a92; the runs are not in this repository, tests/data holds their readings):
 CUDA context = NVML per-process peak minus the allocator's peak reserved, 0.670 GiB in every
 prefill and 0.738-0.742 GiB in every decode (CUDA graphs); the workspace = allocated peak minus
 tensors at the smallest points. tests/test_capacity.py checks the prediction against every
