@@ -2,11 +2,14 @@
 
 - sweep.py: run_suite; the order of points, the results file, resume, OOM skips
 - job.py: PointJob, one point's typed job (the variant parsed once, as a SharingPlan)
-- launch.py: one forkserver child per point; its exit classified
+- launch.py: one forkserver child per point; its exit classified (ok, oom, killed, error)
+- oom_evidence.py: the cgroup's OOM-kill counter, which tells the OOM killer from a `kill`
+- lock.py: the output directory's exclusive lock for the length of a run
+- preflight.py: the checks before the first point (output, disk, device, weights, cache)
 - max_batch.py: `batch_size: max`, predicted then stepped down on OOM
 - point.py: the child's main: analytic figures, model build, phases, result file
 - phases.py: prefill and decode timing, graph capture, stability rounds, roofline
-- faults.py: SABENCH_FAULT_OOM, the fault-injection seam of the tests
+- faults.py: SABENCH_FAULT_OOM and SABENCH_FAULT_KILL, the fault-injection seams of the tests
 - progress.py, environment.py: the progress line; the run's env and calibration
 
 Trackers (memory, energy) live in sabench.measure.trackers. Importing this package imports
