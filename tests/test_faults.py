@@ -124,7 +124,7 @@ def test_report_and_check_read_killed_like_error(env, tmp_path, monkeypatch):
     assert main(["run", str(env), "--out", str(out)]) == 1
     assert [r["signal"] for r in _records(out)] == ["SIGTERM", "SIGTERM"]
     md = (out / "report.md").read_text()
-    assert "killed: worker killed by SIGTERM" in md and "**Errors** (failed or killed)" in md
+    assert "killed: worker killed by SIGTERM" in md and "**Errors** at 2 point(s)" in md
 
 
 @pytest.mark.parametrize("exitcode, oom, status, fragment", [

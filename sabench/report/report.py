@@ -158,7 +158,7 @@ def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
     if errors:
         items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.error or 'unknown'), 80)}"
                  for k, r in errors]
-        out.append(f"**Errors** (failed or killed) at {len(errors)} point(s): " + listing(items, 5) + ".")
+        out.append(f"**Errors** at {len(errors)} point(s): " + listing(items, 5) + ".")
     skipped = [f"`{k[0]}` {_pt(k)} {k[3]}" for k, r in index.items() if r.status == "skipped_after_oom"]
     if skipped:
         out.append(f"Skipped after an OOM: {len(skipped)} measurement(s): " + listing(skipped, MAX_LISTED) + ".")
