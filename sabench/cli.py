@@ -223,7 +223,8 @@ def cmd_run(args) -> int:
         check_output_dir(args.out, "--out")
     with _value_errors_are_user_errors():
         return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                         report=not args.no_report, execution=args.execution)
+                         report=not args.no_report, execution=args.execution, rounds=args.rounds,
+                         threads=args.threads, retry_failed=args.retry_failed)
 
 
 class _value_errors_are_user_errors:
@@ -300,7 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a benchmark suite")
     r.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a YAML file")
     r.add_argument("--out", default=None, help="results dir (default reports/<suite>/<timestamp>-<host>)")
-    r.add_argument("--resume", action="store_true", help="measure only the points missing from --out")
+    r.add_argument("--resume", action="store_true",
+                   help="measure only the (point, round) pairs missing from --out; with --rounds K on a run "
+                        "of fewer rounds, adds the rounds up to K")
+    r.add_argument("--rounds", type=int_in(1, 100), default=None,
+                   help="passes over every point, each in a fresh shuffled order of (batch, seq) cells with a "
+                        "cell's variants back to back; each (point, round) its own process (default: the "
+                        "suite's `rounds`, else 1)")
+    r.add_argument("--threads", type=int_in(1, 4096), default=None,
+                   help="torch intra-op threads in every point process (default: the suite's `threads`, "
+                        "else torch's default); recorded in results.json")
+    r.add_argument("--retry-failed", nargs="?", const="errors", choices=("errors", "oom"), default=None,
+                   help="with --resume: measure again the rounds that failed with status error or killed "
+                        "(--retry-failed=oom: also those that ran out of memory or were skipped after an "
+                        "OOM); the exit status is 1 while any round is still failing")
     r.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     r.add_argument("--no-report", action="store_true", help="skip writing report.md at the end")
     r.add_argument("--execution", choices=("eager", "compiled"), default=None,

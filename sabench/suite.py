@@ -24,7 +24,12 @@ is rejected with its key path before loading. Schema::
       seq_len: [32, 128]        # prompt lengths, same rules
     decode_tokens: 16           # optional, default 32; 1..2**20
     warmup: 2                   # optional, default 2; 0..1000
-    repeats: 5                  # optional, default 5; 1..10000
+    repeats: 5                  # optional, default 5; 1..10000 (timed calls per round)
+    rounds: 1                   # optional, default 1; 1..100: passes over every point, each in a fresh
+                                # shuffled order of (batch, seq) cells, a cell's variants back to back;
+                                # each (point, round) its own process (`sabench run --rounds` overrides)
+    threads: null               # optional; torch intra-op threads in every point process (CPU
+                                # reproducibility; `sabench run --threads` overrides); null: torch's default
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
     memory: null                # optional; memory `max` fits in (80GiB, 16GB, bytes); default: the
                                 # CUDA device's total memory, on CPU the available RAM
@@ -73,11 +78,14 @@ DEFAULTS = {
     "execution": "auto",
     "parallel": None,
     "allow_long_context": False,
+    "rounds": 1,
+    "threads": None,
 }
+MAX_ROUNDS, MAX_THREADS = 100, 4096
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
-                "allow_long_context", "parallel", "weights", "quality")
+                "allow_long_context", "parallel", "weights", "quality", "rounds", "threads")
 PARALLEL_KEYS = ("tensor", "link_bandwidth")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
@@ -124,6 +132,8 @@ class Suite:
     allow_long_context: bool = False  # seq_len + decode_tokens may exceed the model's positions
     weights: str = "random"  # random | checkpoint (sabench/loading.py)
     quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
+    rounds: int = 1  # passes over every point (sabench.harness.rounds)
+    threads: Optional[int] = None  # torch intra-op threads in every point process; None: torch's default
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -144,6 +154,8 @@ class Suite:
             "execution": self.execution,
             "weights": self.weights,
             "quality": self.quality,
+            "rounds": self.rounds,
+            "threads": self.threads,
             "path": self.path,
             # only for a multi-GPU point, so single-device results keep the form they always had
             **({"parallel": {"tensor": self.tensor_parallel, "link_bandwidth": self.link_bandwidth}}
@@ -275,6 +287,8 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     decode_tokens = _int_field(d["decode_tokens"], "decode_tokens", 1, source, MAX_DECODE_TOKENS)
     warmup = _int_field(d["warmup"], "warmup", 0, source, MAX_WARMUP)
     repeats = _int_field(d["repeats"], "repeats", 1, source, MAX_REPEATS)
+    rounds = _int_field(d["rounds"], "rounds", 1, source, MAX_ROUNDS)
+    threads = None if d["threads"] is None else _int_field(d["threads"], "threads", 1, source, MAX_THREADS)
     prefill_chunk = d["prefill_chunk"]
     if prefill_chunk is not None and (not _is_int(prefill_chunk) or not 1 <= prefill_chunk <= MAX_SIZE):
         raise SuiteError(source, "prefill_chunk",
@@ -334,7 +348,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
         path=path, memory=memory, execution=execution, tensor_parallel=tensor_parallel,
-        link_bandwidth=link_bandwidth, allow_long_context=allow_long, **weights,
+        link_bandwidth=link_bandwidth, allow_long_context=allow_long, rounds=rounds, threads=threads, **weights,
     )
 
 

@@ -204,6 +204,8 @@ def scale_timings(results: dict, factor: float, *, variant: Optional[str] = None
             continue
         r["latency_ms"] = _lat([x * factor for x in r["latency_ms"]["samples"]])
         r["tokens_per_s"] = r["tokens_per_s"] / factor
+        for rd in r.get("rounds", []):
+            rd.update(median_ms=rd["median_ms"] * factor, samples=[x * factor for x in rd["samples"]])
     return out
 
 
@@ -221,3 +223,39 @@ def big_results(seed: int = 0, **kw) -> dict:
                         batch_sizes=[1, 2, 4, 8, 16, 24, 32, 48, 64, 128],
                         seq_lens=[2 ** k for k in range(7, 17)], seed=seed, **kw)
 
+
+
+def with_rounds(results: dict, rounds: int = 6, *, factors: Optional[dict] = None, seed: int = 0,
+                drift_sd: float = 0.10, round_sd: float = 0.03, step_sd: float = 0.02, steps: int = 5) -> dict:
+    """A copy whose ok records hold `rounds` rounds, as the runner writes them.
+
+    Every variant of a (batch, seq, phase) cell is drawn from ONE distribution (the baseline's
+    time there), times `factors.get(variant, 1.0)`: round k of a cell shares a drift factor
+    (sd `drift_sd` on the log scale: load that comes and goes), then each (variant, round) gets its
+    own process noise (`round_sd`) and each step its own (`step_sd`). The headline latency
+    summarises all samples of all rounds.
+    """
+    out = copy.deepcopy(results)
+    rng = np.random.default_rng(seed)
+    factors = factors or {}
+    first = out["suite"]["variants"][0]
+    true = {(r["batch_size"], r["seq_len"], r["phase"]): r["latency_ms"]["median"]
+            for r in out["records"] if r.get("status") == "ok" and r["variant"] == first}
+    drift = {cell: np.exp(rng.normal(0, drift_sd, rounds)) for cell in true}
+    for r in out["records"]:
+        if r.get("status") != "ok":
+            continue
+        cell = (r["batch_size"], r["seq_len"], r["phase"])
+        base = true[cell] * factors.get(r["variant"], 1.0)
+        rs, every = [], []
+        for k in range(rounds):
+            s = base * drift[cell][k] * np.exp(rng.normal(0, round_sd)) * np.exp(rng.normal(0, step_sd, steps))
+            s = [float(x) for x in s]
+            rs.append({"round": k + 1, "median_ms": float(np.median(s)), "n": steps, "samples": s})
+            every += s
+        r["rounds"] = rs
+        r["latency_ms"] = _lat(every)
+        med_s = r["latency_ms"]["median"] / 1e3
+        r["tokens_per_s"] = (r["batch_size"] * r["seq_len"] / med_s) if r["phase"] == "prefill" \
+            else r["batch_size"] / med_s
+    return out

@@ -30,7 +30,8 @@ def _rec(res, variant, b, s, phase):
 def test_identical_passes(tmp_path, capsys, base):
     code, out, _ = _run(tmp_path, capsys, base, copy.deepcopy(base))
     assert code == 0
-    assert "PASS: 0 regression(s)" in out
+    assert out.startswith("PASS: no slowdown beyond 5% detected, 33 point(s), 95% family-wise intervals")
+    assert "within-process only" in out.splitlines()[0]  # the fixture has no rounds
 
 
 def test_uniform_2pct_drift_passes(tmp_path, capsys, base):
@@ -45,7 +46,8 @@ def test_25pct_decode_slowdown_of_one_variant_fails(tmp_path, capsys, base):
     assert code == 1
     assert "FAIL: 6 regression(s)" in out
     assert "decode cla:2 b=4 s=512" in out and "+25.0%" in out
-    points = [line.split("  ")[0] for line in out.split("Regressions")[1].splitlines()
+    assert "1.25× [" in out  # the ratio with its interval
+    points = [line.split("  ")[0] for line in out.split("Points that changed")[1].splitlines()
               if line.startswith(("prefill ", "decode "))]
     assert len(points) == 6 and all(p.startswith("decode cla:2 ") for p in points)
 
@@ -106,30 +108,36 @@ def test_timings_off_gates_on_deterministic_only(tmp_path, capsys, base):
     assert check(base, cur, timings=False).exit_code == 1
 
 
-def test_too_few_samples_cannot_be_significant(base):
+def test_too_few_samples_are_not_judged(base):
     a, b = copy.deepcopy(base), scale_timings(base, 1.5)
     for res in (a, b):
         for r in res["records"]:
             if r["status"] == "ok":
                 r["latency_ms"]["samples"] = r["latency_ms"]["samples"][:2]
-    out = check(a, b)  # +50% everywhere, but 2 samples a side can never reach p < 0.01
+    out = check(a, b)  # +50% everywhere, but 2 samples a side are fewer than stats.MIN_ROUNDS
     assert out.exit_code == 0 and not out.regressions
     assert out.unchanged == 0 and len(out.unjudged) == 33
     assert "33 timing point(s) NOT judged" in out.headline()
-    assert any("not judged" in n and "repeats to 5" in n for n in out.notes)
+    assert any("not judged" in n and "measure more rounds" in n for n in out.notes)
 
 
-def test_three_samples_cannot_pass_a_2x_slowdown_silently(base):
+def test_few_samples_cannot_pass_a_2x_slowdown_silently(base):
+    from sabench.stats import ratio_interval
+
     a, b = copy.deepcopy(base), copy.deepcopy(base)
     ra, rb = _rec(a, "cla:2", 1, 128, "prefill"), _rec(b, "cla:2", 1, 128, "prefill")
-    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1, 1.2], [2.0, 2.2, 2.4]
-    res = check(a, b)
+    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1], [2.0, 2.2]
+    res = check(a, b)  # 2 a side: named as not judged, never passed
     assert ("cla:2", 1, 128, "prefill") in res.unjudged
     assert "prefill cla:2 b=1 s=128" in res.to_text() and "NOT judged" in res.to_text()
-    # with 5 samples a side the same 2x slowdown is significant at 0.01 and fails
-    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1, 1.2, 1.0, 1.1], [2.0, 2.2, 2.4, 2.1, 2.3]
+    # with 3 a side the 2x slowdown's interval (Bonferroni over the 33 points) clears 1.05: it fails
+    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1, 1.2], [2.0, 2.2, 2.4]
     res = check(a, b)
-    assert res.exit_code == 1 and any(f.key == ("cla:2", 1, 128, "prefill") for f in res.regressions)
+    assert res.exit_code == 1
+    f = next(f for f in res.regressions if f.key == ("cla:2", 1, 128, "prefill"))
+    ref = ratio_interval([1.0, 1.1, 1.2], [2.0, 2.2, 2.4], confidence=1 - 0.05 / 33)
+    assert (f.estimate.low, f.estimate.high) == pytest.approx((ref.low, ref.high))
+    assert f.estimate.within_process and str(ref) + "†" in res.to_text()
 
 
 def test_missing_point_and_new_error_are_regressions(tmp_path, capsys, base):
@@ -157,7 +165,7 @@ def test_large_but_not_significant_change_is_unchanged(base):
     rb["latency_ms"]["samples"] = [1.25, 2.5, 3.75, 5.0, 6.25, 7.5]  # +25% median, overlapping: p ~ 0.2
     res = check(a, b)
     assert res.exit_code == 0
-    assert any("not significant" in n and "prefill cla:2 b=1 s=128" in n for n in res.notes)
+    assert any("too wide to tell" in n and "prefill cla:2 b=1 s=128" in n for n in res.notes)
 
 
 def test_markdown_and_github_step_summary(tmp_path, monkeypatch, base):
@@ -168,7 +176,9 @@ def test_markdown_and_github_step_summary(tmp_path, monkeypatch, base):
     md_path = tmp_path / "comment.md"
     res = check(base, cur, markdown=md_path)
     md = md_path.read_text()
-    assert md.startswith("### ❌ sabench check: 6 regression(s)")
+    assert md.startswith("FAIL: 6 regression(s) (6 slower beyond 5%)")
+    first, rest = md.split("\n", 1)
+    assert "| decode cla:2 b=4 s=512" in rest and "1.25× [" in rest
     assert "| decode cla:2 b=4 s=512" in md
     assert summary.read_text() == "earlier step\n" + md + "\n"
     assert res.exit_code == 1
@@ -229,6 +239,6 @@ def test_device_peak_changes_are_listed_not_gated_and_only_between_like_sources(
     other["memory_source"] = "nvml-device"  # another source: never compared
     code, out, _ = _run(tmp_path, capsys, base, cur)
     assert code == 0  # memory is listed, not gated
-    listed = out.split("Device peak memory changes beyond the threshold (not judged) (1):")[1]
+    listed = out.split("Device peak memory changes beyond the threshold (one reading each, not gated) (1):")[1]
     assert "decode cla:2 b=4 s=512" in listed and "device_peak (nvml-process)" in listed and "+50.0%" in listed
     assert "decode cla:2 b=1 s=128: device peak not compared (nvml-process vs nvml-device)" in out

@@ -123,19 +123,58 @@ def _pts(values, iqr):
     return [TrendPoint(info, v, iqr, "ok") for v in values]
 
 
-def test_mark_steps_uses_noise_and_threshold():
-    pts = _pts([1.0, 1.2, 1.2 * 1.4], 0.1)  # noise = max(3 x 10%, 5%) = 30%
+def test_mark_steps_finds_one_step_in_noise_and_none_in_noise_only():
+    import numpy as np
+
+    from sabench.stats import detect_steps
+
+    rng = np.random.default_rng(7)
+    noise = np.exp(rng.normal(0, 0.02, 16))
+    stepped = list(np.where(np.arange(16) >= 8, 1.3, 1.0) * noise)
+    pts = _pts(stepped, 0.02)
     mark_steps(pts, "median_ms", 0.05)
-    assert [p.step for p in pts] == [None, None, "up"]
-    pts = _pts([1.0, 1.04, 1.1], 0.0)  # quiet samples: the threshold rules
+    assert [i for i, p in enumerate(pts) if p.step] == [8]
+    assert pts[8].step == "up" and pts[8].kind == "regression"
+    ref = detect_steps(stepped, [v * 0.02 / 1.349 for v in stepped], threshold=0.05)
+    assert pts[8].interval == pytest.approx((ref.steps[0].ratio, ref.steps[0].low, ref.steps[0].high))
+    assert 1.2 < pts[8].interval[1] < 1.3 < pts[8].interval[2] < 1.4
+
+    quiet = list(np.exp(rng.normal(0, 0.03, 16)))
+    pts = _pts(quiet, 0.03)  # noise only: no step, although neighbours differ by more than the threshold
     mark_steps(pts, "median_ms", 0.05)
-    assert [p.step for p in pts] == [None, None, "up"]
+    assert not any(p.step for p in pts) and max(abs(p.change) for p in pts if p.change) > 0.05
+
+    pts = _pts([1.0] * 4 + [1.5] * 4, 0.0)  # throughput falling is the regression
+    mark_steps(pts, "tokens_per_s", 0.05)
+    assert pts[4].step == "up" and pts[4].kind == "improvement"
+
+    pts = _pts([1.0, 1.0, 1.0, 1.4], 0.0)  # the newest commit alone: a step, not yet confirmed
+    mark_steps(pts, "median_ms", 0.05)
+    assert pts[3].step == "up" and pts[3].kind == "too short"
     pts = _pts([100.0, 101.0], None)  # deterministic figures: any change is a step
     mark_steps(pts, "kv_cache_bytes", 0.05)
     assert pts[1].step == "up"
-    pts = _pts([1.0, None, 0.5], 0.0)  # a failed run in between: compare with the last value
+    pts = _pts([1.0, 1.0, None, 0.5, 0.5], 0.0)  # a failed run in between: skipped
     mark_steps(pts, "median_ms", 0.05)
-    assert [p.step for p in pts] == [None, None, "down"]
+    assert [p.step for p in pts] == [None, None, None, "down", None] and pts[3].kind == "improvement"
+
+
+def test_history_metric_accepts_every_numeric_record_field(tmp_path, capsys):
+    from sabench.records.fields import numeric_fields
+
+    db = tmp_path / "h.sqlite"
+    record_run(_run(tmp_path, "r1", "c1", 20), db)
+    record_run(_run(tmp_path, "r2", "c2", 21), db)
+    assert {"joules_per_token", "latency_ms.p90", "memory_bytes.device_peak", "mfu"} <= set(numeric_fields())
+    for metric in ("joules_per_token", "latency_ms.p90", "mfu"):
+        assert main(["history", "--db", str(db), "--metric", metric]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(metric) and "cla:2 b=1 s=512" in out
+    with pytest.raises(SystemExit) as e:  # argparse refuses it before anything runs
+        main(["history", "--db", str(db), "--metric", "nonsense"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--metric" in err and "unknown metric 'nonsense'" in err and "joules_per_token" in err
 
 
 def test_cli_history_table_plot_and_import(tmp_path, capsys):

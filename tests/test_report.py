@@ -102,7 +102,7 @@ def test_report_tables_status_rows_and_speedups(small_report):
     err = decode[("sa:6-11", "1", "128")][3]
     assert err.startswith("error: RuntimeError: CUDA error") and err.endswith("…")
     assert prefill[("baseline", "1", "128")][6] == "—"
-    assert re.fullmatch(r"\d\.\d\d×", prefill[("cla:2", "1", "128")][6])
+    assert re.fullmatch(r"\d\.\d\d× \[\d\.\d\d, \d\.\d\d\]†", prefill[("cla:2", "1", "128")][6])
     assert prefill[("cla:2", "4", "2048")][6] == "— (base OOM)"
     # KV cache human readable, halved by CLA-2
     assert prefill[("baseline", "1", "128")][7] == "5.06 MiB"
@@ -120,12 +120,17 @@ def test_report_findings_are_computed(small_report):
     run, _, md = small_report
     results = load_results(run)
     idx = results.index()
-    best = max(((idx[("baseline", b, s, "decode")].latency_ms.median / r.latency_ms.median, v, b, s)
-                for (v, b, s, ph), r in idx.items()
-                if ph == "decode" and v != "baseline" and r.status == "ok"
-                and idx[("baseline", b, s, "decode")].status == "ok"))
+    from sabench.stats import ratio_interval, verdict
+
+    ests = [(ratio_interval(idx[("baseline", b, s, "decode")].latency_ms.samples, r.latency_ms.samples,
+                            within_process=True), v, b, s)
+            for (v, b, s, ph), r in idx.items()
+            if ph == "decode" and v != "baseline" and r.status == "ok"
+            and idx[("baseline", b, s, "decode")].status == "ok"]
+    est, *best = min((e for e in ests if verdict(e[0]).label == "faster"), key=lambda e: e[0].ratio)
     says = md.split("## What this run says")[1].split("## Figures")[0]
-    assert f"**{best[0]:.2f}×**, `{best[1]}` at batch {best[2]}, seq_len {best[3]}" in says
+    assert f"**{est.inverted()}†**, `{best[0]}` at batch {best[1]}, seq_len {best[2]}" in says
+    assert "within-process only" in says and "5% practical threshold" in says
     assert "`cla:2` keeps **0.50×** the baseline's KV cache" in says
     assert "`sa:6-11` keeps **0.75×**" in says
     assert "**Out of memory** at 1 point(s): `baseline` b=4 s=2048" in says
@@ -201,7 +206,7 @@ def test_report_memory_saving_measured_beside_predicted(tmp_path):
     assert "(decode b=4 s=512)" in line
     assert f"saves {human_bytes(saved)}" in line and f"predicted" in line and f"saves {human_bytes(pred)}" in line
     assert "nvml-process" in line
-    assert "**Energy per decode token** (timed calls only): `cla:2`" in says
+    assert "**Energy per decode token** (timed calls only; one reading per point, so no interval): `cla:2`" in says
     # the breakdown table: the parts of each variant's largest point, and its prediction
     table = md.split("## Memory at each variant's largest point")[1].split("\n## ")[0]
     row = next(x for x in table.splitlines() if x.startswith("| cla:2"))

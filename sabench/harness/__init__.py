@@ -1,6 +1,7 @@
 """The harness: from a suite to results.json, one point process per point.
 
-- sweep.py: run_suite; the order of points, the results file, resume, OOM skips
+- sweep.py: run_suite; rounds of points, the results file, resume, retrying failures, OOM skips
+- rounds.py: a round's shuffled order (cells shuffled, a cell's variants adjacent); merging rounds
 - job.py: PointJob, one point's typed job (the variant parsed once, as a SharingPlan)
 - launch.py: one forkserver child per point; its exit classified (ok, oom, killed, error)
 - oom_evidence.py: the cgroup's OOM-kill counter, which tells the OOM killer from a `kill`
@@ -9,8 +10,8 @@
 - max_batch.py: `batch_size: max`, predicted then stepped down on OOM
 - point.py: the child's main: analytic figures, model build, phases, result file
 - phases.py: prefill and decode timing, graph capture, stability rounds, roofline
-- faults.py: SABENCH_FAULT_OOM and SABENCH_FAULT_KILL, the fault-injection seams of the tests
-- progress.py, environment.py: the progress line; the run's env and calibration
+- faults.py: SABENCH_FAULT_OOM, SABENCH_FAULT_SLOWDOWN and SABENCH_FAULT_KILL, the fault-injection seams of the tests
+- progress.py, environment.py: the progress line; the run's env, calibration and conditions
 
 Trackers (memory, energy) live in sabench.measure.trackers. Importing this package imports
 nothing heavy; `from sabench.harness.sweep import run_suite`.

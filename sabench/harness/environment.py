@@ -3,6 +3,7 @@ captured in a child process so the sweeping process never holds a CUDA context."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,63 @@ def capture_run_env(device: str, dtype: str, workdir: Path) -> dict:
             gpu = json.loads(proc.stdout.strip().splitlines()[-1])
             env.update({k: v for k, v in gpu.items() if v is not None})
     return env
+
+
+GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+
+
+def run_conditions(device: str, when: str) -> dict:
+    """What explains noise, read now (`when`: "before" or "after" the measurements): the load
+    average, the CPU frequency governor where readable, and on CUDA the GPU's clocks, throttle
+    reasons and other processes (NVML, read without a CUDA context). Never raises; a reading
+    that cannot be had is absent."""
+    out: dict = {}
+    try:
+        out[f"load_avg_{when}"] = [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        pass
+    try:
+        out["cpu_governor"] = Path(GOVERNOR).read_text().strip()
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        try:
+            out[f"gpu_{when}"] = gpu_conditions(int(device.partition(":")[2] or 0))
+        except Exception as e:  # NVML missing or failing must not cost the run
+            out[f"gpu_{when}"] = {"unavailable": f"{type(e).__name__}: {e}"[:200]}
+    return out
+
+
+def gpu_conditions(index: int, nvml=None) -> dict:
+    """Clocks (MHz), throttle reasons (names of the active ones) and the other processes on GPU
+    `index` (NVML's numbering; CUDA_DEVICE_ORDER=PCI_BUS_ID makes it torch's)."""
+    from sabench.measure.nvml_readings import _initialised
+
+    with _initialised(nvml) as mod:
+        h = mod.nvmlDeviceGetHandleByIndex(index)
+        out: dict = {}
+        for name, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("mem_clock_mhz", "NVML_CLOCK_MEM")):
+            try:
+                out[name] = int(mod.nvmlDeviceGetClockInfo(h, getattr(mod, clock)))
+            except Exception:
+                pass
+        try:
+            mask = int(mod.nvmlDeviceGetCurrentClocksThrottleReasons(h))
+            out["throttle_reasons"] = [n[len("nvmlClocksThrottleReason"):] for n in dir(mod)
+                                       if n.startswith("nvmlClocksThrottleReason") and n != "nvmlClocksThrottleReasonAll"
+                                       and isinstance(getattr(mod, n), int) and getattr(mod, n) & mask
+                                       and getattr(mod, n) != 0]
+        except Exception:
+            pass
+        try:
+            me = os.getpid()
+            procs = list(mod.nvmlDeviceGetComputeRunningProcesses(h)) + list(mod.nvmlDeviceGetGraphicsRunningProcesses(h))
+            out["other_processes"] = [{"pid": int(p.pid), "used_bytes": getattr(p, "usedGpuMemory", None)}
+                                      for p in procs if int(p.pid) != me]
+        except Exception:
+            pass
+        try:
+            out["temperature_c"] = int(mod.nvmlDeviceGetTemperature(h, mod.NVML_TEMPERATURE_GPU))
+        except Exception:
+            pass
+    return out

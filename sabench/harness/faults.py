@@ -46,3 +46,47 @@ def maybe_inject_kill(fault_kill: Optional[str], variant: str, batch_size: int, 
         name, _, sig = item.partition("@")
         if item and name == key:
             os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
+
+
+SLOW_ENV = "SABENCH_FAULT_SLOWDOWN"
+
+
+def slowdown_from_env() -> Optional[str]:
+    """The raw SABENCH_FAULT_SLOWDOWN value: "FACTOR" (every point) or "KEY=FACTOR,..." (named
+    points), read once by the sweep. A test seam of benchmarks/gate_error_rates.py: a candidate
+    that is really FACTOR times slower, to measure how often the gate catches it."""
+    return os.environ.get(SLOW_ENV)
+
+
+def slowdown_factor(fault_slow: Optional[str], variant: str, batch_size: int, seq_len: int) -> float:
+    """This point's slowdown factor (1.0: none)."""
+    key = point_key(variant, batch_size, seq_len)
+    for item in (x.strip() for x in (fault_slow or "").split(",") if x.strip()):
+        k, sep, factor = item.rpartition("=")
+        if not sep or k.strip() == key:
+            return float(factor)
+    return 1.0
+
+
+def slowed(fn, factor: float):
+    """`fn`, followed after each call by a busy wait of (factor - 1) times the call's duration:
+    the CPU stays busy, so a call takes `factor` times as long (CPU execution only)."""
+    import time
+
+    def call(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        end = time.perf_counter() + (time.perf_counter() - t0) * (factor - 1)
+        while time.perf_counter() < end:
+            pass
+        return out
+    return call
+
+
+def slow_down(model, factor: float) -> None:
+    """Make `model`'s prefill and decode step `factor` times slower (see `slowed`)."""
+    if factor == 1.0:
+        return
+    prefill, step_fn = model.prefill, model.greedy_step_fn
+    model.prefill = slowed(prefill, factor)
+    model.greedy_step_fn = lambda *a, **k: slowed(step_fn(*a, **k), factor)

@@ -18,7 +18,7 @@ import torch
 from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
 from sabench.io import write_json_atomic
-from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom
+from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factor
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
 from sabench.measure.nvml_readings import parse_pci_bus_id
@@ -106,6 +106,7 @@ def measure(job: PointJob) -> dict:
     pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
+    prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
 
     if job.inductor_cache_dir:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.inductor_cache_dir
@@ -114,6 +115,7 @@ def measure(job: PointJob) -> dict:
         maybe_inject_oom(job.fault_oom, job.variant, b, t, "model build")
         model = point_model(job, parse_dtype(job.dtype), device)  # the suite's weights
         model.set_execution(job.execution)
+        slow_down(model, slowdown_factor(job.fault_slowdown, job.variant, b, t))  # a test seam; 1.0 off it
         sync(device)
     except Exception as e:
         fail = failure(e)

@@ -1,8 +1,10 @@
-"""Sweeping a suite: the order of points, the results file, resuming, OOM skips, progress.
+"""Sweeping a suite: rounds of points, the results file, resuming, retrying, OOM skips, progress.
 
+Every round visits every point once, in the round's shuffled order (harness.rounds); each
+(point, round) is its own point process, merged into the point's one phase record per phase.
 results.json is rewritten atomically (temp file, fsync, rename) after every point, so killing
 the runner at any moment leaves a valid file; `--resume` with the same `--out` measures only
-the points missing from it. The suite is turned into typed PointJobs here, once: each variant
+the (point, round) pairs missing from it (and, with `retry`, those that failed). The suite is turned into typed PointJobs here, once: each variant
 is parsed into its SharingPlan once per run, and the point processes parse nothing.
 """
 from __future__ import annotations
@@ -20,25 +22,27 @@ from typing import Optional
 
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
-from sabench.harness.environment import capture_run_env
-from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env
+from sabench.harness.environment import capture_run_env, run_conditions
+from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.preflight import preflight
 from sabench.harness.progress import Progress, summary
+from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, round_order, round_status
 from sabench.errors import RunInterrupted
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
-from sabench.records import FAILED_STATUSES, PHASES, SCHEMA, ResultsError, load_results
+from sabench.records import PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution
 
 # Suite settings that change what a number means: a resumed run must not mix them.
 # (value assumed when an older results.json lacks the key: runs before execution modes were eager)
 _COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
-               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None}
+               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None,
+               "threads": None}  # not `rounds`: `--rounds K --resume` adds rounds to a run
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -67,11 +71,16 @@ def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     return data
 
 
-def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None) -> tuple[Suite, str]:
-    """(the suite with --variant and the execution mode applied, the device that runs it)."""
+def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None, rounds: Optional[int] = None,
+                  threads: Optional[int] = None) -> tuple[Suite, str]:
+    """(the suite with --variant, --rounds, --threads and the execution mode applied, the device that runs it)."""
     suite = suite_arg if isinstance(suite_arg, Suite) else load_suite(find_suite(suite_arg))
     if variants:
         suite = suite.with_variants(variants)
+    if rounds is not None:
+        suite = dataclasses.replace(suite, rounds=rounds)
+    if threads is not None:
+        suite = dataclasses.replace(suite, threads=threads)
     try:
         device = resolve_device(suite.device)
     except ValueError as e:
@@ -83,14 +92,15 @@ def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None) -> 
     return suite, device
 
 
-def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int]) -> dict:
+def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = None) -> dict:
     """{variant: PointJob template} with the variant parsed once; batch_size and seq_len are
     filled per point (`job.replace(batch_size=..., seq_len=...)`)."""
     cache_dir = str(inductor_cache_dir()) if suite.execution == "compiled" else None
     common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype, batch_size=0, seq_len=0,
                   decode_tokens=suite.decode_tokens, warmup=suite.warmup, repeats=suite.repeats,
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
-                  fault_oom=fault_keys_from_env(), fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
+                  fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(),
+                  fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"))
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
@@ -100,6 +110,7 @@ def _new_results(suite: Suite, device: str, workdir: Path) -> dict:
             "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
             "records": []}
+    data["env"]["conditions"] = run_conditions(device, "before")
     if suite.execution == "compiled":
         data["env"]["inductor_cache_dir"] = str(inductor_cache_dir())
     return data
@@ -115,23 +126,27 @@ def _oom_seq_lens(records) -> dict:
     return oom_at
 
 
-def _skipped(job: PointJob, oom_seq: int) -> dict:
+def _skipped(job: PointJob, reason: str) -> dict:
     return {ph: {"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len, "phase": ph,
-                 "status": "skipped_after_oom",
-                 "error": f"seq_len {oom_seq} already ran out of memory at this batch size"} for ph in PHASES}
+                 "status": "skipped_after_oom", "error": reason} for ph in PHASES}
 
 
 @holds_run_lock
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
-              threads: Optional[int] = None, execution: Optional[str] = None) -> int:
-    """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point errored).
+              threads: Optional[int] = None, execution: Optional[str] = None, rounds: Optional[int] = None,
+              retry_failed: Optional[str] = None) -> int:
+    """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point's round is still failing).
 
     execution: None keeps the suite's; "eager" or "compiled" overrides it. The suite
-    stored in results.json carries the resolved mode (never "auto").
+    stored in results.json carries the resolved mode (never "auto"). rounds, threads: None
+    keeps the suite's. retry_failed ("errors" or "oom", with resume): the rounds that failed
+    with those statuses are measured again.
     """
-    suite, device = resolve_suite(suite_arg, variants, execution)
+    suite, device = resolve_suite(suite_arg, variants, execution, rounds=rounds, threads=threads)
     if resume and out is None:
         raise ValueError("--resume needs --out: the run directory to complete")
+    if retry_failed and not resume:
+        raise ValueError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
     lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
@@ -146,65 +161,128 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     else:
         data = existing
         data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
+        data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
+        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before"))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
-    jobs = point_jobs(suite, device, peaks, threads)
-
-    done = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]) for r in data["records"]}
-    resolved_max = done_max(data["records"])
-    points = suite.points()
-    todo = [p for p in points if ((p.variant, p.seq_len) not in resolved_max if p.batch_size == MAX_BATCH
-                                  else any((*p, ph) not in done for ph in PHASES))]
-    budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
-    progress = Progress(len(points), len(points) - len(todo))
+    jobs = point_jobs(suite, device, peaks, suite.threads)
+    sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
+    todo = sweep.todo()
+    total = suite.rounds * len(suite.points())
+    progress = sweep.progress = Progress(total, total - len(todo))
     if resume:
-        print(f"resuming {path}: {len(points) - len(todo)} of {len(points)} points already measured",
+        print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
               file=sys.stderr)
-    oom_at = _oom_seq_lens(data["records"])
-    failed = 0
     try:
-        for p in todo:
-            job = jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len,
-                                         **point_extras(suite, p.variant, data["records"]))
-            label, k = job.label, (p.variant, p.batch_size)
-            if p.batch_size == MAX_BATCH:
-                progress.start(label)
-                new, overheads, final = run_max_point(job, suite.batch_sizes, budget, workdir, data)
-                data["records"] += new
-                data["overhead"].update(overheads)
-                failed += sum(r["status"] in FAILED_STATUSES for r in new)
-                write_json_atomic(path, data)
-                b_run = final[PHASES[0]]["batch_size"]
-                progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
-                                + summary(final), measured=bool(new))
-                continue
-            if k in oom_at and p.seq_len > oom_at[k]:
-                records, overhead = _skipped(job, oom_at[k]), None
-            else:
-                progress.start(label)
-                records, overhead = run_point(job, workdir)
-                if all(records[ph]["status"] == "oom" for ph in PHASES):
-                    oom_at[k] = min(oom_at.get(k, p.seq_len), p.seq_len)
-            for ph in PHASES:
-                if (*p, ph) not in done:
-                    data["records"].append(records[ph])
-                    failed += records[ph]["status"] in FAILED_STATUSES
-            if overhead is not None:
-                data["overhead"][p.key] = overhead
-            write_json_atomic(path, data)
-            progress.finish(label, summary(records), measured=overhead is not None)
+        for k, p in todo:
+            sweep.run(p, k)
     except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
-        measured = len({(r["variant"], r.get("batch_request", r["batch_size"]), r["seq_len"])
-                        for r in data["records"]})
         cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
-                       + [f"--variant {v}" for v in (variants or [])])
-        raise RunInterrupted(path, min(measured, len(points)), len(points), cmd) from None
+                       + [f"--variant {v}" for v in (variants or [])]
+                       + ([f"--rounds {suite.rounds}"] if rounds else []))
+        raise RunInterrupted(path, progress.done, total, cmd) from None
     finally:
         progress.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after"))
+        write_json_atomic(path, data)
     print(f"results: {path}", file=sys.stderr)
     if report:
         _finish(out, path)
-    return 1 if failed else 0
+    failing = failing_rounds(data["records"])
+    if failing:
+        shown = ", ".join(f"{label} (round {k})" for label, k in failing[:5])
+        print(f"sabench: {len(failing)} point phase round(s) failed: {shown}{' ...' if len(failing) > 5 else ''}; "
+              f"measure them again with: sabench run {suite.path or suite.name} --out {out} --resume "
+              "--retry-failed", file=sys.stderr)
+    return 1 if failing else 0
+
+
+class _Sweep:
+    """The points of a run, round by round: what is left to measure, measuring one (point, round)."""
+
+    def __init__(self, suite: Suite, device: str, data: dict, path: Path, workdir: Path, jobs: dict, retry: tuple):
+        self.suite, self.data, self.path, self.workdir, self.jobs, self.retry = suite, data, path, workdir, jobs, retry
+        self.at = {_key(r): i for i, r in enumerate(data["records"])}
+        self.oom_at = _oom_seq_lens(data["records"])
+        self.resolved_max = done_max(data["records"])
+        self.budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
+        self.progress = None
+
+    def record(self, p, phase: str) -> Optional[dict]:
+        i = self.at.get((*p, phase))
+        return None if i is None else self.data["records"][i]
+
+    def needed(self, p, k: int) -> bool:
+        if p.batch_size == MAX_BATCH:  # resolved and measured in the first round only
+            return k == 1 and (p.variant, p.seq_len) not in self.resolved_max
+        return any(round_status(self.record(p, ph), k) in (None, *self.retry) for ph in PHASES)
+
+    def todo(self) -> list:
+        created = self.data["created"]
+        return [(k, p) for k in range(1, self.suite.rounds + 1)
+                for p in round_order(self.suite.points(), created, k) if self.needed(p, k)]
+
+    def run(self, p, k: int) -> None:
+        job = self.jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len,
+                                          **point_extras(self.suite, p.variant, self.data["records"]))
+        label = f"{job.label} round {k}"
+        if p.batch_size == MAX_BATCH:
+            self.progress.start(label)
+            new, overheads, final = run_max_point(job, self.suite.batch_sizes, self.budget, self.workdir, self.data)
+            self.data["records"] += new
+            self.at = {_key(r): i for i, r in enumerate(self.data["records"])}
+            self.data["overhead"].update(overheads)
+            write_json_atomic(self.path, self.data)
+            b_run = final[PHASES[0]]["batch_size"]
+            self.progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
+                                 + summary(final), measured=bool(new))
+            return
+        skip = self._skip_reason(p, k)
+        if skip is not None:
+            records, overhead = _skipped(job, skip), None
+        else:
+            self.progress.start(label)
+            records, overhead = run_point(job, self.workdir)
+            if all(records[ph]["status"] == "oom" for ph in PHASES):
+                kb = (p.variant, p.batch_size)
+                self.oom_at[kb] = min(self.oom_at.get(kb, p.seq_len), p.seq_len)
+        for ph in PHASES:
+            merged = merge_round(self.record(p, ph), records[ph], k)
+            i = self.at.get((*p, ph))
+            if i is None:
+                self.at[(*p, ph)] = len(self.data["records"])
+                self.data["records"].append(merged)
+            else:
+                self.data["records"][i] = merged
+        if overhead is not None:
+            self._overhead(p.key, k, overhead)
+        write_json_atomic(self.path, self.data)
+        self.progress.finish(label, summary(records), measured=overhead is not None)
+
+    def _skip_reason(self, p, k: int) -> Optional[str]:
+        """Why (point, round) is not measured, or None: a point that ran out of memory in every
+        earlier round, or a longer prompt than one that ran out of memory at this batch size."""
+        earlier = [round_status(self.record(p, PHASES[0]), j) for j in range(1, k)]
+        earlier = [s for s in earlier if s is not None]
+        if any(s == "ok" for s in earlier):
+            return None
+        if earlier and all(s in ("oom", "skipped_after_oom") for s in earlier) and "oom" not in self.retry:
+            return f"ran out of memory (or was skipped after an OOM) in every earlier round of {p.key}"
+        kb = (p.variant, p.batch_size)
+        if kb in self.oom_at and p.seq_len > self.oom_at[kb]:
+            return f"seq_len {self.oom_at[kb]} already ran out of memory at this batch size"
+        return None
+
+    def _overhead(self, key: str, k: int, overhead: dict) -> None:
+        """The first round's overhead as the point's; later rounds add their process's total time."""
+        ovh = self.data["overhead"]
+        if k == 1 or key not in ovh:
+            ovh[key] = dict(overhead, **{x: ovh[key][x] for x in ("total_s_by_round",) if key in ovh and x in ovh[key]})
+        ovh[key].setdefault("total_s_by_round", {})[str(k)] = overhead.get("total_s")
+
+
+def _key(r: dict) -> tuple:
+    return (r["variant"], r["batch_size"], r["seq_len"], r["phase"])
 
 
 def _finish(out: Path, path: Path) -> None:

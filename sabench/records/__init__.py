@@ -3,6 +3,7 @@
     RunRecord      schema, created, env, suite, overhead, records
       PhaseRecord  one point and phase: variant, batch_size, seq_len, phase, status, latency, ...
         Latency    median, p10, p90, p99, mean, std, min, max, samples (milliseconds)
+        RoundSample  round, median_ms, n, samples[, status, error]: one per round (`rounds`)
     PointSpec      variant, batch_size, seq_len: `key` ("variant|batch|seq") and `label` ("cla:2 b=4 s=512")
 
 `load_results(path)` reads a file (v2, or v1 upgraded on the way in), checks every field's type
@@ -14,6 +15,7 @@ FLOPs are plain FLOPs (2 per multiply-add). Fields the types do not name are kep
 meaning is in the field comments of sabench/records/types.py.
 """
 from sabench.records.checks import ResultsError
+from sabench.records.rounds import RoundSample, paired_round_medians, round_medians
 from sabench.records.files import load_results, results_path, write_results
 from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STABLE_RATIO, STATUSES,
                                    Flops, Key, Latency, MaxAttempt, Memory, Overhead, PhaseRecord, PointSpec, RunRecord,
@@ -22,4 +24,4 @@ from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA,
 __all__ = ["FAILED_STATUSES", "MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STABLE_RATIO", "STATUSES", "Flops",
            "Key", "Latency",
            "MaxAttempt", "Memory", "Overhead", "PhaseRecord", "PointSpec", "ResultsError", "RunRecord",
-           "Stability", "key_label", "load_results", "point_key", "results_path", "write_results"]
+           "RoundSample", "Stability", "key_label", "paired_round_medians", "round_medians", "load_results", "point_key", "results_path", "write_results"]

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sabench.constants import STABLE_RATIO  # noqa: F401  (re-exported: p90/p10 above it is unstable)
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
+from sabench.records.rounds import RoundSample, parse_rounds
 
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
@@ -261,6 +262,7 @@ class PhaseRecord:
     memory_budget_bytes: Optional[int] = None
     memory_budget_source: Optional[str] = None
     max_attempts: Optional[Tuple[MaxAttempt, ...]] = None  # on the last attempt's records
+    rounds: Tuple[RoundSample, ...] = ()         # every round measured, in round order (v1: none)
     extra: Dict[str, Any] = field(default_factory=dict)    # any other field, kept as written
 
     @property
@@ -318,6 +320,7 @@ class PhaseRecord:
             memory_notes=strings(w, "memory_notes", d.get("memory_notes")),
             nvml=mapping(w, "nvml", d.get("nvml")),
             max_attempts=_attempts(w, d.get("max_attempts")),
+            rounds=parse_rounds(w, d.get("rounds")),
             extra={k: v for k, v in d.items() if k not in known},
             **vals)
 
@@ -326,10 +329,10 @@ class PhaseRecord:
         out = {}
         for n in _names(type(self)):
             v = getattr(self, n)
-            if n == "extra":
+            if n == "extra" or (n == "rounds" and not v):
                 continue
             if v is not None or (energy and n in _ENERGY_NULLS):
-                out[n] = [dump(a) for a in v] if n == "max_attempts" else dump(v)
+                out[n] = [dump(a) for a in v] if n in ("max_attempts", "rounds") else dump(v)
         out.update(self.extra)
         return out
 

@@ -1,48 +1,52 @@
-"""`sabench check BASELINE CURRENT`: regression gate for CI.
+"""`sabench check BASELINE CURRENT`: the regression gate for CI, with a stated false-alarm rate.
 
-Deterministic figures (params, kv_cache_bytes, flops.analytic, flops.counted) must
-match exactly, and a point that was ok must still be ok and present (a point missing
-from CURRENT is a regression unless `allow_missing`); a point that now errors is a
-regression whatever it was before.
+Statuses and deterministic figures (params, kv_cache_bytes, flops.analytic, flops.counted) must
+match exactly: a point that was ok in the baseline and errored, went out of memory or is missing
+in the current run is a regression (a missing point is a note with `allow_missing`), and so is a
+point that now errors whatever it was before.
 
-Timings are compared on the raw samples (latency_ms.samples). A point regresses only
-when its median slowdown is larger than `threshold` AND a one-sided Mann-Whitney U
-test says the current samples are larger (p < alpha); improvements mirror that
-(median change below -threshold and "less" significant). Everything else counts as
-unchanged, except points whose sample counts cannot reach p < alpha at all (the exact
-test's smallest p-value is 1 / C(n_a + n_b, n_a): 5 samples a side for alpha 0.01):
-those are counted apart as *unjudged* and named in the summary, never passed silently.
+Timings are judged per point on per-round medians (sabench.records.round_medians; the runs are
+different runs, so the rounds are unpaired): a point REGRESSES when the whole confidence interval
+of its slowdown (current / baseline, sabench.stats.regression) lies above 1 + threshold;
+improvements mirror that; a point with fewer than stats.MIN_ROUNDS rounds a side is NOT JUDGED
+(counted and named, never passed silently). The family-wise false-alarm rate is held to `alpha`
+(default 5%) over the K points judged by Bonferroni: each point's interval has confidence
+1 - alpha / K (one-sided false-alarm chance per point <= alpha / 2K for a true slowdown at most
+the threshold). Records without rounds (schema v1, one-round runs) fall back to the steps of one
+process, and every such verdict is marked within-process only: those intervals ignore the
+variation between processes, so the gate on them can raise false alarms on identical work.
+
+Invalid timings never reach here: sabench.records refuses them on load (<= 0, NaN, inf).
+A comparison in which no point ran ok on both sides FAILS (exit 1): there is nothing to judge.
 
 Memory is not gated: `memory_bytes.device_peak` changes beyond the threshold between readings
-of the same source are listed apart (never compared across sources).
+of the same source are listed apart (one reading per point: no interval).
 
-Exit codes (the CLI): 0 no regression, 1 regression, 2 bad input (raised as ResultsError).
+Exit codes (the CLI): 0 no regression, 1 regression or nothing comparable, 2 bad input.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-import numpy as np
-
 from sabench.io import write_atomic
+from sabench.records import round_medians
+from sabench.report.intervals import WITHIN_MARK, WITHIN_NOTE, fmt_est
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
-                                    results_path, samples_ms, status_text)
+                                    results_path, status_text)
+from sabench.stats import MIN_ROUNDS, RatioEstimate, regression
 
 # figure name -> its value in a record
 DETERMINISTIC = (("params", lambda r: r.params), ("kv_cache_bytes", lambda r: r.kv_cache_bytes),
                  ("flops.analytic", lambda r: r.flops.analytic if r.flops else None),
                  ("flops.counted", lambda r: r.flops.counted if r.flops else None))
-
-
-def can_be_significant(n_a: int, n_b: int, alpha: float) -> bool:
-    """Whether a one-sided Mann-Whitney U test on samples of these sizes can give p < alpha
-    (its smallest p-value, with no ties, is 1 / C(n_a + n_b, n_a))."""
-    return n_a > 0 and n_b > 0 and 1.0 / math.comb(n_a + n_b, n_a) < alpha
+DEFAULT_ALPHA = 0.05
+DET_NAMES = tuple(n for n, _ in DETERMINISTIC)
 
 
 def parse_threshold(value: Union[str, float, int]) -> float:
@@ -69,7 +73,7 @@ class Finding:
     baseline: str
     current: str
     change: Optional[float] = None   # relative: current / baseline - 1
-    p_value: Optional[float] = None
+    estimate: Optional[RatioEstimate] = None  # latency: current / baseline with its interval
     note: str = ""
     delta: Optional[float] = None    # deterministic figures: current - baseline
 
@@ -83,11 +87,11 @@ class Finding:
             ch = f"{d:+,}" + (f" ({self.change * 100:+.2g}%)" if self.change is not None else "")
         else:
             ch = "—" if self.change is None else f"{self.change * 100:+.1f}%"
-        p = "—" if self.p_value is None else f"{self.p_value:.2g}"
-        return [self.point, self.metric, self.baseline, self.current, ch, p]
+        return [self.point, self.metric, self.baseline, self.current, ch,
+                fmt_est(self.estimate)]
 
 
-HEADERS = ["point", "metric", "baseline", "current", "change", "p"]
+HEADERS = ["point", "metric", "baseline", "current", "change", "current / baseline [interval]"]
 
 
 @dataclass
@@ -95,77 +99,123 @@ class CheckResult:
     baseline_path: str
     current_path: str
     threshold: float
-    alpha: float
+    alpha: float                            # family-wise false-alarm rate of the timing gate
     timings_judged: bool
     regressions: List[Finding] = field(default_factory=list)
     improvements: List[Finding] = field(default_factory=list)
     unchanged: int = 0                      # timing points judged unchanged
-    unjudged: List[Key] = field(default_factory=list)  # too few samples for the test to reach alpha
+    unjudged: List[Key] = field(default_factory=list)  # fewer than MIN_ROUNDS rounds (or samples) a side
+    inconclusive: List[Key] = field(default_factory=list)  # passed, but the estimate is beyond the threshold
     deterministic_checked: int = 0          # (point, figure) pairs compared exactly
     timing_changes: List[Finding] = field(default_factory=list)  # --timings off: listed, not judged
     memory_changes: List[Finding] = field(default_factory=list)  # device_peak beyond the threshold: listed
     notes: List[str] = field(default_factory=list)
     shared_points: int = 0
+    comparable: int = 0                     # shared points ok on both sides
+    judged: int = 0                         # K: timing points the gate judged
+    confidence: float = 0.95                # each judged point's interval: 1 - alpha / K
+    within_process: bool = False            # some verdict rests on within-process samples only
+
+    @property
+    def nothing_comparable(self) -> bool:
+        return self.comparable == 0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        return 1 if (self.regressions or self.nothing_comparable) else 0
 
     @property
     def passed(self) -> bool:
-        return not self.regressions
+        return self.exit_code == 0
+
+    def _basis(self) -> str:
+        if not self.timings_judged:
+            return "timings not judged (--timings off)"
+        s = f"{1 - self.alpha:.0%} family-wise intervals"
+        if self.unjudged:
+            s += f", {len(self.unjudged)} timing point(s) NOT judged (fewer than {MIN_ROUNDS} rounds a side)"
+        if self.within_process:
+            s += ", within-process only (no rounds recorded)"
+        return s
 
     def headline(self) -> str:
-        verdict = "FAIL" if self.regressions else "PASS"
-        timing = (f"timings: threshold {self.threshold * 100:g}%, Mann-Whitney U p < {self.alpha:g}"
-                  if self.timings_judged else "timings not judged (--timings off)")
-        return (f"sabench check: {verdict}: {len(self.regressions)} regression(s), "
-                f"{len(self.improvements)} improvement(s), {self.unchanged} unchanged timing point(s), "
-                + (f"{len(self.unjudged)} timing point(s) NOT judged (too few samples), " if self.unjudged else "")
-                + f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
-                f"shared point(s) ({timing})")
+        """The one-line verdict (the first line of the text and of the markdown)."""
+        pts = f"{self.comparable} point(s)"
+        if self.nothing_comparable:
+            return (f"FAIL: no comparable point: none of the {self.shared_points} shared point(s) ran ok in "
+                    f"both runs, so nothing could be judged")
+        if self.regressions:
+            slow = sum(f.metric == "latency" for f in self.regressions)
+            status = sum(f.metric == "status" for f in self.regressions)
+            det = len(self.regressions) - slow - status
+            parts = [f"{slow} slower beyond {self.threshold:.0%}"] if slow else []
+            parts += [f"{status} errored, out of memory or missing"] if status else []
+            parts += [f"{det} deterministic figure(s) changed"] if det else []
+            return f"FAIL: {len(self.regressions)} regression(s) ({', '.join(parts)}), {pts}, {self._basis()}"
+        what = (f"no slowdown beyond {self.threshold:.0%} detected" if self.timings_judged
+                else "statuses and deterministic figures unchanged")
+        return f"PASS: {what}, {pts}, {self._basis()}"
+
+    def _summary(self) -> str:
+        return (f"{len(self.regressions)} regression(s), {len(self.improvements)} improvement(s), "
+                f"{self.unchanged} unchanged timing point(s), {len(self.unjudged)} not judged; "
+                f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
+                f"shared point(s)")
+
+    def _changed(self) -> List[Finding]:
+        """Points whose status or timing changed (regressions first), then the listed timing changes."""
+        keep = [f for f in self.regressions + self.improvements if f.metric not in DET_NAMES]
+        return keep + self.timing_changes
+
+    def _deterministic(self) -> List[Finding]:
+        return [f for f in self.regressions + self.improvements if f.metric in DET_NAMES]
 
     def _sections(self):
-        return (("Regressions", self.regressions), ("Improvements", self.improvements),
-                ("Timing changes beyond the threshold (not judged)", self.timing_changes),
-                ("Device peak memory changes beyond the threshold (not judged)", self.memory_changes))
+        return (("Points that changed", self._changed()),
+                ("Deterministic figures that changed", self._deterministic()),
+                ("Device peak memory changes beyond the threshold (one reading each, not gated)",
+                 self.memory_changes))
+
+    def _all_notes(self) -> List[str]:
+        notes = list(self.notes)
+        if self.within_process:
+            notes.append(WITHIN_NOTE)
+        return notes
 
     def to_text(self) -> str:
         from tabulate import tabulate
 
-        out = [self.headline(), f"  baseline: {self.baseline_path}", f"  current:  {self.current_path}"]
+        out = [self.headline(), f"  {self._summary()}", f"  baseline: {self.baseline_path}",
+               f"  current:  {self.current_path}"]
         for title, items in self._sections():
             if items:
                 out += ["", f"{title} ({len(items)}):",
-                        tabulate([f.row() for f in items], headers=HEADERS, tablefmt="simple",
+                        tabulate([_row(f) for f in items], headers=HEADERS + ["verdict"], tablefmt="simple",
                                  disable_numparse=True)]
-        if self.notes:
-            out += [""] + [f"note: {n}" for n in self.notes]
+        out += [""] + [f"note: {n}" for n in self._all_notes()] if self._all_notes() else []
         return "\n".join(out) + "\n"
 
     def to_markdown(self) -> str:
+        """First line: the verdict; then the points that changed with their intervals, the
+        deterministic figures that changed, memory changes, and the notes."""
         from sabench.report.tables import md_table
 
-        icon = "❌" if self.regressions else "✅"
-        head = (f"{len(self.regressions)} regression(s)" if self.regressions else "no regression")
-        lines = [f"### {icon} sabench check: {head}", ""]
-        timing = (f"timings gated at a {self.threshold * 100:g}% median change with Mann-Whitney U "
-                  f"p < {self.alpha:g}" if self.timings_judged else "timings **not** judged (`--timings off`)")
-        lines += [f"Baseline `{md_escape(self.baseline_path)}` vs current `{md_escape(self.current_path)}`: "
-                  f"{self.shared_points} shared points, {self.deterministic_checked} deterministic figures "
-                  f"checked exactly, {timing}.", ""]
-        lines += [f"**{len(self.regressions)}** regressions · **{len(self.improvements)}** improvements · "
-                  f"**{self.unchanged}** unchanged timings"
-                  + (f" · **{len(self.unjudged)}** timings not judged (too few samples)" if self.unjudged else ""),
-                  ""]
+        lines = [self.headline(), "",
+                 f"Baseline `{md_escape(self.baseline_path)}` vs current `{md_escape(self.current_path)}`: "
+                 f"{self._summary()}.", ""]
         for title, items in self._sections():
             if items:
-                lines += [f"#### {title}", "", md_table(HEADERS, [f.row() for f in items],
-                                                        ["left", "left", "right", "right", "right", "right"]), ""]
-        if self.notes:
-            lines += ["<details><summary>Notes</summary>", ""] + [f"- {md_escape(n)}" for n in self.notes]
-            lines += ["", "</details>", ""]
+                lines += [f"#### {title}", "", md_table(HEADERS + ["verdict"], [_row(f) for f in items],
+                                                        ["left", "left", "right", "right", "right", "right",
+                                                         "left"]), ""]
+        notes = self._all_notes()
+        if notes:
+            lines += ["#### Notes", ""] + [f"- {md_escape(n)}" for n in notes] + [""]
         return "\n".join(lines)
+
+
+def _row(f: Finding) -> List[str]:
+    return f.row() + [f.note or ("changed" if f.metric in DET_NAMES else "")]
 
 
 def _fmt_det(v) -> str:
@@ -176,10 +226,6 @@ def _fmt_det(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _samples(r: PhaseRecord) -> np.ndarray:
-    return np.asarray(samples_ms(r), dtype=float)
-
-
 def _load(x, what: str) -> Tuple[RunRecord, str]:
     if isinstance(x, RunRecord):
         return x, f"<{what}>"
@@ -188,27 +234,50 @@ def _load(x, what: str) -> Tuple[RunRecord, str]:
     return load_results(x), str(results_path(x))
 
 
-def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None, alpha: float = 0.01,
+def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None, alpha: float = DEFAULT_ALPHA,
           timings: bool = True, allow_missing: bool = False) -> CheckResult:
-    """Compare CURRENT against BASELINE (run dirs, results.json paths or loaded dicts).
+    """Compare CURRENT against BASELINE (run dirs, results.json paths, loaded dicts or RunRecords).
 
+    `alpha`: the family-wise false-alarm rate of the timing gate (Bonferroni over the points judged).
     `markdown`: a file to write the PR-comment summary to; when the GITHUB_STEP_SUMMARY
     environment variable is set the same markdown is appended to that file as well.
-    Raises ResultsError for unreadable / wrong-schema inputs or when no point is shared.
+    Raises ResultsError for unreadable / wrong-schema / invalid inputs or when no point is shared.
     """
     thr = parse_threshold(threshold) if isinstance(threshold, str) else float(threshold)
     if thr < 0:
         raise ResultsError(f"bad threshold {threshold!r}: must be >= 0")
     if not 0 < alpha < 1:
-        raise ResultsError(f"bad alpha {alpha!r}: must be between 0 and 1")
+        raise ResultsError(f"bad alpha {alpha!r}: the family-wise false-alarm rate must lie between 0 and 1")
     base, base_path = _load(baseline, "baseline")
     cur, cur_path = _load(current, "current")
     bi, ci = index_records(base), index_records(cur)
     shared = [k for k in bi if k in ci]
     if not shared:
-        raise ResultsError(f"{base_path} and {cur_path} share no (variant, batch, seq_len, phase) point")
+        raise ResultsError(f"{base_path} and {cur_path} share no (variant, batch, seq_len, phase) point: "
+                           f"nothing to compare; check that both ran the same suite")
     res = CheckResult(base_path, cur_path, thr, alpha, timings, shared_points=len(shared))
+    _missing(res, bi, ci, allow_missing)
+    timed = []  # (key, base values, current values, within-process)
+    for k in sorted(shared, key=_order):
+        rb, rc = bi[k], ci[k]
+        _status(res, k, rb, rc)
+        _deterministic(res, k, rb, rc)
+        if not (rb.ok and rc.ok):
+            continue
+        res.comparable += 1
+        _memory_change(res, k, rb, rc, thr)
+        (vb, wb), (vc, wc) = round_medians(rb), round_medians(rc)
+        timed.append((k, vb, vc, wb or wc))
+    _timings(res, timed)
+    res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))
+    res.improvements.sort(key=lambda f: (f.metric == "latency", round(f.change or 0, 3), _order(f.key)))
+    res.timing_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
+    res.memory_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
+    _write_markdown(res, markdown)
+    return res
 
+
+def _missing(res: CheckResult, bi, ci, allow_missing: bool) -> None:
     only_b = [k for k in bi if k not in ci]
     only_c = [k for k in ci if k not in bi]
     lost = [k for k in only_b if bi[k].ok]
@@ -220,97 +289,96 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
     if only_c:
         res.notes.append(f"{len(only_c)} point(s) only in the current run, not checked: " + _keys(only_c))
 
-    candidates = []  # (key, base samples, cur samples, change, direction)
-    for k in sorted(shared, key=_order):
-        rb, rc = bi[k], ci[k]
-        sb, sc = rb.status, rc.status
-        # --- status
-        if sb != sc:
-            f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
-            if sb == "ok" or sc in ("error", "killed"):
-                res.regressions.append(f)
-            elif sc == "ok":
-                res.improvements.append(f)
-            else:
-                res.notes.append(f"{f.point}: status {f.baseline} -> {f.current}")
-        # --- deterministic figures
-        for name, value in DETERMINISTIC:
-            vb, vc = value(rb), value(rc)
-            if vb is None and vc is None:
-                continue
-            if vb is None or vc is None:
-                if sb == "ok" and sc == "ok":
-                    res.deterministic_checked += 1
-                    res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc),
-                                                   note="present in one run only"))
-                continue
-            res.deterministic_checked += 1
-            if vb != vc:
-                ch = (float(vc) / float(vb) - 1) if float(vb) else None
-                res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc), ch,
-                                               delta=float(vc) - float(vb)))
-        if not (sb == "ok" and sc == "ok"):
+
+def _status(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord) -> None:
+    if rb.status == rc.status:
+        return
+    f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
+    if rb.ok or rc.status in ("error", "killed"):
+        f.note = "was ok, now " + status_text(rc, 40) if rb.ok else "now errors"
+        res.regressions.append(f)
+    elif rc.ok:
+        f.note = "now ok"
+        res.improvements.append(f)
+    else:
+        res.notes.append(f"{f.point}: status {f.baseline} -> {f.current}")
+
+
+def _deterministic(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord) -> None:
+    for name, value in DETERMINISTIC:
+        vb, vc = value(rb), value(rc)
+        if vb is None and vc is None:
             continue
-        _memory_change(res, k, rb, rc, thr)
-        # --- timings
-        a, b = _samples(rb), _samples(rc)
-        if not len(a) or not len(b) or float(np.median(a)) <= 0:
-            res.notes.append(f"{key_label(k)}: no usable timing samples in "
-                             f"{'the baseline' if not len(a) or float(np.median(a)) <= 0 else 'the current run'}")
-            if timings:
-                res.unjudged.append(k)
+        if vb is None or vc is None:
+            if rb.ok and rc.ok:
+                res.deterministic_checked += 1
+                res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc), note="present in one run only"))
             continue
-        ma, mb = float(np.median(a)), float(np.median(b))
-        change = mb / ma - 1
-        if timings and not can_be_significant(len(a), len(b), alpha):
+        res.deterministic_checked += 1
+        if vb != vc:
+            ch = (float(vc) / float(vb) - 1) if float(vb) else None
+            res.regressions.append(Finding(k, name, _fmt_det(vb), _fmt_det(vc), ch, delta=float(vc) - float(vb)))
+
+
+def _timings(res: CheckResult, timed) -> None:
+    """Judge (or, with timings off, list) every point ok on both sides, Bonferroni over those judged."""
+    judgeable = [t for t in timed if min(len(t[1]), len(t[2])) >= MIN_ROUNDS]
+    res.judged = len(judgeable) if res.timings_judged else 0
+    res.confidence = 1 - res.alpha / max(len(judgeable), 1) if res.timings_judged else 1 - res.alpha
+    for k, vb, vc, within in timed:
+        if min(len(vb), len(vc)) < MIN_ROUNDS:
             res.unjudged.append(k)
             continue
-        if not timings:
-            if abs(change) > thr:
-                res.timing_changes.append(Finding(k, "latency", fmt_ms(ma) + " ms", fmt_ms(mb) + " ms", change))
-            continue
-        if change > thr:
-            candidates.append((k, a, b, change, "greater", ma, mb))
-        elif change < -thr:
-            candidates.append((k, a, b, change, "less", ma, mb))
+        g = regression(vb, vc, res.threshold, confidence=res.confidence, where=key_label(k))
+        est = dataclasses.replace(g.estimate, within_process=True) if within else g.estimate
+        res.within_process |= within
+        f = Finding(k, "latency", fmt_ms(_gm(vb)) + " ms", fmt_ms(_gm(vc)) + " ms", est.ratio - 1, est,
+                    note=("slower" if g.status == "regression" else "faster" if g.status == "improvement"
+                          else "") + (f" {WITHIN_MARK}" if within and g.status != "pass" else ""))
+        if not res.timings_judged:
+            if g.status != "pass":
+                f.note = f"{f.note} (not judged)".strip()
+                res.timing_changes.append(f)
+        elif g.status == "regression":
+            res.regressions.append(f)
+        elif g.status == "improvement":
+            res.improvements.append(f)
         else:
             res.unchanged += 1
+            if abs(math.log(est.ratio)) > math.log(1 + res.threshold):
+                res.inconclusive.append(k)
+                res.notes.append(f"{key_label(k)}: {fmt_est(est)} is {'slower' if est.ratio > 1 else 'faster'} "
+                                 f"by its estimate, but the interval is too wide to tell (it reaches within "
+                                 f"{res.threshold:.0%} of 1): not a detected change; measure more rounds")
+    if res.unjudged:
+        res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: fewer than {MIN_ROUNDS} rounds (or, "
+                         f"without rounds, samples) a side; measure more rounds: " + _keys(res.unjudged))
+    if res.judged:
+        res.notes.append(f"Timings: a point regresses when its slowdown's {res.confidence:.4%} interval "
+                         f"(current / baseline, ratio of geometric means of per-round medians, Welch t on logs; steps of one process where marked {WITHIN_MARK}) lies wholly above "
+                         f"{1 + res.threshold:.2f}; {res.confidence:.4%} = 1 - {res.alpha:g} / {res.judged} "
+                         f"(Bonferroni), so the chance of any false alarm in this check is at most {res.alpha:g}.")
 
-    if candidates:
-        from scipy.stats import mannwhitneyu  # only when some median moved beyond the threshold
 
-        for k, a, b, change, direction, ma, mb in candidates:
-            p = float(mannwhitneyu(b, a, alternative=direction).pvalue)
-            f = Finding(k, "latency", fmt_ms(ma) + " ms", fmt_ms(mb) + " ms", change, p)
-            if p < alpha:
-                (res.regressions if direction == "greater" else res.improvements).append(f)
-            else:
-                res.unchanged += 1
-                res.notes.append(f"{f.point}: median {change * 100:+.1f}% but not significant (p = {p:.2g})")
-    if res.unjudged and timings:
-        res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: with so few samples a Mann-Whitney U "
-                         f"test cannot reach p < {alpha:g} (raise the suite's repeats to 5 or more): "
-                         + _keys(res.unjudged))
-    if not timings:
-        res.unchanged = 0
-    res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))
-    res.improvements.sort(key=lambda f: (f.metric == "latency", round(f.change or 0, 3), _order(f.key)))
-    res.timing_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
-    res.memory_changes.sort(key=lambda f: (-round(abs(f.change or 0), 3), _order(f.key)))
+def _gm(xs) -> float:
+    from sabench.report.results import geomean
+    return geomean(xs)
 
-    if markdown is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
-        md = res.to_markdown()
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        try:
-            if markdown is not None:
-                Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(markdown, md)
-            if summary:
-                with open(summary, "a", encoding="utf-8") as fh:
-                    fh.write(md + "\n")
-        except OSError as e:
-            raise ResultsError(f"cannot write the markdown summary: {e}") from None
-    return res
+
+def _write_markdown(res: CheckResult, markdown) -> None:
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if markdown is None and not summary:
+        return
+    md = res.to_markdown()
+    try:
+        if markdown is not None:
+            Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(markdown, md)
+        if summary:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(md + "\n")
+    except OSError as e:
+        raise ResultsError(f"cannot write the markdown summary: {e}") from None
 
 
 def _memory_change(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord, thr: float) -> None:
@@ -324,7 +392,8 @@ def _memory_change(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord, t
         return
     change = mc / mb - 1
     if abs(change) > thr:
-        res.memory_changes.append(Finding(k, f"device_peak ({src_c})", human_bytes(mb), human_bytes(mc), change))
+        res.memory_changes.append(Finding(k, f"device_peak ({src_c})", human_bytes(mb), human_bytes(mc), change,
+                                          note="one reading"))
 
 
 def _order(k: Key):

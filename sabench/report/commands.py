@@ -22,8 +22,16 @@ def _int_in(lo: int, hi: int):
 
     return int_in(lo, hi)
 
-HISTORY_METRICS = ("median_ms", "tokens_per_s", "peak_memory_bytes", "kv_cache_bytes", "flops_analytic",
-                   "flops_counted")
+
+def _history_metric(text: str) -> str:
+    """argparse type: a metric the history records (its aliases and every numeric record field)."""
+    from sabench.report.history import METRICS
+
+    if text not in METRICS:
+        short = [m for m in METRICS if "." not in m]
+        raise argparse.ArgumentTypeError(f"unknown metric {text!r}; choose from {', '.join(short)}, or a nested "
+                                         f"field such as latency_ms.p90 or memory_bytes.device_peak")
+    return text
 
 
 def register(subparsers) -> None:
@@ -44,16 +52,24 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "check", help="CI regression gate: CURRENT against BASELINE",
-        description="Exit 0: no regression; 1: a regression; 2: bad input. Deterministic figures (params, "
-                    "KV bytes, FLOPs) and ok statuses must match exactly; a timing regresses when its median "
-                    "slows by more than --threshold and a one-sided Mann-Whitney U test on the raw samples "
-                    "gives p < --alpha.")
+        description="Exit 0: no regression; 1: a regression, or no point ran ok in both runs; 2: bad input "
+                    "(including invalid timings). Deterministic figures (params, KV bytes, FLOPs) and ok "
+                    "statuses must match exactly (a point ok in BASELINE that errors, runs out of memory or is "
+                    "missing in CURRENT regresses). A timing regresses when the confidence interval of its "
+                    "slowdown (CURRENT / BASELINE over per-round medians) lies wholly above 1 + --threshold; "
+                    "the intervals are Bonferroni-corrected so the whole check raises a false alarm with "
+                    "probability at most --alpha. Files without rounds (schema v1) are judged on the steps of "
+                    "one process, marked within-process only. The first line of the output (and of --markdown) "
+                    "is the verdict.")
     p.add_argument("baseline", metavar="BASELINE", help="baseline run dir or results.json")
     p.add_argument("current", metavar="CURRENT", help="current run dir or results.json")
     p.add_argument("--threshold", default="5%",
-                   help="smallest median change that counts: '5%%', '0.05' or '5' (a bare number > 1 is a "
-                        "percentage, <= 1 a fraction); default 5%%")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+                   help="practical threshold: a slowdown counts only when its whole interval lies above "
+                        "1 + threshold: '5%%', '0.05' or '5' (a bare number > 1 is a percentage, <= 1 a "
+                        "fraction); default 5%%")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise false-alarm rate of the timing gate: each of the K points judged gets a "
+                        "1 - alpha/K interval (default 0.05)")
     p.add_argument("--timings", choices=("on", "off"), default="on",
                    help="'off': gate on deterministic figures only (shared CI runners); timings still listed")
     p.add_argument("--allow-missing", action="store_true",
@@ -64,12 +80,17 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "history", help="trends across commits from the SQLite history",
-        description="Print (and plot) a metric across recorded runs, per point, marking moves beyond the "
-                    "noise (max(3 x relative IQR of the samples, --threshold)). The database is --db, "
-                    "else $SABENCH_HISTORY, else reports/history.sqlite.")
+        description="Print (and plot) a metric across recorded runs, per point, marking steps found by step "
+                    "detection over the whole series (per-commit values weighted by their spread): a step is "
+                    "a regression only when the levels differ by more than the series' noise and --threshold, "
+                    "and the new level holds for two commits. The database is --db, else $SABENCH_HISTORY, "
+                    "else reports/history.sqlite.")
     p.add_argument("--db", metavar="PATH", default=None, help="history database")
     p.add_argument("--suite", default=None)
-    p.add_argument("--metric", default="median_ms", choices=HISTORY_METRICS)
+    p.add_argument("--metric", default="median_ms", metavar="METRIC", type=_history_metric,
+                   help="median_ms (default), tokens_per_s, peak_memory_bytes, flops_analytic, flops_counted, or any "
+                        "numeric field of a record by its name in results.json (joules_per_token, mfu, "
+                        "latency_ms.p90, memory_bytes.peak_rss, ...)")
     p.add_argument("--variant", default=None)
     p.add_argument("--phase", default=None, choices=("prefill", "decode"))
     p.add_argument("--batch", type=_int_in(1, MAX_SIZE), default=None, help="only this batch size")
@@ -135,7 +156,9 @@ def cmd_history(args) -> int:
         return 0
     sys.stdout.write(history.format_trends(trends, last=args.last))
     if args.plot:
-        print(history.plot_trends(trends, args.plot))
+        from sabench.report.plots_history import plot_trends
+
+        print(plot_trends(trends, args.plot))
     return 0
 
 

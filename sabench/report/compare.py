@@ -7,10 +7,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from sabench.io import write_atomic
 from sabench.paths import reports_dir
-from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, geomean, listing, fmt_rate, fmt_x,
+from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, listing, fmt_rate, fmt_x,
                                     human_bytes, index_records, is_ok, key_label, load_results, median_ms,
                                     peak_memory, results_path, status_text, variants_of)
+from sabench.report.intervals import WITHIN_NOTE, fmt_est, geomean_interval, time_ratio
 from sabench.report.tables import md_table
+from sabench.stats import verdict
 
 MAX_LISTED = 20
 
@@ -148,10 +150,12 @@ def _sorted_points(runs: List[Run], keys) -> List[Key]:
     return sorted(keys, key=lambda k: (k[3] != "prefill", order.get(k[0], 1e9), k[0], k[1], k[2]))
 
 
-def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fmt) -> Tuple[List[str], List[List[str]]]:
+def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fmt,
+                  interval=None) -> Tuple[List[str], List[List[str]]]:
     """value(run, (v, b, s)) -> (number or None, text when there is no number[, what was measured]).
 
-    A ratio is shown only where both numbers measure the same thing (same third element)."""
+    A ratio is shown only where both numbers measure the same thing (same third element).
+    interval(first run, run, (v, b, s)) -> the ratio cell with its interval, where the metric has one."""
     headers = ["variant", "batch", "seq_len"]
     for i, r in enumerate(runs):
         headers.append(r.label)
@@ -169,6 +173,8 @@ def _metric_table(runs: List[Run], points: List[Tuple[str, int, int]], value, fm
                 ref, ref_kind = num, kind
             elif num is not None and ref and kind != ref_kind:
                 row.append(f"— ({kind} vs {ref_kind})")
+            elif interval is not None and num is not None and ref:
+                row.append(interval(runs[0], r, pt))
             else:
                 row.append(fmt_x(num / ref) if (num is not None and ref) else "—")
         rows.append(row)
@@ -213,18 +219,37 @@ def _mem(shared):
     return value
 
 
-def geo_ratio(runs: List[Run], run: Run, phase: str, shared) -> Optional[Tuple[float, float, float, int]]:
-    """Geometric mean, min and max of run/first median latency over shared ok points of a phase."""
-    ratios = []
-    for k in shared:
-        if k[3] != phase:
-            continue
-        a, b = median_ms(runs[0].index.get(k)), median_ms(run.index.get(k))
-        if a and b:
-            ratios.append(b / a)
-    if not ratios:
+def _time_interval(phase, inverse: bool = False):
+    """The ratio cell of a latency (run / first) or throughput (first / run time) table: the
+    ratio with its interval over rounds (unpaired: different runs)."""
+    def cell(ref: Run, run: Run, pt) -> str:
+        est = time_ratio(ref.index.get(pt + (phase,)), run.index.get(pt + (phase,)), same_run=False)
+        return fmt_est(est.inverted() if (est is not None and inverse) else est, "— (too few samples)")
+    return cell
+
+
+def point_ratios(runs: List[Run], run: Run, phase: str, shared) -> list:
+    """(key, run / first latency estimate) over the shared points of a phase both ran ok."""
+    out = []
+    for k in sorted(k for k in shared if k[3] == phase):
+        est = time_ratio(runs[0].index.get(k), run.index.get(k), same_run=False)
+        if est is not None:
+            out.append((k, est))
+    return out
+
+
+def geo_ratio(runs: List[Run], run: Run, phase: str, shared):
+    """(geometric mean with interval, min, max, n, verdict counts) of run / first latency."""
+    pr = point_ratios(runs, run, phase, shared)
+    if not pr:
         return None
-    return geomean(ratios), min(ratios), max(ratios), len(ratios)
+    ests = [e for _, e in pr]
+    counts = {}
+    for e in ests:
+        lab = verdict(e).label
+        counts[lab] = counts.get(lab, 0) + 1
+    return (geomean_interval(ests), min(e.ratio for e in ests), max(e.ratio for e in ests), len(ests),
+            counts)
 
 
 def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -> str:
@@ -243,15 +268,21 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
 
     # --- summary
     lines += ["## Summary", ""]
+    within = False
     for r in runs[1:]:
         for phase in ("prefill", "decode"):
             g = geo_ratio(runs, r, phase, shared)
             if g:
-                gm, lo, hi, n = g
-                verdict = (f"{1 / gm:.2f}× as fast" if gm < 1 else f"{gm:.2f}× as slow")
-                lines.append(f"- {phase}: **{r.label}** takes {fmt_x(gm)} the time of {ref.label} "
-                             f"(geometric mean over {n} points, range {fmt_x(lo)}–{fmt_x(hi)}), "
-                             f"i.e. {verdict}.")
+                gm, lo, hi, n, counts = g
+                said = verdict(gm).label
+                what = {"faster": f"i.e. {fmt_est(gm.inverted())} as fast",
+                        "slower": f"i.e. {fmt_est(gm)} as slow"}.get(
+                    said, f"i.e. not distinguishable from {ref.label} overall")
+                per = ", ".join(f"{c} {lab}" for lab, c in sorted(counts.items()))
+                lines.append(f"- {phase}: **{r.label}** takes **{fmt_est(gm)}** the time of {ref.label} "
+                             f"(geometric mean over {n} points with its 95% interval, range "
+                             f"{fmt_x(lo)}–{fmt_x(hi)}): {what}; per point: {per} (5% practical threshold).")
+                within = within or gm.within_process
     flips = []
     for k in _sorted_points(runs, shared):
         sts = [r.index[k].status for r in runs]
@@ -261,6 +292,10 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
     if flips:
         lines.append(f"- Status differs at {len(flips)} point(s): " + listing(flips, MAX_LISTED) + ".")
     lines.append(f"- {len(shared)} points are in every run.")
+    if within:
+        lines.append(f"- {WITHIN_NOTE}")
+    lines.append("- Latency and throughput ratios carry 95% intervals over rounds (unpaired: different runs); "
+                 "energy and memory are one reading per point, so their ratios have none.")
     left = _left_out(runs, shared)
     if left:
         lines += ["", "### Points left out (not in every run)", ""]
@@ -279,19 +314,21 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
     pts3 = sorted({k[:3] for k in shared},
                   key=lambda p: ({v: i for i, v in enumerate(variants_of(ref.results))}.get(p[0], 1e9),
                                  p[0], p[1], p[2]))
-    for phase, title, value, fmt in (
-            ("prefill", "Prefill median latency (ms)", _lat("prefill"), fmt_ms),
-            ("decode", "Decode median per-token latency (ms)", _lat("decode"), fmt_ms),
-            ("prefill", "Prefill throughput (tokens/s)", _tps("prefill"), fmt_rate),
-            ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate),
-            ("prefill", "Prefill energy per token (J)", _energy("prefill"), fmt_ms),
-            ("decode", "Decode energy per token (J)", _energy("decode"), fmt_ms)):
+    for phase, title, value, fmt, interval in (
+            ("prefill", "Prefill median latency (ms)", _lat("prefill"), fmt_ms, _time_interval("prefill")),
+            ("decode", "Decode median per-token latency (ms)", _lat("decode"), fmt_ms, _time_interval("decode")),
+            ("prefill", "Prefill throughput (tokens/s)", _tps("prefill"), fmt_rate,
+             _time_interval("prefill", inverse=True)),
+            ("decode", "Decode throughput (tokens/s)", _tps("decode"), fmt_rate,
+             _time_interval("decode", inverse=True)),
+            ("prefill", "Prefill energy per token (J)", _energy("prefill"), fmt_ms, None),
+            ("decode", "Decode energy per token (J)", _energy("decode"), fmt_ms, None)):
         pts = [p for p in pts3 if p + (phase,) in shared]
         if "energy" in title and not any(getattr(r.index.get(p + (phase,)), "joules_per_token", None) is not None
                                           for r in runs for p in pts):
             continue
         if pts:
-            h, rows = _metric_table(runs, pts, value, fmt)
+            h, rows = _metric_table(runs, pts, value, fmt, interval)
             lines += [f"## {title}", "", md_table(h, rows, ["left"] + ["right"] * (len(h) - 1)), ""]
     pts = [p for p in pts3 if any(p + (ph,) in shared for ph in ("prefill", "decode"))]
     if pts:

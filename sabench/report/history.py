@@ -46,6 +46,25 @@ METRICS = {
 }
 TIMING_METRICS = ("median_ms", "tokens_per_s")
 MEASURED = TIMING_METRICS + ("peak_memory_bytes", "joules_per_token")
+HIGHER_IS_BETTER = ("tokens_per_s", "mfu", "mbu")
+_DETERMINISTIC_FIELDS = ("params", "kv_cache_bytes", "bytes_moved", "flops.counted", "flops.analytic", "warmup",
+                         "repeats", "decode_tokens", "predicted_max_batch", "memory_budget_bytes",
+                         "stability.threshold")
+
+
+def _field_metrics() -> Dict[str, tuple]:
+    """Every numeric field a phase record holds (sabench.records.fields), by its dotted name."""
+    from sabench.records.fields import numeric_fields
+
+    return {name: (name.replace("_", " "), _plain, name in _DETERMINISTIC_FIELDS)
+            for name in numeric_fields() if name not in METRICS}
+
+
+def _plain(v) -> str:
+    return f"{v:.4g}"
+
+
+METRICS.update(_field_metrics())
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -139,7 +158,10 @@ def metric_rows(results: RunRecord) -> List[tuple]:
         status = r.status
         ok = is_ok(r)
         iqr = _rel_iqr(r) if ok else None
-        vals = {
+        from sabench.records.fields import numeric_fields
+
+        vals = {name: get(r) for name, get in numeric_fields().items()}  # every field; the aliases below win
+        vals.update({
             "median_ms": median_ms(r) if ok else None,
             "tokens_per_s": r.tokens_per_s if ok else None,
             "peak_memory_bytes": peak_memory(r)[0] if ok else None,
@@ -147,7 +169,7 @@ def metric_rows(results: RunRecord) -> List[tuple]:
             "kv_cache_bytes": r.kv_cache_bytes,
             "flops_analytic": r.flops.analytic if r.flops else None,
             "flops_counted": r.flops.counted if r.flops else None,
-        }
+        })
         for m, v in vals.items():
             # measured metrics of a failed point are kept as NULL rows (their status says why);
             # figures that were simply not computed are left out
@@ -283,7 +305,9 @@ class TrendPoint:
     rel_iqr: Optional[float]
     status: str
     change: Optional[float] = None     # relative to the previous point with a value
-    step: Optional[str] = None         # "up" / "down" when the move is beyond the noise
+    step: Optional[str] = None         # "up" / "down" where a change of level beyond the noise starts
+    kind: Optional[str] = None         # that step's "regression" | "improvement" | "too short"
+    interval: Optional[Tuple[float, float, float]] = None  # the step's ratio after / before, 95% interval
 
 
 @dataclass
@@ -307,25 +331,37 @@ class Trend:
 
 
 def mark_steps(points: List[TrendPoint], metric: str, threshold: float) -> None:
-    """Flag moves larger than the noise: max(3 x relative IQR of either run, threshold) for timings,
-    `threshold` for peak memory, any change at all for the deterministic figures."""
+    """Mark the steps of a series: `change` is each value against the previous one (for reading);
+    `step` ("up"/"down") marks where a change of level was found.
+
+    Deterministic figures: any change at all is a step. Measured figures: step detection over the
+    WHOLE series (sabench.stats.detect_steps on the per-commit values, each weighted by its own
+    spread: the samples' relative IQR / 1.349, an sd), so a step is marked only where the levels
+    before and after differ by more than the series' noise (2 sd) and the threshold; `kind` says
+    whether it is a "regression", an "improvement", or "too short" (the new level spans one commit
+    so far: not yet a confirmed regression)."""
     prev = None
-    deterministic = METRICS.get(metric, ("", None, False))[2]
     for p in points:
-        p.change, p.step = None, None
+        p.change, p.step, p.kind, p.interval = None, None, None, None
         if p.value is None:
             continue
         if prev is not None and prev.value:
-            ch = p.value / prev.value - 1
-            p.change = ch
-            if deterministic:
-                noise = 0.0
-            else:
-                iqr = max(prev.rel_iqr or 0.0, p.rel_iqr or 0.0)
-                noise = max(3 * iqr, threshold)
-            if abs(ch) > noise:
-                p.step = "up" if ch > 0 else "down"
+            p.change = p.value / prev.value - 1
         prev = p
+    if METRICS.get(metric, ("", None, False))[2]:
+        for p in points:
+            if p.change:
+                p.step = "up" if p.change > 0 else "down"
+        return
+    from sabench.stats import detect_steps
+
+    vals = [p.value if (p.value is not None and p.value > 0) else None for p in points]
+    spreads = [v * p.rel_iqr / 1.349 if (v is not None and p.rel_iqr) else None for v, p in zip(vals, points)]
+    fit = detect_steps(vals, spreads, threshold=threshold, higher_is_worse=metric not in HIGHER_IS_BETTER)
+    for st in fit.steps:
+        if st.exceeds_noise:
+            p = points[st.index]
+            p.step, p.kind, p.interval = ("up" if st.ratio > 1 else "down"), st.kind, (st.ratio, st.low, st.high)
 
 
 def query_trend(db_path=None, suite: Optional[str] = None, metric: str = "median_ms",
@@ -409,89 +445,23 @@ def format_trends(trends: List[Trend], last: int = 10) -> str:
                 elif p.value is None:
                     row.append({"oom": "OOM", "skipped_after_oom": "skipped"}.get(p.status, p.status))
                 else:
-                    mark = {"up": " ▲", "down": " ▼"}.get(p.step or "", "")
+                    mark = {"up": " ▲", "down": " ▼"}.get(p.step or "", "") + ("?" if p.kind == "too short" else "")
                     row.append(fmt(p.value) + mark)
             rows.append(row)
         out.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
                             colalign=["left"] + ["right"] * len(shown)))
         out.append("runs: " + ", ".join(f"{h} = {r.created}" for h, r in zip(headers[1:], shown)))
         steps = sum(len(t.steps) for t in ts)
-        out.append(f"▲/▼: moved by more than the noise ({steps} step(s))" + "\n")
+        out.append(f"▲/▼: a change of level larger than the series' noise and the threshold, found by step "
+                   f"detection over the whole series ({steps} step(s); ? = one commit so far, not confirmed)")
+        for t in ts:
+            for p in t.steps:
+                if p.interval is not None and p.kind in ("regression", "improvement"):
+                    r, lo, hi = p.interval
+                    out.append(f"  {p.kind}: {t.label} at {p.run.commit_short}: {r:.2f}× [{lo:.2f}, {hi:.2f}] "
+                               f"(level after / before, 95% interval)")
+        out.append("")
     return "\n".join(out)
-
-
-def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path]:
-    """One panel per (suite, machine); x = runs in time order (commit labels), one line per point,
-    steps circled in red. When there are more points than `max_lines`, the ones that moved most are drawn."""
-    if not trends:
-        return None
-    from sabench.report import plots
-
-    plt = plots.plt
-    groups = _groups(trends)
-    metric = trends[0].metric
-    unit = METRICS[metric][0]
-    n = len(groups)
-    fig, axes = plt.subplots(n, 1, figsize=(10, 4.2 * n + 0.8), squeeze=False)
-    fig.subplots_adjust(left=0.09, right=0.70, top=1 - 0.55 / (4.2 * n + 0.8), bottom=0.9 / (4.2 * n + 0.8),
-                        hspace=0.55)
-    for ax, ((suite, machine), ts, runs) in zip(axes[:, 0], groups):
-        pos = {r.run_key: i for i, r in enumerate(runs)}
-
-        def spread(t: Trend) -> float:
-            vals = [p.value for p in t.points if p.value]
-            return (len(t.steps), (max(vals) / min(vals)) if vals else 1.0)
-
-        chosen = sorted(ts, key=spread, reverse=True)[:max_lines]
-        chosen.sort(key=lambda t: ts.index(t))
-        colors = plt.get_cmap("tab10")
-        all_vals = []
-        # several points of different magnitudes: plot each relative to its first value
-        relative = len(chosen) > 1
-        for i, t in enumerate(chosen):
-            xy = [(pos[p.run.run_key], p.value) for p in t.points if p.value is not None]
-            if not xy:
-                continue
-            ref = xy[0][1] if relative and xy[0][1] else 1.0
-            xs, ys = zip(*[(x, y / ref) for x, y in xy])
-            all_vals += ys
-            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.5, color=colors(i % 10), label=t.label)
-            st = [(pos[p.run.run_key], p.value / ref) for p in t.points if p.step]
-            if st:
-                sx, sy = zip(*st)
-                ax.scatter(sx, sy, s=140, facecolors="none", edgecolors="red", linewidths=1.8, zorder=5)
-            fails = [pos[p.run.run_key] for p in t.points if p.value is None]
-            if fails:
-                plots.mark_failures(ax, fails, colors(i % 10), i)
-        if relative:
-            ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
-        else:
-            plots.value_axis(ax, all_vals)
-        labels = []
-        seen: Dict[str, int] = {}
-        for r in runs:
-            k = seen.get(r.commit_short, 0) + 1
-            seen[r.commit_short] = k
-            labels.append(r.commit_short + (f"#{k}" if k > 1 else "") + "\n" + r.created[:10])
-        ax.set_xticks(range(len(runs)), labels, rotation=0 if len(runs) <= 8 else 45, fontsize=8)
-        ax.set_xlim(-0.5, len(runs) - 0.5)
-        ax.set_xlabel("run (git commit, date), oldest first")
-        ax.set_ylabel(f"{unit}\nrelative to the point's first run" if relative else unit)
-        host = runs[0].host or "?"
-        more = f", {len(chosen)} of {len(ts)} points (most moved)" if len(chosen) < len(ts) else ""
-        ax.set_title(f"suite {suite}, machine {machine} ({host}){more}", fontsize=10)
-        handles, lbls = ax.get_legend_handles_labels()
-        from matplotlib.lines import Line2D
-        handles.append(Line2D([], [], marker="o", markersize=10, markerfacecolor="none",
-                              markeredgecolor="red", linestyle="none"))
-        lbls.append("step beyond noise")
-        ax.legend(handles, lbls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.suptitle(f"History of {metric}", fontweight="bold")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=plots.DPI)
-    plt.close(fig)
-    return out
 
 
 def list_suites(db_path=None) -> List[Tuple[str, int]]:

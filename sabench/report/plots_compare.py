@@ -11,7 +11,8 @@ from matplotlib.ticker import NullLocator
 
 from sabench.report.plots import (LATENCY_LABELS, _PALETTE, Grid, _facet_axes, _fail_handle, mark_failures,
                                   pick_facets, plt, ratio_ticks, save)
-from sabench.report.results import geomean, is_ok, median_ms, variants_of
+from sabench.report.intervals import geomean_interval, time_ratio
+from sabench.report.results import is_ok, median_ms, variants_of
 
 
 RUN_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
@@ -74,21 +75,27 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
     fig, axes = plt.subplots(1, len(phases), figsize=(width * len(phases), 4.8), squeeze=False)
     fig.subplots_adjust(left=0.9 / (width * len(phases)), right=0.98, top=0.84, bottom=0.24, wspace=0.22)
     colors = [_PALETTE[i % len(_PALETTE)] for i in range(nrun)]
-    drawn = False
+    drawn = within = False
     for ax, phase in zip(axes[0], phases):
         for (ri, r), (vi, v) in itertools.product(enumerate(others), enumerate(variants)):
-            meds = [(median_ms(ref.index.get(k)), median_ms(r.index.get(k)))
-                    for k in shared if k[0] == v and k[3] == phase]
-            ratios = [b / a for a, b in meds if a and b]
-            if not ratios:
+            ests = [time_ratio(ref.index.get(k), r.index.get(k), same_run=False)
+                    for k in sorted(shared) if k[0] == v and k[3] == phase]
+            ests = [e for e in ests if e is not None]
+            if not ests:
                 continue
             drawn = True
             x0 = vi + (ri - (nrun - 1) / 2) * (0.7 / nrun)
-            ax.scatter(x0 + rng.uniform(-0.12, 0.12, len(ratios)) / nrun, ratios, s=10, alpha=0.45,
-                       color=colors[ri], edgecolors="none")
-            gm = geomean(ratios)
-            ax.plot([x0 - 0.2 / nrun, x0 + 0.2 / nrun], [gm, gm], color="black", linewidth=2.2)
-        ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+            xs = x0 + rng.uniform(-0.12, 0.12, len(ests)) / nrun
+            ys = np.array([e.ratio for e in ests])
+            err = [ys - [e.low for e in ests], [e.high for e in ests] - ys]
+            ax.errorbar(xs, ys, yerr=err, fmt="o", markersize=3, alpha=0.55, color=colors[ri], linewidth=0.8)
+            gm = geomean_interval(ests)
+            ax.plot([x0 - 0.2 / nrun, x0 + 0.2 / nrun], [gm.ratio, gm.ratio], color="black", linewidth=2.2)
+            ax.fill_between([x0 - 0.2 / nrun, x0 + 0.2 / nrun], gm.low, gm.high, color="black", alpha=0.2,
+                            linewidth=0)
+            within = within or gm.within_process
+        ax.axhline(1.0, color="gray", linewidth=1.2, linestyle="--")
+        ax.axhspan(1 / 1.05, 1.05, color="gray", alpha=0.12, linewidth=0)
         ax.set_yscale("log")
         lo, hi = ax.get_ylim()
         lo, hi = min(lo, 0.95), max(hi, 1.05)
@@ -102,9 +109,11 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
         plt.close(fig)
         return None
     handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=r.label) for r, c in zip(others, colors)]
-    handles.append(Line2D([], [], color="black", linewidth=2.2, label="geometric mean"))
+    handles.append(Line2D([], [], color="black", linewidth=2.2, label="geometric mean (band: 95% interval)"))
+    handles.append(Line2D([], [], color="gray", linestyle="--", label="no difference (band: ±5%)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    fig.suptitle(f"Latency of each run relative to {ref.label}, every shared point")
+    fig.suptitle(f"Latency of each run relative to {ref.label}, every shared point with its 95% interval"
+                 + (" (within-process only)" if within else ""))
     return save(fig, out_dir, "compare_ratio.png")
 
 

@@ -12,17 +12,21 @@ from matplotlib.lines import Line2D
 from sabench.report.plots import (LATENCY_LABELS, PHASE_MARKERS, Grid, _facet_axes, _fail_handle, _short_int,
                                   _unit, fmt_tick, mark_failures, pick_facets, plt, ratio_ticks, save,
                                   variant_colors)
+from sabench.report.intervals import is_noisy, latency_band, speed_verdict
+from sabench.report.intervals import speedup as speedup_interval
 from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, axis_values, flops_breakdown as
-                                    breakdown_of, is_ok, median_ms, peak_memory, speedup, variants_of)
+                                    breakdown_of, is_ok, median_ms, peak_memory, variants_of)
 
 
 def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path, name: str, title: str, *,
                  phases: Sequence[str], facet: str, facet_label: str, xlabel: str, ylabel: str,
                  series: Sequence[Tuple[str, Callable[[List[PhaseRecord]], Optional[float]]]],
-                 extra_handles: Sequence[Line2D] = ()) -> Optional[str]:
+                 extra_handles: Sequence[Line2D] = (), band=None) -> Optional[str]:
     """One facet per `facet` value ("batch_size" or "seq_len"), the other size on x, a line per variant
     and series. `series` is [(line style, value(records of `phases` at a point) -> y or None)]; solid
-    ones get markers (dashed for the baseline). A point with a failed record is marked at the top."""
+    ones get markers (dashed for the baseline). A point with a failed record is marked at the top.
+    band(records) -> (low, high, within_process) or None: error bars around the solid series; points
+    whose timing was flagged unstable are drawn hollow."""
     variants = variants_of(results)
     colors = variant_colors(variants)
     f_i, x_i = (1, 2) if facet == "batch_size" else (2, 1)  # their places in the (v, b, s, phase) key
@@ -39,6 +43,16 @@ def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pat
     handles += extra_handles
     if not all(is_ok(r) for rs in at.values() for r in rs):
         handles.append(_fail_handle())
+    bands = {key: band(rs) for key, rs in at.items()} if band is not None else {}
+    if any(bands.values()):
+        within = any(b[2] for b in bands.values() if b)
+        handles.append(Line2D([], [], color="gray", marker="|", markersize=9, linestyle="none",
+                              label="p10–p90 of steps (within-process)" if within
+                              else "range of per-round medians"))
+    noisy = {key for key, rs in at.items() if any(is_noisy(r) for r in rs)}
+    if band is not None and noisy:
+        handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="none",
+                              label="noisy (p90/p10 above the stability threshold)"))
     g = Grid(len(facets), handles=handles)
     drawn = False
     for ax, f in zip(g.axes, facets):
@@ -54,6 +68,8 @@ def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pat
                             marker="o" if style == "-" else None, markersize=3.5,
                             linewidth=1.6 if style == "-" else 2.2)
                     ys_all += py
+                    if style == "-" and band is not None:
+                        _bands(ax, v, f, px, py, bands, noisy, colors[v])
             fails = [x for x, rs in pts.items() if not all(is_ok(r) for r in rs)]
             mark_failures(ax, fails, colors[v], slot)
             failed = failed or bool(fails)
@@ -65,6 +81,18 @@ def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pat
     return g.save(out_dir, name, title + note)
 
 
+def _bands(ax, v, f, px, py, bands, noisy, color) -> None:
+    """Error bars from each point's band, and hollow markers on noisy points."""
+    for x, y in zip(px, py):
+        b = bands.get((v, f, x))
+        if b and b[0] > 0:
+            ax.errorbar([x], [y], yerr=[[max(y - b[0], 0)], [max(b[1] - y, 0)]], color=color, linewidth=1,
+                        capsize=2.5, fmt="none")
+        if (v, f, x) in noisy:
+            ax.plot([x], [y], marker="o", markersize=6.5, markerfacecolor="white", markeredgecolor=color,
+                    linestyle="none", zorder=4)
+
+
 def latency_vs_seq(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path, phase: str) -> Optional[str]:
     """Median latency vs seq_len, one line per variant, one facet per batch size."""
     title = ("Prefill latency vs sequence length" if phase == "prefill"
@@ -72,7 +100,7 @@ def latency_vs_seq(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: P
     xlabel, ylabel = LATENCY_LABELS[phase]
     return _facet_lines(results, index, out_dir, f"{phase}_latency.png", title, phases=(phase,),
                         facet="batch_size", facet_label="batch", xlabel=xlabel, ylabel=ylabel,
-                        series=[("-", lambda rs: median_ms(rs[0]))])
+                        series=[("-", lambda rs: median_ms(rs[0]))], band=lambda rs: latency_band(rs[0]))
 
 
 def decode_throughput(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path) -> Optional[str]:
@@ -119,9 +147,12 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
         arr, labels = np.full((nb, ns), np.nan), {}
         for (i, b), (j, s) in itertools.product(enumerate(batches), enumerate(seqs)):
             base, cur = index.get((BASELINE, b, s, phase)), index.get((v, b, s, phase))
-            sp = speedup(base, cur)
-            if sp is not None:
-                arr[i, j], labels[i, j] = sp, f"{sp:.2f}"
+            est = speedup_interval(base, cur, same_run=True)
+            if est is not None:  # coloured only where the verdict says so; otherwise neutral, marked ≈
+                sp = est.ratio
+                said = speed_verdict(est).label != "not distinguishable"
+                arr[i, j] = sp if said else 1.0
+                labels[i, j] = f"{'' if said else '≈'}{sp:.2f}\n[{est.low:.2f},{est.high:.2f}]"
                 lim = max(lim, sp, 1 / sp)
             elif cur is None:
                 labels[i, j] = "—"
@@ -156,7 +187,7 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
     cb.set_ticks(ticks, labels=[f"{t:.3g}×" for t in ticks])
     cb.minorticks_off()
     return g.save(out_dir, f"speedup_{phase}.png",
-                  f"{phase.capitalize()} speedup over baseline (baseline median / variant median)")
+                  f"{phase.capitalize()} speedup [95% interval]; ≈: not distinguishable")
 
 
 FLOP_COLORS = {"projections": "#4c72b0", "attention": "#dd8452", "mlp": "#55a868", "lm_head": "#8172b3"}

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, median, fmt_pct, fmt_rate, fmt_x,
                                     human_bytes, index_records, is_ok, load_results, median_ms,
                                     MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
-                                    phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord, speedup,
+                                    phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord,
                                     truncate, utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
@@ -15,6 +15,9 @@ from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
 from sabench.report.swap import staging_dir, swap_in
 from sabench.report.tables import md_table, phase_table, setup_table
+from sabench.report.intervals import WITHIN_NOTE
+from sabench.report.verdicts import speed_findings
+from sabench.stats import DEFAULT_THRESHOLD
 
 FIGURE_FILES = ("prefill_latency.png", "decode_latency.png", "decode_throughput.png", "memory.png",
                 "speedup_prefill.png", "speedup_decode.png", "flops_breakdown.png", "roofline.png")
@@ -56,59 +59,12 @@ def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
         return ["The results hold no measurements."]
     if not has_base:
         out.append("No `baseline` variant in this run, so speedups and savings against it are not computed.")
-    # --- speedups
-    slower: List[str] = []
-    for phase in phases:
-        if not has_base or not others:
-            break
-        best = None
-        per_variant = []
-        for v in others:
-            sps = []
-            for k, r in index.items():
-                if k[0] != v or k[3] != phase:
-                    continue
-                sp = speedup(index.get((BASELINE, k[1], k[2], phase)), r)
-                if sp is not None:
-                    sps.append((sp, k))
-                    if best is None or sp > best[0]:
-                        best = (sp, k)
-                    if sp < 1.0:
-                        slower.append((phase, sp, k))
-            if len(sps) == 1:
-                per_variant.append(f"  - `{v}`: {fmt_x(sps[0][0])} at its only compared point, {_pt(sps[0][1])}")
-            elif sps:
-                gm = geomean(s for s, _ in sps)
-                lo, hi = min(sps), max(sps)
-                per_variant.append(
-                    f"  - `{v}`: geometric mean {fmt_x(gm)} over {len(sps)} points "
-                    f"(from {fmt_x(lo[0])} at {_pt(lo[1])} to {fmt_x(hi[0])} at {_pt(hi[1])})")
-        if best is not None:
-            sp, k = best
-            b_ms = median_ms(index.get((BASELINE, k[1], k[2], phase)))
-            v_ms = median_ms(index[k])
-            unit = "ms" if phase == "prefill" else "ms/token"
-            caution = ""
-            for who, rec in (("baseline", index.get((BASELINE, k[1], k[2], phase))), (f"`{k[0]}`", index[k])):
-                m, p = median_ms(rec), p90_ms(rec)
-                if m and p and p > 1.2 * m:
-                    caution += f" Caution: {who}'s timing there is noisy (p90 {p / m:.2f}× the median)."
-            out.append(f"**{phase.capitalize()}**: the largest speedup over baseline is **{fmt_x(sp)}**, "
-                       f"`{k[0]}` at batch {k[1]}, seq_len {k[2]} ({fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit})."
-                       + caution)
-            out.extend(per_variant)
-    if has_base and others:
-        n_cmp = sum(1 for k, r in index.items() if k[0] != BASELINE
-                    and speedup(index.get((BASELINE, k[1], k[2], k[3])), r) is not None)
-        if not n_cmp:
-            out.append("No point where both baseline and another variant ran ok: no speedups to report.")
-        elif slower:
-            slower.sort(key=lambda t: t[1])
-            items = [f"{ph} `{k[0]}` {_pt(k)} ({fmt_x(sp)})" for ph, sp, k in slower]
-            out.append(f"**Slower than baseline** at {len(slower)} of {n_cmp} compared points, slowest first: "
-                       + listing(items, MAX_LISTED) + ".")
-        else:
-            out.append("No variant is slower than baseline at any point where both ran.")
+    # --- speedups: named only where the interval says so
+    speed = speed_findings(results, index, DEFAULT_THRESHOLD)
+    out.extend(speed)
+    if has_base and others and not speed:
+        out.append("No point where both baseline and another variant ran ok with two or more samples: "
+                   "no speedups to report.")
 
     # --- KV cache and memory savings
     if has_base:
@@ -235,7 +191,7 @@ def _memory_saving(index, v) -> Optional[str]:
     k, r, base = found
     (mv, src), (mb, _) = peak_memory(r), peak_memory(base)
     line = (f"`{v}` at the largest point both ran ({k[3]} {_pt(k)}): device peak **{human_bytes(mv)}** vs "
-            f"{human_bytes(mb)} for the baseline ({_saving(mv, mb)}; {src})")
+            f"{human_bytes(mb)} for the baseline ({_saving(mv, mb)}; {src}; one reading each, no interval)")
     pv, pb = predicted_memory(r), predicted_memory(base)
     if pv and pb:
         line += f"; predicted {human_bytes(pv)} vs {human_bytes(pb)} ({_saving(pv, pb)})"
@@ -261,7 +217,8 @@ def _energy_findings(index, others, phases) -> List[str]:
                 parts.append(f"`{v}` {fmt_x(geomean(ratios))} the baseline's (geometric mean over "
                              f"{len(ratios)} point{'s' if len(ratios) > 1 else ''})")
         if parts:
-            out.append(f"**Energy per {phase} token** (timed calls only): " + "; ".join(parts) + ".")
+            out.append(f"**Energy per {phase} token** (timed calls only; one reading per point, so no "
+                       f"interval): " + "; ".join(parts) + ".")
     return out
 
 
@@ -383,7 +340,10 @@ def _phase_notes(results, index, phase, env) -> str:
         notes.append("Latency is one single-token step after a prompt of seq_len tokens"
                      + (f" ({dt} steps per run)" if dt else "") + "; tokens/s = batch / median step.")
         notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
-    notes.append("Speedup = baseline median / variant median at the same batch and seq_len.")
+    notes.append("Speedup = baseline time / variant time at the same batch and seq_len (ratio of geometric "
+                 "means of per-round medians, paired by round) with its 95% interval.")
+    if any(r.ok and not r.rounds for r in recs):
+        notes.append(WITHIN_NOTE)
     if srcs:
         notes.append("Device peak: the point's own absolute footprint during the phase; "
                      + "; ".join(f"{s} = {MEMORY_SOURCES.get(s, s)}" for s in srcs) + ".")

@@ -6,8 +6,8 @@ from typing import Dict, List, Optional, Sequence
 from tabulate import tabulate
 
 from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, analytic_flops, fmt_ms, fmt_pct,
-                                    fmt_rate, fmt_x, human_bytes, human_flops, human_rate, index_records, is_ok,
-                                    md_escape, median_ms, p90_ms, peak_memory, speedup, status_text,
+                                    fmt_rate, human_bytes, human_flops, human_rate, index_records, is_ok,
+                                    md_escape, median_ms, p90_ms, peak_memory, status_text,
                                     utilisation, variants_of)
 
 
@@ -118,7 +118,8 @@ def phase_table(results: RunRecord, phase: str, index: Optional[Dict[Key, PhaseR
         elif base is not None and not is_ok(base):
             sp = "— (base " + {"oom": "OOM", "error": "error", "killed": "killed"}.get(base.status, "skipped") + ")"
         else:
-            sp = fmt_x(speedup(base, r))
+            from sabench.report.verdicts import speedup_cell
+            sp = speedup_cell(index, r)[1]
         flops = analytic_flops(r)
         rows.append([
             v, str(b), str(s),

@@ -1,0 +1,109 @@
+"""Rounds: the replication unit of a point's timings (see the README's measurement design).
+
+A round is one pass over every point of a suite; each (point, round) is its own process. A phase
+record keeps every round it measured as a `RoundSample` (in round order); its headline `latency_ms`
+summarises the samples of all rounds. Every interval a reader prints is computed over ROUNDS (one
+median per round), never over the steps of one process, because steps share their process's
+conditions.
+
+A record without rounds (schema v1, or a run of one round) has only the steps of one process: its
+intervals are computed from those samples and marked within-process only (they ignore the
+variation from one process to the next, which is usually the larger part).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from sabench.records.checks import Where, mapping, number, show, text
+
+ROUND_STATUSES = ("ok", "oom", "error", "skipped_after_oom")
+
+
+@dataclass(frozen=True)
+class RoundSample:
+    """One round of one point and phase: its median step (ms), its sample count and raw samples."""
+    round: int
+    median_ms: Optional[float] = None    # None only when the round did not measure (status != ok)
+    n: int = 0
+    samples: Tuple[float, ...] = ()
+    status: str = "ok"                   # the round's own status: a failed round is kept, named
+    error: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def parse(cls, w: Where, name: str, v) -> "RoundSample":
+        m = mapping(w, name, v, optional=False)
+        status = text(w, f"{name}.status", m.get("status", "ok"), choices=ROUND_STATUSES)
+        ok = status == "ok"
+        rnd = number(w, f"{name}.round", m.get("round"), integer=True, lo=0, optional=False)
+        med = number(w, f"{name}.median_ms", m.get("median_ms"), positive=True, optional=not ok)
+        s = m.get("samples") or []
+        if not isinstance(s, list):
+            w.fail(f"{name}.samples", f"must be a list of numbers, got {show(s)}")
+        samples = tuple(number(w, f"{name}.samples[{i}]", x, positive=True, optional=False)
+                        for i, x in enumerate(s))
+        n = number(w, f"{name}.n", m.get("n", len(samples)), integer=True, lo=1 if ok else 0)
+        if samples and n != len(samples):
+            w.fail(f"{name}.n", f"is {n} but the round holds {len(samples)} samples")
+        known = ("round", "median_ms", "n", "samples", "status", "error")
+        return cls(rnd, med, n, samples, status, text(w, f"{name}.error", m.get("error")),
+                   {k: x for k, x in m.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        d: Dict[str, Any] = {"round": self.round}
+        if self.median_ms is not None:
+            d["median_ms"] = self.median_ms
+        d.update(n=self.n, samples=list(self.samples))
+        if self.status != "ok":
+            d["status"] = self.status
+        if self.error is not None:
+            d["error"] = self.error
+        return {**d, **self.extra}
+
+
+def parse_rounds(w: Where, v) -> Tuple[RoundSample, ...]:
+    """The `rounds` list of a phase record (absent: no rounds), in strictly increasing round order."""
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        w.fail("rounds", f"must be a list of rounds, got {show(v)}")
+    out = tuple(RoundSample.parse(w, f"rounds[{i}]", x) for i, x in enumerate(v))
+    for a, b in zip(out, out[1:]):
+        if b.round <= a.round:
+            w.fail("rounds", f"must be in increasing round order (round {b.round} after round {a.round})")
+    return out
+
+
+def ok_rounds(record) -> Dict[int, float]:
+    """round index -> that round's median (ms), for the rounds of `record` that measured."""
+    return {r.round: r.median_ms for r in (record.rounds or ()) if r.ok and r.median_ms is not None}
+
+
+def round_medians(record) -> Tuple[Tuple[float, ...], bool]:
+    """(values, within_process): the samples every interval on this point is computed from.
+
+    With two or more measured rounds: one median per round, within_process False. Otherwise (a v1
+    record, or a single round): the raw step samples of the record's headline latency, flagged
+    within_process True (pseudo-rounds: they understate the spread between processes).
+    A record that did not measure gives ((), True).
+    """
+    per_round = ok_rounds(record)
+    if len(per_round) >= 2:
+        return tuple(per_round.values()), False
+    lat = record.latency_ms if record.ok else None
+    return (tuple(lat.samples) if lat is not None else ()), True
+
+
+def paired_round_medians(base, cand) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """The per-round medians of two records of ONE run on the rounds both measured (round k of
+    both, adjacent in time), or None when they share fewer than two measured rounds."""
+    b, c = ok_rounds(base), ok_rounds(cand)
+    common = sorted(set(b) & set(c))
+    if len(common) < 2:
+        return None
+    return tuple(b[k] for k in common), tuple(c[k] for k in common)

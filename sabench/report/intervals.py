@@ -1,0 +1,106 @@
+"""Confidence intervals on the ratios readers print: report, compare and check share these.
+
+Every interval is computed over rounds (one median per round, sabench.records.round_medians):
+- two variants of one cell in ONE run are paired by round (round k of both was measured back to
+  back), `ratio_interval(..., paired=True)` on the rounds both measured;
+- points of two different runs are unpaired (Welch t on the log per-round medians);
+- a record without two measured rounds (schema v1, a one-round run) falls back to the steps of its
+  one process, and the interval is marked within-process only (printed with a †).
+
+Times: `time_ratio` is candidate / base (> 1: slower); `speedup` is its inverse (base / candidate).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from sabench.records import PhaseRecord, paired_round_medians, round_medians
+from sabench.stats import DEFAULT_THRESHOLD, RatioEstimate, Verdict, ratio_interval, verdict
+
+CONFIDENCE = 0.95
+WITHIN_MARK = "†"
+WITHIN_NOTE = ("† within-process only: the interval is computed from the steps of one process per point "
+               "(no rounds recorded), so it ignores the variation between processes and is too narrow; "
+               "measure with `--rounds` for intervals over rounds.")
+
+
+def time_ratio(base: Optional[PhaseRecord], cand: Optional[PhaseRecord], *, same_run: bool,
+               confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """candidate / base latency with its interval, or None when either side lacks two values."""
+    if base is None or cand is None or not base.ok or not cand.ok:
+        return None
+    where = f"{cand.label} vs {base.label}"
+    if same_run:
+        pair = paired_round_medians(base, cand)
+        if pair is not None:
+            return ratio_interval(pair[0], pair[1], paired=True, confidence=confidence, where=where)
+    b, wb = round_medians(base)
+    c, wc = round_medians(cand)
+    if len(b) < 2 or len(c) < 2:
+        return None
+    return ratio_interval(b, c, confidence=confidence, where=where, within_process=wb or wc)
+
+
+def speedup(base, cand, *, same_run: bool, confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """base / candidate latency (> 1: the candidate is faster) with its interval."""
+    est = time_ratio(base, cand, same_run=same_run, confidence=confidence)
+    return est.inverted() if est is not None else None
+
+
+def fmt_est(est: Optional[RatioEstimate], missing: str = "—") -> str:
+    """'1.04× [0.97, 1.12]', with † when the interval is within-process only."""
+    if est is None:
+        return missing
+    return str(est) + (WITHIN_MARK if est.within_process else "")
+
+
+def speed_verdict(sp: RatioEstimate, threshold: float = DEFAULT_THRESHOLD) -> Verdict:
+    """stats.verdict on a SPEEDUP estimate (base / candidate): "faster" means the candidate is faster.
+
+    The verdict is taken on the time ratio (candidate / base), whose labels already speak of the
+    candidate; its reason quotes that time ratio."""
+    return verdict(sp.inverted(), threshold)
+
+
+def within_any(ests: List[Optional[RatioEstimate]]) -> bool:
+    return any(e is not None and e.within_process for e in ests)
+
+
+def geomean_interval(ests: List[RatioEstimate], confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
+    """The geometric mean of per-point ratios with an interval that carries each point's own
+    measurement noise (points taken as fixed: it says how well this set of points was measured,
+    not how another set would come out). Each point's standard error on the log scale is read
+    back from its interval, ln(high / low) / (2 z); the mean's is sqrt(sum se_i^2) / n."""
+    import math
+
+    from scipy.stats import norm
+
+    ests = [e for e in ests if e is not None]
+    if not ests:
+        return None
+    n = len(ests)
+    logs = [math.log(e.ratio) for e in ests]
+    se = [math.log(e.high / e.low) / (2 * float(norm.ppf((1 + e.confidence) / 2))) for e in ests]
+    m, s = sum(logs) / n, math.sqrt(sum(x * x for x in se)) / n
+    h = float(norm.ppf((1 + confidence) / 2)) * s
+    return RatioEstimate(math.exp(m), math.exp(m - h), math.exp(m + h), n, n,
+                         f"geometric mean over {n} points, per-point noise combined", confidence,
+                         paired=False, within_process=any(e.within_process for e in ests))
+
+
+def latency_band(r: Optional[PhaseRecord]) -> Optional[tuple]:
+    """(low, high, within_process) to draw around a point's median: the range of its per-round
+    medians when it has two or more rounds, else the p10–p90 of its steps (within-process)."""
+    if r is None or not r.ok or r.latency_ms is None:
+        return None
+    vals, within = round_medians(r)
+    if not within:
+        return min(vals), max(vals), False
+    lat = r.latency_ms
+    if lat.p10 is None or lat.p90 is None:
+        return None
+    return lat.p10, lat.p90, True
+
+
+def is_noisy(r: Optional[PhaseRecord]) -> bool:
+    """The record's own stability check failed (p90/p10 of its samples above the threshold)."""
+    return r is not None and r.stability is not None and r.stability.stable is False
