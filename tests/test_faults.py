@@ -114,7 +114,7 @@ def test_a_point_killed_from_outside_is_killed_not_oom_and_resume_keeps_it(env, 
     monkeypatch.delenv("SABENCH_FAULT_KILL")
     capsys.readouterr()
     main(["run", str(env), "--out", str(out), "--resume", "--no-report"])  # without a retry: nothing re-run
-    assert "1 of 1 points already measured" in capsys.readouterr().err
+    assert "1 of 1 (point, round) pairs already measured" in capsys.readouterr().err
     assert _records(out) == recs
 
 
