@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -192,15 +194,29 @@ def point_counts(cfg, plan, batch_size: int, seq_len: int, decode_tokens: int, d
     path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if cache_dir else None
     if path is not None and path.exists():
         try:
-            return json.loads(path.read_text()), True
+            cached = _valid_counts(json.loads(path.read_text()))
         except (OSError, ValueError):
-            pass  # a torn or unreadable entry is counted again and rewritten
+            cached = None  # a torn, unreadable or wrong-shaped entry is counted again and rewritten
+        if cached is not None:
+            return cached, True
     counts = {"prefill": count_prefill(cfg, plan, batch_size, seq_len, dtype, chunk_size=chunk_size,
                                        compare_alone=False).total,
               "decode_step": count_decode_step(cfg, plan, batch_size, seq_len + decode_tokens, dtype,
                                                compare_alone=False).total}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from sabench.io import write_atomic
-        write_atomic(path, json.dumps(counts), fsync=False)
+        try:  # an unusable cache costs the saving, never the point
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from sabench.io import write_atomic
+            write_atomic(path, json.dumps(counts), fsync=False)
+        except OSError:
+            pass
     return counts, False
+
+
+def _valid_counts(d) -> Optional[dict]:
+    """A cache entry's counts when it has exactly the shape point_counts writes, else None."""
+    if not isinstance(d, dict) or set(d) != {"prefill", "decode_step"}:
+        return None
+    if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in d.values()):
+        return None
+    return d

@@ -32,6 +32,7 @@ class PointJob:
     peaks: dict = field(default_factory=dict)  # peak_bandwidth_bytes_per_s, peak_flops_per_s
     threads: Optional[int] = None
     fault_oom: Optional[str] = None  # faults.FAULT_ENV's keys, read once by the sweep
+    fault_kill: Optional[str] = None  # faults.KILL_ENV's keys (test seam: the point kills itself)
     fault_slowdown: Optional[str] = None  # faults.SLOW_ENV's value (a test seam), read once by the sweep
     inductor_cache_dir: Optional[str] = None
     count_cache_dir: Optional[str] = None

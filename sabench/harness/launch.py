@@ -2,8 +2,10 @@
 
 Every point runs in a fresh process (its own allocator, its own CUDA context), so an
 out-of-memory error, a crash or a leaked allocation cannot touch the next point's numbers.
-The child writes its result file and exits 0; anything else is classified here: killed by
-SIGKILL (the kernel's OOM killer, likely) is "oom", any other death or exit code "error".
+The child writes its result file and exits 0; anything else is classified here: a process
+ended by a signal from outside (SIGKILL, SIGTERM, ... by a user or a scheduler) is "killed",
+unless the cgroup's OOM-kill counter rose meanwhile (the kernel's OOM killer: "oom"); any
+other death or exit code is "error".
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from sabench.harness.job import PointJob
+from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.records import PHASES
 
 _CTX = None
@@ -45,6 +48,7 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
             f.unlink()
     job = job.replace(t_spawn=time.time())
     t0 = time.perf_counter()
+    ooms_before = oom_kill_count()
     proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)), daemon=True)
     proc.start()
     proc.join()
@@ -54,18 +58,37 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
         overhead = dict(result["overhead"], total_s=wall)
         return {r["phase"]: r for r in result["records"]}, overhead
     tail = stderr_path.read_text(errors="replace").strip().splitlines() if stderr_path.exists() else []
-    status, msg = classify_exit(proc.exitcode, tail)
-    return failed_records(job, status, msg, tail), {"total_s": wall, "point": job.key}
+    oom = oom_killed(ooms_before, oom_kill_count()) if proc.exitcode == -signal.SIGKILL else None
+    status, msg = classify_exit(proc.exitcode, tail, oom)
+    records = failed_records(job, status, msg, tail)
+    if proc.exitcode is not None and proc.exitcode < 0:
+        for r in records.values():
+            r["signal"] = signal.Signals(-proc.exitcode).name
+    return records, {"total_s": wall, "point": job.key}
 
 
-def classify_exit(exitcode, stderr_tail: list) -> tuple[str, str]:
-    """(status, message) of a point process that did not deliver its result."""
+# Signals a user or a scheduler sends to end a process; any other (SIGSEGV, SIGABRT, ...) is a crash.
+KILL_SIGNALS = ("SIGKILL", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
+
+
+def classify_exit(exitcode, stderr_tail: list, oom_killed=None) -> tuple[str, str]:
+    """(status, message) of a point process that did not deliver its result.
+
+    oom_killed: whether the cgroup's OOM-kill counter rose while it ran (None: cannot tell).
+    """
     if exitcode is not None and exitcode < 0:
         sig = signal.Signals(-exitcode).name
         if sig == "SIGINT":  # Ctrl-C reached the point first: the run is interrupted, not the point failed
             raise KeyboardInterrupt
-        msg = f"worker killed by {sig}" + (" (the kernel's OOM killer, likely)" if sig == "SIGKILL" else "")
-        return ("oom" if sig == "SIGKILL" else "error"), msg
+        if sig == "SIGKILL" and oom_killed:
+            return "oom", "worker killed by SIGKILL from the kernel's OOM killer (the cgroup's oom_kill count rose)"
+        if sig in KILL_SIGNALS:
+            why = ""
+            if sig == "SIGKILL":
+                why = (" (the cgroup's OOM-kill count did not change: not the OOM killer)" if oom_killed is False
+                       else " (from outside, or the kernel's OOM killer: this platform cannot tell)")
+            return "killed", f"worker killed by {sig}{why}"
+        return "error", f"worker died of {sig}: " + (stderr_tail[-1] if stderr_tail else "no message")
     return "error", f"worker exited with code {exitcode}: " + (stderr_tail[-1] if stderr_tail else "no message")
 
 

@@ -18,7 +18,7 @@ import torch
 from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
 from sabench.io import write_json_atomic
-from sabench.harness.faults import maybe_inject_oom, slow_down, slowdown_factor
+from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factor
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
 from sabench.measure.nvml_readings import parse_pci_bus_id
@@ -188,6 +188,7 @@ def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     if job.threads:
         torch.set_num_threads(int(job.threads))
+    maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
     write_json_atomic(result_path, measure(job), indent=None, fsync=False)
 
 

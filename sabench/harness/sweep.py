@@ -16,16 +16,19 @@ import shutil
 import socket
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Optional
 
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env, run_conditions
-from sabench.harness.faults import fault_keys_from_env, slowdown_from_env
+from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
+from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
+from sabench.harness.preflight import preflight
 from sabench.harness.progress import Progress, summary
 from sabench.harness.shard import check_resume, suite_shard
 from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, round_order, round_status
@@ -97,13 +100,15 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
     common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype, batch_size=0, seq_len=0,
                   decode_tokens=suite.decode_tokens, warmup=suite.warmup, repeats=suite.repeats,
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
-                  fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(), inductor_cache_dir=cache_dir,
+                  fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(),
+                  fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"))
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
 
 def _new_results(suite: Suite, device: str, workdir: Path) -> dict:
     data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
             "records": []}
     data["env"]["conditions"] = run_conditions(device, "before")
@@ -127,6 +132,7 @@ def _skipped(job: PointJob, reason: str) -> dict:
                  "status": "skipped_after_oom", "error": reason} for ph in PHASES}
 
 
+@holds_run_lock
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
               threads: Optional[int] = None, execution: Optional[str] = None, rounds: Optional[int] = None,
               retry_failed: Optional[str] = None, shard=None) -> int:
@@ -145,7 +151,9 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         raise ValueError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
     existing = open_results(out, suite, resume)
+    preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
     path = out / "results.json"
     workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
 

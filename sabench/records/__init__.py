@@ -17,10 +17,11 @@ meaning is in the field comments of sabench/records/types.py.
 from sabench.records.checks import ResultsError
 from sabench.records.rounds import RoundSample, paired_round_medians, round_medians
 from sabench.records.files import load_results, results_path, write_results
-from sabench.records.types import (MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STABLE_RATIO, STATUSES, Flops, Key,
-                                   Latency, MaxAttempt, Memory, Overhead, PhaseRecord, PointSpec, RunRecord,
+from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STABLE_RATIO, STATUSES,
+                                   Flops, Key, Latency, MaxAttempt, Memory, Overhead, PhaseRecord, PointSpec, RunRecord,
                                    Stability, key_label, point_key)
 
-__all__ = ["MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STABLE_RATIO", "STATUSES", "Flops", "Key", "Latency",
+__all__ = ["FAILED_STATUSES", "MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STABLE_RATIO", "STATUSES", "Flops",
+           "Key", "Latency",
            "MaxAttempt", "Memory", "Overhead", "PhaseRecord", "PointSpec", "ResultsError", "RunRecord",
            "RoundSample", "Stability", "key_label", "paired_round_medians", "round_medians", "load_results", "point_key", "results_path", "write_results"]

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from sabench.records.checks import Where, mapping, number, show, text
 
-ROUND_STATUSES = ("ok", "oom", "error", "skipped_after_oom")
+ROUND_STATUSES = ("ok", "oom", "error", "killed", "skipped_after_oom")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from sabench.records.rounds import RoundSample, parse_rounds
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
 PHASES = ("prefill", "decode")
-STATUSES = ("ok", "oom", "error", "skipped_after_oom")
+STATUSES = ("ok", "oom", "error", "killed", "skipped_after_oom")
+# Statuses of a point that failed and may be measured again (readers treat them alike).
+FAILED_STATUSES = ("error", "killed")
 MAX_REQUEST = "max"  # a sweep's `batch_size: max`
 
 Key = Tuple[str, int, int, str]  # (variant, batch_size, seq_len, phase)
@@ -221,7 +223,7 @@ class PhaseRecord:
     batch_size: int
     seq_len: int
     phase: str                                   # prefill | decode
-    status: str                                  # ok | oom | error | skipped_after_oom
+    status: str                                  # ok | oom | error | killed | skipped_after_oom
     error: Optional[str] = None                  # only when status != ok
     warmup: Optional[int] = None
     repeats: Optional[int] = None

@@ -294,7 +294,7 @@ def _status(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord) -> None:
     if rb.status == rc.status:
         return
     f = Finding(k, "status", status_text(rb, 40), status_text(rc, 40))
-    if rb.ok or rc.status == "error":
+    if rb.ok or rc.status in ("error", "killed"):
         f.note = "was ok, now " + status_text(rc, 40) if rb.ok else "now errors"
         res.regressions.append(f)
     elif rc.ok:

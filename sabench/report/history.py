@@ -134,8 +134,12 @@ def run_key(results: RunRecord) -> str:
     if not created:  # no timestamp: tell runs apart by their content instead
         import json
         created = hashlib.sha256(json.dumps(results.to_dict()["records"], sort_keys=True).encode()).hexdigest()
-    ident = "|".join([str(suite.get("name") or "unnamed"), machine_fingerprint(env),
-                      str(env.get("git_commit") or ""), str(created)])
+    parts = [str(suite.get("name") or "unnamed"), machine_fingerprint(env), str(env.get("git_commit") or ""),
+             str(created)]
+    run_id = results.extra.get("run_id")
+    if isinstance(run_id, str) and run_id:  # unique per run; files written before it keep their old key
+        parts.append(run_id)
+    ident = "|".join(parts)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

@@ -141,7 +141,7 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
         return None
     batches, seqs = axis_values(results, "batch_size", phase), axis_values(results, "seq_len", phase)
     nb, ns = len(batches), len(seqs)
-    short = {"oom": "OOM", "error": "err"}  # any other failure: "skip"
+    short = {"oom": "OOM", "error": "err", "killed": "killed"}  # any other failure: "skip"
     data, lim = {}, 1.05
     for v in variants:  # the speedups, and each cell's text: the speedup or why there is none
         arr, labels = np.full((nb, ns), np.nan), {}

@@ -13,6 +13,7 @@ from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
 from sabench.report import speed_quality
 from sabench.report.capacity import equal_memory_section
+from sabench.report.swap import staging_dir, swap_in
 from sabench.report.tables import md_table, phase_table, setup_table
 from sabench.report.intervals import WITHIN_NOTE
 from sabench.report.verdicts import speed_findings
@@ -32,15 +33,13 @@ def write_report(run_dir) -> Path:
     results = load_results(src)
     out_dir = src.parent
     index = index_records(results)
-    for name in FIGURE_FILES:  # no stale figures from an earlier report of a different run
-        (out_dir / name).unlink(missing_ok=True)
     from sabench.report import plots_run  # matplotlib is imported only when figures are drawn
 
-    figs = plots_run.all_figures(results, index, out_dir)
-    md = render_markdown(results, index, figs)
-    out = out_dir / "report.md"
-    write_atomic(out, md)
-    return out
+    with staging_dir(out_dir) as stage:  # a failure leaves the run's report and figures as they were
+        figs = plots_run.all_figures(results, index, stage)
+        write_atomic(stage / "report.md", render_markdown(results, index, figs))
+        swap_in(stage, out_dir, FIGURE_FILES + ("report.md",))  # stale figures of an earlier report go
+    return out_dir / "report.md"
 
 
 def _pt(k: Tuple) -> str:
@@ -111,7 +110,7 @@ def findings(results: RunRecord, index: Dict[Key, PhaseRecord]) -> List[str]:
             out.append("Baseline ran out of memory where sharing variants fit: " + listing(rescued, MAX_LISTED) + ".")
     else:
         out.append("No point ran out of memory.")
-    errors = [(k, r) for k, r in index.items() if r.status == "error"]
+    errors = [(k, r) for k, r in index.items() if r.status in ("error", "killed")]
     if errors:
         items = [f"`{k[0]}` {_pt(k)} {k[3]}: {truncate(one_line(r.error or 'unknown'), 80)}"
                  for k, r in errors]

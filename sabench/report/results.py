@@ -114,9 +114,9 @@ def status_text(r: Optional[PhaseRecord], width: int = 48) -> str:
         return "OOM"
     if s == "skipped_after_oom":
         return "skipped (after OOM)"
-    if s == "error":
+    if s in ("error", "killed"):
         msg = one_line(r.error or "unknown")
-        return "error: " + truncate(msg, width)
+        return f"{s}: " + truncate(msg, width)
     return str(s)
 
 

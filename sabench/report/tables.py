@@ -116,7 +116,7 @@ def phase_table(results: RunRecord, phase: str, index: Optional[Dict[Key, PhaseR
         if v == BASELINE or not ok:
             sp = "—"
         elif base is not None and not is_ok(base):
-            sp = "— (base " + {"oom": "OOM", "error": "error"}.get(base.status, "skipped") + ")"
+            sp = "— (base " + {"oom": "OOM", "error": "error", "killed": "killed"}.get(base.status, "skipped") + ")"
         else:
             from sabench.report.verdicts import speedup_cell
             sp = speedup_cell(index, r)[1]
