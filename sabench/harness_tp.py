@@ -21,7 +21,11 @@ BACKENDS = ("gloo", "nccl")
 
 
 class TPLaunchError(RuntimeError):
-    """A rank failed (its exception, or its exit status)."""
+    """A rank failed (its exception, or its exit status). `failures`: [(rank, exit code, message)]."""
+
+    def __init__(self, message: str, failures: Sequence = ()):
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 def default_backend(device: str) -> str:
@@ -64,10 +68,10 @@ def run_ranks(fn: Callable, world: int, args: Sequence = (), backend: Optional[s
     try:
         results = elastic_launch(config, _rank_entry)(fn, backend, tuple(args))
     except ChildFailedError as e:
-        failures = "; ".join(f"rank {f.local_rank}: {f.message or f'exit {f.exitcode}'}"
-                             for f in e.failures.values())
+        failed = sorted((f.local_rank, f.exitcode, f.message or f"exit {f.exitcode}") for f in e.failures.values())
+        failures = "; ".join(f"rank {r}: {msg}" for r, _, msg in failed)
         raise TPLaunchError(f"tensor-parallel run of {getattr(fn, '__name__', fn)} over {world} ranks failed: "
-                            f"{failures}") from None
+                            f"{failures}", failed) from None
     return [results[r] for r in range(world)]
 
 

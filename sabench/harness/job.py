@@ -41,6 +41,8 @@ class PointJob:
     model_source: Optional[str] = None  # the model directory checkpoint weights come from
     quality: Optional[dict] = None  # perplexity windows to score after timing (sabench.loading)
     t_spawn: Optional[float] = None  # time.time() when the launcher started the process
+    tensor_parallel: int = 1  # ranks per point (suite parallel.tensor); > 1: harness.tp_point runs it
+    link_bandwidth: Optional[float] = None  # bytes/s of the ranks' link (parallel.link_bandwidth)
 
     @property
     def variant(self) -> str:

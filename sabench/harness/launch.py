@@ -39,8 +39,13 @@ def _context():
 
 
 def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
-    """Measure one point in its own process; returns (records by phase, overhead)."""
-    from sabench.harness.point import child_main
+    """Measure one point in its own process; returns (records by phase, overhead).
+
+    A tensor-parallel job's process is not daemonic: it launches its ranks (harness.tp_point)."""
+    if job.tensor_parallel > 1:
+        from sabench.harness.tp_point import child_main
+    else:
+        from sabench.harness.point import child_main
 
     result_path, stderr_path = workdir / "result.json", workdir / "stderr.txt"
     for f in (result_path, stderr_path):
@@ -49,7 +54,8 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     job = job.replace(t_spawn=time.time())
     t0 = time.perf_counter()
     ooms_before = oom_kill_count()
-    proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)), daemon=True)
+    proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)),
+                                 daemon=job.tensor_parallel == 1)
     proc.start()
     proc.join()
     wall = time.perf_counter() - t0

@@ -15,6 +15,10 @@ Execution (every record says which ran):
   from CUDA graphs; a prefill whose capture fails for another reason than memory is timed by
   direct calls and says so (`prefill_mode`, a note). The eager decode step is not timed.
 
+Tensor parallelism (harness.tp_point): every rank runs these same functions on its shard,
+with `barrier` (torch.distributed.barrier): all ranks pass it, untimed, before each timed
+call (prefill) or sequence (decode), so every sample starts with the ranks together.
+
 Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to EXTRA_ROUNDS more rounds
 of samples on CUDA; the record's `stability` says how it ended.
 """
@@ -108,8 +112,21 @@ def _maybe_graph(fn, capture: bool, execution: str, device: torch.device, notes:
     return graph.replay, "graph", graph
 
 
-def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, notes, overhead) -> dict:
-    """The prefill record's measured fields (status, latency, mode, stability, memory, energy)."""
+def _then(first, second):
+    """A setup callable running `first` then `second` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both():
+        first()
+        second()
+    return both
+
+
+def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, notes, overhead,
+                    barrier=None) -> dict:
+    """The prefill record's measured fields (status, latency, mode, stability, memory, energy).
+    barrier: called (untimed) before every call of the phase (tensor-parallel ranks)."""
     fn = lambda: model.prefill(ids, cache, job.prefill_chunk)  # noqa: E731
     compiled = job.execution == "compiled"
     if compiled:  # compiling (and autotuning) stays out of the phase's memory window
@@ -125,7 +142,7 @@ def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, n
         def one_round():  # energy is metered over the first round's timed calls
             first = next(rounds) == 0
             out = time_fn(fn, warmup=job.warmup, repeats=job.repeats, device=device,
-                          setup=mem.energy_from_call(max(job.warmup, 1)) if first else None)
+                          setup=_then(barrier, mem.energy_from_call(max(job.warmup, 1)) if first else None))
             if first:
                 mem.energy.stop()
             return out
@@ -139,8 +156,9 @@ def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, n
         job.batch_size * job.seq_len * job.repeats, f"the first {job.repeats} timed prefill calls")
 
 
-def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhead) -> dict:
-    """The decode record's measured fields: every step of the timed sequences a sample."""
+def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhead, barrier=None) -> dict:
+    """The decode record's measured fields: every step of the timed sequences a sample.
+    barrier: called (untimed) before every sequence (tensor-parallel ranks)."""
     t, n, b = job.seq_len, job.decode_tokens, job.batch_size
     compiled = job.execution == "compiled"
     tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
@@ -156,7 +174,7 @@ def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhea
         for i in range(job.warmup + job.repeats):
             if energy is not None and i == job.warmup:
                 energy.start()
-            s = time_steps(lambda _i: fn(), n, device=device, setup=reset)
+            s = time_steps(lambda _i: fn(), n, device=device, setup=_then(reset, barrier))
             if i >= job.warmup:
                 samples += s
         if energy is not None:

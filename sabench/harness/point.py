@@ -60,16 +60,18 @@ def _weights_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def analytic_records(job: PointJob, overhead: dict) -> tuple[dict, dict, tuple]:
+def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict, tuple]:
     """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
-    moved and parameters, the counted FLOPs and the memory prediction. Returns them with the
-    analytic FLOP totals (prefill, decode phase)."""
+    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction.
+    Returns them with the analytic FLOP totals (prefill, decode phase)."""
     cfg, plan, dtype = job.cfg, job.plan, job.dtype
     b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
-    t0 = time.perf_counter()
-    counted, overhead["flops_from_cache"] = flops.point_counts(cfg, plan, b, t, n, dtype, chunk,
-                                                                cache_dir=job.count_cache_dir)
-    overhead["count_flops_s"] = time.perf_counter() - t0
+    counted = {"prefill": None, "decode_step": None}
+    if count:
+        t0 = time.perf_counter()
+        counted, overhead["flops_from_cache"] = flops.point_counts(cfg, plan, b, t, n, dtype, chunk,
+                                                                    cache_dir=job.count_cache_dir)
+        overhead["count_flops_s"] = time.perf_counter() - t0
     pre_an = accounting.prefill_flops(cfg, plan, b, t)
     dec_an = accounting.decode_phase_flops(cfg, plan, b, t, n)
     base = {"variant": job.variant, "batch_size": b, "seq_len": t, "warmup": job.warmup, "repeats": job.repeats,
@@ -82,7 +84,7 @@ def analytic_records(job: PointJob, overhead: dict) -> tuple[dict, dict, tuple]:
         "bytes_moved": accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk)}
     decode = {"phase": "decode"} | base | {
         "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
-        "flops": {"counted": counted["decode_step"] * n, "analytic": dec_an.total,
+        "flops": {"counted": counted["decode_step"] and counted["decode_step"] * n, "analytic": dec_an.total,
                   "analytic_breakdown": dec_an.to_dict()},
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
@@ -101,64 +103,92 @@ def measure(job: PointJob) -> dict:
     """{"records": [prefill, decode], "overhead": {...}} of one point."""
     t_start = time.time()
     device = torch.device(job.device)
-    b, t, n = job.batch_size, job.seq_len, job.decode_tokens
     notes: list = []
     pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
     prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
 
-    if job.inductor_cache_dir:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.inductor_cache_dir
-    t0 = time.perf_counter()
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
-        maybe_inject_oom(job.fault_oom, job.variant, b, t, "model build")
-        model = point_model(job, parse_dtype(job.dtype), device)  # the suite's weights
-        model.set_execution(job.execution)
-        slow_down(model, slowdown_factor(job.fault_slowdown, job.variant, b, t))  # a test seam; 1.0 off it
-        sync(device)
+        model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
     except Exception as e:
         fail = failure(e)
         fail["error"] = "building the model: " + fail["error"]
         prefill.update(fail)
         decode.update(fail)
         return {"records": [prefill, decode], "overhead": overhead}
+    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda)
+    prefill.update(pre)
+    decode.update(dec)
+    if prefill["status"] == "ok":
+        roofline(prefill, pre_flops, prefill["bytes_moved"], job.peaks, "mfu")
+    if decode["status"] == "ok":
+        decode["tokens_per_s"] = job.batch_size / (decode["latency_ms"]["median"] / 1e3)
+        roofline(decode, dec_flops / job.decode_tokens, decode["bytes_moved"] / job.decode_tokens, job.peaks, "mbu")
+    add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
+    finish_overhead(job, overhead, t_start)
+    if notes:
+        prefill["notes"] = decode["notes"] = notes
+    return {"records": [prefill, decode], "overhead": overhead}
+
+
+def build_point_model(job: PointJob, device: torch.device, overhead: dict, build):
+    """`build()`'s model, set to the job's execution (and slowdown seam), timed as overhead;
+    raises what building raises (an out-of-memory error is the point's data)."""
+    if job.inductor_cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = job.inductor_cache_dir
+    t0 = time.perf_counter()
+    maybe_inject_oom(job.fault_oom, job.variant, job.batch_size, job.seq_len, "model build")
+    model = build()
+    model.set_execution(job.execution)
+    slow_down(model, slowdown_factor(job.fault_slowdown, job.variant, job.batch_size, job.seq_len))  # a test seam
+    sync(device)
     overhead["model_build_s"] = time.perf_counter() - t0
+    return model
+
+
+def _record_failure(e: BaseException, phase: str) -> dict:
+    return failure(e)
+
+
+def measure_phases(job: PointJob, model, device: torch.device, notes: list, overhead: dict, pre_cuda: dict,
+                   on_error=_record_failure, barrier=None) -> tuple[dict, dict, int]:
+    """(prefill fields, decode fields, the cache's bytes) measured on `model`: the prefill that
+    fills a fresh cache, then decode from that cache (zeros if prefill failed: same work).
+
+    on_error(exception, phase): the failed phase's fields (default: its status and error; a
+    tensor-parallel rank raises instead). barrier: see phases.py (tensor-parallel ranks)."""
+    b, t, n = job.batch_size, job.seq_len, job.decode_tokens
     sampler = _open_sampler(device, notes)
     no_nvml = notes[-1] if sampler is None and device.type == "cuda" and notes else None
     mem_kw = {"weights": _weights_bytes(model), "nvml_reason": no_nvml,
               "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, job.cfg.vocab_size, (b, t), generator=gen).to(device)
-
-    cache = None
-    try:  # ---- prefill
+    prefill, decode, cache = {}, {}, None
+    try:
         maybe_inject_oom(job.fault_oom, job.variant, b, t, "prefill")
         cache = model.new_cache(b, t + n)
-        prefill.update(measure_prefill(job, model, ids, cache, device, sampler, mem_kw, notes, overhead))
-        roofline(prefill, pre_flops, prefill["bytes_moved"], job.peaks, "mfu")
+        prefill = measure_prefill(job, model, ids, cache, device, sampler, mem_kw, notes, overhead, barrier)
     except Exception as e:
-        prefill.update(failure(e))
+        prefill = on_error(e, "prefill")
     release(device)
-
-    try:  # ---- decode, from a cache at seq_len (filled above; zeros if prefill failed: same work)
+    try:
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode.update(measure_decode(job, model, cache, device, sampler, mem_kw, overhead))
-        decode["tokens_per_s"] = b / (decode["latency_ms"]["median"] / 1e3)
-        roofline(decode, dec_flops / n, decode["bytes_moved"] / n, job.peaks, "mbu")
+        decode = measure_decode(job, model, cache, device, sampler, mem_kw, overhead, barrier)
     except Exception as e:
-        decode.update(failure(e))
+        decode = on_error(e, "decode")
     if sampler is not None:
         sampler.close()
-    cache = None
-    add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
+    nbytes = cache.nbytes if cache is not None else 0
+    return prefill, decode, nbytes
+
+
+def finish_overhead(job: PointJob, overhead: dict, t_start: float) -> None:
     if job.execution == "compiled":  # the first calls compiled (or loaded the compiled artefacts)
         overhead["compile_s"] = sum(overhead.get(k) or 0.0 for k in ("first_prefill_s", "first_decode_s"))
     overhead["total_in_worker_s"] = time.time() - t_start
-    if notes:
-        prefill["notes"] = decode["notes"] = notes
-    return {"records": [prefill, decode], "overhead": overhead}
 
 
 def _quiet_on_interrupt():
@@ -179,8 +209,10 @@ def _die_with_parent():
         pass
 
 
-def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
-    """Entry point in the forked point process: stderr to a file the launcher reads on failure."""
+def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=None) -> None:
+    """Entry point in the forked point process: stderr to a file the launcher reads on failure.
+    measure_fn: what measures the job (default `measure`; harness.tp_point passes its own, and
+    injects the kill fault on a rank instead)."""
     _quiet_on_interrupt()
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -188,8 +220,9 @@ def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     if job.threads:
         torch.set_num_threads(int(job.threads))
-    maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
-    write_json_atomic(result_path, measure(job), indent=None, fsync=False)
+    if measure_fn is None:
+        maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
+    write_json_atomic(result_path, (measure_fn or measure)(job), indent=None, fsync=False)
 
 
 def main(argv=None) -> int:
@@ -200,6 +233,10 @@ def main(argv=None) -> int:
     _quiet_on_interrupt()
     with open(argv[0]) as f:
         job = PointJob.from_dict(json.load(f))
+    if job.tensor_parallel > 1:
+        print("sabench: error: a tensor-parallel job runs with `python -m sabench.harness.tp_point JOB.json "
+              "RESULT.json`", file=sys.stderr)
+        return 2
     if job.threads:
         torch.set_num_threads(int(job.threads))
     write_json_atomic(argv[1], measure(job), indent=None, fsync=False)

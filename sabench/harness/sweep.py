@@ -43,7 +43,7 @@ from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, 
 # (value assumed when an older results.json lacks the key: runs before execution modes were eager)
 _COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
                "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None,
-               "threads": None}  # not `rounds`: `--rounds K --resume` adds rounds to a run
+               "threads": None, "parallel": None}  # not `rounds`: `--rounds K --resume` adds rounds to a run
 
 
 def default_out_dir(suite: Suite) -> Path:
@@ -102,7 +102,8 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
                   fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(),
                   fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
-                  count_cache_dir=str(cache_root() / "flops"))
+                  count_cache_dir=str(cache_root() / "flops"),
+                  tensor_parallel=suite.tensor_parallel, link_bandwidth=suite.link_bandwidth)
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
 
