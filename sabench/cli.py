@@ -216,9 +216,13 @@ def cmd_run(args) -> int:
 
     shard = _shard(args.shard)
     suite = load_suite(find_suite(args.suite))
-    if suite.tensor_parallel > 1:  # the point launcher runs one process per point for now
-        raise UserError(f"{suite.path}: parallel.tensor: {suite.tensor_parallel}-way tensor-parallel points "
-                        "cannot be run by `sabench run` yet, `sabench inspect --suite` shows their figures")
+    if suite.tensor_parallel > 1:  # before anything runs: GPUs enough, a sweep the ranks can run
+        from sabench.devices import resolve_device
+        from sabench.harness.tp_point import check_run
+
+        note = check_run(suite, resolve_device(suite.device))
+        if note:
+            print(note, file=sys.stderr)
 
     if args.out is not None:
         check_output_dir(args.out, "--out")

@@ -236,3 +236,29 @@ def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int
                                                    on_error=on_error, barrier=dist.barrier)
     return {"rank": rank, "prefill": prefill, "decode": decode, "kv_cache_bytes": nbytes,
             "torch_threads": torch.get_num_threads(), "overhead": overhead, "notes": notes}
+
+
+# ---------------------------------------------------------------- before a run
+def check_run(suite, device: str) -> str:
+    """UserError (one line) when a tensor-parallel suite cannot run here; else a note for stderr
+    ('' when there is nothing to say). The degree against the model is checked when the suite loads."""
+    from sabench.errors import UserError
+    from sabench.suite import MAX_BATCH
+
+    world, where = suite.tensor_parallel, f"{suite.path or suite.name}: parallel.tensor {suite.tensor_parallel}"
+    if world <= 1:
+        return ""
+    if MAX_BATCH in suite.batch_sizes:
+        raise UserError(f"{where}: `batch_size: max` is not supported on tensor-parallel points yet; "
+                        "list the batch sizes")
+    if device.startswith("cuda"):
+        if ":" in device and device != "cuda:0":
+            raise UserError(f"{where}: rank r runs on GPU r; use device cuda (or auto) and choose the GPUs "
+                            "with CUDA_VISIBLE_DEVICES")
+        visible = torch.cuda.device_count()
+        if visible < world:
+            raise UserError(f"{where}: {world} ranks need {world} GPUs, {visible} visible here; run it on a "
+                            f"machine with {world} GPUs, or lower parallel.tensor")
+        return ""
+    return (f"sabench: note: {world} tensor-parallel ranks on the CPU share this machine's cores (each rank gets "
+            f"1/{world} of the threads) and all-reduce over gloo: the timings are not a multi-GPU measurement")

@@ -10,11 +10,13 @@ import dataclasses
 import inspect
 import re
 
+from sabench.records.parallel import RankMeasure, TensorParallel
 from sabench.records.rounds import RoundSample
 from sabench.records.types import (SCHEMA, STATUSES, Flops, Latency, MaxAttempt, Memory, Overhead, PhaseRecord,
                                    RunRecord, Stability)
 
-TYPES = (RunRecord, PhaseRecord, Latency, Stability, Flops, Memory, MaxAttempt, RoundSample, Overhead)
+TYPES = (RunRecord, PhaseRecord, Latency, Stability, Flops, Memory, MaxAttempt, RoundSample, TensorParallel,
+         RankMeasure, Overhead)
 _FIELD = re.compile(r"^    (\w+): ([^=#]+?)(?:\s*=\s*([^#]+?))?\s*(?:#\s?(.*))?$")
 _MORE = re.compile(r"^    #\s+(.*)$")
 

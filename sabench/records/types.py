@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sabench.constants import STABLE_RATIO  # noqa: F401  (re-exported: p90/p10 above it is unstable)
+from sabench.records.parallel import TensorParallel
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
 from sabench.records.rounds import RoundSample, parse_rounds
 
@@ -228,12 +229,15 @@ class PhaseRecord:
     warmup: Optional[int] = None
     repeats: Optional[int] = None
     execution: Optional[str] = None              # eager | compiled (what ran)
-    params: Optional[int] = None
-    kv_cache_bytes: Optional[int] = None         # analytic bytes of the preallocated cache
+    params: Optional[int] = None                 # the model's parameters (a tensor-parallel point: all ranks'
+    #                                              together, each weight once, as the TP-1 record)
+    kv_cache_bytes: Optional[int] = None         # analytic bytes of the preallocated cache (tensor-parallel: all
+    #                                              ranks' caches together; one rank's in tensor_parallel)
     memory_predicted_bytes: Optional[Dict[str, float]] = None  # memory_model.predict: weights, kv_cache,
     #                                              activations, context, total, activations_live, needed
-    flops: Optional[Flops] = None
-    bytes_moved: Optional[int] = None            # analytic bytes read + written by the phase (roofline)
+    flops: Optional[Flops] = None                # the model's (tensor-parallel: as the TP-1 record's)
+    bytes_moved: Optional[int] = None            # analytic bytes read + written by the phase (roofline;
+    #                                              tensor-parallel: the model's, as flops)
     latency_ms: Optional[Latency] = None         # the headline timing
     latency_eager_ms: Optional[Latency] = None   # decode on CUDA, eager execution: the eager step
     tokens_per_s: Optional[float] = None         # prefill: B*T/median_s; decode: B/median_step_s
@@ -247,7 +251,8 @@ class PhaseRecord:
     memory_notes: Optional[Tuple[str, ...]] = None
     mfu: Optional[float] = None                  # prefill, when env has peaks
     mbu: Optional[float] = None                  # decode, when env has peaks
-    floor_ms: Optional[float] = None             # roofline floor of one sample
+    floor_ms: Optional[float] = None             # roofline floor of one sample (tensor-parallel: one rank's,
+    #                                              all-reduce bytes over the link included)
     roofline_metric: Optional[str] = None        # mfu | mbu: the phase's headline utilisation
     nvml: Optional[Dict[str, Any]] = None        # GPU only: the sampler's window
     energy_j: Optional[float] = None             # GPU only: joules over the timed calls
@@ -262,6 +267,7 @@ class PhaseRecord:
     memory_budget_bytes: Optional[int] = None
     memory_budget_source: Optional[str] = None
     max_attempts: Optional[Tuple[MaxAttempt, ...]] = None  # on the last attempt's records
+    tensor_parallel: Optional[TensorParallel] = None  # a point run on N tensor-parallel ranks: per rank figures
     rounds: Tuple[RoundSample, ...] = ()         # every round measured, in round order (v1: none)
     extra: Dict[str, Any] = field(default_factory=dict)    # any other field, kept as written
 
@@ -320,6 +326,7 @@ class PhaseRecord:
             memory_notes=strings(w, "memory_notes", d.get("memory_notes")),
             nvml=mapping(w, "nvml", d.get("nvml")),
             max_attempts=_attempts(w, d.get("max_attempts")),
+            tensor_parallel=TensorParallel.parse(w, d.get("tensor_parallel")),
             rounds=parse_rounds(w, d.get("rounds")),
             extra={k: v for k, v in d.items() if k not in known},
             **vals)
