@@ -11,7 +11,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     truncate, utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
-from sabench.report import speed_quality
+from sabench.report import speed_quality, topology
 from sabench.report.capacity import equal_memory_section
 from sabench.report.swap import staging_dir, swap_in
 from sabench.report.tables import md_table, phase_table, setup_table
@@ -258,6 +258,7 @@ def render_markdown(results: RunRecord, index: Dict[Key, PhaseRecord], figs: Dic
     lines += [f"{len(index)} measurements ({n_ok} ok) from `results.json`"
               + (f", created {results.created}" if results.created else "") + ".", ""]
     lines += ["## Setup", "", setup_table(results), ""]
+    lines += topology.report_note(results)
     lines += speed_quality.section(results, index)  # which weights ran; perplexity beside latency
     lines += ["## What this run says", ""]
     lines += [("- " + f) if not f.startswith("  - ") else f for f in findings(results, index)]

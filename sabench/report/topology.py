@@ -85,3 +85,17 @@ def per_gpu_tables(runs) -> list:
         return []
     return [(phase, f"{phase.capitalize()} throughput per GPU (tokens/s: total / GPUs per point)",
              _per_gpu_value(phase), fmt_rate, None) for phase in ("prefill", "decode")]
+
+
+def report_note(run: RunRecord) -> List[str]:
+    """What a tensor-parallel run's numbers are (report.md, below the setup); [] for one device."""
+    topo = topology(run)
+    if topo.tensor == 1:
+        return []
+    n = topo.tensor
+    return [f"_Tensor-parallel run: every point ran on {n} ranks ({topo.label}). Latency, tokens/s and "
+            f"memory are rank 0's (every rank passed a barrier before each timed call or sequence); params, "
+            f"KV cache bytes and FLOPs are the model's, as a one-device run has them; the floor, MFU and MBU "
+            f"are one rank's against one GPU's peaks, the floor with the rank's all-reduce bytes over the "
+            f"link. Each record's `tensor_parallel` holds the per-rank figures and every rank's "
+            f"measurement._", ""]
