@@ -166,6 +166,12 @@ def test_inspect_table_shows_per_rank_rows(capsys):
     assert "all-reduce link: 450 GB/s (datasheet: NVLink 4" in out
 
 
-def test_run_refuses_tensor_parallel_suites_until_points_launch_ranks(capsys):
-    assert main(["run", "llama-3.1-70b-tp8"]) == 2
-    assert "parallel.tensor: 8-way tensor-parallel points cannot be run" in capsys.readouterr().err
+def test_run_refuses_a_tensor_parallel_suite_with_fewer_gpus_than_ranks(capsys, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert main(["run", "llama-3.1-70b-tp8", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "parallel.tensor 8: 8 ranks need 8 GPUs, 4 visible here" in err[0]
+    assert not (tmp_path / "out").exists()
