@@ -103,8 +103,11 @@ def measure(job: PointJob) -> dict:
     device = torch.device(job.device)
     b, t, n = job.batch_size, job.seq_len, job.decode_tokens
     notes: list = []
+    seen = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pci_bus_id": None} if job.gpu is not None else None
     pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
+    if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
+        overhead["device"] = seen
     prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
     prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
 
@@ -125,6 +128,8 @@ def measure(job: PointJob) -> dict:
         return {"records": [prefill, decode], "overhead": overhead}
     overhead["model_build_s"] = time.perf_counter() - t0
     sampler = _open_sampler(device, notes)
+    if seen is not None and sampler is not None:
+        seen["pci_bus_id"] = sampler.nvml_pci_bus_id
     no_nvml = notes[-1] if sampler is None and device.type == "cuda" and notes else None
     mem_kw = {"weights": _weights_bytes(model), "nvml_reason": no_nvml,
               "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
@@ -179,8 +184,16 @@ def _die_with_parent():
         pass
 
 
+def _pin(gpu) -> None:
+    """The point's GPU (`run --devices`), set before anything in this process initialises CUDA:
+    it is then cuda:0 here."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
 def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
     """Entry point in the forked point process: stderr to a file the launcher reads on failure."""
+    _pin(job.gpu)
     _quiet_on_interrupt()
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -200,6 +213,7 @@ def main(argv=None) -> int:
     _quiet_on_interrupt()
     with open(argv[0]) as f:
         job = PointJob.from_dict(json.load(f))
+    _pin(job.gpu)
     if job.threads:
         torch.set_num_threads(int(job.threads))
     write_json_atomic(argv[1], measure(job), indent=None, fsync=False)
