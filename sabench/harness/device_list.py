@@ -71,7 +71,7 @@ def visible_gpus(count: Optional[int] = None) -> list:
     return [x.strip() for x in env.split(",") if x.strip()][:n]
 
 
-def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn=sys.stderr) -> Tuple[Pin, ...]:
+def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn: bool = True) -> Tuple[Pin, ...]:
     """The slots of `spec` (parse_devices's) for a suite run on `device` ('cpu', 'cuda[:N]').
     UserError (exit 2) for a TP suite, `all` without a GPU, or an id beyond the visible GPUs on CUDA."""
     if tensor_parallel > 1:
@@ -89,9 +89,9 @@ def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn=sys.stderr) -
                 if "CUDA_VISIBLE_DEVICES" in os.environ else ""
             raise UserError(f"--devices: GPU {beyond[0]} does not exist, this process sees {len(visible)} GPU(s)"
                             f"{seen}, {_WHERE}; ids are positions 0..{len(visible) - 1} among them")
-    elif len(spec) > 1 and warn is not None:
+    elif len(spec) > 1 and warn:
         print(f"sabench: warning: --devices on a CPU suite: {len(spec)} points run at once and share the "
-              "CPU cores, so they disturb each other's timings; use it to test, not to measure", file=warn)
+              "CPU cores, so they disturb each other's timings; use it to test, not to measure", file=sys.stderr)
     return tuple(Pin(i, visible[i] if i < len(visible) else str(i)) for i in spec)
 
 

@@ -343,10 +343,10 @@ class _Sweep:
 def _where(slot: Slot, overhead: dict, t_start: float, t_end: float) -> Optional[dict]:
     """Where and when a pinned (point, round) ran: the GPU its process saw (or was given, when it
     left no result), that GPU's bus id and the process's start and end (unix s); None unpinned."""
-    seen = overhead.pop("device", None) or {}
+    seen = overhead.pop("device", None)
     if slot.gpu is None:
         return None
-    return {"device": seen.get("gpu") or slot.gpu, "device_bus_id": seen.get("pci_bus_id"),
+    return {"device": seen.get("gpu") if seen else slot.gpu, "device_bus_id": (seen or {}).get("pci_bus_id"),
             "t_start": t_start, "t_end": t_end}
 
 
