@@ -13,6 +13,7 @@ from sabench.harness import device_list, sweep
 from sabench.harness.device_list import ALL, parse_devices, resolve_pins
 from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.records import load_results
+from sabench.report import devices, topology
 from sabench.suite import Point
 
 SUITE = """\
@@ -164,6 +165,25 @@ def test_a_rounds_cell_is_measured_on_one_device(env, tmp_path, monkeypatch):
     for t in (16, 24, 32):
         for k in range(1, 5):
             assert len({rounds[(v, t, k)]["device"] for v in ("baseline", "cla:2", "sa:2-3")}) == 1
+    # the report says which device measured which point; the topology stays one GPU per point
+    run = load_results(tmp_path / "run" / "results.json")
+    lines = devices.section(run)
+    assert lines[0] == "## Which device measured which point"
+    table = [ln for ln in "\n".join(lines).splitlines() if ln.startswith("| `")]
+    assert len(table) == 9
+    for ln in table:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        v, t = cells[0].strip("`"), int(cells[2])
+        assert cells[3:] == [rounds[(v, t, k)]["device"] for k in range(1, 5)]
+    assert topology.topology(run).gpus == 1
+
+
+def test_a_run_on_one_device_has_no_device_section(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "run_point", lambda job, wd: (_fake_records(job, 1.0), {"total_s": 0.1}))
+    assert sweep.run_suite(_suite(tmp_path), out=tmp_path / "run", report=False) == 0
+    data = _data(tmp_path / "run")
+    assert "devices" not in data["env"] and all("device" not in x for x in _rounds(data).values())
+    assert devices.section(load_results(tmp_path / "run" / "results.json")) == []
 
 
 # ---- real point processes
