@@ -28,3 +28,19 @@ def hf_model(cfg: ModelConfig, seed=0):
     hf_cfg = AutoConfig.for_model(d.pop("model_type"), **{k: v for k, v in d.items() if k != "architectures"})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32).eval()
+
+
+def tiny_suite(name: str, *, decode_tokens: int = 4, warmup: int = 1, repeats: int = 3) -> str:
+    """The text of a small CPU suite over the `tiny` preset: baseline, cla:2 and sa:2-3 at
+    batch sizes 1, 2 and seq_lens 16, 32 (tests `.replace` parts of it for their variations)."""
+    return (f"name: {name}\nmodel: tiny\ndtype: float32\ndevice: cpu\n"
+            'variants: [baseline, "cla:2", "sa:2-3"]\n'
+            "sweep:\n  batch_size: [1, 2]\n  seq_len: [16, 32]\n"
+            f"decode_tokens: {decode_tokens}\nwarmup: {warmup}\nrepeats: {repeats}\n")
+
+
+def write_suite(directory, text: str, filename: str = "suite.yaml"):
+    """`text` written as `directory/filename`; returns the path."""
+    p = directory / filename
+    p.write_text(text)
+    return p

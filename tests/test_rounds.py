@@ -7,31 +7,18 @@ from pathlib import Path
 import pytest
 
 from sabench.cli import main
+from tests.helpers import tiny_suite, write_suite
 from sabench.harness import sweep
 from sabench.harness.faults import FAULT_ENV
 from sabench.harness.rounds import merge_round, round_order
 from sabench.records import load_results
 from sabench.suite import Point
 
-SUITE = """\
-name: rounds
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "cla:2", "sa:2-3"]
-sweep:
-  batch_size: [1, 2]
-  seq_len: [16, 32]
-decode_tokens: 2
-warmup: 0
-repeats: 2
-"""
+SUITE = tiny_suite("rounds", decode_tokens=2, warmup=0, repeats=2)
 
 
 def _suite(tmp_path, text=SUITE):
-    p = tmp_path / "rounds.yaml"
-    p.write_text(text)
-    return p
+    return write_suite(tmp_path, text, "rounds.yaml")
 
 
 def _data(out):

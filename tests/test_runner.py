@@ -11,27 +11,14 @@ import pytest
 
 from sabench import accounting
 from sabench.cli import main
+from tests.helpers import tiny_suite, write_suite
 from sabench.harness.faults import FAULT_ENV
 
-SUITE = """\
-name: mini
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "cla:2", "sa:2-3"]
-sweep:
-  batch_size: [1, 2]
-  seq_len: [16, 32]
-decode_tokens: 4
-warmup: 1
-repeats: 3
-"""
+SUITE = tiny_suite("mini", decode_tokens=4, warmup=1, repeats=3)
 
 
 def _suite(tmp_path, text=SUITE, name="mini.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
+    return write_suite(tmp_path, text, name)
 
 
 def _records(out):

@@ -13,7 +13,7 @@ from typing import Optional
 
 from sabench.plan import SharingPlan, parse_variant
 from sabench.presets import ModelConfig
-from sabench.records import point_key
+from sabench.records import PointSpec
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,16 @@ class PointJob:
         return self.plan.variant
 
     @property
+    def point(self) -> PointSpec:
+        return PointSpec(self.variant, self.batch_size, self.seq_len)
+
+    @property
     def key(self) -> str:
-        return point_key(self.variant, self.batch_size, self.seq_len)
+        return self.point.key
 
     @property
     def label(self) -> str:
-        return f"{self.variant} B={self.batch_size} T={self.seq_len}"
+        return self.point.label
 
     def replace(self, **changes) -> "PointJob":
         return dataclasses.replace(self, **changes)

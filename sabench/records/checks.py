@@ -27,10 +27,15 @@ def show(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def present(w: Where, name: str, v, optional: bool) -> bool:
+    """False for an absent value (None) that may be absent; a missing required one fails."""
+    if v is None and not optional:
+        w.fail(name, "is missing")
+    return v is not None
+
+
 def number(w: Where, name: str, v, *, integer=False, lo=None, positive=False, optional=True):
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
+    if not present(w, name, v, optional):
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not is_int(v)):
         w.fail(name, f"must be {'an integer' if integer else 'a number'}, got {show(v)}")
@@ -48,9 +53,7 @@ def is_int(v) -> bool:
 
 
 def text(w: Where, name: str, v, *, choices=None, optional=True):
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
+    if not present(w, name, v, optional):
         return None
     if not isinstance(v, str):
         w.fail(name, f"must be a string, got {show(v)}")
@@ -60,9 +63,7 @@ def text(w: Where, name: str, v, *, choices=None, optional=True):
 
 
 def mapping(w: Where, name: str, v, optional=True) -> Optional[dict]:
-    if v is None:
-        if not optional:
-            w.fail(name, "is missing")
+    if not present(w, name, v, optional):
         return None
     if not isinstance(v, dict):
         w.fail(name, f"must be a mapping, got {show(v)}")
