@@ -98,6 +98,19 @@ def ok_rounds(record) -> Dict[int, float]:
     return {r.round: r.median_ms for r in (record.rounds or ()) if r.ok and r.median_ms is not None}
 
 
+def round_minima(record) -> Tuple[Tuple[float, ...], bool]:
+    """(values, within_process) as round_medians, of each measured round's FASTEST step: what the
+    regression gate judges. Interference from other work only ever adds time to a step, so a
+    round's fastest step tracks the cost of the work itself where its median follows how busy the
+    machine was (see docs/methodology.md, "The regression gate"). A round stored without its
+    samples counts with its median."""
+    per_round = [min(r.samples) if r.samples else r.median_ms for r in (record.rounds or ())
+                 if r.ok and (r.samples or r.median_ms is not None)]
+    if len(per_round) >= 2:
+        return tuple(per_round), False
+    return round_medians(record)
+
+
 def round_medians(record) -> Tuple[Tuple[float, ...], bool]:
     """(values, within_process): the samples every interval on this point is computed from.
 
