@@ -98,8 +98,10 @@ def main(argv=None) -> int:
     procs = burner(args.burners)
     t0 = time.perf_counter()
     false_alarms = detected = 0
+    loads = []  # the 1-minute load average at the start of every pair: the conditions measured under
     try:
         for i in range(args.pairs):
+            loads.append(os.getloadavg()[0])
             base, same, slow = tmp / f"base{i}", tmp / f"same{i}", tmp / f"slow{i}"
             run(suite, base, 1.0, args.threads)
             run(suite, same, 1.0, args.threads)
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
         stop(procs)
     print(f"\nsuite: tiny, b={args.batch} s={args.seq_len}, {args.rounds} rounds x {args.repeats} repeats, "
           f"threads {args.threads or 'default'}; {args.burners} burner processes on {os.cpu_count()} CPUs; "
-          f"load average before {load_before[0]:.2f}; {time.perf_counter() - t0:.0f} s")
+          f"load average before {load_before[0]:.2f}, during {min(loads):.1f}-{max(loads):.1f} "
+          f"(median {sorted(loads)[len(loads) // 2]:.1f}); {time.perf_counter() - t0:.0f} s")
     print(f"false alarms (identical runs failing the gate): {rate(false_alarms, args.pairs)}")
     print(f"detection ({args.factor:g}x slower candidate failing the gate): {rate(detected, args.pairs)}")
     print(f"runs kept in {tmp}")

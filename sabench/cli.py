@@ -215,11 +215,16 @@ def cmd_run(args) -> int:
     from sabench.suite import find_suite, load_suite
 
     shard = _shard(args.shard)
+    devices = _devices(args.devices)
     suite = load_suite(find_suite(args.suite))
     if suite.tensor_parallel > 1:  # before anything runs: GPUs enough, a sweep the ranks can run
         from sabench.devices import resolve_device
         from sabench.harness.tp_point import check_run
 
+        if devices is not None:
+            raise UserError(f"{suite.path or suite.name}: parallel.tensor {suite.tensor_parallel}: --devices runs "
+                            "one GPU per point; a tensor-parallel point takes its ranks' GPUs (rank r on GPU r): "
+                            "drop --devices")
         note = check_run(suite, resolve_device(suite.device))
         if note:
             print(note, file=sys.stderr)
@@ -229,7 +234,19 @@ def cmd_run(args) -> int:
     with _value_errors_are_user_errors():
         return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
                          report=not args.no_report, execution=args.execution, rounds=args.rounds,
-                         threads=args.threads, retry_failed=args.retry_failed, shard=shard)
+                         threads=args.threads, retry_failed=args.retry_failed, shard=shard, devices=devices)
+
+
+def _devices(text):
+    """--devices 0,1,3|all, parsed at the edge; checked against the suite and this machine by the runner."""
+    from sabench.harness.device_list import parse_devices
+
+    if text is None:
+        return None
+    try:
+        return parse_devices(text)
+    except ValueError as e:
+        raise UserError(f"{e}, in 'sabench run', see 'sabench run --help'") from None
 
 
 def _shard(text):
@@ -346,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", default=None, metavar="i/N",
                    help="run only the i-th of N balanced shards of the points (1-based: 1/8 .. 8/8); "
                         "combine the shards' runs with `sabench merge`")
+    r.add_argument("--devices", default=None, metavar="IDS",
+                   help="measure on several GPUs at once: ids like 0,1,3 (positions among the GPUs this "
+                        "process sees) or 'all'; one point process per GPU, each pinned to it with "
+                        "CUDA_VISIBLE_DEVICES, a round's (batch, seq_len) cell on one GPU; each round "
+                        "records its GPU (default: one device, the suite's)")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("merge", help="combine the runs of a suite's shards into one run",

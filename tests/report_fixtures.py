@@ -143,7 +143,7 @@ def make_results(variants: Iterable[str] = ("baseline", "cla:2", "sa:6-11"),
                         continue
                     n = samples if phase == "prefill" else max(samples, decode_tokens)
                     s = true_ms * np.exp(rng.normal(0.0, 0.02, n))
-                    lat = _lat(s)
+                    lat = latency_summary(s)
                     rec["status"] = "ok"
                     rec["latency_ms"] = lat
                     med_s = lat["median"] / 1e3
@@ -183,7 +183,8 @@ def make_results(variants: Iterable[str] = ("baseline", "cla:2", "sa:6-11"),
             "records": records}
 
 
-def _lat(s) -> dict:
+def latency_summary(s) -> dict:
+    """A record's `latency_ms` over the samples `s`."""
     s = np.asarray(s, dtype=float)
     q = np.percentile(s, [10, 50, 90, 99])
     return {"median": float(q[1]), "p10": float(q[0]), "p90": float(q[2]), "p99": float(q[3]),
@@ -202,7 +203,7 @@ def scale_timings(results: dict, factor: float, *, variant: Optional[str] = None
             continue
         if phase is not None and r["phase"] != phase:
             continue
-        r["latency_ms"] = _lat([x * factor for x in r["latency_ms"]["samples"]])
+        r["latency_ms"] = latency_summary([x * factor for x in r["latency_ms"]["samples"]])
         r["tokens_per_s"] = r["tokens_per_s"] / factor
         for rd in r.get("rounds", []):
             rd.update(median_ms=rd["median_ms"] * factor, samples=[x * factor for x in rd["samples"]])
@@ -254,7 +255,7 @@ def with_rounds(results: dict, rounds: int = 6, *, factors: Optional[dict] = Non
             rs.append({"round": k + 1, "median_ms": float(np.median(s)), "n": steps, "samples": s})
             every += s
         r["rounds"] = rs
-        r["latency_ms"] = _lat(every)
+        r["latency_ms"] = latency_summary(every)
         med_s = r["latency_ms"]["median"] / 1e3
         r["tokens_per_s"] = (r["batch_size"] * r["seq_len"] / med_s) if r["phase"] == "prefill" \
             else r["batch_size"] / med_s

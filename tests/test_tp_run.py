@@ -129,6 +129,14 @@ def test_an_impossible_degree_is_refused_before_anything_runs(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_devices_is_refused_on_a_tensor_parallel_suite(tmp_path, capsys):
+    suite = tmp_path / "tp2.yaml"
+    suite.write_text(TP2)
+    assert main(["run", str(suite), "--devices", "0,1", "--out", str(tmp_path / "out")]) == 2
+    assert "drop --devices" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_cuda_suite_needs_a_gpu_per_rank(tmp_path, monkeypatch):
     from sabench.errors import UserError
     from sabench.harness.tp_point import check_run

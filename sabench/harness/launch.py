@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.records import PHASES
 
 _CTX = None
+# Process.start() polls every other child's exit pipe (multiprocessing's _cleanup); two threads
+# polling one child would read its exit code once and see 255 the other time. Starting, reaping
+# and ending point processes from several threads (`run --devices`) happens under this lock.
+_PROCS = threading.Lock()
 
 
 def _context():
@@ -55,9 +60,10 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     ooms_before = oom_kill_count()
     proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)),
-                                 daemon=job.tensor_parallel == 1)
-    proc.start()
-    proc.join()
+                              daemon=job.tensor_parallel == 1)
+    with _PROCS:
+        proc.start()
+    _wait(proc)
     wall = time.perf_counter() - t0
     if proc.exitcode == 0 and result_path.exists():
         result = json.loads(result_path.read_text())
@@ -71,6 +77,23 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
         for r in records.values():
             r["signal"] = signal.Signals(-proc.exitcode).name
     return records, {"total_s": wall, "point": job.key}
+
+
+def _wait(proc) -> None:
+    from multiprocessing.connection import wait
+
+    wait([proc.sentinel])  # blocks without reading the exit code
+    with _PROCS:
+        proc.join()
+
+
+def end_point_processes() -> None:
+    """SIGTERM every point process still running (an interrupted `run --devices`)."""
+    import multiprocessing
+
+    with _PROCS:
+        for child in multiprocessing.active_children():
+            child.terminate()
 
 
 # Signals a user or a scheduler sends to end a process; any other (SIGSEGV, SIGABRT, ...) is a crash.

@@ -104,8 +104,11 @@ def measure(job: PointJob) -> dict:
     t_start = time.time()
     device = torch.device(job.device)
     notes: list = []
+    seen = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pci_bus_id": None} if job.gpu is not None else None
     pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
+    if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
+        overhead["device"] = seen
     prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
     prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
 
@@ -117,7 +120,7 @@ def measure(job: PointJob) -> dict:
         prefill.update(fail)
         decode.update(fail)
         return {"records": [prefill, decode], "overhead": overhead}
-    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda)
+    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, seen=seen)
     prefill.update(pre)
     decode.update(dec)
     if prefill["status"] == "ok":
@@ -152,14 +155,17 @@ def _record_failure(e: BaseException, phase: str) -> dict:
 
 
 def measure_phases(job: PointJob, model, device: torch.device, notes: list, overhead: dict, pre_cuda: dict,
-                   on_error=_record_failure, barrier=None) -> tuple[dict, dict, int]:
+                   on_error=_record_failure, barrier=None, seen=None) -> tuple[dict, dict, int]:
     """(prefill fields, decode fields, the cache's bytes) measured on `model`: the prefill that
     fills a fresh cache, then decode from that cache (zeros if prefill failed: same work).
 
     on_error(exception, phase): the failed phase's fields (default: its status and error; a
-    tensor-parallel rank raises instead). barrier: see phases.py (tensor-parallel ranks)."""
+    tensor-parallel rank raises instead). barrier: see phases.py (tensor-parallel ranks). seen: the
+    pinned GPU's record (`run --devices`), given the sampler's PCI bus id."""
     b, t, n = job.batch_size, job.seq_len, job.decode_tokens
     sampler = _open_sampler(device, notes)
+    if seen is not None and sampler is not None:
+        seen["pci_bus_id"] = sampler.nvml_pci_bus_id
     no_nvml = notes[-1] if sampler is None and device.type == "cuda" and notes else None
     mem_kw = {"weights": _weights_bytes(model), "nvml_reason": no_nvml,
               "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
@@ -209,10 +215,18 @@ def _die_with_parent():
         pass
 
 
+def _pin(gpu) -> None:
+    """The point's GPU (`run --devices`), set before anything in this process initialises CUDA:
+    it is then cuda:0 here."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
 def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=None) -> None:
     """Entry point in the forked point process: stderr to a file the launcher reads on failure.
     measure_fn: what measures the job (default `measure`; harness.tp_point passes its own, and
     injects the kill fault on a rank instead)."""
+    _pin(job.gpu)
     _quiet_on_interrupt()
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -237,6 +251,7 @@ def main(argv=None) -> int:
         print("sabench: error: a tensor-parallel job runs with `python -m sabench.harness.tp_point JOB.json "
               "RESULT.json`", file=sys.stderr)
         return 2
+    _pin(job.gpu)
     if job.threads:
         torch.set_num_threads(int(job.threads))
     write_json_atomic(argv[1], measure(job), indent=None, fsync=False)

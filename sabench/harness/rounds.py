@@ -79,10 +79,11 @@ def round_status(rec: Optional[dict], round_index: int) -> Optional[str]:
     return None
 
 
-def merge_round(old: Optional[dict], new: dict, round_index: int) -> dict:
+def merge_round(old: Optional[dict], new: dict, round_index: int, where: Optional[dict] = None) -> dict:
     """The point's phase record with round `round_index` (measured as `new`) merged in; a round
-    of the same index already in `old` (a retried failure) is replaced."""
-    sample = round_sample(new, round_index)
+    of the same index already in `old` (a retried failure) is replaced. `where` (`run --devices`:
+    device, device_bus_id, t_start, t_end) is kept in the round's entry."""
+    sample = dict(round_sample(new, round_index), **{k: v for k, v in (where or {}).items() if v is not None})
     if old is None:
         return dict(new, rounds=[sample])
     rounds = sorted([r for r in record_rounds(old) if r["round"] != round_index] + [sample],

@@ -16,6 +16,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -23,11 +25,13 @@ from typing import Optional
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env, run_conditions
+from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, resolve_pins
 from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
+from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.harness.preflight import preflight
 from sabench.harness.progress import Progress, summary
 from sabench.harness.shard import check_resume, suite_shard
@@ -136,16 +140,23 @@ def _skipped(job: PointJob, reason: str) -> dict:
 @holds_run_lock
 def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: bool = True,
               threads: Optional[int] = None, execution: Optional[str] = None, rounds: Optional[int] = None,
-              retry_failed: Optional[str] = None, shard=None) -> int:
+              retry_failed: Optional[str] = None, shard=None, devices=None) -> int:
     """Run a suite; returns the CLI exit code (0 all ok or OOM, 1 some point's round is still failing).
 
     execution: None keeps the suite's; "eager" or "compiled" overrides it. The suite
     stored in results.json carries the resolved mode (never "auto"). rounds, threads: None
     keeps the suite's. retry_failed ("errors" or "oom", with resume): the rounds that failed
     with those statuses are measured again. shard: a sabench.harness.shard.Shard: measure only its
-    points, and record it as `shard`.
+    points, and record it as `shard`. devices: device_list.parse_devices's ids (or ALL): the point
+    processes run concurrently, one per device, each pinned to its GPU (harness.pool); None: one
+    device, as the suite says.
     """
     suite, device = resolve_suite(suite_arg, variants, execution, rounds=rounds, threads=threads)
+    pins = resolve_pins(devices, device, suite.tensor_parallel) if devices is not None else None
+    if pins and device.startswith("cuda"):  # each point process sees only its GPU: cuda:0 there
+        device, job_device = f"cuda:{pins[0].id}", "cuda"
+    else:
+        job_device = device
     if resume and out is None:
         raise ValueError("--resume needs --out: the run directory to complete")
     if retry_failed and not resume:
@@ -162,6 +173,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         data = _new_results(suite, device, workdir)
         if shard is not None:
             data["shard"] = shard.to_dict()
+        if pins:
+            data["env"]["devices"] = device_facts(pins, device)
         write_json_atomic(path, data)
     else:
         check_resume(existing, shard, path)
@@ -169,8 +182,10 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
         data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
         data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before"))
+        if pins:  # another --devices than the first run's is fine: each round names its device
+            data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
-    jobs = point_jobs(suite, device, peaks, suite.threads)
+    jobs = point_jobs(suite, job_device, peaks, suite.threads)
     sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
     sweep.points = suite_shard(suite, suite.points(), shard)
     todo = sweep.todo()
@@ -179,20 +194,23 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     if resume:
         print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
               file=sys.stderr)
+    pool = Pool(_slots(pins, workdir))
+    sweep.stop = pool.stop
     try:
-        for k, p in todo:
-            sweep.run(p, k)
+        pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
     except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
         cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
                        + [f"--variant {v}" for v in (variants or [])]
                        + ([f"--rounds {suite.rounds}"] if rounds else [])
-                       + ([f"--shard {shard.label}"] if shard is not None else []))
+                       + ([f"--shard {shard.label}"] if shard is not None else [])
+                       + ([f"--devices {devices_text(pins)}"] if pins else []))
         raise RunInterrupted(path, progress.done, total, cmd) from None
     finally:
         progress.close()
         shutil.rmtree(workdir, ignore_errors=True)
-        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after"))
-        write_json_atomic(path, data)
+        with sweep.lock:
+            data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after"))
+            write_json_atomic(path, data)
     print(f"results: {path}", file=sys.stderr)
     if report:
         _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
@@ -205,8 +223,22 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     return 1 if failing else 0
 
 
+def _slots(pins, workdir: Path) -> list:
+    """One slot per --devices entry, each with its own work directory; without --devices one unpinned slot."""
+    if not pins:
+        return [Slot(0, None, workdir)]
+    out = []
+    for pin in pins:
+        (workdir / f"slot-{pin.id}").mkdir()
+        out.append(Slot(pin.id, pin.gpu, workdir / f"slot-{pin.id}"))
+    return out
+
+
 class _Sweep:
-    """The points of a run, round by round: what is left to measure, measuring one (point, round)."""
+    """The points of a run, round by round: what is left to measure, measuring one (point, round).
+
+    Slots (harness.pool) call `run` concurrently: measuring holds nothing; reading and changing
+    the records, the overheads and results.json happen under `lock`."""
 
     def __init__(self, suite: Suite, device: str, data: dict, path: Path, workdir: Path, jobs: dict, retry: tuple):
         self.suite, self.data, self.path, self.workdir, self.jobs, self.retry = suite, data, path, workdir, jobs, retry
@@ -216,6 +248,8 @@ class _Sweep:
         self.budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
         self.progress = None
         self.points = suite.points()  # run_suite narrows it to a shard
+        self.lock = threading.RLock()
+        self.stop = threading.Event()  # the pool's: set when the run is interrupted
 
     def record(self, p, phase: str) -> Optional[dict]:
         i = self.at.get((*p, phase))
@@ -233,32 +267,47 @@ class _Sweep:
         return [(k, p) for k in range(1, self.suite.rounds + 1)
                 for p in round_order(self.points, created, k) if self.needed(p, k)]
 
-    def run(self, p, k: int) -> None:
-        job = self.jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len,
-                                          **point_extras(self.suite, p.variant, self.data["records"]))
-        label = f"{job.label} round {k}"
-        if p.batch_size == MAX_BATCH:
-            self.progress.start(label)
-            new, overheads, final = run_max_point(job, self.suite.batch_sizes, self.budget, self.workdir, self.data)
-            self.data["records"] += new
-            self.at = {_key(r): i for i, r in enumerate(self.data["records"])}
-            self.data["overhead"].update(overheads)
-            write_json_atomic(self.path, self.data)
-            b_run = final[PHASES[0]]["batch_size"]
-            self.progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
-                                 + summary(final), measured=bool(new))
-            return
-        skip = self._skip_reason(p, k)
+    def run(self, p, k: int, slot: Optional[Slot] = None) -> None:
+        slot = slot or Slot(0, None, self.workdir)
+        with self.lock:
+            job = self.jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len, gpu=slot.gpu,
+                                              **point_extras(self.suite, p.variant, self.data["records"]))
+            label = f"{job.label} round {k}" + (f" on GPU {slot.gpu}" if slot.gpu is not None else "")
+            if p.batch_size == MAX_BATCH:  # reads and rewrites the records while it steps down: under the lock
+                return self._run_max(job, label, slot)
+            skip = self._skip_reason(p, k)
+            if skip is None:
+                self.progress.start(label)
+        where = None
         if skip is not None:
             records, overhead = _skipped(job, skip), None
         else:
-            self.progress.start(label)
-            records, overhead = run_point(job, self.workdir)
-            if all(records[ph]["status"] == "oom" for ph in PHASES):
-                kb = (p.variant, p.batch_size)
-                self.oom_at[kb] = min(self.oom_at.get(kb, p.seq_len), p.seq_len)
+            t0 = time.time()
+            records, overhead = run_point(job, slot.workdir)
+            where = _where(slot, overhead, t0, time.time())
+            if self.stop.is_set() and any(records[ph]["status"] != "ok" for ph in PHASES):
+                return  # the run was interrupted and this process ended with it: not a measurement
+        with self.lock:
+            self._record(p, k, label, records, overhead, where)
+
+    def _run_max(self, job: PointJob, label: str, slot: Slot) -> None:
+        self.progress.start(label)
+        new, overheads, final = run_max_point(job, self.suite.batch_sizes, self.budget, slot.workdir, self.data)
+        self.data["records"] += new
+        self.at = {_key(r): i for i, r in enumerate(self.data["records"])}
+        self.data["overhead"].update(overheads)
+        write_json_atomic(self.path, self.data)
+        b_run = final[PHASES[0]]["batch_size"]
+        self.progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
+                             + summary(final), measured=bool(new))
+
+    def _record(self, p, k: int, label: str, records: dict, overhead, where) -> None:
+        """Merge one (point, round) into the records and rewrite results.json (under the lock)."""
+        if overhead is not None and all(records[ph]["status"] == "oom" for ph in PHASES):
+            kb = (p.variant, p.batch_size)
+            self.oom_at[kb] = min(self.oom_at.get(kb, p.seq_len), p.seq_len)
         for ph in PHASES:
-            merged = merge_round(self.record(p, ph), records[ph], k)
+            merged = merge_round(self.record(p, ph), records[ph], k, where)
             i = self.at.get((*p, ph))
             if i is None:
                 self.at[(*p, ph)] = len(self.data["records"])
@@ -290,6 +339,16 @@ class _Sweep:
         if k == 1 or key not in ovh:
             ovh[key] = dict(overhead, **{x: ovh[key][x] for x in ("total_s_by_round",) if key in ovh and x in ovh[key]})
         ovh[key].setdefault("total_s_by_round", {})[str(k)] = overhead.get("total_s")
+
+
+def _where(slot: Slot, overhead: dict, t_start: float, t_end: float) -> Optional[dict]:
+    """Where and when a pinned (point, round) ran: the GPU its process saw (or was given, when it
+    left no result), that GPU's bus id and the process's start and end (unix s); None unpinned."""
+    seen = overhead.pop("device", None)
+    if slot.gpu is None:
+        return None
+    return {"device": seen.get("gpu") if seen else slot.gpu, "device_bus_id": (seen or {}).get("pci_bus_id"),
+            "t_start": t_start, "t_end": t_end}
 
 
 def _key(r: dict) -> tuple:

@@ -29,6 +29,11 @@ class RoundSample:
     samples: Tuple[float, ...] = ()
     status: str = "ok"                   # the round's own status: a failed round is kept, named
     error: Optional[str] = None
+    device: Optional[str] = None         # `run --devices`: the GPU the round's point process was pinned to
+    #   (the CUDA_VISIBLE_DEVICES it ran with: a physical GPU id or UUID); absent without --devices
+    device_bus_id: Optional[str] = None  # that GPU's PCI bus id, from the NVML sampler that read it (CUDA)
+    t_start: Optional[float] = None      # `run --devices`: unix time (s) when the point process was started
+    t_end: Optional[float] = None        # `run --devices`: unix time (s) when it had ended
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -50,9 +55,15 @@ class RoundSample:
         n = number(w, f"{name}.n", m.get("n", len(samples)), integer=True, lo=1 if ok else 0)
         if samples and n != len(samples):
             w.fail(f"{name}.n", f"is {n} but the round holds {len(samples)} samples")
-        known = ("round", "median_ms", "n", "samples", "status", "error")
+        t0 = number(w, f"{name}.t_start", m.get("t_start"), lo=0)
+        t1 = number(w, f"{name}.t_end", m.get("t_end"), lo=0)
+        if t0 is not None and t1 is not None and t1 < t0:
+            w.fail(f"{name}.t_end", f"is {t1} but the round started at {t0}")
+        known = ("round", "median_ms", "n", "samples", "status", "error", "device", "device_bus_id",
+                 "t_start", "t_end")
         return cls(rnd, med, n, samples, status, text(w, f"{name}.error", m.get("error")),
-                   {k: x for k, x in m.items() if k not in known})
+                   text(w, f"{name}.device", m.get("device")), text(w, f"{name}.device_bus_id", m.get("device_bus_id")),
+                   t0, t1, {k: x for k, x in m.items() if k not in known})
 
     def to_dict(self) -> dict:
         d: Dict[str, Any] = {"round": self.round}
@@ -63,6 +74,9 @@ class RoundSample:
             d["status"] = self.status
         if self.error is not None:
             d["error"] = self.error
+        for k in ("device", "device_bus_id", "t_start", "t_end"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return {**d, **self.extra}
 
 
@@ -82,6 +96,19 @@ def parse_rounds(w: Where, v) -> Tuple[RoundSample, ...]:
 def ok_rounds(record) -> Dict[int, float]:
     """round index -> that round's median (ms), for the rounds of `record` that measured."""
     return {r.round: r.median_ms for r in (record.rounds or ()) if r.ok and r.median_ms is not None}
+
+
+def round_minima(record) -> Tuple[Tuple[float, ...], bool]:
+    """(values, within_process) as round_medians, of each measured round's FASTEST step: what the
+    regression gate judges. Interference from other work only ever adds time to a step, so a
+    round's fastest step tracks the cost of the work itself where its median follows how busy the
+    machine was (see docs/methodology.md, "The regression gate"). A round stored without its
+    samples counts with its median."""
+    per_round = [min(r.samples) if r.samples else r.median_ms for r in (record.rounds or ())
+                 if r.ok and (r.samples or r.median_ms is not None)]
+    if len(per_round) >= 2:
+        return tuple(per_round), False
+    return round_medians(record)
 
 
 def round_medians(record) -> Tuple[Tuple[float, ...], bool]:

@@ -5,8 +5,10 @@ match exactly: a point that was ok in the baseline and errored, went out of memo
 in the current run is a regression (a missing point is a note with `allow_missing`), and so is a
 point that now errors whatever it was before.
 
-Timings are judged per point on per-round medians (sabench.records.round_medians; the runs are
-different runs, so the rounds are unpaired): a point REGRESSES when the whole confidence interval
+Timings are judged per point on each round's fastest step (sabench.records.round_minima; the runs
+are different runs, so the rounds are unpaired): work on a shared machine is only ever slowed by
+its neighbours, so the fastest step of a process follows the work where its median follows the
+machine's load (measured: docs/methodology.md, "The regression gate"): a point REGRESSES when the whole confidence interval
 of its slowdown (current / baseline, sabench.stats.regression) lies above 1 + threshold;
 improvements mirror that; a point with fewer than stats.MIN_ROUNDS rounds a side is NOT JUDGED
 (counted and named, never passed silently). The family-wise false-alarm rate is held to `alpha`
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from sabench.io import write_atomic
-from sabench.records import round_medians
+from sabench.records import round_minima
 from sabench.report.intervals import WITHIN_MARK, WITHIN_NOTE, fmt_est
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
@@ -266,7 +268,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
             continue
         res.comparable += 1
         _memory_change(res, k, rb, rc, thr)
-        (vb, wb), (vc, wc) = round_medians(rb), round_medians(rc)
+        (vb, wb), (vc, wc) = round_minima(rb), round_minima(rc)
         timed.append((k, vb, vc, wb or wc))
     _timings(res, timed)
     res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))
@@ -355,7 +357,7 @@ def _timings(res: CheckResult, timed) -> None:
                          f"without rounds, samples) a side; measure more rounds: " + _keys(res.unjudged))
     if res.judged:
         res.notes.append(f"Timings: a point regresses when its slowdown's {res.confidence:.4%} interval "
-                         f"(current / baseline, ratio of geometric means of per-round medians, Welch t on logs; steps of one process where marked {WITHIN_MARK}) lies wholly above "
+                         f"(current / baseline, ratio of geometric means of each round's fastest step, Welch t on logs; steps of one process where marked {WITHIN_MARK}) lies wholly above "
                          f"{1 + res.threshold:.2f}; {res.confidence:.4%} = 1 - {res.alpha:g} / {res.judged} "
                          f"(Bonferroni), so the chance of any false alarm in this check is at most {res.alpha:g}.")
 

@@ -11,7 +11,7 @@ from sabench.report.results import (BASELINE, Key, fmt_ms, geomean, listing, med
                                     truncate, utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.records import STABLE_RATIO, PointSpec
-from sabench.report import speed_quality, topology
+from sabench.report import devices, speed_quality, topology
 from sabench.report.capacity import equal_memory_section
 from sabench.report.swap import staging_dir, swap_in
 from sabench.report.tables import md_table, phase_table, setup_table
@@ -295,6 +295,7 @@ def render_markdown(results: RunRecord, index: Dict[Key, PhaseRecord], figs: Dic
     for phase in phases_of(results):
         lines += [f"## {phase.capitalize()}", "", phase_table(results, phase, index), ""]
         lines += [_phase_notes(results, index, phase, env), ""]
+    lines += devices.section(results)
     lines += _overhead_section(results)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -6,7 +6,8 @@ suite (`parallel: {tensor: N}`) that is N GPUs working on it together. Per GPU i
     tokens/s per GPU = tokens/s total / (tensor degree x devices)
 
 where `devices` is the number of such groups one measurement spans (a suite's
-`parallel.data`; 1 for every run sabench makes today, which measures one point at a time).
+`parallel.data`; 1 for every run sabench makes today: even `run --devices`, which spreads the
+points over several GPUs, measures each point on one GPU).
 So 1xH100 at 1000 tokens/s against 8xH100 TP-8 at 4000 tokens/s is 4x the total but
 half the throughput per GPU.
 """

@@ -1,0 +1,131 @@
+"""`sabench run --devices 0,1,3|all`: the GPUs a run's point processes are spread over.
+
+Parsed at the edge (`parse_devices`: the text -> a tuple of ids, or ALL), resolved against the
+suite and this machine once (`resolve_pins`) before anything is written. An id is a position
+among the GPUs this process sees: with CUDA_VISIBLE_DEVICES=4,5,6,7 in the environment, id 1
+is GPU 5, and the point processes of that slot get CUDA_VISIBLE_DEVICES=5 (they run on cuda:0).
+Point processes number GPUs in PCI bus order (CUDA_DEVICE_ORDER=PCI_BUS_ID, harness.launch),
+as NVML does.
+
+On a CPU suite the ids cannot be checked against GPUs: they only label the concurrent slots
+(and set CUDA_VISIBLE_DEVICES, which CPU points ignore), and concurrent CPU points share the
+cores, so a warning says their timings disturb each other.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+from sabench.errors import UserError
+
+ALL = "all"
+_WHERE = "in 'sabench run --devices'"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One slot of a run: the id the user gave and the CUDA_VISIBLE_DEVICES of its point processes."""
+    id: int
+    gpu: str  # the physical id (or UUID) the parent's CUDA_VISIBLE_DEVICES names at position `id`
+
+
+def parse_devices(text: str) -> Union[Tuple[int, ...], str]:
+    """'0,1,3' -> (0, 1, 3); 'all' -> ALL. ValueError (one line) for anything else."""
+    t = str(text).strip()
+    if t.lower() == ALL:
+        return ALL
+    if not t:
+        raise ValueError("--devices is empty: give GPU ids like 0,1,3 or 'all'")
+    ids = []
+    for part in t.split(","):
+        p = part.strip()
+        if not (p.isascii() and p.isdigit()):
+            what = "is negative" if p.startswith("-") and p[1:].isdigit() else "is not a GPU id"
+            raise ValueError(f"--devices {t!r}: {p!r} {what}: give non-negative integers like 0,1,3 or 'all'")
+        ids.append(int(p))
+    dups = sorted({i for i in ids if ids.count(i) > 1})
+    if dups:
+        raise ValueError(f"--devices {t!r}: GPU {', '.join(map(str, dups))} given twice: name each GPU once")
+    return tuple(ids)
+
+
+def gpu_count() -> int:
+    """CUDA devices this process sees (0 without CUDA); a seam for tests."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover - a broken CUDA install is no GPU
+        return 0
+
+
+def visible_gpus(count: Optional[int] = None) -> list:
+    """The physical ids of the GPUs this process sees, in CUDA's order: CUDA_VISIBLE_DEVICES's
+    entries (as many as CUDA found), else 0..count-1."""
+    n = gpu_count() if count is None else count
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return [str(i) for i in range(n)]
+    return [x.strip() for x in env.split(",") if x.strip()][:n]
+
+
+def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn: bool = True) -> Tuple[Pin, ...]:
+    """The slots of `spec` (parse_devices's) for a suite run on `device` ('cpu', 'cuda[:N]').
+    UserError (exit 2) for a TP suite, `all` without a GPU, or an id beyond the visible GPUs on CUDA."""
+    if tensor_parallel > 1:
+        raise UserError(f"--devices with a {tensor_parallel}-way tensor-parallel suite: each point needs "
+                        f"{tensor_parallel} GPUs, not one, {_WHERE}; run it without --devices")
+    visible = visible_gpus()
+    if spec == ALL:
+        if not visible:
+            raise UserError(f"--devices all: this machine shows no GPU, {_WHERE}; give ids like 0,1 or drop --devices")
+        spec = tuple(range(len(visible)))
+    if device.startswith("cuda"):
+        beyond = [i for i in spec if i >= len(visible)]
+        if beyond:
+            seen = f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})" \
+                if "CUDA_VISIBLE_DEVICES" in os.environ else ""
+            raise UserError(f"--devices: GPU {beyond[0]} does not exist, this process sees {len(visible)} GPU(s)"
+                            f"{seen}, {_WHERE}; ids are positions 0..{len(visible) - 1} among them")
+    elif len(spec) > 1 and warn:
+        print(f"sabench: warning: --devices on a CPU suite: {len(spec)} points run at once and share the "
+              "CPU cores, so they disturb each other's timings; use it to test, not to measure", file=sys.stderr)
+    return tuple(Pin(i, visible[i] if i < len(visible) else str(i)) for i in spec)
+
+
+def devices_text(pins) -> str:
+    """The --devices value that gives `pins` again (for the resume command)."""
+    return ",".join(str(p.id) for p in pins)
+
+
+def device_facts(pins, device: str) -> list:
+    """env["devices"]: each slot's id, physical GPU and, on CUDA where NVML answers, its name and
+    PCI bus id (read without a CUDA context; NVML numbers GPUs in PCI bus order, as the points do)."""
+    out = []
+    for p in pins:
+        entry = {"id": p.id, "gpu": p.gpu}
+        if device.startswith("cuda"):
+            entry.update(_nvml_facts(p.gpu))
+        out.append(entry)
+    return out
+
+
+def _nvml_facts(gpu: str) -> dict:
+    try:
+        from sabench.measure.nvml_readings import _initialised, _text
+
+        with _initialised(None) as mod:
+            h = (mod.nvmlDeviceGetHandleByIndex(int(gpu)) if gpu.isdigit()
+                 else mod.nvmlDeviceGetHandleByUUID(gpu))
+            return {"name": _text(mod.nvmlDeviceGetName(h)), "pci_bus_id": _text(mod.nvmlDeviceGetPciInfo(h).busId)}
+    except Exception as e:  # NVML missing or failing must not cost the run
+        return {"nvml_unavailable": f"{type(e).__name__}: {e}"[:200]}
+
+
+def merge_device_facts(old: Optional[list], new: list) -> list:
+    """env["devices"] of a resumed run: the earlier entries, then the new run's not already listed."""
+    old = list(old or [])
+    known = {(d.get("id"), d.get("gpu")) for d in old}
+    return old + [d for d in new if (d["id"], d["gpu"]) not in known]
