@@ -1,0 +1,326 @@
+"""Do busy neighbouring devices slow a point down? busy/alone time ratios of one probe point.
+
+`sabench run SUITE --devices 0,1,...` measures points on several GPUs of one box at once; they
+share PCIe, CPU cores and host memory. This measures what that costs one point. A probe suite
+(one point) is run on device D0 (`--devices`) N times alone and N times while a load suite keeps
+the neighbours D1..Dk busy (`sabench run LOAD --devices D1,..,Dk` in the background, started
+before the probe and stopped with SIGINT, as Ctrl-C would, once the probe is done). The two
+conditions alternate (alone then busy for even i, busy then alone for odd i), so slow drift of the
+machine falls on both. The probe waits until the load has recorded its first point (its point
+processes are then past start-up and measuring) before it starts.
+
+Every probe round is one point process; its median step and its fastest step are the per-round
+values. For prefill and decode, each statistic's busy/alone ratio is a ratio of geometric means
+over all rounds of each condition with a 95% Welch t interval on log times
+(sabench.stats.ratio_interval), judged by sabench.stats.verdict at the 5% threshold: "slower beside
+busy neighbours" only where the whole interval lies above 1.05 (and is no wider than the effect),
+else "not distinguishable" (or "faster beside busy neighbours", the mirror image). The fastest
+step follows the work and the median follows the load (docs/methodology.md): a slower median with
+an unchanged fastest step means neighbours take turns with the probe rather than slow each step.
+
+    python benchmarks/device_interference.py --devices 0 --neighbours 1,2,3,4,5,6,7 \\
+        [--pairs 5] [--rounds 3] [--model llama-3.2-1b] [--out interference.json]
+
+Defaults: on CUDA the llama-3.2-1b preset (random weights) in bfloat16, b=1 s=512, 32 decode
+tokens; on the CPU the `tiny` preset in float32, b=1 s=32, 8 decode tokens, one torch thread a
+point. The load is the same point unless --load-batch / --load-seq-len make it larger.
+
+CPU validation of the method (this says nothing about GPUs; the "devices" are fake slots that
+share the 2 cores of a machine that was already busy with two CPU burners and other work):
+
+    python benchmarks/device_interference.py --devices 0 --neighbours 1,2 --pairs 3 --rounds 2
+    RESULT-PLACEHOLDER
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+SUITE = """\
+name: {name}
+description: benchmarks/device_interference.py {name} point
+model: {model}
+dtype: {dtype}
+device: {device}
+variants: [baseline]
+sweep:
+  batch_size: [{batch}]
+  seq_len: [{seq_len}]
+decode_tokens: {decode_tokens}
+warmup: 1
+repeats: {repeats}
+rounds: {rounds}
+threads: {threads}
+"""
+DEFAULTS = {"cuda": dict(model="llama-3.2-1b", dtype="bfloat16", seq_len=512, decode_tokens=32, threads="null"),
+            "cpu": dict(model="tiny", dtype="float32", seq_len=32, decode_tokens=8, threads=1)}
+PHASES, STATS = ("prefill", "decode"), ("median", "fastest")
+WORDS = {"slower": "slower beside busy neighbours", "faster": "faster beside busy neighbours"}
+
+
+class ArgError(Exception):
+    """A bad argument: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own errors included)
+        raise ArgError(message)
+
+
+@dataclass(frozen=True)
+class Config:
+    probe: int
+    neighbours: Tuple[int, ...]
+    device: str
+    pairs: int
+    rounds: int
+    load_rounds: int
+    load_wait_s: float
+    suite: Dict[str, object]  # the SUITE fields of the probe
+    load: Dict[str, object]   # the SUITE fields of the load
+    out: Optional[Path]
+
+
+def parse_args(argv=None) -> Config:
+    ap = _Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", default="0", help="the probe's device id (default 0)")
+    ap.add_argument("--neighbours", required=True, help="the busy neighbours' ids, like 1,2,3")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    ap.add_argument("--pairs", type=int, default=5, help="alone/busy pairs of probe runs (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each probe run (default 3)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls a round (default 3)")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=None)
+    ap.add_argument("--decode-tokens", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads a point (CPU default 1)")
+    ap.add_argument("--load-batch", type=int, default=None, help="the load's batch (default the probe's)")
+    ap.add_argument("--load-seq-len", type=int, default=None, help="the load's seq_len (default the probe's)")
+    ap.add_argument("--load-rounds", type=int, default=100, help="rounds of each load run (default 100)")
+    ap.add_argument("--load-wait", type=float, default=900, help="seconds to wait for the load to measure")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file for the per-round values and figures")
+    a = ap.parse_args(argv)
+    probe, neighbours = _ids(a.devices, "--devices"), _ids(a.neighbours, "--neighbours")
+    if len(probe) != 1:
+        raise ArgError(f"--devices {a.devices!r} names {len(probe)} devices; give the probe's one id, like 0")
+    if probe[0] in neighbours:
+        raise ArgError(f"--neighbours {a.neighbours!r} holds the probe device {probe[0]}; "
+                       "name the other devices only")
+    for name in ("pairs", "rounds", "repeats", "batch", "seq_len", "decode_tokens", "threads",
+                 "load_batch", "load_seq_len", "load_rounds"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise ArgError(f"--{name.replace('_', '-')} is {v}; give an integer >= 1")
+    if a.pairs * a.rounds < 3:
+        raise ArgError(f"--pairs {a.pairs} x --rounds {a.rounds} gives {a.pairs * a.rounds} rounds a condition; "
+                       "give at least 3 (an interval needs them)")
+    if a.load_rounds > 100:
+        raise ArgError(f"--load-rounds {a.load_rounds}: sabench run takes at most 100 rounds")
+    device = _device(a.device)
+    d = DEFAULTS[device]
+    suite = dict(name="probe", model=a.model or d["model"], dtype=a.dtype or d["dtype"], device=device,
+                 batch=a.batch, seq_len=a.seq_len or d["seq_len"], decode_tokens=a.decode_tokens or d["decode_tokens"],
+                 repeats=a.repeats, rounds=a.rounds, threads=a.threads or d["threads"])
+    load = dict(suite, name="load", rounds=a.load_rounds, batch=a.load_batch or suite["batch"],
+                seq_len=a.load_seq_len or suite["seq_len"])
+    return Config(probe[0], neighbours, device, a.pairs, a.rounds, a.load_rounds, a.load_wait, suite, load, a.out)
+
+
+def _ids(text: str, flag: str) -> Tuple[int, ...]:
+    from sabench.harness.device_list import ALL, parse_devices
+
+    try:
+        ids = parse_devices(text)
+    except ValueError as e:
+        raise ArgError(str(e).replace("--devices", flag, 1).replace(" or 'all'", "")) from None
+    if ids == ALL:
+        raise ArgError(f"{flag} all: give the ids, like 1,2,3")
+    return ids
+
+
+def _device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# -- analysis (pure) ------------------------------------------------------------------------------
+
+
+def per_round(results) -> Dict[str, Dict[str, List[float]]]:
+    """phase -> {"median": each measured round's median step, "fastest": its fastest step} (ms)."""
+    out = {p: {s: [] for s in STATS} for p in PHASES}
+    for rec in results.records:
+        if rec.phase not in out:
+            continue
+        for r in rec.rounds or ():
+            if r.ok and r.median_ms is not None:
+                out[rec.phase]["median"].append(r.median_ms)
+                out[rec.phase]["fastest"].append(min(r.samples) if r.samples else r.median_ms)
+    return out
+
+
+def merge(a: Dict, b: Dict) -> Dict:
+    return {p: {s: a[p][s] + b[p][s] for s in STATS} for p in PHASES}
+
+
+def analyse(alone: Dict, busy: Dict, threshold: float = 0.05) -> List[dict]:
+    """busy/alone for every phase and statistic: ratio, 95% interval, verdict in the project's words."""
+    from sabench.stats import ratio_interval, verdict
+
+    out = []
+    for p in PHASES:
+        for s in STATS:
+            est = ratio_interval(alone[p][s], busy[p][s], where=f"{p} {s} busy/alone")
+            v = verdict(est, threshold)
+            out.append({"phase": p, "statistic": s, "ratio": est.ratio, "low": est.low, "high": est.high,
+                        "n_alone": est.n_base, "n_busy": est.n_cand, "method": est.method, "interval": str(est),
+                        "verdict": WORDS.get(v.label, "not distinguishable"), "reason": v.reason})
+    return out
+
+
+def figure_lines(figures: List[dict]) -> List[str]:
+    return [f"{f['phase']:7} per-round {f['statistic']:7} step: busy/alone {f['interval']} "
+            f"({f['n_busy']} vs {f['n_alone']} rounds): {f['verdict']}" for f in figures]
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+def write_suite(path: Path, fields: Dict) -> Path:
+    path.write_text(SUITE.format(**fields))
+    return path
+
+
+def sabench_run(suite: Path, out: Path, devices) -> List[str]:
+    return [sys.executable, "-m", "sabench.cli", "run", str(suite), "--out", str(out), "--no-report",
+            "--devices", ",".join(map(str, devices))]
+
+
+def run_probe(suite: Path, out: Path, probe: int) -> None:
+    r = subprocess.run(sabench_run(suite, out, [probe]), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the probe run {out} failed (exit {r.returncode}): {r.stderr.strip()[-800:]}")
+
+
+def start_load(suite: Path, out: Path, neighbours, wait_s: float) -> subprocess.Popen:
+    """The load in its own process group, returned once it has recorded a point (it is measuring)."""
+    log = open(out.with_suffix(".log"), "w")
+    p = subprocess.Popen(sabench_run(suite, out, neighbours), stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    log.close()
+    t0 = time.monotonic()
+    while not (out / "results.json").exists():
+        if p.poll() is not None:
+            raise RuntimeError(f"the load ended (exit {p.returncode}) before it measured; see {out.with_suffix('.log')}")
+        if time.monotonic() - t0 > wait_s:
+            stop_load(p)
+            raise RuntimeError(f"the load recorded no point within {wait_s:g} s; raise --load-wait")
+        time.sleep(0.5)
+    return p
+
+
+def stop_load(p: subprocess.Popen) -> None:
+    """SIGINT to the load's process group (as Ctrl-C), then SIGKILL whatever of the group is left."""
+    for sig, wait in ((signal.SIGINT, 60), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the sabench process has ended; its point processes may not have
+            time.sleep(1)
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            return
+    p.wait()
+
+
+def measure(cfg: Config, tmp: Path) -> Tuple[Dict, Dict, List[dict]]:
+    from sabench.records import load_results
+
+    probe, load = write_suite(tmp / "probe.yaml", cfg.suite), write_suite(tmp / "load.yaml", cfg.load)
+    empty = {p: {s: [] for s in STATS} for p in PHASES}
+    values, runs = {"alone": empty, "busy": empty}, []
+    for i in range(cfg.pairs):
+        for cond in (("alone", "busy") if i % 2 == 0 else ("busy", "alone")):
+            out, t0, la = tmp / f"probe-{cond}-{i}", time.time(), os.getloadavg()[0]
+            if cond == "alone":
+                run_probe(probe, out, cfg.probe)
+            else:
+                p = start_load(load, tmp / f"load-{i}", cfg.neighbours, cfg.load_wait_s)
+                try:
+                    la = os.getloadavg()[0]
+                    run_probe(probe, out, cfg.probe)
+                    if p.poll() is not None:
+                        raise RuntimeError(f"the load ended before the probe did (pair {i}); raise --load-rounds")
+                finally:
+                    stop_load(p)
+            got = per_round(load_results(out))
+            values[cond] = merge(values[cond], got)
+            runs.append({"pair": i, "condition": cond, "dir": str(out), "loadavg_1min_at_start": la,
+                         "wall_s": round(time.time() - t0, 1), "values_ms": got})
+            print(f"pair {i + 1}/{cfg.pairs} {cond:5}: prefill median "
+                  f"{', '.join(f'{x:.2f}' for x in got['prefill']['median'])} ms; decode median "
+                  f"{', '.join(f'{x:.2f}' for x in got['decode']['median'])} ms (load average {la:.2f})", flush=True)
+    return values["alone"], values["busy"], runs
+
+
+def conditions(cfg: Config) -> dict:
+    import torch
+
+    from sabench.harness.device_list import device_facts, resolve_pins
+
+    pins = resolve_pins((cfg.probe,) + cfg.neighbours, cfg.device, warn=False)
+    return {"device": cfg.device, "devices": device_facts(pins, cfg.device), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "probe": cfg.suite, "load": cfg.load,
+            "probe_device": cfg.probe, "neighbours": list(cfg.neighbours)}
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = parse_args(argv)
+        cond = conditions(cfg)
+    except (ArgError, ValueError) as e:  # UserError is a ValueError
+        print(f"device_interference: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    s, l = cfg.suite, cfg.load
+    print(f"probe: {s['model']} {s['dtype']} b={s['batch']} s={s['seq_len']} decode {s['decode_tokens']} on "
+          f"{cfg.device} {cfg.probe}; load: b={l['batch']} s={l['seq_len']} on {list(cfg.neighbours)}; "
+          f"{cfg.pairs} pairs x {cfg.rounds} rounds; torch {cond['torch']}; {cond['cpus']} CPUs; "
+          f"load average {cond['loadavg_before'][0]:.2f}", flush=True)
+    for d in cond["devices"]:
+        print(f"  device {d['id']}: {d.get('name', d.get('nvml_unavailable', 'CPU slot (not a device)'))}")
+    tmp = Path(tempfile.mkdtemp(prefix="sabench-interference-"))
+    t0 = time.time()
+    alone, busy, runs = measure(cfg, tmp)
+    figures = analyse(alone, busy)
+    print(f"\n{time.time() - t0:.0f} s; load average at the probes' start: alone "
+          + ", ".join(f"{r['loadavg_1min_at_start']:.1f}" for r in runs if r["condition"] == "alone")
+          + "; busy " + ", ".join(f"{r['loadavg_1min_at_start']:.1f}" for r in runs if r["condition"] == "busy"))
+    print("\n".join(figure_lines(figures)))
+    print(f"runs kept in {tmp}")
+    if cfg.out is not None:
+        cfg.out.write_text(json.dumps({"conditions": cond, "runs": runs, "alone_ms": alone, "busy_ms": busy,
+                                       "figures": figures}, indent=1))
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
