@@ -1,29 +1,25 @@
 """Do busy neighbouring devices slow a point down? busy/alone time ratios of one probe point.
 
-`sabench run SUITE --devices 0,1,...` measures points on several GPUs of one box at once; they
-share PCIe, CPU cores and host memory. This measures what that costs one point. A probe suite
-(one point) is run on device D0 (`--devices`) N times alone and N times while a load suite keeps
-the neighbours D1..Dk busy (`sabench run LOAD --devices D1,..,Dk` in the background, started
-before the probe and stopped with SIGINT, as Ctrl-C would, once the probe is done). The two
-conditions alternate (alone then busy for even i, busy then alone for odd i), so slow drift of the
-machine falls on both. The probe waits until the load has recorded its first point (its point
-processes are then past start-up and measuring) before it starts.
+`sabench run SUITE --devices 0,1,...` measures points on several GPUs of one box at once, sharing
+PCIe, CPU cores and host memory. A one-point probe suite runs on device D0 (`--devices`) N times
+alone and N times while a load suite keeps the neighbours busy (`sabench run LOAD --devices
+D1,..,Dk` in the background, in its own process group; the probe starts once the load has recorded
+a point, and the load is stopped with SIGINT, as Ctrl-C, when the probe is done). The conditions
+alternate (alone first for even i, busy first for odd i) so drift falls on both.
 
-Every probe round is one point process; its median step and its fastest step are the per-round
-values. For prefill and decode, each statistic's busy/alone ratio is a ratio of geometric means
-over all rounds of each condition with a 95% Welch t interval on log times
-(sabench.stats.ratio_interval), judged by sabench.stats.verdict at the 5% threshold: "slower beside
-busy neighbours" only where the whole interval lies above 1.05 (and is no wider than the effect),
-else "not distinguishable" (or "faster beside busy neighbours", the mirror image). The fastest
-step follows the work and the median follows the load (docs/methodology.md): a slower median with
-an unchanged fastest step means neighbours take turns with the probe rather than slow each step.
+Each probe round (one point process) gives its median and its fastest step. For prefill and
+decode, busy/alone of each is a ratio of geometric means over all rounds of each condition with a
+95% Welch t interval on log times (sabench.stats.ratio_interval), judged by sabench.stats.verdict:
+"slower beside busy neighbours" only where the whole interval lies above 1.05, else "not
+distinguishable". The fastest step follows the work, the median the load (docs/methodology.md): a
+slower median with an unchanged fastest step means neighbours take turns with the probe.
 
     python benchmarks/device_interference.py --devices 0 --neighbours 1,2,3,4,5,6,7 \\
         [--pairs 5] [--rounds 3] [--model llama-3.2-1b] [--out interference.json]
 
-Defaults: on CUDA the llama-3.2-1b preset (random weights) in bfloat16, b=1 s=512, 32 decode
-tokens; on the CPU the `tiny` preset in float32, b=1 s=32, 8 decode tokens, one torch thread a
-point. The load is the same point unless --load-batch / --load-seq-len make it larger.
+Defaults: CUDA, the llama-3.2-1b preset (random weights) in bfloat16, b=1 s=512, 32 decode tokens;
+CPU, `tiny` in float32, b=1 s=32, 8 decode tokens, one thread. The load is the same point with 10x
+the timed calls a round (--load-repeats) unless --load-batch / --load-seq-len make it larger.
 
 CPU validation of the method (this says nothing about GPUs; the "devices" are fake slots that
 share the 2 cores of a machine that was already busy with two CPU burners and other work):
@@ -45,25 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-SUITE = """\
-name: {name}
-description: benchmarks/device_interference.py {name} point
-model: {model}
-dtype: {dtype}
-device: {device}
-variants: [baseline]
-sweep:
-  batch_size: [{batch}]
-  seq_len: [{seq_len}]
-decode_tokens: {decode_tokens}
-warmup: 1
-repeats: {repeats}
-rounds: {rounds}
-threads: {threads}
-"""
-DEFAULTS = {"cuda": dict(model="llama-3.2-1b", dtype="bfloat16", seq_len=512, decode_tokens=32, threads="null"),
+DEFAULTS = {"cuda": dict(model="llama-3.2-1b", dtype="bfloat16", seq_len=512, decode_tokens=32, threads=None),
             "cpu": dict(model="tiny", dtype="float32", seq_len=32, decode_tokens=8, threads=1)}
 PHASES, STATS = ("prefill", "decode"), ("median", "fastest")
+INTS = {"pairs": (5, "alone/busy pairs of probe runs (default 5)"), "rounds": (3, "rounds a probe run (default 3)"),
+        "repeats": (3, "timed calls a round (default 3)"), "batch": (1, "batch size (default 1)"),
+        "seq-len": (None, "prompt length"), "decode-tokens": (None, "decode steps"),
+        "threads": (None, "torch threads a point (CPU default 1)"),
+        "load-batch": (None, "the load's batch (default the probe's)"),
+        "load-seq-len": (None, "the load's seq_len (default the probe's)"),
+        "load-rounds": (100, "rounds of each load run (default 100)"),
+        "load-repeats": (None, "timed calls a load round (default 10x --repeats: the load outlasts the probe)")}
 WORDS = {"slower": "slower beside busy neighbours", "faster": "faster beside busy neighbours"}
 
 
@@ -78,12 +66,11 @@ class _Parser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Config:
-    probe: int
+    probe: int                # the probe's device id
     neighbours: Tuple[int, ...]
-    device: str
+    device: str               # cuda | cpu
     pairs: int
     rounds: int
-    load_rounds: int
     load_wait_s: float
     suite: Dict[str, object]  # the SUITE fields of the probe
     load: Dict[str, object]   # the SUITE fields of the load
@@ -95,18 +82,10 @@ def parse_args(argv=None) -> Config:
     ap.add_argument("--devices", default="0", help="the probe's device id (default 0)")
     ap.add_argument("--neighbours", required=True, help="the busy neighbours' ids, like 1,2,3")
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    ap.add_argument("--pairs", type=int, default=5, help="alone/busy pairs of probe runs (default 5)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of each probe run (default 3)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed calls a round (default 3)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--decode-tokens", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads a point (CPU default 1)")
-    ap.add_argument("--load-batch", type=int, default=None, help="the load's batch (default the probe's)")
-    ap.add_argument("--load-seq-len", type=int, default=None, help="the load's seq_len (default the probe's)")
-    ap.add_argument("--load-rounds", type=int, default=100, help="rounds of each load run (default 100)")
+    for name, (default, text) in INTS.items():
+        ap.add_argument(f"--{name}", type=int, default=default, help=text)
     ap.add_argument("--load-wait", type=float, default=900, help="seconds to wait for the load to measure")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the per-round values and figures")
     a = ap.parse_args(argv)
@@ -116,11 +95,10 @@ def parse_args(argv=None) -> Config:
     if probe[0] in neighbours:
         raise ArgError(f"--neighbours {a.neighbours!r} holds the probe device {probe[0]}; "
                        "name the other devices only")
-    for name in ("pairs", "rounds", "repeats", "batch", "seq_len", "decode_tokens", "threads",
-                 "load_batch", "load_seq_len", "load_rounds"):
-        v = getattr(a, name)
+    for name in INTS:
+        v = getattr(a, name.replace("-", "_"))
         if v is not None and v < 1:
-            raise ArgError(f"--{name.replace('_', '-')} is {v}; give an integer >= 1")
+            raise ArgError(f"--{name} is {v}; give an integer >= 1")
     if a.pairs * a.rounds < 3:
         raise ArgError(f"--pairs {a.pairs} x --rounds {a.rounds} gives {a.pairs * a.rounds} rounds a condition; "
                        "give at least 3 (an interval needs them)")
@@ -131,9 +109,9 @@ def parse_args(argv=None) -> Config:
     suite = dict(name="probe", model=a.model or d["model"], dtype=a.dtype or d["dtype"], device=device,
                  batch=a.batch, seq_len=a.seq_len or d["seq_len"], decode_tokens=a.decode_tokens or d["decode_tokens"],
                  repeats=a.repeats, rounds=a.rounds, threads=a.threads or d["threads"])
-    load = dict(suite, name="load", rounds=a.load_rounds, batch=a.load_batch or suite["batch"],
-                seq_len=a.load_seq_len or suite["seq_len"])
-    return Config(probe[0], neighbours, device, a.pairs, a.rounds, a.load_rounds, a.load_wait, suite, load, a.out)
+    load = dict(suite, name="load", rounds=a.load_rounds, repeats=a.load_repeats or 10 * a.repeats,
+                batch=a.load_batch or suite["batch"], seq_len=a.load_seq_len or suite["seq_len"])
+    return Config(probe[0], neighbours, device, a.pairs, a.rounds, a.load_wait, suite, load, a.out)
 
 
 def _ids(text: str, flag: str) -> Tuple[int, ...]:
@@ -199,8 +177,15 @@ def figure_lines(figures: List[dict]) -> List[str]:
 # -- runs -----------------------------------------------------------------------------------------
 
 
-def write_suite(path: Path, fields: Dict) -> Path:
-    path.write_text(SUITE.format(**fields))
+def write_suite(path: Path, f: Dict) -> Path:
+    """A one-point suite (baseline only) from the probe's or the load's fields."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "name": f["name"], "description": f"benchmarks/device_interference.py {f['name']} point",
+        "model": f["model"], "dtype": f["dtype"], "device": f["device"], "variants": ["baseline"],
+        "sweep": {"batch_size": [f["batch"]], "seq_len": [f["seq_len"]]}, "decode_tokens": f["decode_tokens"],
+        "warmup": 1, "repeats": f["repeats"], "rounds": f["rounds"], "threads": f["threads"]}, sort_keys=False))
     return path
 
 
@@ -237,17 +222,13 @@ def stop_load(p: subprocess.Popen) -> None:
     for sig, wait in ((signal.SIGINT, 60), (signal.SIGKILL, 10)):
         try:
             os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
             p.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:  # the sabench process has ended; its point processes may not have
-            time.sleep(1)
+            time.sleep(1)  # the sabench process has ended; its point processes may not have yet
             os.killpg(p.pid, 0)
         except ProcessLookupError:
-            return
+            break
+        except subprocess.TimeoutExpired:
+            continue
     p.wait()
 
 
@@ -268,7 +249,7 @@ def measure(cfg: Config, tmp: Path) -> Tuple[Dict, Dict, List[dict]]:
                     la = os.getloadavg()[0]
                     run_probe(probe, out, cfg.probe)
                     if p.poll() is not None:
-                        raise RuntimeError(f"the load ended before the probe did (pair {i}); raise --load-rounds")
+                        raise RuntimeError(f"the load ended before the probe did (pair {i}); raise --load-repeats")
                 finally:
                     stop_load(p)
             got = per_round(load_results(out))

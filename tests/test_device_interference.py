@@ -88,6 +88,7 @@ def test_cpu_defaults_and_a_load_that_inherits_the_probe_point():
     assert (cfg.probe, cfg.neighbours, cfg.device) == (0, (1, 2), "cpu")
     assert cfg.suite["model"] == "tiny" and cfg.suite["dtype"] == "float32" and cfg.suite["seq_len"] == 32
     assert cfg.load["batch"] == 4 and cfg.load["seq_len"] == 32 and cfg.load["rounds"] == 100
+    assert cfg.load["repeats"] == 10 * cfg.suite["repeats"]  # the load outlasts the probe
     cuda = di.parse_args(["--neighbours", "1", "--device", "cuda"])
     assert (cuda.suite["model"], cuda.suite["dtype"], cuda.suite["seq_len"]) == ("llama-3.2-1b", "bfloat16", 512)
 
