@@ -1,31 +1,33 @@
 """Do busy neighbouring devices slow a point down? busy/alone time ratios of one probe point.
 
-`sabench run SUITE --devices 0,1,...` measures points on several GPUs of one box at once, sharing
-PCIe, CPU cores and host memory. A one-point probe suite runs on device D0 (`--devices`) N times
-alone and N times while a load suite keeps the neighbours busy (`sabench run LOAD --devices
-D1,..,Dk` in the background, in its own process group; the probe starts once the load has recorded
-a point, and the load is stopped with SIGINT, as Ctrl-C, when the probe is done). The conditions
-alternate (alone first for even i, busy first for odd i) so drift falls on both.
+`sabench run SUITE --devices 0,1,...` runs points on several GPUs of one box at once (sharing PCIe,
+CPU, host memory). A one-point probe suite runs on device D0 N times alone and N times beside a load
+(`sabench run LOAD --devices D1,..,Dk` in its own process group, started before the probe, which
+waits until the load has recorded a point, and stopped with SIGINT after it), the two conditions
+alternating (alone first for even i, busy first for odd i) so drift falls on both.
 
 Each probe round (one point process) gives its median and its fastest step. For prefill and
 decode, busy/alone of each is a ratio of geometric means over all rounds of each condition with a
 95% Welch t interval on log times (sabench.stats.ratio_interval), judged by sabench.stats.verdict:
-"slower beside busy neighbours" only where the whole interval lies above 1.05, else "not
-distinguishable". The fastest step follows the work, the median the load (docs/methodology.md): a
+"slower beside busy neighbours" only where the whole interval lies above 1.05 ("faster" below
+1/1.05), else "not distinguishable". The fastest step follows the work, the median the load: a
 slower median with an unchanged fastest step means neighbours take turns with the probe.
 
-    python benchmarks/device_interference.py --devices 0 --neighbours 1,2,3,4,5,6,7 \\
-        [--pairs 5] [--rounds 3] [--model llama-3.2-1b] [--out interference.json]
+    python benchmarks/device_interference.py --devices 0 --neighbours 1,2,3,4,5,6,7 [--out FILE.json]
 
 Defaults: CUDA, the llama-3.2-1b preset (random weights) in bfloat16, b=1 s=512, 32 decode tokens;
 CPU, `tiny` in float32, b=1 s=32, 8 decode tokens, one thread. The load is the same point with 10x
 the timed calls a round (--load-repeats) unless --load-batch / --load-seq-len make it larger.
 
-CPU validation of the method (this says nothing about GPUs; the "devices" are fake slots that
-share the 2 cores of a machine that was already busy with two CPU burners and other work):
-
-    python benchmarks/device_interference.py --devices 0 --neighbours 1,2 --pairs 3 --rounds 2
-    RESULT-PLACEHOLDER
+CPU check (nothing about GPUs: fake slots sharing 2 cores already at a load average of 4-6 from
+other work), `--devices 0 --neighbours 1,2 --pairs 3 --rounds 2`, busy/alone over 6 vs 6 rounds:
+  with a load of 3 timed calls a round (mostly point-process start-up), 129 s:
+    decode median 1.96x [1.45, 2.66], fastest 1.79x [1.43, 2.23]: slower beside busy neighbours;
+    prefill median 1.35x [0.63, 2.88], fastest 1.07x [0.71, 1.62]: not distinguishable
+  with the default load (30 timed calls a round), 116 s: all not distinguishable: decode median
+    1.33x [1.00, 1.77], fastest 0.90x [0.66, 1.22]; prefill 1.09x [0.58, 2.08], 0.92x [0.62, 1.38]
+It finds the shared cores when the load is heavy enough against that noise; 6 rounds a condition
+leave intervals a factor of 2-4 wide there: give more --pairs.
 """
 from __future__ import annotations
 
@@ -47,10 +49,8 @@ PHASES, STATS = ("prefill", "decode"), ("median", "fastest")
 INTS = {"pairs": (5, "alone/busy pairs of probe runs (default 5)"), "rounds": (3, "rounds a probe run (default 3)"),
         "repeats": (3, "timed calls a round (default 3)"), "batch": (1, "batch size (default 1)"),
         "seq-len": (None, "prompt length"), "decode-tokens": (None, "decode steps"),
-        "threads": (None, "torch threads a point (CPU default 1)"),
-        "load-batch": (None, "the load's batch (default the probe's)"),
-        "load-seq-len": (None, "the load's seq_len (default the probe's)"),
-        "load-rounds": (100, "rounds of each load run (default 100)"),
+        "threads": (None, "torch threads a point (CPU default 1)"), "load-batch": (None, "default the probe's"),
+        "load-seq-len": (None, "default the probe's"), "load-rounds": (100, "rounds of each load run (default 100)"),
         "load-repeats": (None, "timed calls a load round (default 10x --repeats: the load outlasts the probe)")}
 WORDS = {"slower": "slower beside busy neighbours", "faster": "faster beside busy neighbours"}
 
@@ -66,14 +66,14 @@ class _Parser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Config:
-    probe: int                # the probe's device id
+    probe: int
     neighbours: Tuple[int, ...]
-    device: str               # cuda | cpu
+    device: str
     pairs: int
     rounds: int
     load_wait_s: float
-    suite: Dict[str, object]  # the SUITE fields of the probe
-    load: Dict[str, object]   # the SUITE fields of the load
+    suite: Dict[str, object]
+    load: Dict[str, object]
     out: Optional[Path]
 
 
@@ -127,14 +127,9 @@ def _ids(text: str, flag: str) -> Tuple[int, ...]:
 
 
 def _device(choice: str) -> str:
-    if choice != "auto":
-        return choice
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# -- analysis (pure) ------------------------------------------------------------------------------
+    return choice if choice != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def per_round(results) -> Dict[str, Dict[str, List[float]]]:
@@ -148,10 +143,6 @@ def per_round(results) -> Dict[str, Dict[str, List[float]]]:
                 out[rec.phase]["median"].append(r.median_ms)
                 out[rec.phase]["fastest"].append(min(r.samples) if r.samples else r.median_ms)
     return out
-
-
-def merge(a: Dict, b: Dict) -> Dict:
-    return {p: {s: a[p][s] + b[p][s] for s in STATS} for p in PHASES}
 
 
 def analyse(alone: Dict, busy: Dict, threshold: float = 0.05) -> List[dict]:
@@ -172,9 +163,6 @@ def analyse(alone: Dict, busy: Dict, threshold: float = 0.05) -> List[dict]:
 def figure_lines(figures: List[dict]) -> List[str]:
     return [f"{f['phase']:7} per-round {f['statistic']:7} step: busy/alone {f['interval']} "
             f"({f['n_busy']} vs {f['n_alone']} rounds): {f['verdict']}" for f in figures]
-
-
-# -- runs -----------------------------------------------------------------------------------------
 
 
 def write_suite(path: Path, f: Dict) -> Path:
@@ -236,8 +224,8 @@ def measure(cfg: Config, tmp: Path) -> Tuple[Dict, Dict, List[dict]]:
     from sabench.records import load_results
 
     probe, load = write_suite(tmp / "probe.yaml", cfg.suite), write_suite(tmp / "load.yaml", cfg.load)
-    empty = {p: {s: [] for s in STATS} for p in PHASES}
-    values, runs = {"alone": empty, "busy": empty}, []
+    values = {c: {p: {s: [] for s in STATS} for p in PHASES} for c in ("alone", "busy")}
+    runs = []
     for i in range(cfg.pairs):
         for cond in (("alone", "busy") if i % 2 == 0 else ("busy", "alone")):
             out, t0, la = tmp / f"probe-{cond}-{i}", time.time(), os.getloadavg()[0]
@@ -253,13 +241,18 @@ def measure(cfg: Config, tmp: Path) -> Tuple[Dict, Dict, List[dict]]:
                 finally:
                     stop_load(p)
             got = per_round(load_results(out))
-            values[cond] = merge(values[cond], got)
+            for p in PHASES:
+                for s in STATS:
+                    values[cond][p][s] += got[p][s]
             runs.append({"pair": i, "condition": cond, "dir": str(out), "loadavg_1min_at_start": la,
                          "wall_s": round(time.time() - t0, 1), "values_ms": got})
-            print(f"pair {i + 1}/{cfg.pairs} {cond:5}: prefill median "
-                  f"{', '.join(f'{x:.2f}' for x in got['prefill']['median'])} ms; decode median "
-                  f"{', '.join(f'{x:.2f}' for x in got['decode']['median'])} ms (load average {la:.2f})", flush=True)
+            print(f"pair {i + 1}/{cfg.pairs} {cond:5}: medians prefill {_ms(got['prefill']['median'])}, "
+                  f"decode {_ms(got['decode']['median'])} ms; load average {la:.2f}", flush=True)
     return values["alone"], values["busy"], runs
+
+
+def _ms(xs) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
 
 
 def conditions(cfg: Config) -> dict:
@@ -287,13 +280,12 @@ def main(argv=None) -> int:
           f"load average {cond['loadavg_before'][0]:.2f}", flush=True)
     for d in cond["devices"]:
         print(f"  device {d['id']}: {d.get('name', d.get('nvml_unavailable', 'CPU slot (not a device)'))}")
-    tmp = Path(tempfile.mkdtemp(prefix="sabench-interference-"))
-    t0 = time.time()
+    tmp, t0 = Path(tempfile.mkdtemp(prefix="sabench-interference-")), time.time()
     alone, busy, runs = measure(cfg, tmp)
     figures = analyse(alone, busy)
-    print(f"\n{time.time() - t0:.0f} s; load average at the probes' start: alone "
-          + ", ".join(f"{r['loadavg_1min_at_start']:.1f}" for r in runs if r["condition"] == "alone")
-          + "; busy " + ", ".join(f"{r['loadavg_1min_at_start']:.1f}" for r in runs if r["condition"] == "busy"))
+    loads = {c: ", ".join(f"{r['loadavg_1min_at_start']:.1f}" for r in runs if r["condition"] == c)
+             for c in ("alone", "busy")}
+    print(f"\n{time.time() - t0:.0f} s; load average at the probes' start: alone {loads['alone']}; busy {loads['busy']}")
     print("\n".join(figure_lines(figures)))
     print(f"runs kept in {tmp}")
     if cfg.out is not None:

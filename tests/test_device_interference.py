@@ -77,12 +77,6 @@ def test_per_round_takes_each_rounds_median_and_fastest_step_and_skips_failed_ro
     assert got["decode"] == {"median": [2.0, 3.0], "fastest": [2.0, 3.0]}  # no samples: the median
 
 
-def test_merge_concatenates_per_phase_and_statistic():
-    a = {p: {s: [1.0] for s in di.STATS} for p in di.PHASES}
-    b = {p: {s: [2.0, 3.0] for s in di.STATS} for p in di.PHASES}
-    assert di.merge(a, b)["decode"]["fastest"] == [1.0, 2.0, 3.0]
-
-
 def test_cpu_defaults_and_a_load_that_inherits_the_probe_point():
     cfg = di.parse_args(["--devices", "0", "--neighbours", "1,2", "--device", "cpu", "--load-batch", "4"])
     assert (cfg.probe, cfg.neighbours, cfg.device) == (0, (1, 2), "cpu")
