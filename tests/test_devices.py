@@ -243,3 +243,65 @@ def test_a_killed_worker_loses_nothing_else_and_resume_remeasures_it_on_the_new_
         k: v for k, v in rounds.items() if k != ("cla:2", 32, 1)}  # the others kept as they were
     assert [d["gpu"] for d in data["env"]["devices"]] == ["0", "1", "3"]
     load_results(out / "results.json")
+
+
+class _FakeNvml:
+    """NVML as far as gpu_conditions reads it: GPUs by index and by UUID, one that fails."""
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
+    nvmlClocksThrottleReasonGpuIdle, nvmlClocksThrottleReasonSwThermalSlowdown = 1, 32
+
+    def __init__(self, gpus: dict):
+        self.gpus = gpus  # id or uuid -> (sm MHz, mem MHz, throttle mask) or None (NVML fails on it)
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def _get(self, key):
+        if self.gpus.get(key) is None:
+            raise RuntimeError(f"NVML_ERROR_NOT_FOUND {key}")
+        return key
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return self._get(str(i))
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        return self._get(uuid)
+
+    def nvmlDeviceGetClockInfo(self, h, clock):
+        return self.gpus[h][clock]
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+        return self.gpus[h][2]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return []
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
+        return []
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 50
+
+
+def test_conditions_are_read_on_every_pinned_gpu_by_its_physical_id(monkeypatch):
+    from sabench.harness.environment import run_conditions
+
+    nvml = _FakeNvml({"0": (1000, 2000, 0), "3": (1980, 2619, 0), "GPU-b": (1410, 2619, 32), "5": None})
+    out = run_conditions("cuda:0", "before", ["3", "GPU-b", "5"], nvml=nvml)
+    assert out["gpu_before"] == {"sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "throttle_reasons": [],
+                                 "other_processes": [], "temperature_c": 50}  # GPU 3, not NVML index 0
+    assert out["gpus_before"]["GPU-b"]["throttle_reasons"] == ["SwThermalSlowdown"]
+    assert "NVML_ERROR_NOT_FOUND 5" in out["gpus_before"]["5"]["unavailable"]  # said, not raised
+    one = run_conditions("cuda:0", "after", None, nvml=nvml)
+    assert one["gpu_after"]["sm_clock_mhz"] == 1000 and "gpus_after" not in one
+    assert "gpu_before" not in run_conditions("cpu", "before", ["3"], nvml=nvml)
+
+
+def test_the_suites_gpu_is_named_by_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,GPU-x")
+    assert [device_list.physical_gpu(i) for i in (0, 1)] == ["4", "GPU-x"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert device_list.physical_gpu(2) == "2"

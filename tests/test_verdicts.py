@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from report_fixtures import latency_summary, make_results, scale_timings, with_rounds, write_results
-from sabench.records import (ResultsError, RoundSample, RunRecord, load_results, paired_round_medians,
+from sabench.records import (ResultsError, RoundSample, RunRecord, load_results, paired_round_minima,
                              round_medians, round_minima)
 from sabench.report.check import check
 from sabench.report.commands import main
@@ -44,8 +44,9 @@ def test_rounds_are_typed_validated_and_round_trip(tmp_path):
     assert RunRecord.from_dict(run.to_dict()) == run
     vals, within = round_medians(r)
     assert not within and vals == tuple(x.median_ms for x in r.rounds)
-    b, c = paired_round_medians(_rec(run, "baseline", 1, 128, "prefill"), r)
-    assert len(b) == len(c) == 6
+    assert round_minima(r) == (tuple(min(x.samples) for x in r.rounds), False)
+    b, c = paired_round_minima(_rec(run, "baseline", 1, 128, "prefill"), r)
+    assert len(b) == len(c) == 6 and c == tuple(min(x.samples) for x in r.rounds)
     # a failed round is kept with its status; the others still make the interval
     res2 = copy.deepcopy(res)
     rec = next(x for x in res2["records"] if x["variant"] == "cla:1" and x["status"] == "ok")
@@ -97,7 +98,8 @@ def rounds_report(tmp_path_factory):
 
 def test_report_prints_the_paired_interval_beside_each_speedup(rounds_report):
     run, md = rounds_report
-    b, c = paired_round_medians(_rec(run, "baseline", 4, 512, "decode"), _rec(run, "cla:2", 4, 512, "decode"))
+    # each round's fastest step, round k of the baseline beside round k of cla:2
+    b, c = (tuple(min(x.samples) for x in _rec(run, v, 4, 512, "decode").rounds) for v in ("baseline", "cla:2"))
     want = str(ratio_interval(b, c, paired=True).inverted())
     decode = md.split("## Decode")[1]
     row = next(line for line in decode.splitlines() if re.match(r"\|\s*cla:2\s*\|\s*4\s*\|\s*512\s*\|", line))
@@ -141,7 +143,7 @@ def test_compare_prints_unpaired_intervals_over_rounds(tmp_path):
     A, B = load_results(ra), load_results(rb)
     ka = _rec(A, "baseline", 1, 512, "prefill")
     kb = _rec(B, "baseline", 1, 512, "prefill")
-    want = ratio_interval(round_medians(ka)[0], round_medians(kb)[0])
+    want = ratio_interval(round_minima(ka)[0], round_minima(kb)[0])
     table = md.split("## Prefill median latency (ms)")[1].split("\n## ")[0]
     row = next(line for line in table.splitlines() if re.match(r"\|\s*baseline\s*\|\s*1\s*\|\s*512\s*\|", line))
     assert str(want) in row and "†" not in row

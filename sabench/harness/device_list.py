@@ -71,6 +71,14 @@ def visible_gpus(count: Optional[int] = None) -> list:
     return [x.strip() for x in env.split(",") if x.strip()][:n]
 
 
+def physical_gpu(index: int) -> str:
+    """The GPU that this process's CUDA index `index` names, as NVML knows it (an index or UUID),
+    from CUDA_VISIBLE_DEVICES alone: nothing here touches CUDA."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [x.strip() for x in env.split(",") if x.strip()] if env is not None else []
+    return entries[index] if index < len(entries) else str(index)
+
+
 def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn: bool = True) -> Tuple[Pin, ...]:
     """The slots of `spec` (parse_devices's) for a suite run on `device` ('cpu', 'cuda[:N]').
     UserError (exit 2) for a TP suite, `all` without a GPU, or an id beyond the visible GPUs on CUDA."""
@@ -114,11 +122,10 @@ def device_facts(pins, device: str) -> list:
 
 def _nvml_facts(gpu: str) -> dict:
     try:
-        from sabench.measure.nvml_readings import _initialised, _text
+        from sabench.measure.nvml_readings import _initialised, _text, nvml_handle
 
         with _initialised(None) as mod:
-            h = (mod.nvmlDeviceGetHandleByIndex(int(gpu)) if gpu.isdigit()
-                 else mod.nvmlDeviceGetHandleByUUID(gpu))
+            h = nvml_handle(mod, gpu)
             return {"name": _text(mod.nvmlDeviceGetName(h)), "pci_bus_id": _text(mod.nvmlDeviceGetPciInfo(h).busId)}
     except Exception as e:  # NVML missing or failing must not cost the run
         return {"nvml_unavailable": f"{type(e).__name__}: {e}"[:200]}

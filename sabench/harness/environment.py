@@ -41,11 +41,14 @@ def capture_run_env(device: str, dtype: str, workdir: Path) -> dict:
 GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
 
 
-def run_conditions(device: str, when: str) -> dict:
+def run_conditions(device: str, when: str, gpus=None, nvml=None) -> dict:
     """What explains noise, read now (`when`: "before" or "after" the measurements): the load
     average, the CPU frequency governor where readable, and on CUDA the GPU's clocks, throttle
-    reasons and other processes (NVML, read without a CUDA context). Never raises; a reading
-    that cannot be had is absent."""
+    reasons and other processes (NVML, read without a CUDA context). `gpus`: the GPUs of a
+    `--devices` run, or the suite's one (physical NVML indices or UUIDs, as CUDA_VISIBLE_DEVICES
+    names them; default: the index of `device`): `gpu_<when>` is the first's readings and, with
+    several, `gpus_<when>` holds every one's by GPU. Never raises; a
+    reading that cannot be had is absent or says why."""
     out: dict = {}
     try:
         out[f"load_avg_{when}"] = [round(x, 2) for x in os.getloadavg()]
@@ -55,21 +58,30 @@ def run_conditions(device: str, when: str) -> dict:
         out["cpu_governor"] = Path(GOVERNOR).read_text().strip()
     except OSError:
         pass
-    if device.startswith("cuda"):
-        try:
-            out[f"gpu_{when}"] = gpu_conditions(int(device.partition(":")[2] or 0))
-        except Exception as e:  # NVML missing or failing must not cost the run
-            out[f"gpu_{when}"] = {"unavailable": f"{type(e).__name__}: {e}"[:200]}
+    if not device.startswith("cuda"):
+        return out
+    gpus = [str(g) for g in gpus] if gpus else [device.partition(":")[2] or "0"]
+    by_gpu = {g: _conditions_or_why(g, nvml) for g in gpus}
+    out[f"gpu_{when}"] = by_gpu[gpus[0]]
+    if len(gpus) > 1:
+        out[f"gpus_{when}"] = by_gpu
     return out
 
 
-def gpu_conditions(index: int, nvml=None) -> dict:
+def _conditions_or_why(gpu: str, nvml) -> dict:
+    try:
+        return gpu_conditions(gpu, nvml)
+    except Exception as e:  # NVML missing or failing must not cost the run
+        return {"unavailable": f"{type(e).__name__}: {e}"[:200]}
+
+
+def gpu_conditions(gpu, nvml=None) -> dict:
     """Clocks (MHz), throttle reasons (names of the active ones) and the other processes on GPU
-    `index` (NVML's numbering; CUDA_DEVICE_ORDER=PCI_BUS_ID makes it torch's)."""
-    from sabench.measure.nvml_readings import _initialised
+    `gpu`: an NVML index (CUDA_DEVICE_ORDER=PCI_BUS_ID makes it torch's) or a UUID."""
+    from sabench.measure.nvml_readings import _initialised, nvml_handle
 
     with _initialised(nvml) as mod:
-        h = mod.nvmlDeviceGetHandleByIndex(index)
+        h = nvml_handle(mod, gpu)
         out: dict = {}
         for name, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("mem_clock_mhz", "NVML_CLOCK_MEM")):
             try:

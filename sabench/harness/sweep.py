@@ -25,7 +25,7 @@ from typing import Optional
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env, run_conditions
-from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, resolve_pins
+from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
 from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
@@ -111,12 +111,12 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
 
-def _new_results(suite: Suite, device: str, workdir: Path) -> dict:
+def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:
     data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
             "records": []}
-    data["env"]["conditions"] = run_conditions(device, "before")
+    data["env"]["conditions"] = run_conditions(device, "before", gpus)
     if suite.execution == "compiled":
         data["env"]["inductor_cache_dir"] = str(inductor_cache_dir())
     return data
@@ -153,6 +153,10 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     """
     suite, device = resolve_suite(suite_arg, variants, execution, rounds=rounds, threads=threads)
     pins = resolve_pins(devices, device, suite.tensor_parallel) if devices is not None else None
+    # whose clocks and throttling env.conditions records: the pinned GPUs, or the suite's one
+    gpus = [p.gpu for p in pins] if pins else None
+    if gpus is None and device.startswith("cuda"):
+        gpus = [physical_gpu(int(device.partition(":")[2] or 0))]
     if pins and device.startswith("cuda"):  # each point process sees only its GPU: cuda:0 there
         device, job_device = f"cuda:{pins[0].id}", "cuda"
     else:
@@ -170,7 +174,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
 
     if existing is None:
-        data = _new_results(suite, device, workdir)
+        data = _new_results(suite, device, workdir, gpus)
         if shard is not None:
             data["shard"] = shard.to_dict()
         if pins:
@@ -181,7 +185,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         data = existing
         data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
         data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
-        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before"))
+        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
         if pins:  # another --devices than the first run's is fine: each round names its device
             data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
@@ -209,7 +213,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         progress.close()
         shutil.rmtree(workdir, ignore_errors=True)
         with sweep.lock:
-            data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after"))
+            data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after", gpus))
             write_json_atomic(path, data)
     print(f"results: {path}", file=sys.stderr)
     if report:

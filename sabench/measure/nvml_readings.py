@@ -92,6 +92,12 @@ def _initialised(nvml=None):
         _shutdown(mod)
 
 
+def nvml_handle(nvml, gpu):
+    """NVML's handle of `gpu`: an index (int, or digits) or a UUID, as CUDA_VISIBLE_DEVICES names GPUs."""
+    text = str(gpu).strip()
+    return nvml.nvmlDeviceGetHandleByIndex(int(text)) if text.isdigit() else nvml.nvmlDeviceGetHandleByUUID(text)
+
+
 def _devices(nvml):
     """(parsed PCI bus id, handle) of every GPU NVML sees, in NVML's order."""
     for i in range(int(nvml.nvmlDeviceGetCount())):

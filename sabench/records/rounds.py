@@ -93,31 +93,29 @@ def parse_rounds(w: Where, v) -> Tuple[RoundSample, ...]:
     return out
 
 
-def ok_rounds(record) -> Dict[int, float]:
-    """round index -> that round's median (ms), for the rounds of `record` that measured."""
-    return {r.round: r.median_ms for r in (record.rounds or ()) if r.ok and r.median_ms is not None}
+def ok_rounds(record, fastest: bool = False) -> Dict[int, float]:
+    """round index -> that round's median (ms), or its fastest step with `fastest` (a round stored
+    without its samples counts with its median), for the rounds of `record` that measured."""
+    return {r.round: min(r.samples) if fastest and r.samples else r.median_ms
+            for r in (record.rounds or ()) if r.ok and r.median_ms is not None}
 
 
 def round_minima(record) -> Tuple[Tuple[float, ...], bool]:
-    """(values, within_process) as round_medians, of each measured round's FASTEST step: what the
-    regression gate judges. Interference from other work only ever adds time to a step, so a
-    round's fastest step tracks the cost of the work itself where its median follows how busy the
-    machine was (see docs/methodology.md, "The regression gate"). A round stored without its
-    samples counts with its median."""
-    per_round = [min(r.samples) if r.samples else r.median_ms for r in (record.rounds or ())
-                 if r.ok and (r.samples or r.median_ms is not None)]
+    """(values, within_process) as round_medians, of each measured round's FASTEST step: what every
+    ratio's interval and the regression gate are computed from. Interference from other work only
+    ever adds time to a step, so a round's fastest step tracks the cost of the work itself where
+    its median follows how busy the machine was (docs/methodology.md, "The regression gate")."""
+    per_round = ok_rounds(record, fastest=True)
     if len(per_round) >= 2:
-        return tuple(per_round), False
+        return tuple(per_round.values()), False
     return round_medians(record)
 
 
 def round_medians(record) -> Tuple[Tuple[float, ...], bool]:
-    """(values, within_process): the samples every interval on this point is computed from.
-
-    With two or more measured rounds: one median per round, within_process False. Otherwise (a v1
-    record, or a single round): the raw step samples of the record's headline latency, flagged
-    within_process True (pseudo-rounds: they understate the spread between processes).
-    A record that did not measure gives ((), True).
+    """(values, within_process): one median per measured round when there are two or more,
+    within_process False. Otherwise (a v1 record, or a single round): the raw step samples of the
+    record's headline latency, flagged within_process True (pseudo-rounds: they understate the
+    spread between processes). A record that did not measure gives ((), True).
     """
     per_round = ok_rounds(record)
     if len(per_round) >= 2:
@@ -126,10 +124,10 @@ def round_medians(record) -> Tuple[Tuple[float, ...], bool]:
     return (tuple(lat.samples) if lat is not None else ()), True
 
 
-def paired_round_medians(base, cand) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
-    """The per-round medians of two records of ONE run on the rounds both measured (round k of
-    both, adjacent in time), or None when they share fewer than two measured rounds."""
-    b, c = ok_rounds(base), ok_rounds(cand)
+def paired_round_minima(base, cand) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """Each round's fastest step of two records of ONE run, on the rounds both measured (round k
+    of both, adjacent in time), or None when they share fewer than two measured rounds."""
+    b, c = ok_rounds(base, fastest=True), ok_rounds(cand, fastest=True)
     common = sorted(set(b) & set(c))
     if len(common) < 2:
         return None

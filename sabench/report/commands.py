@@ -56,7 +56,7 @@ def register(subparsers) -> None:
                     "(including invalid timings). Deterministic figures (params, KV bytes, FLOPs) and ok "
                     "statuses must match exactly (a point ok in BASELINE that errors, runs out of memory or is "
                     "missing in CURRENT regresses). A timing regresses when the confidence interval of its "
-                    "slowdown (CURRENT / BASELINE over per-round medians) lies wholly above 1 + --threshold; "
+                    "slowdown (CURRENT / BASELINE over each round's fastest step) lies wholly above 1 + --threshold; "
                     "the intervals are Bonferroni-corrected so the whole check raises a false alarm with "
                     "probability at most --alpha. Files without rounds (schema v1) are judged on the steps of "
                     "one process, marked within-process only. The first line of the output (and of --markdown) "

@@ -1,9 +1,11 @@
 """Confidence intervals on the ratios readers print: report, compare and check share these.
 
-Every interval is computed over rounds (one median per round, sabench.records.round_medians):
+Every interval is computed over rounds, from each round's fastest step (sabench.records.round_minima:
+a neighbour on the machine only ever adds time, so the fastest step follows the work while the
+median follows the load; the latencies printed beside the ratios stay medians):
 - two variants of one cell in ONE run are paired by round (round k of both was measured back to
   back), `ratio_interval(..., paired=True)` on the rounds both measured;
-- points of two different runs are unpaired (Welch t on the log per-round medians);
+- points of two different runs are unpaired (Welch t on the logs of the per-round values);
 - a record without two measured rounds (schema v1, a one-round run) falls back to the steps of its
   one process, and the interval is marked within-process only (printed with a †).
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from sabench.records import PhaseRecord, paired_round_medians, round_medians
+from sabench.records import PhaseRecord, paired_round_minima, round_medians, round_minima
 from sabench.stats import DEFAULT_THRESHOLD, RatioEstimate, Verdict, ratio_interval, verdict
 
 CONFIDENCE = 0.95
@@ -30,11 +32,11 @@ def time_ratio(base: Optional[PhaseRecord], cand: Optional[PhaseRecord], *, same
         return None
     where = f"{cand.label} vs {base.label}"
     if same_run:
-        pair = paired_round_medians(base, cand)
+        pair = paired_round_minima(base, cand)
         if pair is not None:
             return ratio_interval(pair[0], pair[1], paired=True, confidence=confidence, where=where)
-    b, wb = round_medians(base)
-    c, wc = round_medians(cand)
+    b, wb = round_minima(base)
+    c, wc = round_minima(cand)
     if len(b) < 2 or len(c) < 2:
         return None
     return ratio_interval(b, c, confidence=confidence, where=where, within_process=wb or wc)

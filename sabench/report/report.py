@@ -343,7 +343,8 @@ def _phase_notes(results, index, phase, env) -> str:
                      + (f" ({dt} steps per run)" if dt else "") + "; tokens/s = batch / median step.")
         notes.append("MBU = analytic bytes moved per step / median / peak bandwidth.")
     notes.append("Speedup = baseline time / variant time at the same batch and seq_len (ratio of geometric "
-                 "means of per-round medians, paired by round) with its 95% interval.")
+                 "means of each round's fastest step, paired by round: a busy machine only ever adds time) "
+                 "with its 95% interval; the latencies shown are medians.")
     if any(r.ok and not r.rounds for r in recs):
         notes.append(WITHIN_NOTE)
     if srcs:

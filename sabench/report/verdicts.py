@@ -59,7 +59,8 @@ def basis(judged: List[Judged], threshold: float) -> str:
                "(within-process only, marked †): it ignores process-to-process variation and is too narrow")
     else:
         rr = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}–{rounds[-1]}" if rounds else "several"
-        how = f"intervals over {rr} rounds per point, paired by round (variants of a cell measured back to back)"
+        how = (f"intervals over {rr} rounds per point, on each round's fastest step (other work on the machine "
+               "only ever adds time), paired by round (variants of a cell measured back to back)")
     return (f"How to read the speed findings: speedup = baseline time / variant time with its "
             f"{CONFIDENCE:.0%} interval; {how}. A variant is called faster or slower only where the whole "
             f"interval clears the {threshold:.0%} practical threshold and is narrower than the effect.")
@@ -86,7 +87,7 @@ def speed_findings(results, index: Dict[Key, PhaseRecord], threshold: float = DE
             unit = "ms" if phase == "prefill" else "ms/token"
             out.append(f"**{phase.capitalize()}**: the largest speedup over baseline that the data supports is "
                        f"**{fmt_est(best.speedup)}**, `{k[0]}` at batch {k[1]}, seq_len {k[2]} "
-                       f"({fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit}).")
+                       f"(median {fmt_ms(v_ms)} vs {fmt_ms(b_ms)} {unit}).")
         elif not any(j.label == "slower" for j in js):
             out.append(f"**{phase.capitalize()}**: no variant is distinguishable from baseline on this run "
                        f"({_reasons(js, threshold)}).")
