@@ -211,11 +211,13 @@ def _max_batch_cell(cap: dict) -> str:
 
 
 def cmd_run(args) -> int:
+    from sabench.harness.device_list import parse_devices  # --devices 0,1,3|all: checked by the runner
+    from sabench.harness.shard import parse_shard
     from sabench.harness.sweep import run_suite
     from sabench.suite import find_suite, load_suite
 
-    shard = _shard(args.shard)
-    devices = _devices(args.devices)
+    shard = _run_option(args.shard, parse_shard)
+    devices = _run_option(args.devices, parse_devices)
     suite = load_suite(find_suite(args.suite))
     if suite.tensor_parallel > 1:  # before anything runs: GPUs enough, a sweep the ranks can run
         from sabench.devices import resolve_device
@@ -237,26 +239,13 @@ def cmd_run(args) -> int:
                          threads=args.threads, retry_failed=args.retry_failed, shard=shard, devices=devices)
 
 
-def _devices(text):
-    """--devices 0,1,3|all, parsed at the edge; checked against the suite and this machine by the runner."""
-    from sabench.harness.device_list import parse_devices
-
+def _run_option(text, parse):
+    """A `sabench run` option parsed when the command runs (docs show `--shard $SLURM_ARRAY_TASK_ID/8`):
+    None when not given; the parser's ValueError becomes a one-line user error."""
     if text is None:
         return None
     try:
-        return parse_devices(text)
-    except ValueError as e:
-        raise UserError(f"{e}, in 'sabench run', see 'sabench run --help'") from None
-
-
-def _shard(text):
-    """--shard i/N, parsed when the command runs (docs show `--shard $SLURM_ARRAY_TASK_ID/8`)."""
-    from sabench.harness.shard import parse_shard
-
-    if text is None:
-        return None
-    try:
-        return parse_shard(text)
+        return parse(text)
     except ValueError as e:
         raise UserError(f"{e}, in 'sabench run', see 'sabench run --help'") from None
 
