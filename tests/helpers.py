@@ -30,12 +30,14 @@ def hf_model(cfg: ModelConfig, seed=0):
     return AutoModelForCausalLM.from_config(hf_cfg, torch_dtype=torch.float32).eval()
 
 
-def tiny_suite(name: str, *, decode_tokens: int = 4, warmup: int = 1, repeats: int = 3) -> str:
-    """The text of a small CPU suite over the `tiny` preset: baseline, cla:2 and sa:2-3 at
-    batch sizes 1, 2 and seq_lens 16, 32 (tests `.replace` parts of it for their variations)."""
+def tiny_suite(name: str, *, variants=("baseline", "cla:2", "sa:2-3"), batch_sizes=(1, 2), seq_lens=(16, 32),
+               decode_tokens: int = 4, warmup: int = 1, repeats: int = 3) -> str:
+    """The text of a small CPU suite over the `tiny` preset (by default baseline, cla:2 and sa:2-3 at
+    batch sizes 1, 2 and seq_lens 16, 32; tests `.replace` parts of it for their variations)."""
+    names = ", ".join(v if v == "baseline" else f'"{v}"' for v in variants)
     return (f"name: {name}\nmodel: tiny\ndtype: float32\ndevice: cpu\n"
-            'variants: [baseline, "cla:2", "sa:2-3"]\n'
-            "sweep:\n  batch_size: [1, 2]\n  seq_len: [16, 32]\n"
+            f"variants: [{names}]\n"
+            f"sweep:\n  batch_size: {list(batch_sizes)}\n  seq_len: {list(seq_lens)}\n"
             f"decode_tokens: {decode_tokens}\nwarmup: {warmup}\nrepeats: {repeats}\n")
 
 

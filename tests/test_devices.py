@@ -15,20 +15,9 @@ from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.records import load_results
 from sabench.report import devices, topology
 from sabench.suite import Point
+from tests.helpers import tiny_suite, write_suite
 
-SUITE = """\
-name: devices
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "cla:2"]
-sweep:
-  batch_size: [1]
-  seq_len: [16, 32]
-decode_tokens: 2
-warmup: 0
-repeats: 2
-"""
+SUITE = tiny_suite("devices", variants=("baseline", "cla:2"), batch_sizes=(1,), decode_tokens=2, warmup=0, repeats=2)
 DETERMINISTIC = ("params", "kv_cache_bytes", "flops", "bytes_moved", "memory_predicted_bytes", "status")
 
 
@@ -42,9 +31,7 @@ def env(tmp_path, monkeypatch):
 
 
 def _suite(tmp_path, text=SUITE):
-    p = tmp_path / "devices.yaml"
-    p.write_text(text)
-    return p
+    return write_suite(tmp_path, text, "devices.yaml")
 
 
 def _data(out):

@@ -9,6 +9,7 @@ import pytest
 from sabench.cli import main
 from sabench.harness.shard import Shard, assign, parse_shard, point_cost, shard_points
 from sabench.suite import load_suite
+from tests.helpers import tiny_suite, write_suite
 
 
 def _all_shards(points, n, cost):
@@ -82,19 +83,8 @@ def test_point_cost_is_analytic_flops_and_grows_with_size():
 
 # ---------------------------------------------------------------------------- merge, end to end
 
-SUITE = """\
-name: shardmini
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "cla:2"]
-sweep:
-  batch_size: [1]
-  seq_len: [16, 32]
-decode_tokens: 2
-warmup: 0
-repeats: 1
-"""
+SUITE = tiny_suite("shardmini", variants=("baseline", "cla:2"), batch_sizes=(1,), decode_tokens=2, warmup=0,
+                   repeats=1)
 DETERMINISTIC = ("params", "kv_cache_bytes", "bytes_moved", "status")
 
 
@@ -108,8 +98,7 @@ def _figures(out):
 @pytest.fixture(scope="module")
 def shard_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shards")
-    suite = tmp / "shardmini.yaml"
-    suite.write_text(SUITE)
+    suite = write_suite(tmp, SUITE, "shardmini.yaml")
     rcs = [main(["run", str(suite), "--out", str(tmp / name), "--no-report", *extra])
            for name, extra in (("whole", []), ("s1", ["--shard", "1/2"]), ("s2", ["--shard", "2/2"]))]
     assert rcs == [0, 0, 0]
