@@ -65,18 +65,21 @@ def visible_gpus(count: Optional[int] = None) -> list:
     """The physical ids of the GPUs this process sees, in CUDA's order: CUDA_VISIBLE_DEVICES's
     entries (as many as CUDA found), else 0..count-1."""
     n = gpu_count() if count is None else count
+    named = _cuda_visible_devices()
+    return [str(i) for i in range(n)] if named is None else named[:n]
+
+
+def _cuda_visible_devices() -> Optional[list]:
+    """CUDA_VISIBLE_DEVICES's entries, None when it is not set."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
-        return [str(i) for i in range(n)]
-    return [x.strip() for x in env.split(",") if x.strip()][:n]
+    return None if env is None else [x.strip() for x in env.split(",") if x.strip()]
 
 
 def physical_gpu(index: int) -> str:
     """The GPU that this process's CUDA index `index` names, as NVML knows it (an index or UUID),
     from CUDA_VISIBLE_DEVICES alone: nothing here touches CUDA."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    entries = [x.strip() for x in env.split(",") if x.strip()] if env is not None else []
-    return entries[index] if index < len(entries) else str(index)
+    named = _cuda_visible_devices() or []
+    return named[index] if index < len(named) else str(index)
 
 
 def resolve_pins(spec, device: str, tensor_parallel: int = 1, warn: bool = True) -> Tuple[Pin, ...]:
