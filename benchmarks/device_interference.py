@@ -134,14 +134,13 @@ def _device(choice: str) -> str:
 
 def per_round(results) -> Dict[str, Dict[str, List[float]]]:
     """phase -> {"median": each measured round's median step, "fastest": its fastest step} (ms)."""
+    from sabench.records.rounds import ok_rounds
+
     out = {p: {s: [] for s in STATS} for p in PHASES}
     for rec in results.records:
-        if rec.phase not in out:
-            continue
-        for r in rec.rounds or ():
-            if r.ok and r.median_ms is not None:
-                out[rec.phase]["median"].append(r.median_ms)
-                out[rec.phase]["fastest"].append(min(r.samples) if r.samples else r.median_ms)
+        if rec.phase in out:
+            out[rec.phase]["median"] += ok_rounds(rec).values()
+            out[rec.phase]["fastest"] += ok_rounds(rec, fastest=True).values()
     return out
 
 
