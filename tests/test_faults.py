@@ -301,3 +301,35 @@ def test_preflight_warns_about_an_unusable_cache_without_failing(tmp_path, capsy
     warns = preflight(SimpleNamespace(weights="random"), "cpu", tmp_path, 1, cache_dir=blocker / "flops")
     assert len(warns) == 1 and "not usable" in warns[0]
     assert capsys.readouterr().err.count("warning") == 1
+
+
+def test_the_slowdown_seam_reads_a_phase_a_point_or_both():
+    from sabench.harness.faults import slowdown_factors
+
+    def f(spec, key=("cla:2", 4, 128)):
+        return slowdown_factors(spec, *key)
+
+    assert f(None) == {"prefill": 1.0, "decode": 1.0}
+    assert f("1.5") == {"prefill": 1.5, "decode": 1.5}
+    assert f("decode:1.5") == {"prefill": 1.0, "decode": 1.5}
+    assert f("prefill:cla:2|4|128=2") == {"prefill": 2.0, "decode": 1.0}
+    assert f("cla:2|4|128=3") == {"prefill": 3.0, "decode": 3.0}  # a key that starts like a phase-less item
+    assert f("decode:baseline|4|128=2") == {"prefill": 1.0, "decode": 1.0}  # another point
+
+
+def test_a_decode_slowdown_leaves_prefill_alone():
+    from sabench.harness.faults import slow_down
+
+    class M:
+        calls = []
+
+        def prefill(self, x):
+            return x
+
+        def greedy_step_fn(self):
+            return lambda: 7
+
+    m = M()
+    before = m.prefill
+    slow_down(m, {"prefill": 1.0, "decode": 1.2})
+    assert m.prefill == before and m.greedy_step_fn()() == 7

@@ -52,20 +52,29 @@ SLOW_ENV = "SABENCH_FAULT_SLOWDOWN"
 
 
 def slowdown_from_env() -> Optional[str]:
-    """The raw SABENCH_FAULT_SLOWDOWN value: "FACTOR" (every point) or "KEY=FACTOR,..." (named
-    points), read once by the sweep. A test seam of benchmarks/gate_error_rates.py: a candidate
-    that is really FACTOR times slower, to measure how often the gate catches it."""
+    """The raw SABENCH_FAULT_SLOWDOWN value, read once by the sweep: comma-separated items, each
+    "[PHASE:]FACTOR" (every point) or "[PHASE:]KEY=FACTOR" (one point), PHASE being prefill or
+    decode (default both). A test seam of the gate benchmarks: a candidate that is really FACTOR
+    times slower, to measure how often the gate catches it."""
     return os.environ.get(SLOW_ENV)
 
 
-def slowdown_factor(fault_slow: Optional[str], variant: str, batch_size: int, seq_len: int) -> float:
-    """This point's slowdown factor (1.0: none)."""
+PHASES = ("prefill", "decode")
+
+
+def slowdown_factors(fault_slow: Optional[str], variant: str, batch_size: int, seq_len: int) -> dict:
+    """This point's slowdown factor per phase ({"prefill": 1.0, "decode": 1.0}: none)."""
     key = point_key(variant, batch_size, seq_len)
+    out = dict.fromkeys(PHASES, 1.0)
     for item in (x.strip() for x in (fault_slow or "").split(",") if x.strip()):
-        k, sep, factor = item.rpartition("=")
+        phase, colon, rest = item.partition(":")
+        if not colon or phase not in PHASES:
+            phase, rest = None, item
+        k, sep, factor = rest.rpartition("=")
         if not sep or k.strip() == key:
-            return float(factor)
-    return 1.0
+            for ph in ([phase] if phase else PHASES):
+                out[ph] = float(factor)
+    return out
 
 
 def slowed(fn, factor: float):
@@ -83,10 +92,10 @@ def slowed(fn, factor: float):
     return call
 
 
-def slow_down(model, factor: float) -> None:
-    """Make `model`'s prefill and decode step `factor` times slower (see `slowed`)."""
-    if factor == 1.0:
-        return
-    prefill, step_fn = model.prefill, model.greedy_step_fn
-    model.prefill = slowed(prefill, factor)
-    model.greedy_step_fn = lambda *a, **k: slowed(step_fn(*a, **k), factor)
+def slow_down(model, factors: dict) -> None:
+    """Make `model`'s prefill and decode step the given factors slower (see `slowed`)."""
+    if factors["prefill"] != 1.0:
+        model.prefill = slowed(model.prefill, factors["prefill"])
+    if factors["decode"] != 1.0:
+        step_fn, f = model.greedy_step_fn, factors["decode"]
+        model.greedy_step_fn = lambda *a, **k: slowed(step_fn(*a, **k), f)

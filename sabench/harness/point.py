@@ -18,7 +18,7 @@ import torch
 from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
 from sabench.io import write_json_atomic
-from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factor
+from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factors
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
 from sabench.measure.nvml_readings import parse_pci_bus_id
@@ -144,7 +144,7 @@ def build_point_model(job: PointJob, device: torch.device, overhead: dict, build
     maybe_inject_oom(job.fault_oom, job.variant, job.batch_size, job.seq_len, "model build")
     model = build()
     model.set_execution(job.execution)
-    slow_down(model, slowdown_factor(job.fault_slowdown, job.variant, job.batch_size, job.seq_len))  # a test seam
+    slow_down(model, slowdown_factors(job.fault_slowdown, job.variant, job.batch_size, job.seq_len))  # a test seam
     sync(device)
     overhead["model_build_s"] = time.perf_counter() - t0
     return model

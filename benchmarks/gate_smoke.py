@@ -1,0 +1,177 @@
+"""The error rates of the gate on the suite CI runs (`smoke`), measured as `sabench continuous` runs it.
+
+    python benchmarks/gate_smoke.py collect OUT [--pairs 40] [--detect 20] [--rounds 3]
+                                                [--slowdown decode:1.5] [--suite smoke] [--threads 1]
+    python benchmarks/gate_smoke.py judge OUT [--threshold 5%]
+
+`collect` measures, on whatever load the machine has (it records the 1-minute load average before
+every invocation), blocks of runs of one suite, rounds interleaved exactly as `sabench continuous`
+interleaves base and head (`sabench run SUITE --rounds k --resume` into each side in turn):
+block j holds two runs of identical code, `a` and `b`, and for the first `--detect` blocks a third,
+`slow`, whose every timed call of the chosen phase is really FACTOR times slower
+(SABENCH_FAULT_SLOWDOWN, sabench.harness.faults: a busy wait, so the CPU stays occupied). It can be
+stopped and started again: finished invocations are kept in OUT/log.jsonl and skipped.
+
+`judge` runs `sabench.report.check.check` (the statistic `check --timings on` and `continuous` use)
+on every pair: (a, b) of each block is an identical pair (any timing regression is a family-wise
+false alarm), (a, slow) a slowed pair (the gate should fail). It prints the rates with 95%
+Clopper-Pearson intervals, the per-point detection rate, the points of the other phase called
+changed, the suite-level verdicts, and how heavy-tailed the per-round fastest steps are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _log(out: Path) -> dict:
+    p = out / "log.jsonl"
+    done = {}
+    if p.exists():
+        for line in p.read_text().splitlines():
+            e = json.loads(line)
+            done[(e["dir"], e["round"])] = e
+    return done
+
+
+def collect(args) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _log(out)
+    (out / "setup.json").write_text(json.dumps(vars(args) | {"cores": os.cpu_count()}, indent=1))
+    for j in range(args.pairs):
+        sides = [("a", None), ("b", None)] + ([("slow", args.slowdown)] if j < args.detect else [])
+        for k in range(1, args.rounds + 1):
+            for side, slow in sides:
+                d = out / f"block{j:03d}" / side
+                if (str(d), k) in done:
+                    continue
+                env = dict(os.environ)
+                env.pop("SABENCH_FAULT_SLOWDOWN", None)
+                if slow:
+                    env["SABENCH_FAULT_SLOWDOWN"] = slow
+                cmd = [sys.executable, "-m", "sabench.cli", "run", args.suite, "--out", str(d), "--no-report",
+                       "--rounds", str(k), "--threads", str(args.threads)]
+                if (d / "results.json").exists():
+                    cmd.append("--resume")
+                load = os.getloadavg()[0]
+                t0 = time.time()
+                r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if r.returncode not in (0, 1):
+                    print(r.stderr[-2000:], file=sys.stderr)
+                    return r.returncode
+                e = {"dir": str(d), "round": k, "slowdown": slow, "load1": load, "seconds": time.time() - t0}
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(e) + "\n")
+        print(f"block {j + 1}/{args.pairs} done, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _cp(k: int, n: int) -> str:
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return "0/0"
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return f"{k}/{n} = {k / n:.1%} [95% CI {ci.low:.1%}, {ci.high:.1%}]"
+
+
+def judge(args) -> int:
+    import numpy as np
+
+    from sabench.records import load_results, round_minima
+    from sabench.report.check import check, parse_threshold
+
+    out = Path(args.out)
+    thr = parse_threshold(args.threshold)
+    blocks = sorted(p for p in out.glob("block*") if (p / "a" / "results.json").exists())
+    setup = json.loads((out / "setup.json").read_text())
+    phase = setup["slowdown"].partition(":")[0] if ":" in setup["slowdown"] else None
+    false_alarms, pairs, caught, slowed = 0, 0, 0, 0
+    suite_false, suite_caught = 0, 0
+    point_hits, point_total, other_changed, other_total = 0, 0, 0, 0
+    for b in blocks:
+        if not (b / "b" / "results.json").exists():
+            continue
+        res = check(b / "a", b / "b", threshold=thr, timings=True)
+        timing = [f for f in res.regressions if f.metric == "latency" or f.metric.startswith("suite")]
+        pairs += 1
+        false_alarms += bool(timing)
+        suite_false += any(f.metric.startswith("suite") for f in res.regressions)
+        if (b / "slow" / "results.json").exists():
+            res = check(b / "a", b / "slow", threshold=thr, timings=True)
+            slowed += 1
+            caught += bool(res.regressions)
+            suite_caught += any(f.metric.startswith("suite") for f in res.regressions)
+            for f in res.regressions + res.improvements:
+                if f.metric != "latency":
+                    continue
+                if phase is None or f.key[3] == phase:
+                    point_hits += f in res.regressions
+                else:
+                    other_changed += 1
+            n = res.judged
+            point_total += sum(1 for _ in range(n)) if phase is None else n // 2
+            other_total += 0 if phase is None else n - n // 2
+    loads = [json.loads(x)["load1"] for x in (out / "log.jsonl").read_text().splitlines()]
+    print(f"setup: {setup}")
+    print(f"machine load (1-minute average before each invocation): median {np.median(loads):.2f}, "
+          f"range {min(loads):.2f}-{max(loads):.2f}, on {setup['cores']} cores")
+    print(f"identical pairs failing the gate (family-wise false alarms): {_cp(false_alarms, pairs)}"
+          f"; of them by a suite-level verdict: {suite_false}")
+    print(f"slowed pairs failing the gate ({setup['slowdown']}): {_cp(caught, slowed)}; "
+          f"by a suite-level verdict: {_cp(suite_caught, slowed)}")
+    print(f"slowed points flagged individually: {_cp(point_hits, point_total)}")
+    if phase:
+        print(f"untouched-phase points called changed in slowed pairs: {_cp(other_changed, other_total)}")
+    # tails: each point's per-round fastest steps, as log deviations from that point's median
+    dev = []
+    for b in blocks:
+        for side in ("a", "b"):
+            p = b / side / "results.json"
+            if not p.exists():
+                continue
+            for r in load_results(p).records:
+                if r.ok:
+                    v, within = round_minima(r)
+                    if not within and len(v) >= 3:
+                        lv = np.log(v)
+                        dev += list(lv - np.median(lv))
+    dev = np.asarray(dev)
+    if dev.size:
+        from scipy.stats import kurtosis
+
+        mad = 1.4826 * np.median(np.abs(dev - np.median(dev)))
+        print(f"per-round fastest step, log deviation from its run's median: {dev.size} values, "
+              f"excess kurtosis {kurtosis(dev):.1f} (0 for a normal), "
+              f"{np.mean(np.abs(dev) > 3 * mad):.1%} beyond 3 robust SDs (0.3% for a normal), "
+              f"largest {math.exp(dev.max()):.2f}x the median")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("out")
+    c.add_argument("--pairs", type=int, default=40)
+    c.add_argument("--detect", type=int, default=20)
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--slowdown", default="decode:1.5")
+    c.add_argument("--suite", default="smoke")
+    c.add_argument("--threads", type=int, default=1)
+    j = sub.add_parser("judge")
+    j.add_argument("out")
+    j.add_argument("--threshold", default="5%")
+    args = ap.parse_args(argv)
+    return collect(args) if args.cmd == "collect" else judge(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
