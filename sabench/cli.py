@@ -337,10 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rounds", type=int_in(1, 100), default=None,
                    help="passes over every point, each in a fresh shuffled order of (batch, seq) cells with a "
                         "cell's variants back to back; each (point, round) its own process (default: the "
-                        "suite's `rounds`, else 1)")
+                        "suite's `rounds`, else 3: the fewest that give intervals across processes and gate "
+                        "verdicts; a run takes about ROUNDS times one round's time; with 1 or 2 the report "
+                        "gives estimates only and check does not judge timings)")
     r.add_argument("--threads", type=int_in(1, 4096), default=None,
                    help="torch intra-op threads in every point process (default: the suite's `threads`, "
-                        "else torch's default); recorded in results.json")
+                        "else 1 on CPU, where more threads spin against any other work on the machine, and "
+                        "torch's default on CUDA); recorded in results.json")
     r.add_argument("--retry-failed", nargs="?", const="errors", choices=("errors", "oom"), default=None,
                    help="with --resume: measure again the rounds that failed with status error or killed "
                         "(--retry-failed=oom: also those that ran out of memory or were skipped after an "

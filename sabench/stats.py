@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -62,6 +62,21 @@ def summarize(samples_ms: Sequence[float]) -> dict:
     }
 
 
+def median(xs: Sequence[float]) -> Optional[float]:
+    """The median of a list of numbers (None for an empty one)."""
+    s = sorted(float(x) for x in xs)
+    if not s:
+        return None
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def geomean(xs: Sequence[float]) -> float:
+    """Geometric mean of positive numbers (the mean of ratios that multiply)."""
+    xs = list(xs)
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
 def validate_samples(samples: Sequence[float], where: str, *, min_n: int = 1) -> np.ndarray:
     """The samples as a float64 array, or ValueError naming `where` and the first bad value.
 
@@ -91,6 +106,20 @@ def round_summaries(rounds: Sequence[Sequence[float]], where: str, *, min_rounds
     interval functions expect. Round i is named in the error as `where`, round i."""
     out = [float(statistic(validate_samples(r, f"{where}, round {i}"))) for i, r in enumerate(rounds)]
     return validate_samples(out, where, min_n=min_rounds)
+
+
+def geomean_per_round(per_point: Sequence[dict]) -> list:
+    """Per round, the geometric mean over points of each point's value in that round.
+
+    per_point: one {round index: value} mapping per point (sabench.records.ok_rounds). Only the
+    rounds every point measured count, in round order. This makes a suite-level series with the
+    round as its replication unit: load that slows a whole round moves its value once, instead of
+    counting as independent noise in every point, so an interval over these values keeps its
+    coverage when the points of a round share the machine's conditions."""
+    if not per_point:
+        return []
+    common = sorted(set.intersection(*(set(p) for p in per_point)))
+    return [math.exp(sum(math.log(p[k]) for p in per_point) / len(per_point)) for k in common]
 
 
 # -- ratio intervals --------------------------------------------------------------------------------
@@ -392,6 +421,6 @@ def _pct(ratio: float) -> str:
 
 from sabench.step_detect import Segment, Step, StepFit, detect_steps  # noqa: E402  (re-export)
 
-__all__ = ["summarize", "validate_samples", "round_summaries", "RatioEstimate", "ratio_interval", "fmt_ratio",
+__all__ = ["summarize", "median", "geomean", "validate_samples", "round_summaries", "geomean_per_round", "RatioEstimate", "ratio_interval", "fmt_ratio",
            "Verdict", "verdict", "GateResult", "regression", "detect_steps", "Step", "Segment",
            "StepFit", "METHODS", "DEFAULT_THRESHOLD", "MIN_ROUNDS"]

@@ -25,11 +25,13 @@ is rejected with its key path before loading. Schema::
     decode_tokens: 16           # optional, default 32; 1..2**20
     warmup: 2                   # optional, default 2; 0..1000
     repeats: 5                  # optional, default 5; 1..10000 (timed calls per round)
-    rounds: 1                   # optional, default 1; 1..100: passes over every point, each in a fresh
-                                # shuffled order of (batch, seq) cells, a cell's variants back to back;
-                                # each (point, round) its own process (`sabench run --rounds` overrides)
-    threads: null               # optional; torch intra-op threads in every point process (CPU
-                                # reproducibility; `sabench run --threads` overrides); null: torch's default
+    rounds: 3                   # optional, default 3 (DEFAULT_ROUNDS); 1..100: passes over every point,
+                                # each in a fresh shuffled order of (batch, seq) cells, a cell's variants
+                                # back to back; each (point, round) its own process, so a run takes about
+                                # `rounds` times one round's time (`sabench run --rounds` overrides). Fewer
+                                # than 3 rounds give estimates, never findings or gate verdicts
+    threads: null               # optional; torch intra-op threads in every point process (`sabench run
+                                # --threads` overrides); null: 1 on CPU (default_threads), torch's own on CUDA
     prefill_chunk: null         # optional; null or >= 1 (chunked prefill query block)
     memory: null                # optional; memory `max` fits in (80GiB, 16GB, bytes); default: the
                                 # CUDA device's total memory, on CPU the available RAM
@@ -78,9 +80,12 @@ DEFAULTS = {
     "execution": "auto",
     "parallel": None,
     "allow_long_context": False,
-    "rounds": 1,
+    "rounds": 3,  # DEFAULT_ROUNDS
     "threads": None,
 }
+# Three rounds is the fewest that give an interval across processes (a paired t with 2 degrees of
+# freedom) and let `check` judge a point (stats.MIN_ROUNDS); it triples a one-round run's time.
+DEFAULT_ROUNDS = DEFAULTS["rounds"]
 MAX_ROUNDS, MAX_THREADS = 100, 4096
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
@@ -132,8 +137,8 @@ class Suite:
     allow_long_context: bool = False  # seq_len + decode_tokens may exceed the model's positions
     weights: str = "random"  # random | checkpoint (sabench/loading.py)
     quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
-    rounds: int = 1  # passes over every point (sabench.harness.rounds)
-    threads: Optional[int] = None  # torch intra-op threads in every point process; None: torch's default
+    rounds: int = DEFAULT_ROUNDS  # passes over every point (sabench.harness.rounds)
+    threads: Optional[int] = None  # torch intra-op threads per point process; None: default_threads(device)
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -199,6 +204,20 @@ def resolve_execution(execution: str, device: str) -> str:
     if execution == "auto":
         return "compiled" if str(device).startswith("cuda") else "eager"
     return execution
+
+
+def resolve_threads(threads: Optional[int], device: str) -> Optional[int]:
+    """The torch intra-op threads of a point process: the suite's (or --threads), else 1 on CPU
+    and torch's own choice (None) on CUDA.
+
+    One thread on CPU because torch's default (a thread per core, spinning while it waits) turns
+    any other work on the machine into 10-30x slower and erratic steps: the `tiny` decode step at
+    b=4 s=128 measured 1.45-1.58 ms a round with one thread and 26-40 ms with two (prefill 19-32 ms
+    vs 430-918 ms) on 2 cores at a 1-minute load average of 6 to 10 (docs/methodology.md,
+    "Threads"). On CUDA the host threads only launch kernels."""
+    if threads is not None:
+        return threads
+    return None if str(device).startswith("cuda") else 1
 
 
 def find_suite(name_or_path) -> Path:

@@ -31,14 +31,16 @@ def hf_model(cfg: ModelConfig, seed=0):
 
 
 def tiny_suite(name: str, *, variants=("baseline", "cla:2", "sa:2-3"), batch_sizes=(1, 2), seq_lens=(16, 32),
-               decode_tokens: int = 4, warmup: int = 1, repeats: int = 3) -> str:
+               decode_tokens: int = 4, warmup: int = 1, repeats: int = 3, rounds=1) -> str:
     """The text of a small CPU suite over the `tiny` preset (by default baseline, cla:2 and sa:2-3 at
-    batch sizes 1, 2 and seq_lens 16, 32; tests `.replace` parts of it for their variations)."""
+    batch sizes 1, 2 and seq_lens 16, 32, one round; rounds=None leaves `rounds` to the default;
+    tests `.replace` parts of it for their variations)."""
     names = ", ".join(v if v == "baseline" else f'"{v}"' for v in variants)
     return (f"name: {name}\nmodel: tiny\ndtype: float32\ndevice: cpu\n"
             f"variants: [{names}]\n"
             f"sweep:\n  batch_size: {list(batch_sizes)}\n  seq_len: {list(seq_lens)}\n"
-            f"decode_tokens: {decode_tokens}\nwarmup: {warmup}\nrepeats: {repeats}\n")
+            f"decode_tokens: {decode_tokens}\nwarmup: {warmup}\nrepeats: {repeats}\n"
+            + (f"rounds: {rounds}\n" if rounds is not None else ""))
 
 
 def write_suite(directory, text: str, filename: str = "suite.yaml"):

@@ -247,7 +247,9 @@ def with_rounds(results: dict, rounds: int = 6, *, factors: Optional[dict] = Non
         if r.get("status") != "ok":
             continue
         cell = (r["batch_size"], r["seq_len"], r["phase"])
-        base = true[cell] * factors.get(r["variant"], 1.0)
+        base = true.get(cell, r["latency_ms"]["median"]) * factors.get(r["variant"], 1.0)
+        if cell not in drift:  # the first variant did not measure here (e.g. out of memory)
+            drift[cell] = np.exp(rng.normal(0, drift_sd, rounds))
         rs, every = [], []
         for k in range(rounds):
             s = base * drift[cell][k] * np.exp(rng.normal(0, round_sd)) * np.exp(rng.normal(0, step_sd, steps))

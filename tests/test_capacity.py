@@ -170,6 +170,7 @@ sweep:
   batch_size: [1, {explicit}, max]
   seq_len: [32]
 decode_tokens: 2
+rounds: 1
 warmup: 0
 repeats: 2
 memory: {memory}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from report_fixtures import big_results, make_results, scale_timings, write_results
+from report_fixtures import big_results, make_results, scale_timings, with_rounds, write_results
 from sabench.report import ResultsError
 from sabench.report.check import check, parse_threshold
 from sabench.report.commands import main
@@ -11,6 +11,12 @@ from sabench.report.commands import main
 
 @pytest.fixture(scope="module")
 def base():
+    return with_rounds(make_results(seed=3), rounds=5, seed=3, drift_sd=0.02, round_sd=0.01, step_sd=0.01)
+
+
+@pytest.fixture(scope="module")
+def one_round():
+    """A run as a one-round suite writes it: the steps of one process per point, no rounds."""
     return make_results(seed=3)
 
 
@@ -30,8 +36,33 @@ def _rec(res, variant, b, s, phase):
 def test_identical_passes(tmp_path, capsys, base):
     code, out, _ = _run(tmp_path, capsys, base, copy.deepcopy(base))
     assert code == 0
-    assert out.startswith("PASS: no slowdown beyond 5% detected, 33 point(s), 95% family-wise intervals")
-    assert "within-process only" in out.splitlines()[0]  # the fixture has no rounds
+    assert out.splitlines()[0] == "PASS: no slowdown beyond 5% detected, 33 point(s), 95% family-wise intervals"
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.5, 100.0])
+def test_one_round_runs_are_not_judged_however_far_apart(tmp_path, capsys, one_round, factor):
+    """The steps of one process never decide: not a pass of the timings, not a fail either."""
+    code, out, _ = _run(tmp_path, capsys, one_round, scale_timings(one_round, factor))
+    assert code == 0
+    assert out.splitlines()[0].startswith("PASS: statuses and deterministic figures unchanged, 33 point(s), "
+                                          "timings NOT judged: no point has 3 measured rounds a side")
+    res = check(one_round, scale_timings(one_round, factor))
+    assert res.judged == 0 and len(res.unjudged) == 33 and not res.improvements
+    assert any(n.startswith("33 timing point(s) not judged") and "--rounds 3" in n for n in res.notes)
+
+
+def test_one_round_runs_still_gate_statuses_and_deterministic_figures(one_round):
+    cur = copy.deepcopy(one_round)
+    _rec(cur, "cla:2", 4, 512, "decode")["kv_cache_bytes"] += 2
+    assert check(one_round, cur).exit_code == 1
+
+
+def test_1_5x_everywhere_fails_and_each_phase_is_judged_as_a_whole(base):
+    res = check(base, scale_timings(base, 1.5))
+    assert res.exit_code == 1 and res.suite_judged == 2
+    whole = {f.key[3]: f for f in res.regressions if f.metric == "latency (geometric mean)"}
+    assert set(whole) == {"prefill", "decode"} and whole["decode"].estimate.ratio == pytest.approx(1.5)
+    assert "decode, all points" in res.to_text()
 
 
 def test_uniform_2pct_drift_passes(tmp_path, capsys, base):
@@ -44,7 +75,7 @@ def test_25pct_decode_slowdown_of_one_variant_fails(tmp_path, capsys, base):
     cur = scale_timings(base, 1.25, variant="cla:2", phase="decode")
     code, out, _ = _run(tmp_path, capsys, base, cur)
     assert code == 1
-    assert "FAIL: 6 regression(s)" in out
+    assert "FAIL: 7 regression(s)" in out and "decode, all points" in out  # 6 points and the phase
     assert "decode cla:2 b=4 s=512" in out and "+25.0%" in out
     assert "1.25× [" in out  # the ratio with its interval
     points = [line.split("  ")[0] for line in out.split("Points that changed")[1].splitlines()
@@ -108,36 +139,47 @@ def test_timings_off_gates_on_deterministic_only(tmp_path, capsys, base):
     assert check(base, cur, timings=False).exit_code == 1
 
 
-def test_too_few_samples_are_not_judged(base):
+def _keep_rounds(res, n):
+    for r in res["records"]:
+        if r["status"] == "ok":
+            r["rounds"] = r["rounds"][:n]
+
+
+def test_too_few_rounds_are_not_judged(base):
     a, b = copy.deepcopy(base), scale_timings(base, 1.5)
-    for res in (a, b):
-        for r in res["records"]:
-            if r["status"] == "ok":
-                r["latency_ms"]["samples"] = r["latency_ms"]["samples"][:2]
-    out = check(a, b)  # +50% everywhere, but 2 samples a side are fewer than stats.MIN_ROUNDS
+    _keep_rounds(a, 2)
+    _keep_rounds(b, 2)
+    out = check(a, b)  # +50% everywhere, but 2 rounds a side are fewer than stats.MIN_ROUNDS
     assert out.exit_code == 0 and not out.regressions
     assert out.unchanged == 0 and len(out.unjudged) == 33
-    assert "33 timing point(s) NOT judged" in out.headline()
-    assert any("not judged" in n and "measure more rounds" in n for n in out.notes)
+    assert "timings NOT judged" in out.headline()
+    assert any("not judged" in n and "--rounds 3" in n for n in out.notes)
 
 
-def test_few_samples_cannot_pass_a_2x_slowdown_silently(base):
+def _set_rounds(rec, minima):
+    rec["rounds"] = [{"round": i + 1, "median_ms": m * 1.1, "n": 2, "samples": [m, m * 1.2]}
+                     for i, m in enumerate(minima)]
+
+
+def test_few_rounds_cannot_pass_a_2x_slowdown_silently(base):
     from sabench.stats import ratio_interval
 
     a, b = copy.deepcopy(base), copy.deepcopy(base)
     ra, rb = _rec(a, "cla:2", 1, 128, "prefill"), _rec(b, "cla:2", 1, 128, "prefill")
-    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1], [2.0, 2.2]
+    _set_rounds(ra, [1.0, 1.1])
+    _set_rounds(rb, [2.0, 2.2])
     res = check(a, b)  # 2 a side: named as not judged, never passed
     assert ("cla:2", 1, 128, "prefill") in res.unjudged
     assert "prefill cla:2 b=1 s=128" in res.to_text() and "NOT judged" in res.to_text()
-    # with 3 a side the 2x slowdown's interval (Bonferroni over the 33 points) clears 1.05: it fails
-    ra["latency_ms"]["samples"], rb["latency_ms"]["samples"] = [1.0, 1.1, 1.2], [2.0, 2.2, 2.4]
+    # with 3 a side the 2x slowdown's interval (Bonferroni: half of alpha over 32 points) clears 1.05
+    _set_rounds(ra, [1.0, 1.05, 1.1])
+    _set_rounds(rb, [2.0, 2.1, 2.2])
     res = check(a, b)
-    assert res.exit_code == 1
+    assert res.exit_code == 1 and res.judged == 33
     f = next(f for f in res.regressions if f.key == ("cla:2", 1, 128, "prefill"))
-    ref = ratio_interval([1.0, 1.1, 1.2], [2.0, 2.2, 2.4], confidence=1 - 0.05 / 33)
+    ref = ratio_interval([1.0, 1.05, 1.1], [2.0, 2.1, 2.2], confidence=1 - 0.025 / 33)
     assert (f.estimate.low, f.estimate.high) == pytest.approx((ref.low, ref.high))
-    assert f.estimate.within_process and str(ref) + "†" in res.to_text()
+    assert str(ref) in res.to_text()
 
 
 def test_missing_point_and_new_error_are_regressions(tmp_path, capsys, base):
@@ -161,8 +203,8 @@ def test_missing_point_and_new_error_are_regressions(tmp_path, capsys, base):
 def test_large_but_not_significant_change_is_unchanged(base):
     a, b = copy.deepcopy(base), copy.deepcopy(base)
     ra, rb = _rec(a, "cla:2", 1, 128, "prefill"), _rec(b, "cla:2", 1, 128, "prefill")
-    ra["latency_ms"]["samples"] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    rb["latency_ms"]["samples"] = [1.25, 2.5, 3.75, 5.0, 6.25, 7.5]  # +25% median, overlapping: p ~ 0.2
+    _set_rounds(ra, [1.0, 2.0, 3.0, 4.0, 5.0])
+    _set_rounds(rb, [1.25, 2.5, 3.75, 5.0, 6.25])  # +25%, overlapping widely
     res = check(a, b)
     assert res.exit_code == 0
     assert any("too wide to tell" in n and "prefill cla:2 b=1 s=128" in n for n in res.notes)
@@ -176,7 +218,7 @@ def test_markdown_and_github_step_summary(tmp_path, monkeypatch, base):
     md_path = tmp_path / "comment.md"
     res = check(base, cur, markdown=md_path)
     md = md_path.read_text()
-    assert md.startswith("FAIL: 6 regression(s) (6 slower beyond 5%)")
+    assert md.startswith("FAIL: 7 regression(s) (7 slower beyond 5%)")
     first, rest = md.split("\n", 1)
     assert "| decode cla:2 b=4 s=512" in rest and "1.25× [" in rest
     assert "| decode cla:2 b=4 s=512" in md
@@ -225,8 +267,9 @@ def test_check_api_raises_results_error(base, tmp_path):
 
 
 def test_check_on_1000_records(tmp_path):
-    a = write_results(big_results(seed=5), tmp_path / "a")
-    b = write_results(scale_timings(big_results(seed=5), 1.25, variant="cla:3"), tmp_path / "b")
+    big = with_rounds(big_results(seed=5), rounds=5, seed=5, drift_sd=0.01, round_sd=0.005, step_sd=0.005)
+    a = write_results(big, tmp_path / "a")
+    b = write_results(scale_timings(big, 1.25, variant="cla:3"), tmp_path / "b")
     res = check(a, b)  # its speed is benchmarks/report_speed.py's business, not a test's
     assert res.exit_code == 1 and len(res.regressions) == 200
 

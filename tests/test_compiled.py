@@ -67,6 +67,7 @@ execution: eager
 variants: ["{VARIANT}"]
 sweep: {{batch_size: [2], seq_len: [21]}}
 decode_tokens: 11
+rounds: 1
 warmup: 0
 repeats: 2
 """)

@@ -145,7 +145,7 @@ def test_a_rounds_cell_is_measured_on_one_device(env, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_point", lambda job, wd: (_fake_records(job, 1.0),
                                                              {"total_s": 0.1, "device": {"gpu": job.gpu}}))
     suite = _suite(tmp_path, SUITE.replace("baseline, \"cla:2\"", "baseline, \"cla:2\", \"sa:2-3\"")
-                   .replace("seq_len: [16, 32]", "seq_len: [16, 24, 32]") + "rounds: 4\n")
+                   .replace("seq_len: [16, 32]", "seq_len: [16, 24, 32]").replace("rounds: 1\n", "rounds: 4\n"))
     assert sweep.run_suite(suite, out=tmp_path / "run", report=False, devices=(0, 1, 2)) == 0
     rounds = _rounds(_data(tmp_path / "run"))
     assert len(rounds) == 3 * 3 * 4
@@ -176,7 +176,7 @@ def test_a_run_on_one_device_has_no_device_section(env, tmp_path, monkeypatch):
 # ---- real point processes
 
 def test_devices_runs_every_point_pinned_concurrently_as_a_one_device_run_would(env, tmp_path, capsys):
-    suite = _suite(tmp_path, SUITE + "rounds: 2\n")
+    suite = _suite(tmp_path, SUITE.replace("rounds: 1\n", "rounds: 2\n"))
     out, ref = tmp_path / "run", tmp_path / "ref"
     assert main(["run", str(suite), "--out", str(out), "--devices", "0,1", "--no-report"]) == 0
     assert "share the CPU cores" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from sabench.harness.rounds import merge_round, round_order
 from sabench.records import load_results
 from sabench.suite import Point
 
-SUITE = tiny_suite("rounds", decode_tokens=2, warmup=0, repeats=2)
+SUITE = tiny_suite("rounds", decode_tokens=2, warmup=0, repeats=2, rounds=None)
 
 
 def _suite(tmp_path, text=SUITE):
@@ -100,7 +100,7 @@ def test_rounds_follow_the_shuffled_order_and_merge_every_rounds_samples(tmp_pat
 def test_resume_with_one_more_round_measures_exactly_that_round(tmp_path, fake):
     out = tmp_path / "run"
     suite = str(_suite(tmp_path))
-    assert sweep.run_suite(suite, out=out, report=False) == 0  # the suite's default: one round
+    assert sweep.run_suite(suite, out=out, report=False, rounds=1) == 0
     before = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in _data(out)["records"]}
     assert all(len(r["rounds"]) == 1 for r in before.values())
     fake.calls.clear()

@@ -194,3 +194,48 @@ def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "xdg" / "sabench"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "ind"))
     assert inductor_cache_dir() == tmp_path / "ind"
+
+
+def test_an_unconfigured_suite_measures_three_rounds_on_one_cpu_thread(tmp_path, monkeypatch, capsys):
+    """What a user's suite that sets neither `rounds` nor `threads` gets: rounds enough for an interval
+    across processes and a judged gate, and one torch thread per point process on CPU."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (99.0, 1.0, 1.0))  # a machine busier than its cores
+    text = tiny_suite("bare", variants=("baseline",), batch_sizes=(1,), seq_lens=(8,), decode_tokens=2,
+                      warmup=0, repeats=2, rounds=None)
+    assert "rounds" not in text and "threads" not in text
+    out = tmp_path / "run"
+    assert main(["run", str(_suite(tmp_path, text)), "--out", str(out), "--no-report"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "load average" in line]
+    assert len(warnings) == 1 and "99.0" in warnings[0] and f"{len(os.sched_getaffinity(0))} core" in warnings[0]
+    data = json.loads((out / "results.json").read_text())
+    assert data["suite"]["rounds"] == 3 and data["suite"]["threads"] is None  # the suite as written
+    for r in data["records"]:
+        assert [x["round"] for x in r["rounds"]] == [1, 2, 3]
+        assert r["torch_threads"] == 1
+
+
+def test_the_busy_warning_names_the_load_and_the_cores():
+    from sabench.harness.environment import busy_warning
+
+    assert busy_warning(2.0, 2) is None and busy_warning(0.1, 1) is None
+    line = busy_warning(6.24, 2)
+    assert "6.2" in line and "2 core(s)" in line and "\n" not in line
+
+
+def test_the_eta_counts_from_the_first_point_not_from_the_start_up(monkeypatch):
+    """A run that spends 60 s starting and 1 s a point says about 1 s a point still to come."""
+    from sabench.harness import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    p = progress.Progress(total=10, done=0)
+    clock[0] = 60.0  # calibration, FLOP counts, process start
+    lines = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    for _ in range(2):
+        p.start("x")
+        clock[0] += 1.0
+        p.finish("x", "ok")
+    assert lines[-1].endswith("(ETA 8 s)")

@@ -324,3 +324,13 @@ def test_allow_long_context_runs_past_the_models_positions(tmp_path):
     plain = load_suite(write(tmp_path, suite_text(), "plain.yaml"))
     assert "allow_long_context" not in plain.to_dict()  # older results stay comparable on --resume
     assert plain.model_config.max_position_embeddings == TINY_POSITIONS
+
+
+def test_defaults_rounds_enough_to_judge_and_one_cpu_thread():
+    from sabench.stats import MIN_ROUNDS
+    from sabench.suite import DEFAULT_ROUNDS, resolve_threads
+
+    assert DEFAULT_ROUNDS == MIN_ROUNDS == 3
+    assert resolve_threads(None, "cpu") == 1
+    assert resolve_threads(None, "cuda:0") is None and resolve_threads(None, "cuda") is None
+    assert resolve_threads(4, "cpu") == 4 and resolve_threads(2, "cuda:1") == 2

@@ -27,6 +27,7 @@ sweep:
   batch_size: [1]
   seq_len: [8, 16]
 decode_tokens: 2
+rounds: 1
 warmup: 0
 repeats: 2
 threads: 2

@@ -36,6 +36,7 @@ sweep:
   batch_size: [1]
   seq_len: [16, 24]
 decode_tokens: 2
+rounds: 1
 warmup: 0
 repeats: 2
 {extra}"""

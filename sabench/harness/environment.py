@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 def calibrate_in_subprocess(device: str, dtype: str, workdir: Path) -> dict:
@@ -39,6 +40,21 @@ def capture_run_env(device: str, dtype: str, workdir: Path) -> dict:
 
 
 GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
+
+
+def busy_warning(load1: Optional[float] = None, cores: Optional[int] = None) -> Optional[str]:
+    """One line when the machine's 1-minute load average exceeds the cores this run may use
+    (the other work will show in the timings), else None. Arguments default to the machine's."""
+    try:
+        load1 = os.getloadavg()[0] if load1 is None else load1
+        cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    except (OSError, AttributeError):
+        return None
+    if load1 <= cores:
+        return None
+    return (f"sabench: warning: the 1-minute load average is {load1:.1f} on the {cores} core(s) this run "
+            f"may use: other work will slow some steps; rounds keep the verdicts honest, but the "
+            f"intervals widen (each round's fastest step is what ratios and the gate use)")
 
 
 def run_conditions(device: str, when: str, gpus=None, nvml=None) -> dict:

@@ -8,8 +8,12 @@ from sabench.records import PHASES
 
 
 class Progress:
+    """The ETA is the time per measured point since the first point started, times the points left:
+    the run's start-up (calibration, FLOP counts, process start) happens once, so it is not
+    charged to every point still to come."""
+
     def __init__(self, total: int, done: int):
-        self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.total, self.done, self.t0 = total, done, None
         self.measured = 0
         self.bar = None
         if sys.stderr.isatty():
@@ -18,6 +22,8 @@ class Progress:
             self.bar = tqdm(total=total, initial=done, unit="point", dynamic_ncols=True)
 
     def start(self, label: str):
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
         if self.bar is not None:
             self.bar.set_description(label)
         else:
@@ -31,7 +37,7 @@ class Progress:
             self.bar.update(1)
             return
         eta = ""
-        if self.measured:
+        if self.measured and self.t0 is not None:
             elapsed = time.perf_counter() - self.t0
             eta = f" (ETA {elapsed / self.measured * (self.total - self.done):.0f} s)"
         print(f"[{self.done}/{self.total}] {label}: {summary}{eta}", file=sys.stderr, flush=True)

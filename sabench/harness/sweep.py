@@ -24,7 +24,7 @@ from typing import Optional
 
 from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
-from sabench.harness.environment import capture_run_env, run_conditions
+from sabench.harness.environment import busy_warning, capture_run_env, run_conditions
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
 from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
@@ -41,7 +41,8 @@ from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
-from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution
+from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution,
+                           resolve_threads)
 
 # Suite settings that change what a number means: a resumed run must not mix them.
 # (value assumed when an older results.json lacks the key: runs before execution modes were eager)
@@ -170,6 +171,9 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
     existing = open_results(out, suite, resume)
     preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
+    busy = busy_warning()
+    if busy:
+        print(busy, file=sys.stderr)
     path = out / "results.json"
     workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
 
@@ -189,7 +193,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         if pins:  # another --devices than the first run's is fine: each round names its device
             data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
     peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
-    jobs = point_jobs(suite, job_device, peaks, suite.threads)
+    jobs = point_jobs(suite, job_device, peaks, resolve_threads(suite.threads, job_device))
     sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
     sweep.points = suite_shard(suite, suite.points(), shard)
     todo = sweep.todo()

@@ -5,18 +5,20 @@ match exactly: a point that was ok in the baseline and errored, went out of memo
 in the current run is a regression (a missing point is a note with `allow_missing`), and so is a
 point that now errors whatever it was before.
 
-Timings are judged per point on each round's fastest step (sabench.records.round_minima; the runs
-are different runs, so the rounds are unpaired): work on a shared machine is only ever slowed by
-its neighbours, so the fastest step of a process follows the work where its median follows the
-machine's load (measured: docs/methodology.md, "The regression gate"): a point REGRESSES when the whole confidence interval
-of its slowdown (current / baseline, sabench.stats.regression) lies above 1 + threshold;
-improvements mirror that; a point with fewer than stats.MIN_ROUNDS rounds a side is NOT JUDGED
-(counted and named, never passed silently). The family-wise false-alarm rate is held to `alpha`
-(default 5%) over the K points judged by Bonferroni: each point's interval has confidence
-1 - alpha / K (one-sided false-alarm chance per point <= alpha / 2K for a true slowdown at most
-the threshold). Records without rounds (schema v1, one-round runs) fall back to the steps of one
-process, and every such verdict is marked within-process only: those intervals ignore the
-variation between processes, so the gate on them can raise false alarms on identical work.
+Timings are judged on each round's fastest step (sabench.records.ok_rounds; the runs are
+different runs, so the rounds are unpaired): work on a shared machine is only ever slowed by its
+neighbours, so the fastest step of a process follows the work where its median follows the
+machine's load (measured: docs/methodology.md, "The regression gate"). Two families of tests:
+- per point: a point REGRESSES when the whole confidence interval of its slowdown (current /
+  baseline, sabench.stats.regression) lies above 1 + threshold; improvements mirror that;
+- per phase: the same test on the per-round geometric mean over the phase's points
+  (sabench.stats.geomean_per_round), which catches a slowdown spread over every point that
+  no single point's few rounds can resolve.
+The family-wise false-alarm rate is held to `alpha` (default 5%) by Bonferroni: half of alpha
+over the K points judged, half over the phases. A point with fewer than stats.MIN_ROUNDS
+measured rounds a side is NOT JUDGED (counted and named, never passed silently): a one-round
+run or a schema v1 file has only the steps of one process, which ignore the variation between
+processes, so they never decide an exit status.
 
 Invalid timings never reach here: sabench.records refuses them on load (<= 0, NaN, inf).
 A comparison in which no point ran ok on both sides FAILS (exit 1): there is nothing to judge.
@@ -36,18 +38,19 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from sabench.io import write_atomic
-from sabench.records import round_minima
-from sabench.report.intervals import WITHIN_MARK, WITHIN_NOTE, fmt_est
+from sabench.records import ok_rounds
+from sabench.report.intervals import fmt_est
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
                                     results_path, status_text)
-from sabench.stats import MIN_ROUNDS, RatioEstimate, regression
+from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, geomean_per_round, regression
 
 # figure name -> its value in a record
 DETERMINISTIC = (("params", lambda r: r.params), ("kv_cache_bytes", lambda r: r.kv_cache_bytes),
                  ("flops.analytic", lambda r: r.flops.analytic if r.flops else None),
                  ("flops.counted", lambda r: r.flops.counted if r.flops else None))
 DEFAULT_ALPHA = 0.05
+SUITE = "*"  # the variant of a suite-level finding's key: a phase judged over all its points
 DET_NAMES = tuple(n for n, _ in DETERMINISTIC)
 
 
@@ -81,7 +84,7 @@ class Finding:
 
     @property
     def point(self) -> str:
-        return key_label(self.key)
+        return f"{self.key[3]}, all points" if self.key[0] == SUITE else key_label(self.key)
 
     def row(self) -> List[str]:
         if self.delta is not None:
@@ -116,7 +119,8 @@ class CheckResult:
     comparable: int = 0                     # shared points ok on both sides
     judged: int = 0                         # K: timing points the gate judged
     confidence: float = 0.95                # each judged point's interval: 1 - alpha / K
-    within_process: bool = False            # some verdict rests on within-process samples only
+    suite_judged: int = 0                   # phases judged as a whole (per-round geometric mean over points)
+    suite_confidence: float = 0.95          # each phase's interval: 1 - (alpha / 2) / phases
 
     @property
     def nothing_comparable(self) -> bool:
@@ -133,11 +137,12 @@ class CheckResult:
     def _basis(self) -> str:
         if not self.timings_judged:
             return "timings not judged (--timings off)"
+        if not self.judged:
+            return (f"timings NOT judged: no point has {MIN_ROUNDS} measured rounds a side "
+                    f"(measure `--rounds {MIN_ROUNDS}` or more; `--resume` adds rounds)")
         s = f"{1 - self.alpha:.0%} family-wise intervals"
         if self.unjudged:
             s += f", {len(self.unjudged)} timing point(s) NOT judged (fewer than {MIN_ROUNDS} rounds a side)"
-        if self.within_process:
-            s += ", within-process only (no rounds recorded)"
         return s
 
     def headline(self) -> str:
@@ -147,14 +152,14 @@ class CheckResult:
             return (f"FAIL: no comparable point: none of the {self.shared_points} shared point(s) ran ok in "
                     f"both runs, so nothing could be judged")
         if self.regressions:
-            slow = sum(f.metric == "latency" for f in self.regressions)
+            slow = sum(f.metric.startswith("latency") for f in self.regressions)
             status = sum(f.metric == "status" for f in self.regressions)
             det = len(self.regressions) - slow - status
             parts = [f"{slow} slower beyond {self.threshold:.0%}"] if slow else []
             parts += [f"{status} errored, out of memory or missing"] if status else []
             parts += [f"{det} deterministic figure(s) changed"] if det else []
             return f"FAIL: {len(self.regressions)} regression(s) ({', '.join(parts)}), {pts}, {self._basis()}"
-        what = (f"no slowdown beyond {self.threshold:.0%} detected" if self.timings_judged
+        what = (f"no slowdown beyond {self.threshold:.0%} detected" if self.timings_judged and self.judged
                 else "statuses and deterministic figures unchanged")
         return f"PASS: {what}, {pts}, {self._basis()}"
 
@@ -179,10 +184,7 @@ class CheckResult:
                  self.memory_changes))
 
     def _all_notes(self) -> List[str]:
-        notes = list(self.notes)
-        if self.within_process:
-            notes.append(WITHIN_NOTE)
-        return notes
+        return list(self.notes)
 
     def to_text(self) -> str:
         from tabulate import tabulate
@@ -259,7 +261,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
                            f"nothing to compare; check that both ran the same suite")
     res = CheckResult(base_path, cur_path, thr, alpha, timings, shared_points=len(shared))
     _missing(res, bi, ci, allow_missing)
-    timed = []  # (key, base values, current values, within-process)
+    timed = []  # (key, base record, current record): ok on both sides
     for k in sorted(shared, key=_order):
         rb, rc = bi[k], ci[k]
         _status(res, k, rb, rc)
@@ -268,8 +270,7 @@ def check(baseline, current, threshold: Union[float, str] = 0.05, markdown=None,
             continue
         res.comparable += 1
         _memory_change(res, k, rb, rc, thr)
-        (vb, wb), (vc, wc) = round_minima(rb), round_minima(rc)
-        timed.append((k, vb, vc, wb or wc))
+        timed.append((k, rb, rc))
     _timings(res, timed)
     res.regressions.sort(key=lambda f: (f.metric == "latency", -round(f.change or 0, 3), _order(f.key)))
     res.improvements.sort(key=lambda f: (f.metric == "latency", round(f.change or 0, 3), _order(f.key)))
@@ -323,48 +324,70 @@ def _deterministic(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord) -
 
 
 def _timings(res: CheckResult, timed) -> None:
-    """Judge (or, with timings off, list) every point ok on both sides, Bonferroni over those judged."""
-    judgeable = [t for t in timed if min(len(t[1]), len(t[2])) >= MIN_ROUNDS]
+    """Judge (or, with timings off, list) every point ok on both sides with MIN_ROUNDS rounds a
+    side, and each phase as a whole. Half of alpha goes to the per-point tests (Bonferroni over
+    the K points), half to one suite-level test per phase (the per-round geometric mean over the
+    phase's points: stats.geomean_per_round), so the family-wise false-alarm rate stays <= alpha.
+    A point without rounds (one round, or schema v1) is NOT judged: the steps of one process
+    ignore the variation between processes, so they never decide an exit status."""
+    rounds = {k: (ok_rounds(rb, fastest=True), ok_rounds(rc, fastest=True)) for k, rb, rc in timed}
+    judgeable = [k for k, (b, c) in rounds.items() if min(len(b), len(c)) >= MIN_ROUNDS]
+    res.unjudged = [k for k, _, _ in timed if k not in judgeable]
+    phases = {}
+    for k in judgeable:
+        phases.setdefault(k[3], []).append(k)
+    suites = {ph: ks for ph, ks in phases.items() if len(ks) >= 2}
     res.judged = len(judgeable) if res.timings_judged else 0
-    res.confidence = 1 - res.alpha / max(len(judgeable), 1) if res.timings_judged else 1 - res.alpha
-    for k, vb, vc, within in timed:
+    half = res.alpha / 2 if suites else res.alpha
+    res.confidence = 1 - half / max(len(judgeable), 1)
+    res.suite_confidence = 1 - (res.alpha - half) / max(len(suites), 1)
+    for k in judgeable:
+        vb, vc = (tuple(r.values()) for r in rounds[k])
+        _judge(res, k, key_label(k), regression(vb, vc, res.threshold, confidence=res.confidence,
+                                                where=key_label(k)), vb, vc)
+    for ph, ks in suites.items():
+        vb = geomean_per_round([rounds[k][0] for k in ks])
+        vc = geomean_per_round([rounds[k][1] for k in ks])
         if min(len(vb), len(vc)) < MIN_ROUNDS:
-            res.unjudged.append(k)
+            res.notes.append(f"{ph}: the phase as a whole is not judged: fewer than {MIN_ROUNDS} rounds in "
+                             f"which every one of its {len(ks)} points measured")
             continue
-        g = regression(vb, vc, res.threshold, confidence=res.confidence, where=key_label(k))
-        est = dataclasses.replace(g.estimate, within_process=True) if within else g.estimate
-        res.within_process |= within
-        f = Finding(k, "latency", fmt_ms(_gm(vb)) + " ms", fmt_ms(_gm(vc)) + " ms", est.ratio - 1, est,
-                    note=("slower" if g.status == "regression" else "faster" if g.status == "improvement"
-                          else "") + (f" {WITHIN_MARK}" if within and g.status != "pass" else ""))
-        if not res.timings_judged:
-            if g.status != "pass":
-                f.note = f"{f.note} (not judged)".strip()
-                res.timing_changes.append(f)
-        elif g.status == "regression":
-            res.regressions.append(f)
-        elif g.status == "improvement":
-            res.improvements.append(f)
-        else:
-            res.unchanged += 1
-            if abs(math.log(est.ratio)) > math.log(1 + res.threshold):
-                res.inconclusive.append(k)
-                res.notes.append(f"{key_label(k)}: {fmt_est(est)} is {'slower' if est.ratio > 1 else 'faster'} "
-                                 f"by its estimate, but the interval is too wide to tell (it reaches within "
-                                 f"{res.threshold:.0%} of 1): not a detected change; measure more rounds")
+        scope = f"{ph}, all {len(ks)} points"
+        g = regression(vb, vc, res.threshold, confidence=res.suite_confidence, where=scope)
+        res.suite_judged += 1
+        _judge(res, (SUITE, 0, 0, ph), scope, g, vb, vc, metric="latency (geometric mean)")
     if res.unjudged:
-        res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: fewer than {MIN_ROUNDS} rounds (or, "
-                         f"without rounds, samples) a side; measure more rounds: " + _keys(res.unjudged))
+        res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: fewer than {MIN_ROUNDS} measured rounds "
+                         f"a side (a one-round run's steps share one process and cannot be judged); measure "
+                         f"`--rounds {MIN_ROUNDS}` or more (`--resume` adds rounds to a run): " + _keys(res.unjudged))
     if res.judged:
         res.notes.append(f"Timings: a point regresses when its slowdown's {res.confidence:.4%} interval "
-                         f"(current / baseline, ratio of geometric means of each round's fastest step, Welch t on logs; steps of one process where marked {WITHIN_MARK}) lies wholly above "
-                         f"{1 + res.threshold:.2f}; {res.confidence:.4%} = 1 - {res.alpha:g} / {res.judged} "
-                         f"(Bonferroni), so the chance of any false alarm in this check is at most {res.alpha:g}.")
+                         f"(current / baseline, ratio of geometric means of each round's fastest step, Welch t "
+                         f"on logs) lies wholly above {1 + res.threshold:.2f}; a phase regresses when the same "
+                         f"holds for the per-round geometric mean over its points at {res.suite_confidence:.4%}. "
+                         f"Bonferroni over {res.judged} point(s) and {res.suite_judged} phase(s), so the chance of "
+                         f"any false alarm in this check is at most {res.alpha:g}.")
 
 
-def _gm(xs) -> float:
-    from sabench.report.results import geomean
-    return geomean(xs)
+def _judge(res: CheckResult, k: Key, label: str, g, vb, vc, metric: str = "latency") -> None:
+    est = g.estimate
+    f = Finding(k, metric, fmt_ms(geomean(vb)) + " ms", fmt_ms(geomean(vc)) + " ms", est.ratio - 1, est,
+                note="slower" if g.status == "regression" else "faster" if g.status == "improvement" else "")
+    if not res.timings_judged:
+        if g.status != "pass":
+            f.note = f"{f.note} (not judged)".strip()
+            res.timing_changes.append(f)
+    elif g.status == "regression":
+        res.regressions.append(f)
+    elif g.status == "improvement":
+        res.improvements.append(f)
+    elif k[0] != SUITE:
+        res.unchanged += 1
+        if abs(math.log(est.ratio)) > math.log(1 + res.threshold):
+            res.inconclusive.append(k)
+            res.notes.append(f"{label}: {fmt_est(est)} is {'slower' if est.ratio > 1 else 'faster'} "
+                             f"by its estimate, but the interval is too wide to tell (it reaches within "
+                             f"{res.threshold:.0%} of 1): not a detected change; measure more rounds")
 
 
 def _write_markdown(res: CheckResult, markdown) -> None:

@@ -248,7 +248,7 @@ def geo_ratio(runs: List[Run], run: Run, phase: str, shared):
     ests = [e for _, e in pr]
     counts = {}
     for e in ests:
-        lab = verdict(e).label
+        lab = "one round, not judged" if e.within_process else verdict(e).label
         counts[lab] = counts.get(lab, 0) + 1
     return (geomean_interval(ests), min(e.ratio for e in ests), max(e.ratio for e in ests), len(ests),
             counts)
@@ -277,9 +277,10 @@ def render(runs: List[Run], shared, figs: Dict[str, Optional[str]], out: Path) -
             g = geo_ratio(runs, r, phase, shared)
             if g:
                 gm, lo, hi, n, counts = g
-                said = verdict(gm).label
+                said = None if gm.within_process else verdict(gm).label
                 what = {"faster": f"i.e. {fmt_est(gm.inverted())} as fast",
-                        "slower": f"i.e. {fmt_est(gm)} as slow"}.get(
+                        "slower": f"i.e. {fmt_est(gm)} as slow",
+                        None: "an estimate only (one round per point: no verdict; measure `--rounds 3` or more)"}.get(
                     said, f"i.e. not distinguishable from {ref.label} overall")
                 per = ", ".join(f"{c} {lab}" for lab, c in sorted(counts.items()))
                 lines.append(f"- {phase}: **{r.label}** takes **{fmt_est(gm)}** the time of {ref.label} "

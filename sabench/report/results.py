@@ -138,20 +138,6 @@ def _num(v) -> Optional[float]:
     return f if math.isfinite(f) else None
 
 
-def median(xs: Iterable[float]) -> Optional[float]:
-    s = sorted(float(x) for x in xs)
-    if not s:
-        return None
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def geomean(xs: Iterable[float]) -> float:
-    """Geometric mean of positive numbers (the mean of ratios that multiply)."""
-    xs = list(xs)
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
 def listing(items: List[str], limit: int) -> str:
     """'a, b, c' or 'a, b, and 7 more': lists in prose stay short."""
     if len(items) <= limit:

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 from sabench.records import PointSpec
 from sabench.report.intervals import CONFIDENCE, fmt_est, speed_verdict, speedup
 from sabench.report.results import BASELINE, Key, PhaseRecord, fmt_ms, listing, median_ms, phases_of, variants_of
-from sabench.stats import DEFAULT_THRESHOLD, RatioEstimate
+from sabench.stats import DEFAULT_THRESHOLD, MIN_ROUNDS, RatioEstimate
 
 MAX_LISTED = 12
 
@@ -24,13 +24,15 @@ class Judged:
 
 
 def judge_points(results, index: Dict[Key, PhaseRecord], threshold: float = DEFAULT_THRESHOLD) -> List[Judged]:
-    """Every (variant, point, phase) with a baseline beside it, judged on its speedup interval."""
+    """Every (variant, point, phase) with a baseline beside it and rounds on both sides, judged on
+    its speedup interval. A point measured in one round is not judged: the steps of one process
+    ignore the variation between processes (its ratio stays an estimate in the tables)."""
     out = []
     for k, r in index.items():
         if k[0] == BASELINE:
             continue
         sp = speedup(index.get((BASELINE,) + k[1:]), r, same_run=True)
-        if sp is None:
+        if sp is None or sp.within_process:
             continue
         v = speed_verdict(sp, threshold)
         out.append(Judged(k, sp, v.label, "" if v.label != "not distinguishable" else _why(sp, threshold)))
@@ -49,18 +51,35 @@ def _pt(k) -> str:
     return PointSpec(k[0], k[1], k[2]).size
 
 
+def _one_round_points(index: Dict[Key, PhaseRecord]) -> List[Key]:
+    """Compared points whose speedup rests on the steps of one process (one round, or schema v1)."""
+    out = []
+    for k, r in index.items():
+        if k[0] != BASELINE:
+            sp = speedup(index.get((BASELINE,) + k[1:]), r, same_run=True)
+            if sp is not None and sp.within_process:
+                out.append(k)
+    return out
+
+
+def _estimates_only(results, n: int) -> str:
+    """The one paragraph a one-round run gets instead of speed findings."""
+    name = (results.suite or {}).get("name") or "SUITE"
+    return (f"**Speed: estimates only, no verdict.** {n} compared point{'s' if n > 1 else ''} "
+            f"{'were' if n > 1 else 'was'} measured in one round, so each ratio in the tables (marked †) "
+            f"comes from the steps of one process, which share that process's conditions and say nothing "
+            f"of the variation between processes. For a verdict, measure at least {MIN_ROUNDS} rounds: "
+            f"`sabench run {name} --out <this run's directory> --rounds {MIN_ROUNDS} --resume` adds the "
+            f"missing rounds to this run.")
+
+
 def basis(judged: List[Judged], threshold: float) -> str:
     """How the speed findings were reached: intervals, rounds, threshold."""
-    within = any(j.speedup.within_process for j in judged)
     paired = [j for j in judged if j.speedup.paired]
     rounds = sorted({j.speedup.n_base for j in paired})
-    if within:
-        how = ("this run has no rounds, so each interval comes from the steps of one process per point "
-               "(within-process only, marked †): it ignores process-to-process variation and is too narrow")
-    else:
-        rr = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}–{rounds[-1]}" if rounds else "several"
-        how = (f"intervals over {rr} rounds per point, on each round's fastest step (other work on the machine "
-               "only ever adds time), paired by round (variants of a cell measured back to back)")
+    rr = f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}–{rounds[-1]}" if rounds else "several"
+    how = (f"intervals over {rr} rounds per point, on each round's fastest step (other work on the machine "
+           "only ever adds time), paired by round (variants of a cell measured back to back)")
     return (f"How to read the speed findings: speedup = baseline time / variant time with its "
             f"{CONFIDENCE:.0%} interval; {how}. A variant is called faster or slower only where the whole "
             f"interval clears the {threshold:.0%} practical threshold and is narrower than the effect.")
@@ -72,9 +91,12 @@ def speed_findings(results, index: Dict[Key, PhaseRecord], threshold: float = DE
     points where a variant is slower."""
     judged = judge_points(results, index, threshold)
     others = [v for v in variants_of(results) if v != BASELINE]
+    estimates = _one_round_points(index)
     if not judged:
-        return []
+        return [_estimates_only(results, len(estimates))] if estimates else []
     out = [basis(judged, threshold)]
+    if estimates:
+        out.append(_estimates_only(results, len(estimates)))
     for phase in phases_of(results):
         js = [j for j in judged if j.key[3] == phase]
         if not js:
@@ -141,10 +163,7 @@ def _reasons(js: List[Judged], threshold: float) -> str:
     parts = [f"{words[w]} at {c} point{'s' if c > 1 else ''}" for w, c in counts.items()]
     widths = sorted(math.sqrt(j.speedup.high / j.speedup.low) for j in js)
     parts.append(f"median interval ±{(widths[len(widths) // 2] - 1) * 100:.0f}%")
-    if any(j.speedup.within_process for j in js):
-        parts.append("within-process only")
-    else:
-        parts.append(f"{js[0].speedup.n_base} rounds")
+    parts.append(f"{js[0].speedup.n_base} rounds")
     return "; ".join(parts)
 
 
