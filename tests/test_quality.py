@@ -174,9 +174,9 @@ def test_named_variants_alone_do_not_run_the_advice(ckpt, forwards, variants):
     assert all(v["advice_role"] is None for v in r["variants"])
 
 
-def test_over_budget_the_least_costly_measured_plan_is_shown_and_labelled(ckpt, monkeypatch, capsys):
+def test_over_budget_the_least_costly_measured_plan_is_shown_and_labelled(ckpt, monkeypatch, tmp_path):
     """Every shared layer costs 10% (and a little more per layer): nothing fits the 5% budget."""
-    from sabench.report.quality_report import format_table, render_markdown
+    from sabench.report.quality_report import format_table, write_report
 
     real = quality.score
 
@@ -199,7 +199,8 @@ def test_over_budget_the_least_costly_measured_plan_is_shown_and_labelled(ckpt, 
     assert "least costly measured, over the 5% budget" in table
     assert "advice pick" not in table
     assert f'the least costly, "{least["variant"]}" (shown beside the baseline)' in table
-    assert "least costly measured, over the 5% budget" in render_markdown(r)
+    report = write_report(r, tmp_path / "q").read_text()
+    assert "least costly measured, over the 5% budget" in report and "least costly, over budget" in report
 
 
 # ---------------------------------------------------------------- the command
