@@ -14,7 +14,9 @@ measured, a Pareto set, and the largest saving within a perplexity budget (docs/
    plan whose measured increase is within the budget (log2 of the layer count forwards), and
    the rest of the allowance measures evenly spaced plans for the Pareto picture.
 3. **Pareto set and pick**: measured plans no other beats on both saving and increase; the pick
-   is the largest saving whose measured relative increase is within the budget.
+   is the largest saving whose measured relative increase is within the budget. It is the one
+   recommendation of `sabench quality`: `--variant recommended` scores it, or, when no measured
+   plan is within the budget, the least costly measured plan, labelled as over budget.
 """
 from __future__ import annotations
 
@@ -192,15 +194,40 @@ def pareto(rows: Sequence[Measured]) -> List[Measured]:
         for o in finite)]
 
 
+PICK = "pick"  # the roles of the plan `--variant recommended` scores (variant rows' `advice_role`)
+OVER_BUDGET = "least costly measured, over budget"
+
+
+def least_costly(adv: dict) -> Optional[dict]:
+    """The measured plan with the smallest finite increase (ties: the larger saving), or None."""
+    finite = [m for m in adv["measured"] if m["increase"] == m["increase"]]
+    return min(finite, key=lambda m: (m["increase"], -m["saving"]), default=None)
+
+
+def shown_plan(adv: Optional[dict]) -> Optional[Tuple[str, str]]:
+    """(variant, role) that `--variant recommended` scores: the pick, or, when no measured plan is
+    within the budget, the least costly one measured (so the user sees what the budget ruled out);
+    None when the advice did not run or measured nothing."""
+    if not adv:
+        return None
+    if adv["pick"] is not None:
+        return adv["pick"], PICK
+    m = least_costly(adv)
+    return (m["variant"], OVER_BUDGET) if m else None
+
+
 def pick_line(advice: Optional[dict]) -> str:
     """One line for the terminal: the plan string to paste into a suite."""
-    if not advice:
+    if not advice or not advice["measured"]:
         return "advice: none (the model has no layer that can share)"
     pct = f"{advice['budget'] * 100:g}%"
     if advice["pick"] is None:
-        best = min((m["increase"] for m in advice["measured"]), default=float("nan"))
-        return (f"advice (budget {pct}): no measured plan stays within the budget (smallest increase "
-                f"{best:+.2%}); raise --budget")
+        m = least_costly(advice)
+        if m is None:
+            return f"advice (budget {pct}): no measured plan has a finite perplexity"
+        return (f"advice (budget {pct}): no measured plan stays within the budget; the least costly, "
+                f"\"{m['variant']}\" (shown beside the baseline), measured perplexity {m['increase']:+.2%}; "
+                "raise --budget")
     m = next(r for r in advice["measured"] if r["variant"] == advice["pick"])
     return (f"advice (budget {pct}): \"{m['variant']}\"  saves {m['saving']:.1%} (decode bytes "
             f"{m['decode_bytes_saving']:.1%}, prefill FLOPs {m['prefill_flops_saving']:.1%}), measured "

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 
-from sabench.argtypes import float_in, int_in
+from sabench.argtypes import int_in
 from sabench.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, RunInterrupted, UserError,
                             check_output_dir, one_line, os_error, refuse_run_dir)
 
@@ -289,8 +289,8 @@ def cmd_quality(args) -> int:
     with _value_errors_are_user_errors():
         result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                                   seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
-                                  device=args.device, similarity=args.similarity, stride=args.stride,
-                                  budget=args.budget, candidates=args.candidates)
+                                  device=args.device, stride=args.stride, budget=args.budget,
+                                  candidates=args.candidates)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -376,21 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quality", help="perplexity per variant, layer attention similarity, SA span advice",
                        description="Perplexity of each variant built from the same checkpoint (no retraining), "
-                                   "the baseline's layer-by-layer attention similarity, and the SA spans it "
-                                   "recommends. The baseline is always scored first.")
+                                   "the baseline's layer-by-layer attention similarity, and the measured SA "
+                                   "advice (by default, or with --variant recommended). The baseline is always "
+                                   "scored first.")
     q.add_argument("--model", required=True,
                    help="HF model directory (a preset or a directory without safetensors: random weights)")
     q.add_argument("--variant", action="append",
-                   help="baseline, cla:N, sa:A-B[,C-D], joined by +, or 'recommended' (the recommended SA "
-                        "spans); repeatable (default: baseline and recommended)")
+                   help="baseline, cla:N, sa:A-B[,C-D], joined by +, or 'recommended' (the advice's pick within "
+                        "--budget, or its least costly measured plan when none fits); repeatable (default: "
+                        "baseline and recommended). The advice runs only for 'recommended'")
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="UTF-8 text, encoded with the model directory's tokenizer")
     src.add_argument("--token-ids", metavar="FILE", help="whitespace-separated integer token ids")
     q.add_argument("--seq-len", type=int_in(2, MAX_SIZE), default=None,
                    help="window length (default min(2048, max positions))")
     q.add_argument("--max-windows", type=int_in(1, MAX_SIZE), default=None, help="score at most this many windows")
-    q.add_argument("--similarity", type=float_in(0.0, 1.0), default=0.9,
-                   help="threshold for the recommended SA spans (default 0.9)")
     q.add_argument("--stride", type=int_in(1, MAX_SIZE), default=None,
                    help="rolling windows as lm-eval-harness scores perplexity: each later window scores "
                         "the next STRIDE tokens with up to --seq-len of context (default: non-overlapping "
@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perplexity increase the advice may spend, e.g. 5%% (default 5%%): the advice "
                         "picks the largest measured saving within it")
     q.add_argument("--candidates", type=int_in(0, 1000), default=None,
-                   help="candidate SA plans to measure for the advice (default 8; 0: no advice)")
+                   help="candidate SA plans to measure for the advice (default 8; 0: no advice, and the "
+                        "default variants are the baseline alone)")
     q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "
                                                  "float32 on cpu)")
     q.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")

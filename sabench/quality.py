@@ -5,9 +5,12 @@
 1. loads the baseline once and scores it on non-overlapping windows of the tokens, capturing each
    layer's post-RoPE Q and K on the way (forward hooks on `q_proj` / `k_proj`);
 2. from those Q and K, the L x L attention similarity of the baseline's layers (see
-   `similarity_sums`), and the SA spans it recommends (`recommend_sa`);
-3. every other variant is built from the baseline's own tensors (shared storage, no copy and no
-   second read of the checkpoint) and scored on the same windows.
+   `similarity_sums`);
+3. when asked for (by default, or `--variant recommended`), the measured SA advice (advice.py),
+   which ranks candidate plans by that similarity and scores them;
+4. every other variant is built from the baseline's own tensors (shared storage, no copy and no
+   second read of the checkpoint) and scored on the same windows; `recommended` is the advice's
+   plan, whose perplexity the advice already measured.
 
 Perplexity = exp(mean NLL over every predicted token of every window), NLL from float32 logits.
 """
@@ -25,8 +28,7 @@ from sabench.windows import IGNORE
 BATCH_BUDGET_BYTES = 2 << 30  # logits, attention scores and captured Q/K of one batch of windows
 CE_CHUNK_BYTES = 256 << 20  # float32 logits turned into NLL at a time
 SIM_BLOCK_BYTES = 256 << 20  # float32 attention rows of all layers for one query block
-DEFAULT_SIMILARITY = 0.9
-RECOMMENDED = "recommended"  # --variant keyword for the recommended SA spans
+RECOMMENDED = "recommended"  # --variant keyword for the advice's plan (advice.shown_plan)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 
@@ -243,29 +245,6 @@ def similarity_sums(q: Sequence[torch.Tensor], k: Sequence[torch.Tensor], scale:
     return cos.double().sum(dim=(0, 1)).cpu()
 
 
-# ---------------------------------------------------------------- advice
-def recommend_sa(sim, threshold: float = DEFAULT_SIMILARITY) -> Optional[str]:
-    """SA spans from a similarity matrix: a variant string `sa:A-B[,C-D]`, or None.
-
-    Scanning from layer 1: a span A..B takes layer A-1 as its source and extends while
-    sim[A-1][layer] >= threshold. The next span may not start at B+1 (its source B is already
-    shared, and `sa:` refuses a span reusing a shared layer), so the scan resumes at B+2.
-    """
-    n = len(sim)
-    spans, a = [], 1
-    while a < n:
-        src = a - 1
-        if sim[src][a] < threshold:
-            a += 1
-            continue
-        b = a
-        while b + 1 < n and sim[src][b + 1] >= threshold:
-            b += 1
-        spans.append(f"{a}-{b}")
-        a = b + 2
-    return "sa:" + ",".join(spans) if spans else None
-
-
 # ---------------------------------------------------------------- variants from one set of weights
 def derive_variant(base, variant):
     """The `variant` model on the baseline's own tensors (shared storage: no copy, no disk read)."""
@@ -298,8 +277,8 @@ def _device(name: str) -> torch.device:
 
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
              seq_len: Optional[int] = None, max_windows: Optional[int] = None, dtype=None, device=None,
-             similarity: float = DEFAULT_SIMILARITY, progress: bool = True, stride: Optional[int] = None,
-             budget: Optional[float] = None, candidates: Optional[int] = None) -> dict:
+             progress: bool = True, stride: Optional[int] = None, budget: Optional[float] = None,
+             candidates: Optional[int] = None) -> dict:
     """The `sabench quality` result (see the README and docs/quality.md for its keys). Bad input
     raises ValueError (or FileNotFoundError) before any model is loaded; so do a baseline whose
     logits are not finite (after loading)."""
@@ -324,12 +303,15 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         raise ValueError(f"--max-windows must be >= 1, got {max_windows}")
     if stride is not None and not 1 <= stride <= seq_len:
         raise ValueError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
-    if not 0 < similarity <= 1:
-        raise ValueError(f"--similarity must be in (0, 1], got {similarity}")
     budget = advice.DEFAULT_BUDGET if budget is None else budget
     candidates = advice.DEFAULT_CANDIDATES if candidates is None else candidates
     if candidates < 0:
         raise ValueError(f"--candidates must be >= 0 (0: no advice), got {candidates}")
+    if variants and RECOMMENDED in variants and not candidates:
+        raise ValueError("--variant recommended scores the advice's plan, and --candidates 0 turns the "
+                         "advice off: drop one of them")
+    if not candidates:  # the default variants without the advice: the baseline alone
+        requested = [v for v in requested if v != RECOMMENDED]
     if (text is None) == (token_ids is None):
         raise ValueError("give exactly one of --text FILE and --token-ids FILE")
     if text is not None and cfg.source == "preset":
@@ -348,7 +330,6 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         raise ValueError(f"the baseline's logits are not finite (NaN or inf) on {e} of {str(model)!r}: "
                          f"the {weights} weights are broken, or {dtype} overflows; check the checkpoint "
                          "(or try --dtype float32)") from None
-    recommended = recommend_sa(sim.tolist(), similarity)
 
     scored = {}
 
@@ -359,11 +340,13 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         return scored[plan.variant]
 
     advised = (advice.advise(cfg, sim.tolist(), measure, base_ppl, seq_len=seq_len, dtype=dtype,
-                             budget=budget, candidates=candidates) if candidates else None)
+                             budget=budget, candidates=candidates) if RECOMMENDED in requested else None)
+    shown = advice.shown_plan(advised)  # (variant, role) or None
+    roles = {parse_variant(shown[0], cfg.num_layers).variant: shown[1]} if shown else {}
 
     names, seen = [], set()
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
-        v = recommended if v == RECOMMENDED else v
+        v = (shown[0] if shown else None) if v == RECOMMENDED else v
         key = v and parse_variant(v, cfg.num_layers).variant
         if v and key not in seen:
             seen.add(key)
@@ -373,13 +356,14 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         plan = parse_variant(v, cfg.num_layers)
         ppl = base_ppl if plan.is_baseline else measure(v)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
-                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype)})
+                     "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype),
+                     "advice_role": roles.get(plan.variant)})
     return {
         "model": str(model), "weights": weights, "dtype": dtype, "device": str(dev),
         "tokens": windows.tokens, "input_tokens": tokens.numel(), "windows": windows.count,
         "seq_len": seq_len, "stride": stride, "predictions": windows.predictions,
         "perplexity_convention": windows.convention(),
-        "similarity_threshold": similarity, "variants": rows,
+        "variants": rows,
         "attention_similarity": [[round(x, 6) for x in row] for row in sim.tolist()],
-        "recommended_sa": recommended, "advice": advised,
+        "advice": advised,
     }

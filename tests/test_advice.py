@@ -51,8 +51,7 @@ def exact_span(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exact_result(exact_span):
-    return quality.evaluate(str(exact_span), variants=["baseline"], token_ids=exact_span / "ids.txt",
-                            seq_len=SEQ, progress=False)
+    return quality.evaluate(str(exact_span), token_ids=exact_span / "ids.txt", seq_len=SEQ, progress=False)
 
 
 def _measured(result, variant):
@@ -92,6 +91,16 @@ def test_advice_json(exact_span, capsys):
     d = json.loads(capsys.readouterr().out)["advice"]
     assert rc == 0 and len(d["measured"]) == 3 and d["budget"] == pytest.approx(1e7)
     assert d["pick"] == max(d["measured"], key=lambda m: m["saving"])["variant"]  # all within a huge budget
+
+
+def test_the_default_variants_score_the_pick(exact_span, exact_result):
+    """With the 5% budget the pick is a measured plan; the variant table holds it beside the baseline,
+    with the perplexity the advice measured."""
+    pick = exact_result["advice"]["pick"]
+    assert pick is not None
+    row = exact_result["variants"][1]
+    assert (row["variant"], row["advice_role"]) == (pick, advice.PICK) and len(exact_result["variants"]) == 2
+    assert row["perplexity"] == _measured(exact_result, pick)["perplexity"]
 
 
 # ---------------------------------------------------------------- candidates, without a model
@@ -189,6 +198,42 @@ def test_pick_is_the_largest_saving_within_budget_and_pareto():
     front = [m["variant"] for m in adv["measured"] if m["pareto"]]
     assert front == [m["variant"] for m in adv["measured"]]  # increasing saving and increase: all Pareto
     assert advice.pick_line(adv).startswith(f'advice (budget 5%): "{adv["pick"]}"')
+
+
+def _advice_over_budget(increases, budget=0.05):
+    """advise() on a 6-layer model whose nested plans measure `increases`, in order."""
+    from dataclasses import replace
+
+    cfg = replace(resolve_config("tiny"), num_layers=6)
+    sim = _sim(6, {(0, 1): 0.95, (0, 2): 0.9, (2, 3): 0.7, (3, 4): 0.8})
+    it = iter(increases)
+    return advice.advise(cfg, sim, lambda v: 10.0 * (1 + next(it)), 10.0, seq_len=64, dtype="float32",
+                         budget=budget, candidates=8)
+
+
+def test_over_budget_the_least_costly_measured_plan_is_shown_and_labelled():
+    adv = _advice_over_budget([0.09, 0.07, 0.12, 0.2, 0.3])  # the second plan costs least, none within 5%
+    assert adv["pick"] is None
+    least = adv["measured"][1]
+    assert least["increase"] == pytest.approx(0.07)
+    assert advice.least_costly(adv) is least
+    assert advice.shown_plan(adv) == (least["variant"], advice.OVER_BUDGET)
+    line = advice.pick_line(adv)
+    assert "no measured plan stays within the budget" in line and f'"{least["variant"]}"' in line
+    assert "+7.00%" in line and "raise --budget" in line
+
+
+def test_within_budget_the_pick_is_shown():
+    adv = _advice_over_budget([0.01, 0.04, 0.06, 0.2, 0.3])
+    assert adv["pick"] == adv["measured"][1]["variant"]
+    assert advice.shown_plan(adv) == (adv["pick"], advice.PICK)
+
+
+def test_no_advice_or_nothing_measured_shows_nothing():
+    assert advice.shown_plan(None) is None
+    empty = {"budget": 0.05, "candidates": 0, "measured": [], "pick": None}
+    assert advice.shown_plan(empty) is None
+    assert advice.pick_line(empty) == "advice: none (the model has no layer that can share)"
 
 
 def test_pareto_drops_dominated_plans():

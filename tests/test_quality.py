@@ -1,8 +1,8 @@
 """`sabench quality`: perplexity against transformers and sabench's own forwards, attention similarity
-against transformers' eager attention weights, the SA span rule, and every bad input."""
+against transformers' eager attention weights, the one recommendation (the advice's measured plan),
+which runs only when asked for, and every bad input."""
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -123,54 +123,84 @@ def test_similarity_does_not_depend_on_the_query_block():
         assert torch.allclose(quality.similarity_sums(q, k, 0.5, block_rows=rows), whole, atol=1e-9)
 
 
-# ---------------------------------------------------------------- recommended spans
-def test_recommended_spans_come_from_the_matrix_and_inspect_accepts_them(ckpt, result, capsys):
-    rec = result["recommended_sa"]
-    assert rec == quality.recommend_sa(result["attention_similarity"], 0.9)
-    assert rec is not None  # layer 3 is as flat as layer 2
-    assert _row(result, rec)["perplexity"] > 0  # 'recommended' was scored
-    assert main(["inspect", "--model", str(ckpt), "--variant", rec]) == 0
+# ---------------------------------------------------------------- the recommendation: the advice's plan
+@pytest.fixture
+def forwards(monkeypatch):
+    """The variants `quality.score` is run on, in order (one forward pass over the windows each)."""
+    seen, real = [], quality.score
+
+    def counting(model, windows, **kw):
+        seen.append(model.plan.variant)
+        return real(model, windows, **kw)
+
+    monkeypatch.setattr(quality, "score", counting)
+    return seen
+
+
+def _default_run(ckpt, **kw):
+    return quality.evaluate(str(ckpt), token_ids=ckpt / "ids.txt", seq_len=SEQ, progress=False, **kw)
+
+
+def test_default_run_scores_the_advice_pick_with_the_advice_measurement(ckpt, forwards, capsys):
+    r = _default_run(ckpt)
+    adv = r["advice"]
+    assert adv["pick"] is not None
+    assert [(v["variant"], v["advice_role"]) for v in r["variants"]] == [("baseline", None), (adv["pick"], "pick")]
+    measured = next(m for m in adv["measured"] if m["variant"] == adv["pick"])
+    assert r["variants"][1]["perplexity"] == measured["perplexity"]  # the same number, not a second forward
+    m = load_model(str(ckpt), adv["pick"], torch.float32, "cpu")  # and it is that plan's perplexity
+    w = _windows(ckpt)
+    assert abs(measured["perplexity"] - _ppl(m(w), w)) / measured["perplexity"] < 1e-4
+    assert len(forwards) == 1 + len(adv["measured"])  # the baseline, then each measured plan once
+    assert main(["inspect", "--model", str(ckpt), "--variant", adv["pick"]]) == 0  # a plan to paste
     capsys.readouterr()
 
 
-def _sim(n, pairs, low=0.1):
-    m = [[1.0 if a == b else low for b in range(n)] for a in range(n)]
-    for (a, b), v in pairs.items():
-        m[a][b] = m[b][a] = v
-    return m
+def test_recommended_joins_named_variants_and_a_named_pick_is_scored_once(ckpt, forwards):
+    pick = _default_run(ckpt)["advice"]["pick"]
+    forwards.clear()
+    r = _default_run(ckpt, variants=["cla:2", pick, "recommended"])
+    assert [(v["variant"], v["advice_role"]) for v in r["variants"]] == [
+        ("baseline", None), ("cla:2", None), (pick, "pick")]
+    assert len(forwards) == 1 + len(r["advice"]["measured"]) + 1  # + cla:2; the pick is not scored twice
 
 
-@pytest.mark.parametrize("pairs, threshold, expected", [
-    ({}, 0.9, None),
-    ({(0, 1): 0.9}, 0.9, "sa:1-1"),  # the threshold itself is enough
-    ({(0, 1): 0.9}, 0.9000001, None),
-    ({(0, 1): 0.95, (0, 2): 0.95, (0, 3): 0.5}, 0.9, "sa:1-2"),
-    ({(0, 2): 0.99}, 0.9, None),  # similar, but not to the layer just before: no span
-    ({(2, 3): 0.97, (3, 4): 0.97, (2, 4): 0.92, (2, 5): 0.91}, 0.9, "sa:3-5"),  # run to the last layer
-    # 1, 2 follow 0; 3 follows 2 only, and 2 is shared, so 3 cannot start a span; 5 follows 4
-    ({(0, 1): 0.95, (0, 2): 0.93, (2, 3): 0.99, (4, 5): 0.96}, 0.9, "sa:1-2,5-5"),
-    # adjacent runs: 1 follows 0, and 2, 3 follow 1 but 1 is shared: the next span starts at 3, source 2
-    ({(0, 1): 0.95, (1, 2): 0.95, (1, 3): 0.95, (2, 3): 0.95}, 0.9, "sa:1-1,3-3"),
-])
-def test_span_rule(pairs, threshold, expected):
-    assert quality.recommend_sa(_sim(6, pairs), threshold) == expected
-    if expected:
-        parse_variant(expected, 6)
+@pytest.mark.parametrize("variants", [["baseline"], ["baseline", "sa:2-3"], ["cla:2"]])
+def test_named_variants_alone_do_not_run_the_advice(ckpt, forwards, variants):
+    r = _default_run(ckpt, variants=variants)
+    assert r["advice"] is None
+    asked = [parse_variant(v, 4).variant for v in dict.fromkeys(["baseline"] + variants)]
+    assert forwards == asked  # exactly the asked plans, each once
+    assert all(v["advice_role"] is None for v in r["variants"])
 
 
-def test_spans_of_random_matrices_are_valid_and_above_threshold():
-    rng = random.Random(0)
-    for _ in range(200):
-        n = rng.randint(1, 12)
-        m = [[rng.choice([0.5, 0.9, 0.95, 1.0]) for _ in range(n)] for _ in range(n)]
-        rec = quality.recommend_sa(m, 0.9)
-        if rec is None:
-            assert all(m[i - 1][i] < 0.9 for i in range(1, n))
-            continue
-        plan = parse_variant(rec, n)
-        for lp in plan.layers:
-            if not lp.computes_attention:
-                assert m[lp.attn_source][lp.index] >= 0.9
+def test_over_budget_the_least_costly_measured_plan_is_shown_and_labelled(ckpt, monkeypatch, tmp_path):
+    """Every shared layer costs 10% (and a little more per layer): nothing fits the 5% budget."""
+    from sabench.report.quality_report import format_table, write_report
+
+    real = quality.score
+
+    def costly(model, windows, **kw):
+        ppl, sim = real(model, windows, **kw)
+        shared = sum(not lp.computes_attention for lp in model.plan.layers)
+        return (ppl * (1.10 + 0.01 * shared) if shared else ppl), sim
+
+    monkeypatch.setattr(quality, "score", costly)
+    r = _default_run(ckpt)
+    adv = r["advice"]
+    assert adv["pick"] is None and len(adv["measured"]) >= 2
+    least = min(adv["measured"], key=lambda m: m["increase"])
+    assert least["shared_layers"] == 1 and least["increase"] > 0.10
+    row = r["variants"][1]
+    assert len(r["variants"]) == 2 and row["variant"] == least["variant"]
+    assert row["advice_role"] == "least costly measured, over budget"
+    assert row["perplexity"] == least["perplexity"]
+    table = format_table(r)
+    assert "least costly measured, over the 5% budget" in table
+    assert "advice pick" not in table
+    assert f'the least costly, "{least["variant"]}" (shown beside the baseline)' in table
+    report = write_report(r, tmp_path / "q").read_text()
+    assert "least costly measured, over the 5% budget" in report and "least costly, over budget" in report
 
 
 # ---------------------------------------------------------------- the command
@@ -185,12 +215,27 @@ def test_json_keys(ckpt, capsys):
                       "--max-windows", 2, "--json", "--device", "cpu")
     d = json.loads(out)
     assert rc == 0
-    assert {"model", "tokens", "windows", "seq_len", "variants", "attention_similarity",
-            "recommended_sa", "weights"} <= set(d)
-    assert d["variants"][0]["variant"] == "baseline"  # default: baseline, then the recommended spans
-    assert [r["variant"] for r in d["variants"][1:]] == ([d["recommended_sa"]] if d["recommended_sa"] else [])
+    assert {"model", "tokens", "windows", "seq_len", "variants", "attention_similarity", "advice",
+            "weights"} <= set(d)
+    assert _pick_fields(d) == ["advice.pick"]  # one recommendation, named once
+    assert "recommended_sa" not in d and "similarity_threshold" not in d
+    assert d["variants"][0]["variant"] == "baseline"  # default: baseline, then the advice's pick
+    assert [(r["variant"], r["advice_role"]) for r in d["variants"][1:]] == [(d["advice"]["pick"], "pick")]
     for r in d["variants"]:
-        assert set(r) == {"variant", "perplexity", "delta_vs_baseline", "kv_cache_bytes_per_token"}
+        assert set(r) == {"variant", "perplexity", "delta_vs_baseline", "kv_cache_bytes_per_token", "advice_role"}
+
+
+def _pick_fields(x, path=""):
+    """Every key path in a JSON value whose last key mentions a pick or a recommendation."""
+    if isinstance(x, list):
+        return [p for v in x for p in _pick_fields(v, path)]
+    if not isinstance(x, dict):
+        return []
+    out = []
+    for k, v in x.items():
+        here = f"{path}.{k}" if path else k
+        out += ([here] if "pick" in k or "recommend" in k else []) + _pick_fields(v, here)
+    return sorted(set(out))
 
 
 def test_out_writes_report_and_figures(ckpt, tmp_path, capsys):
@@ -198,9 +243,11 @@ def test_out_writes_report_and_figures(ckpt, tmp_path, capsys):
     rc, stdout, _ = _run(capsys, "quality", "--model", ckpt, "--token-ids", ckpt / "ids.txt", "--seq-len", SEQ,
                          "--variant", "cla:2", "--variant", "sa:2-3", "--out", out)
     assert rc == 0
-    assert "| variant" in stdout and "cla:2" in stdout and "recommended SA spans" in stdout
+    assert "| variant" in stdout and "cla:2" in stdout
+    assert "advice" not in stdout  # named variants only: no advice was asked for
     report = (out / "report.md").read_text()
     assert "cla:2" in report and "sa:2-3" in report and "Attention similarity" in report
+    assert "## Advice" not in report
     for png in ("attention_similarity.png", "perplexity_vs_kv_bytes.png"):
         assert (out / png).stat().st_size > 1000
         assert f"({png})" in report
@@ -265,7 +312,8 @@ def _bad_inputs(ckpt, tmp):
         (m + ids + ["--seq-len", 513], "positions"),
         (m + ids + ["--seq-len", 1], "--seq-len"),
         (m + ids + ["--max-windows", 0], "--max-windows"),
-        (m + ids + ["--similarity", 1.5], "--similarity"),
+        (m + ids + ["--similarity", 0.9], "unrecognized arguments: --similarity"),  # the threshold rule is gone
+        (m + ids + ["--variant", "recommended", "--candidates", 0], "--candidates 0"),
         (m + ids + ["--dtype", "int8"], "unsupported dtype"),
         (m + ids + ["--device", "tpu"], "device"),
         (m + ids + ["--text", tmp / "ids.txt"], "not allowed with"),

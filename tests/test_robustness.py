@@ -284,8 +284,8 @@ CASES = [
     case("quality-seq-len-zero", lambda w, t: QUALITY[:-2] + ["--seq-len", "0", "--token-ids", _token_ids(t)],
          "--seq-len"),
     case("quality-max-windows-zero", lambda w, t: Q(t, "--max-windows", "0"), "--max-windows"),
-    case("quality-similarity-nan", lambda w, t: Q(t, "--similarity", "nan"), "--similarity"),
-    case("quality-similarity-above-one", lambda w, t: Q(t, "--similarity", "1.5"), "--similarity"),
+    case("quality-recommended-without-advice", lambda w, t: Q(t, "--variant", "recommended", "--candidates", "0"),
+         "--candidates 0"),
     case("quality-no-source", lambda w, t: QUALITY, "--token-ids"),
     case("quality-missing-ids", lambda w, t: QUALITY + ["--token-ids", str(t / "nowhere.txt")], "nowhere.txt"),
     case("quality-ids-not-integers", lambda w, t: QUALITY + ["--token-ids", str(_file(t, "ids", "1 2 three"))],
@@ -391,8 +391,8 @@ def test_ctrl_c_exits_130_with_one_line_that_says_how_to_resume(tmp_path):
     assert kept and len(kept) % 2 == 0 and all(r["status"] == "ok" for r in kept)
 
 
-def test_nan_free_similarity_parse_is_strict():
-    from sabench.cli import float_in
+def test_nan_free_float_parse_is_strict():
+    from sabench.argtypes import float_in
 
     parse = float_in(0.0, 1.0)
     assert parse("0.5") == 0.5 and parse("1") == 1.0

@@ -60,14 +60,34 @@ def pareto(variants: List[dict]) -> List[dict]:
 
 def variant_rows(result: dict) -> List[list]:
     base = result["variants"][0]
+    advised = _advised(result)
     rows = []
     for r in result["variants"]:
         rel = r["delta_vs_baseline"] / base["perplexity"] if base["perplexity"] else math.nan
         kv = r["kv_cache_bytes_per_token"] / base["kv_cache_bytes_per_token"]
         delta = "—" if r is base else f"{r['delta_vs_baseline']:+.4g} ({rel:+.2%})"
         rows.append([r["variant"], f"{r['perplexity']:.5g}", delta,
-                     f"{human_bytes(r['kv_cache_bytes_per_token'])} ({kv:.1%})"])
+                     f"{human_bytes(r['kv_cache_bytes_per_token'])} ({kv:.1%})"]
+                    + ([role_text(result, r["advice_role"])] if advised else []))
     return rows
+
+
+def _advised(result: dict) -> bool:
+    return any(r.get("advice_role") for r in result["variants"])
+
+
+def variant_table(result: dict) -> str:
+    """The variant rows; an `advice` column when one of them is the advice's plan."""
+    headers = VARIANT_HEADERS + (["advice"] if _advised(result) else [])
+    return tabulate(variant_rows(result), headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def role_text(result: dict, role) -> str:
+    """A variant row's `advice_role` in words: the advice's pick, or its least costly plan over budget."""
+    from sabench.advice import OVER_BUDGET, PICK
+
+    words = {PICK: "advice pick (within {})", OVER_BUDGET: "least costly measured, over the {} budget"}
+    return words[role].format(f"{result['advice']['budget'] * 100:g}%") if role else ""
 
 
 VARIANT_HEADERS = ["variant", "perplexity", "Δ vs baseline", "KV bytes / token"]
@@ -88,14 +108,6 @@ def _summary(result: dict) -> str:
             f"{result['dtype']} on {result['device']}")
 
 
-def _advice(result: dict) -> str:
-    thr = result["similarity_threshold"]
-    if result["recommended_sa"]:
-        return (f"recommended SA spans (similarity to the span's source layer >= {thr:g}): "
-                f"{result['recommended_sa']}")
-    return f"recommended SA spans: none (no layer reaches similarity {thr:g} with the layer before it)"
-
-
 def format_table(result: dict) -> str:
     sim = result["attention_similarity"]
     matrix = tabulate([[a] + [f"{x:.2f}" for x in row] for a, row in enumerate(sim)],
@@ -103,12 +115,10 @@ def format_table(result: dict) -> str:
                       disable_numparse=True)
     return "\n".join([
         _summary(result),
-        tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github", disable_numparse=True),
+        variant_table(result),
         "",
         "attention similarity of the baseline's layers (mean cosine of the T x T attention weights):",
         matrix,
-        "",
-        _advice(result),
         *advice_text(result),
     ])
 
@@ -118,10 +128,14 @@ ADVICE_HEADERS = ["#", "plan", "shared layers", "saving", "decode bytes", "prefi
 
 
 def advice_rows(result: dict) -> List[list]:
+    from sabench.advice import OVER_BUDGET, PICK, shown_plan
+
     adv = result.get("advice") or {}
+    shown, role = shown_plan(adv) or (None, None)
+    label = {PICK: "pick", OVER_BUDGET: "least costly, over budget"}.get(role, "")
     rows = []
     for i, m in enumerate(adv.get("measured", []), 1):
-        mark = ("pick" if m["variant"] == adv.get("pick") else "") + (" Pareto" if m["pareto"] else "")
+        mark = (label if m["variant"] == shown else "") + (" Pareto" if m["pareto"] else "")
         rows.append([i, m["variant"], m["shared_layers"], f"{m['saving']:.2%}", f"{m['decode_bytes_saving']:.2%}",
                      f"{m['prefill_flops_saving']:.2%}", f"{m['kv_bytes_saving']:.2%}",
                      f"{m['predicted_cost']:.3g}", f"{m['perplexity']:.5g}", f"{m['increase']:+.2%}",
@@ -165,23 +179,25 @@ def render_markdown(result: dict) -> str:
              ["windows", _windows_text(result)],
              ["tokens covered", f"{result['tokens']} (of {result['input_tokens']} in the input; "
                                 f"{plural(result['predictions'], 'prediction')} scored)"],
-             ["perplexity convention", result["perplexity_convention"]],
-             ["similarity threshold", f"{result['similarity_threshold']:g}"]]
+             ["perplexity convention", result["perplexity_convention"]]]
+    if result.get("advice"):
+        setup.append(["advice budget", f"{result['advice']['budget'] * 100:g}% perplexity increase"])
     lines += ["## Setup", "", tabulate(setup, headers=["", ""], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Perplexity per variant", "",
               "Every variant is the baseline's checkpoint with no retraining: SA layers apply the source "
               "layer's attention weights to their own V, CLA non-owners attend over the owner's K/V. "
               "Perplexity = exp(mean NLL over every scored prediction; " + result["perplexity_convention"]
               + "); Δ is against the baseline; KV bytes are per token and sequence, in the evaluation "
-              "dtype.", "",
-              tabulate(variant_rows(result), headers=VARIANT_HEADERS, tablefmt="github", disable_numparse=True),
+              "dtype. The advice column marks the advice's plan (see below): its pick, or, when no measured "
+              "plan is within the budget, the least costly one measured.", "",
+              variant_table(result),
               "",
               f"![perplexity against KV bytes per token]({PARETO})", ""]
     lines += ["## Attention similarity of the baseline's layers", "",
               "Entry (a, b): the mean over windows and heads of the cosine similarity between the full "
               "T x T causal attention-probability matrices of layers a and b. An SA span A-B replaces "
-              "layers A..B's weights by layer A-1's, so row A-1 tells how close that replacement is.", "",
-              _advice(result), "", f"![attention similarity heatmap]({HEATMAP})", "",
+              "layers A..B's weights by layer A-1's, so row A-1 tells how close that replacement is; the "
+              "advice ranks its candidate plans by it.", "", f"![attention similarity heatmap]({HEATMAP})", "",
               tabulate([[a] + [f"{x:.3f}" for x in row] for a, row in enumerate(sim)],
                        headers=["layer"] + [str(b) for b in range(len(sim))], tablefmt="github",
                        disable_numparse=True), ""]
@@ -215,14 +231,17 @@ def heatmap(result: dict, path: Path) -> None:
             for b in range(n):
                 ax.text(b, a, f"{sim[a][b]:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if sim[a][b] > 0.6 else "white")
-    for span in (result["recommended_sa"] or "sa:")[3:].split(","):
+    from sabench.advice import shown_plan
+
+    shown, role = shown_plan(result.get("advice")) or (None, None)
+    for span in (shown or "sa:")[3:].split(","):
         if span:  # the source row's cells the span reuses
             a, b = (int(x) for x in span.split("-"))
             ax.add_patch(plt.Rectangle((a - 0.5, a - 1.5), b - a + 1, 1, fill=False, edgecolor="red", lw=1.8))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="mean cosine similarity")
     ax.set_title(f"Attention similarity, {plural(result['windows'], 'window')} x {result['seq_len']} tokens"
                  + (" (random weights)" if result["weights"] == "random" else "")
-                 + ("\nred: recommended " + result["recommended_sa"] if result["recommended_sa"] else ""))
+                 + (f"\nred: {role_text(result, role)}, {shown}" if shown else ""))
     fig.tight_layout()
     save(fig, path.parent, path.name)
 
