@@ -134,7 +134,7 @@ def _device(choice: str) -> str:
 
 def per_round(results) -> Dict[str, Dict[str, List[float]]]:
     """phase -> {"median": each measured round's median step, "fastest": its fastest step} (ms)."""
-    from sabench.records.rounds import ok_rounds
+    from sabench.stats import ok_rounds
 
     out = {p: {s: [] for s in STATS} for p in PHASES}
     for rec in results.records:

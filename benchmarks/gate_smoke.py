@@ -85,7 +85,8 @@ def _cp(k: int, n: int) -> str:
 def judge(args) -> int:
     import numpy as np
 
-    from sabench.records import load_results, round_minima
+    from sabench.records import load_results
+    from sabench.stats import round_minima
     from sabench.report.check import check, parse_threshold
 
     out = Path(args.out)

@@ -138,7 +138,7 @@ def test_a_one_round_run_states_estimates_and_never_a_verdict(small_report):
 
 
 def test_report_findings_with_rounds_name_the_largest_supported_speedup(tmp_path):
-    from sabench.records import paired_round_minima
+    from sabench.stats import paired_round_minima
     from sabench.stats import ratio_interval, verdict
 
     run = write_results(with_rounds(make_results(), 5, factors={"cla:2": 0.7}, seed=4,

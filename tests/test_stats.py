@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
-from sabench.stats import (GateResult, RatioEstimate, detect_steps, ratio_interval, regression,
-                           round_summaries,
-                           summarize, validate_samples, verdict)
-from sabench.step_detect import _optimal_partition, series_noise
+from sabench.stats import (GateResult, RatioEstimate, detect_steps, geomean, geomean_per_round, median,
+                           ratio_interval, regression, summarize, validate_samples, verdict)
+from sabench.stats.steps import _optimal_partition, series_noise
 
 BASE = [10.2, 9.8, 10.5, 10.1, 9.9, 10.4]
 CAND = [11.0, 10.9, 11.6, 10.7, 11.2, 11.8]
@@ -224,10 +223,10 @@ def test_too_few_samples_are_refused():
     assert validate_samples([1, 2.5], "p").dtype == np.float64
 
 
-def test_summarize_still_importable_from_measure():
-    from sabench.measure import summarize as m1
-    from sabench.measure.stats import summarize as m2
-    assert m1 is summarize and m2 is summarize
+def test_median_and_geomean_against_numpy_and_scipy():
+    xs = [3.0, 1.0, 2.0, 10.0]
+    assert median(xs) == np.median(xs) == 2.5 and median([4.0]) == 4.0 and median([]) is None
+    assert geomean(xs) == pytest.approx(st.gmean(xs))
 
 
 # -- step detection ---------------------------------------------------------------------------------
@@ -312,16 +311,15 @@ def test_step_behind_a_one_commit_spike_is_measured_from_the_confirmed_level():
     assert fit.steps[1].ratio == pytest.approx(1.3, rel=0.02)
 
 
-def test_round_summaries_and_within_process_marking():
-    rounds = [[3.0, 1.0, 2.0], [5.0, 4.0, 6.0, 100.0], [2.0]]
-    assert list(round_summaries(rounds, "p")) == [2.0, 5.5, 2.0]
-    with pytest.raises(ValueError, match="p, round 1"):
-        round_summaries([[1.0], [1.0, -2.0]], "p")
-    with pytest.raises(ValueError, match="at least 3"):
-        round_summaries([[1.0], [2.0]], "p", min_rounds=3)
+def test_geomean_per_round_uses_the_rounds_every_point_measured():
+    a = {1: 1.0, 2: 4.0, 3: 2.0}
+    b = {1: 4.0, 3: 8.0}  # round 2 failed here: the phase's series has rounds 1 and 3
+    assert geomean_per_round([a, b]) == pytest.approx([2.0, 4.0])
+    assert geomean_per_round([]) == [] and geomean_per_round([a]) == pytest.approx([1.0, 4.0, 2.0])
+
+
+def test_within_process_marking():
     est = ratio_interval(BASE, CAND, within_process=True)
     assert est.within_process and "within-process only" in est.method
     assert "within-process only" in verdict(est).reason
     assert est.inverted().within_process
-    plain = ratio_interval(BASE, CAND)
-    assert (plain.low, plain.high) == (est.low, est.high) and not plain.within_process

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from report_fixtures import latency_summary, make_results, scale_timings, with_rounds, write_results
-from sabench.records import (ResultsError, RoundSample, RunRecord, load_results, paired_round_minima,
-                             round_medians, round_minima)
+from sabench.records import ResultsError, RoundSample, RunRecord, load_results
+from sabench.stats import paired_round_minima, round_medians, round_minima
 from sabench.report.check import check
 from sabench.report.commands import main
 from sabench.report.compare import compare_runs

@@ -33,7 +33,8 @@ import torch
 from sabench.constants import EXTRA_ROUNDS, STABLE_RATIO
 from sabench.harness.faults import maybe_inject_oom
 from sabench.harness.job import PointJob
-from sabench.measure import CudaGraphStep, is_oom_error, summarize, time_fn, time_steps
+from sabench.measure import CudaGraphStep, is_oom_error, time_fn, time_steps
+from sabench.stats import summarize
 from sabench.measure.timing import sync
 from sabench.measure.trackers import PhaseTrackers
 

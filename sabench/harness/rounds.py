@@ -15,11 +15,10 @@ readings are those of the round with the largest device_peak (a note says so).
 from __future__ import annotations
 
 import random
-import statistics
 from typing import Iterable, Optional
 
 from sabench.records import MAX_REQUEST
-from sabench.stats import summarize
+from sabench.stats import median, summarize
 
 # --retry-failed: which round statuses count as still failing, and are measured again
 RETRY_STATUSES = {"errors": ("error", "killed"), "oom": ("error", "killed", "oom")}
@@ -62,7 +61,7 @@ def round_sample(rec: dict, round_index: int) -> dict:
     """One round's entry of `rounds` from that round's own record."""
     if rec.get("status") == "ok":
         s = list(rec["latency_ms"]["samples"])
-        return {"round": round_index, "median_ms": statistics.median(s), "n": len(s), "samples": s}
+        return {"round": round_index, "median_ms": median(s), "n": len(s), "samples": s}
     out = {"round": round_index, "n": 0, "samples": [], "status": rec.get("status", "error")}
     if rec.get("error"):
         out["error"] = rec["error"]

@@ -5,7 +5,6 @@ way), memory high-water marks (allocator, NVML, RSS), environment capture and
 roofline calibration. Submodules are small and import nothing heavy beyond
 torch; NVML (pynvml) is imported only when a sampler or device query asks for it.
 """
-from sabench.measure.stats import summarize
 from sabench.measure.timing import CudaGraphStep, sync, time_fn, time_steps
 from sabench.measure.memory import (AllocatorTracker, current_rss_bytes, is_oom_error,
                                     peak_rss_bytes, reset_peak_rss)
@@ -13,7 +12,7 @@ from sabench.measure.nvml import NvmlSampler, NvmlUnavailable, nvml_device_info
 from sabench.measure.env import capture_env
 from sabench.measure.calibrate import DATASHEET, calibrate, datasheet_for
 
-__all__ = ["summarize", "time_fn", "time_steps", "CudaGraphStep", "sync", "AllocatorTracker",
+__all__ = ["time_fn", "time_steps", "CudaGraphStep", "sync", "AllocatorTracker",
            "current_rss_bytes", "is_oom_error", "peak_rss_bytes", "reset_peak_rss", "NvmlSampler",
            "NvmlUnavailable", "nvml_device_info", "capture_env", "calibrate", "datasheet_for",
            "DATASHEET"]

@@ -21,6 +21,7 @@ import torch
 
 from sabench.dtypes import dtype_name, parse_dtype
 from sabench.measure.timing import DeviceLike, as_device, is_cuda, time_fn
+from sabench.stats import median
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -77,12 +78,6 @@ def _finite_positive(x: float, what: str) -> float:
     return x
 
 
-def _median(samples: list[float]) -> float:
-    s = sorted(samples)
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
 def measure_copy_bandwidth(device: DeviceLike, nbytes: Optional[int] = None, *,
                            warmup: int = WARMUP, repeats: int = REPEATS) -> dict:
     """Device-to-device copy bandwidth: 2 * nbytes / median time (every byte is read and written).
@@ -107,7 +102,7 @@ def measure_copy_bandwidth(device: DeviceLike, nbytes: Optional[int] = None, *,
         del src, dst
         if cuda:
             torch.cuda.empty_cache()
-    median_s = _median(samples) / 1e3
+    median_s = median(samples) / 1e3
     return {"bytes_per_s": _finite_positive(2 * nbytes / median_s, "bandwidth"),
             "nbytes": nbytes, "samples_ms": samples}
 
@@ -141,7 +136,7 @@ def measure_matmul_peak(device: DeviceLike, dtype=torch.bfloat16, n: Optional[in
         if cuda:
             torch.cuda.empty_cache()
     flops = 2 * n ** 3
-    median_s = _median(samples) / 1e3
+    median_s = median(samples) / 1e3
     out = {"flops_per_s": _finite_positive(flops / median_s, "FLOP rate"), "n": n,
            "dtype": dtype_name(dt), "flops": flops, "samples_ms": samples}
     if dt == torch.float32:

@@ -10,7 +10,7 @@ the phase's record as a dict (`result()`), in the spirit of optimum-benchmark's 
   calls only (EnergyMeter), which it reads from the memory tracker's NVML window.
 
 Latency is not a window but samples: measure.timing (time_fn, time_steps, CudaGraphStep) takes
-them and measure.stats summarises them. PhaseTrackers runs both trackers over one phase.
+them and sabench.stats.summarize summarises them. PhaseTrackers runs both trackers over one phase.
 """
 from __future__ import annotations
 

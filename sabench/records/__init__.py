@@ -15,7 +15,7 @@ FLOPs are plain FLOPs (2 per multiply-add). Fields the types do not name are kep
 meaning is in the field comments of sabench/records/types.py.
 """
 from sabench.records.checks import ResultsError
-from sabench.records.rounds import RoundSample, ok_rounds, paired_round_minima, round_medians, round_minima
+from sabench.records.rounds import RoundSample
 from sabench.records.files import load_results, results_path, write_results
 from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STABLE_RATIO, STATUSES,
                                    Flops, Key, Latency, MaxAttempt, Memory, Overhead, PhaseRecord, PointSpec, RunRecord,
@@ -24,4 +24,4 @@ from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA,
 __all__ = ["FAILED_STATUSES", "MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STABLE_RATIO", "STATUSES", "Flops",
            "Key", "Latency",
            "MaxAttempt", "Memory", "Overhead", "PhaseRecord", "PointSpec", "ResultsError", "RunRecord",
-           "RoundSample", "Stability", "key_label", "ok_rounds", "paired_round_minima", "round_medians", "round_minima", "load_results", "point_key", "results_path", "write_results"]
+           "RoundSample", "Stability", "key_label", "load_results", "point_key", "results_path", "write_results"]

@@ -5,7 +5,7 @@ match exactly: a point that was ok in the baseline and errored, went out of memo
 in the current run is a regression (a missing point is a note with `allow_missing`), and so is a
 point that now errors whatever it was before.
 
-Timings are judged on each round's fastest step (sabench.records.ok_rounds; the runs are
+Timings are judged on each round's fastest step (sabench.stats.ok_rounds; the runs are
 different runs, so the rounds are unpaired): work on a shared machine is only ever slowed by its
 neighbours, so the fastest step of a process follows the work where its median follows the
 machine's load (measured: docs/methodology.md, "The regression gate"). Two families of tests:
@@ -38,12 +38,11 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from sabench.io import write_atomic
-from sabench.records import ok_rounds
 from sabench.report.intervals import fmt_est
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
                                     results_path, status_text)
-from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, geomean_per_round, regression
+from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, geomean_per_round, ok_rounds, regression
 
 # figure name -> its value in a record
 DETERMINISTIC = (("params", lambda r: r.params), ("kv_cache_bytes", lambda r: r.kv_cache_bytes),

@@ -10,9 +10,9 @@ from sabench.paths import reports_dir
 from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, listing, fmt_rate, fmt_x,
                                     human_bytes, index_records, is_ok, key_label, load_results, median_ms,
                                     peak_memory, results_path, status_text, variants_of)
-from sabench.report.intervals import WITHIN_NOTE, fmt_est, geomean_interval, time_ratio
+from sabench.report.intervals import WITHIN_NOTE, fmt_est, time_ratio
 from sabench.report.tables import md_table
-from sabench.stats import verdict
+from sabench.stats import geomean_interval, verdict
 from sabench.report import topology
 
 MAX_LISTED = 20

@@ -1,6 +1,6 @@
 """Confidence intervals on the ratios readers print: report, compare and check share these.
 
-Every interval is computed over rounds, from each round's fastest step (sabench.records.round_minima:
+Every interval is computed over rounds, from each round's fastest step (sabench.stats.round_minima:
 a neighbour on the machine only ever adds time, so the fastest step follows the work while the
 median follows the load; the latencies printed beside the ratios stay medians):
 - two variants of one cell in ONE run are paired by round (round k of both was measured back to
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from sabench.records import PhaseRecord, paired_round_minima, round_medians, round_minima
-from sabench.stats import DEFAULT_THRESHOLD, RatioEstimate, Verdict, ratio_interval, verdict
+from sabench.records import PhaseRecord
+from sabench.stats import (DEFAULT_THRESHOLD, RatioEstimate, Verdict, paired_round_minima, ratio_interval,
+                           round_medians, round_minima, verdict)
 
 CONFIDENCE = 0.95
 WITHIN_MARK = "†"
@@ -61,32 +62,6 @@ def speed_verdict(sp: RatioEstimate, threshold: float = DEFAULT_THRESHOLD) -> Ve
     The verdict is taken on the time ratio (candidate / base), whose labels already speak of the
     candidate; its reason quotes that time ratio."""
     return verdict(sp.inverted(), threshold)
-
-
-def within_any(ests: List[Optional[RatioEstimate]]) -> bool:
-    return any(e is not None and e.within_process for e in ests)
-
-
-def geomean_interval(ests: List[RatioEstimate], confidence: float = CONFIDENCE) -> Optional[RatioEstimate]:
-    """The geometric mean of per-point ratios with an interval that carries each point's own
-    measurement noise (points taken as fixed: it says how well this set of points was measured,
-    not how another set would come out). Each point's standard error on the log scale is read
-    back from its interval, ln(high / low) / (2 z); the mean's is sqrt(sum se_i^2) / n."""
-    import math
-
-    from scipy.stats import norm
-
-    ests = [e for e in ests if e is not None]
-    if not ests:
-        return None
-    n = len(ests)
-    logs = [math.log(e.ratio) for e in ests]
-    se = [math.log(e.high / e.low) / (2 * float(norm.ppf((1 + e.confidence) / 2))) for e in ests]
-    m, s = sum(logs) / n, math.sqrt(sum(x * x for x in se)) / n
-    h = float(norm.ppf((1 + confidence) / 2)) * s
-    return RatioEstimate(math.exp(m), math.exp(m - h), math.exp(m + h), n, n,
-                         f"geometric mean over {n} points, per-point noise combined", confidence,
-                         paired=False, within_process=any(e.within_process for e in ests))
 
 
 def latency_band(r: Optional[PhaseRecord]) -> Optional[tuple]:

@@ -11,7 +11,8 @@ from matplotlib.ticker import NullLocator
 
 from sabench.report.plots import (LATENCY_LABELS, _PALETTE, Grid, _facet_axes, _fail_handle, mark_failures,
                                   pick_facets, plt, ratio_ticks, save)
-from sabench.report.intervals import geomean_interval, time_ratio
+from sabench.report.intervals import time_ratio
+from sabench.stats import geomean_interval
 from sabench.report.results import is_ok, median_ms, variants_of
 
 

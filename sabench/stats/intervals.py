@@ -14,115 +14,19 @@ rank interval cannot reach 95% below 6 paired rounds; both are available (`metho
 series. Everything is deterministic: exact formulas, or a bootstrap with a fixed seed.
 
 scipy is imported inside the functions that need it, so `import sabench.stats` stays light (the
-point process (harness.phases) imports `summarize` from here through sabench.measure).
-
-Step detection over a history series lives in sabench.step_detect and is re-exported here.
+point process imports `summarize` from this package).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from sabench.stats.summary import validate_samples
+
 METHODS = ("t", "bootstrap", "rank")
-DEFAULT_THRESHOLD = 0.05
-MIN_ROUNDS = 3
-
-
-# -- summaries and validation -----------------------------------------------------------------------
-
-
-def summarize(samples_ms: Sequence[float]) -> dict:
-    """median/p10/p90/p99/mean/std/min/max plus the raw `samples` (all floats, ms).
-
-    Percentiles use numpy's default linear interpolation. `std` is the sample
-    standard deviation (ddof=1; 0.0 for a single sample, so the result stays
-    JSON-serialisable). An empty or non-finite sample list is a bug upstream
-    and raises ValueError rather than producing NaNs in a report.
-    """
-    samples = [float(x) for x in samples_ms]
-    if not samples:
-        raise ValueError("summarize() needs at least one sample")
-    if not all(math.isfinite(x) for x in samples):
-        raise ValueError(f"non-finite latency sample in {samples!r}")
-    a = np.asarray(samples, dtype=np.float64)
-    p10, p50, p90, p99 = np.percentile(a, [10, 50, 90, 99], method="linear")
-    return {
-        "median": float(p50),
-        "p10": float(p10),
-        "p90": float(p90),
-        "p99": float(p99),
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "samples": samples,
-    }
-
-
-def median(xs: Sequence[float]) -> Optional[float]:
-    """The median of a list of numbers (None for an empty one)."""
-    s = sorted(float(x) for x in xs)
-    if not s:
-        return None
-    n = len(s)
-    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def geomean(xs: Sequence[float]) -> float:
-    """Geometric mean of positive numbers (the mean of ratios that multiply)."""
-    xs = list(xs)
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
-def validate_samples(samples: Sequence[float], where: str, *, min_n: int = 1) -> np.ndarray:
-    """The samples as a float64 array, or ValueError naming `where` and the first bad value.
-
-    Refuses non-numbers, NaN, +-inf, values <= 0 (a timing, memory or energy figure is positive)
-    and fewer than `min_n` samples. `where` names the point and field (e.g.
-    "results.json point prefill b=1 s=128 sa:2-3, field latency_ms.samples") so the message can
-    be shown to a user as is.
-    """
-    try:
-        a = np.asarray([float(x) for x in samples], dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: samples must be numbers ({e})") from None
-    bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{where}: sample {i} is {a[i]!r}; samples must be finite and > 0 "
-                         f"({bad.size} of {a.size} invalid); re-run or drop that point")
-    if a.size < min_n:
-        raise ValueError(f"{where}: {a.size} sample(s), at least {min_n} needed; "
-                         f"measure more rounds")
-    return a
-
-
-def round_summaries(rounds: Sequence[Sequence[float]], where: str, *, min_rounds: int = 1,
-                    statistic=np.median) -> np.ndarray:
-    """One number per round (default: each round's median step), validated: the samples the
-    interval functions expect. Round i is named in the error as `where`, round i."""
-    out = [float(statistic(validate_samples(r, f"{where}, round {i}"))) for i, r in enumerate(rounds)]
-    return validate_samples(out, where, min_n=min_rounds)
-
-
-def geomean_per_round(per_point: Sequence[dict]) -> list:
-    """Per round, the geometric mean over points of each point's value in that round.
-
-    per_point: one {round index: value} mapping per point (sabench.records.ok_rounds). Only the
-    rounds every point measured count, in round order. This makes a suite-level series with the
-    round as its replication unit: load that slows a whole round moves its value once, instead of
-    counting as independent noise in every point, so an interval over these values keeps its
-    coverage when the points of a round share the machine's conditions."""
-    if not per_point:
-        return []
-    common = sorted(set.intersection(*(set(p) for p in per_point)))
-    return [math.exp(sum(math.log(p[k]) for p in per_point) / len(per_point)) for k in common]
-
-
-# -- ratio intervals --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -323,104 +227,35 @@ def _invert_rank_test(v: np.ndarray, pvalue, alpha: float):
 # -- verdicts and the gate --------------------------------------------------------------------------
 
 
-class Verdict(NamedTuple):
-    label: str  # "faster" | "slower" | "not distinguishable" (the candidate, against the base)
-    reason: str
+def geomean_per_round(per_point: Sequence[dict]) -> list:
+    """Per round, the geometric mean over points of each point's value in that round.
+
+    per_point: one {round index: value} mapping per point (sabench.stats.rounds.ok_rounds). Only the
+    rounds every point measured count, in round order. This makes a suite-level series with the
+    round as its replication unit: load that slows a whole round moves its value once, instead of
+    counting as independent noise in every point, so an interval over these values keeps its
+    coverage when the points of a round share the machine's conditions."""
+    if not per_point:
+        return []
+    common = sorted(set.intersection(*(set(p) for p in per_point)))
+    return [math.exp(sum(math.log(p[k]) for p in per_point) / len(per_point)) for k in common]
 
 
-def verdict(est: RatioEstimate, threshold: float = DEFAULT_THRESHOLD, *,
-            max_width_to_effect: float = 1.0) -> Verdict:
-    """Is the candidate faster, slower, or not distinguishable from the base on this evidence?
+def geomean_interval(ests: Sequence[Optional[RatioEstimate]], confidence: float = 0.95) -> Optional[RatioEstimate]:
+    """The geometric mean of per-point ratios with an interval that carries each point's own
+    measurement noise (points taken as fixed: it says how well this set of points was measured,
+    not how another set would come out). Each point's standard error on the log scale is read
+    back from its interval, ln(high / low) / (2 z); the mean's is sqrt(sum se_i^2) / n."""
+    from scipy.stats import norm
 
-    "slower" only when the whole interval lies above 1 + threshold, "faster" only when it lies
-    below 1 / (1 + threshold) (the mirror image, so swapping base and candidate mirrors the
-    verdict), and in both cases only when the interval is no wider than the effect it reports:
-    ln(high / low) <= max_width_to_effect * |ln ratio|. A ratio whose interval spans a factor of 3
-    is not quoted as a finding even when it clears the threshold.
-    """
-    _check_threshold(threshold)
-    up, down = 1 + threshold, 1 / (1 + threshold)
-    pct = f"{threshold:.0%}"
-    if est.low > up:
-        label, side = "slower", f"the whole interval {est} lies above {up:.2f}"
-    elif est.high < down:
-        label, side = "faster", f"the whole interval {est} lies below {down:.2f}"
-    elif est.low > 1 or est.high < 1:
-        return Verdict("not distinguishable", f"{est}: the interval excludes 1 but not by the "
-                                              f"{pct} practical threshold ({_rounds(est)})")
-    else:
-        return Verdict("not distinguishable", f"{est}: the interval includes 1 "
-                                              f"({_rounds(est)}; {est.confidence:.0%} interval)")
-    effect = abs(math.log(est.ratio))
-    if est.log_width > max_width_to_effect * effect:
-        return Verdict("not distinguishable", f"{est}: the interval is wider than the effect "
-                                              f"({_pct(est.ratio)}; {_rounds(est)}); measure more rounds")
-    return Verdict(label, f"{side} ({_rounds(est)}; {est.confidence:.0%} interval, threshold {pct})")
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One point's gate decision: "regression" | "improvement" | "pass" | "not judged"."""
-
-    status: str
-    reason: str
-    estimate: RatioEstimate | None
-    threshold: float
-
-    @property
-    def regressed(self) -> bool:
-        return self.status == "regression"
-
-
-def regression(base_rounds: Sequence[float], cand_rounds: Sequence[float],
-               threshold: float = DEFAULT_THRESHOLD, *, paired: bool = False,
-               confidence: float = 0.95, min_rounds: int = MIN_ROUNDS, method: str = "t",
-               where: str = "point") -> GateResult:
-    """The gate for one point: a regression when the slowdown's interval lies wholly above 1 + threshold.
-
-    Invalid samples (<= 0, NaN, inf, not numbers) raise ValueError naming `where`; fewer than
-    `min_rounds` per side gives "not judged" (named in the reason), never a pass or a fail.
-    "improvement" mirrors "regression" (interval wholly below 1 / (1 + threshold)); anything else
-    passes. With a 95% two-sided interval, the chance of a false alarm on one point whose true
-    slowdown is at most the threshold is at most 2.5%; across K points, pass
-    confidence = 1 - 0.05 / K to hold the whole check to 5% (Bonferroni).
-    """
-    _check_threshold(threshold)
-    b = validate_samples(base_rounds, f"{where} (base)")
-    c = validate_samples(cand_rounds, f"{where} (candidate)")
-    if min(b.size, c.size) < max(min_rounds, 2):
-        return GateResult("not judged", f"{where}: {b.size} base and {c.size} candidate round(s); "
-                                        f"the gate needs at least {max(min_rounds, 2)} per side",
-                          None, threshold)
-    est = ratio_interval(b, c, paired=paired, confidence=confidence, method=method, where=where)
-    if est.low > 1 + threshold:
-        status, why = "regression", f"slower: the whole interval lies above {1 + threshold:.2f}"
-    elif est.high < 1 / (1 + threshold):
-        status, why = "improvement", f"faster: the whole interval lies below {1 / (1 + threshold):.2f}"
-    else:
-        status, why = "pass", f"the interval reaches within {threshold:.0%} of 1"
-    return GateResult(status, f"{where}: {est} {why}", est, threshold)
-
-
-def _check_threshold(threshold: float) -> None:
-    if not (isinstance(threshold, (int, float)) and 0 <= threshold < 10):
-        raise ValueError(f"threshold must be a fraction such as 0.05, got {threshold!r}")
-
-
-def _rounds(est: RatioEstimate) -> str:
-    if est.within_process:
-        return f"{est.n_base} and {est.n_cand} steps of one process each: within-process only"
-    if est.paired:
-        return f"{est.n_base} paired rounds"
-    return f"{est.n_base} base and {est.n_cand} candidate rounds"
-
-
-def _pct(ratio: float) -> str:
-    return f"{(ratio - 1) * 100:+.0f}%"
-
-
-from sabench.step_detect import Segment, Step, StepFit, detect_steps  # noqa: E402  (re-export)
-
-__all__ = ["summarize", "median", "geomean", "validate_samples", "round_summaries", "geomean_per_round", "RatioEstimate", "ratio_interval", "fmt_ratio",
-           "Verdict", "verdict", "GateResult", "regression", "detect_steps", "Step", "Segment",
-           "StepFit", "METHODS", "DEFAULT_THRESHOLD", "MIN_ROUNDS"]
+    ests = [e for e in ests if e is not None]
+    if not ests:
+        return None
+    n = len(ests)
+    logs = [math.log(e.ratio) for e in ests]
+    se = [math.log(e.high / e.low) / (2 * float(norm.ppf((1 + e.confidence) / 2))) for e in ests]
+    m, s = sum(logs) / n, math.sqrt(sum(x * x for x in se)) / n
+    h = float(norm.ppf((1 + confidence) / 2)) * s
+    return RatioEstimate(math.exp(m), math.exp(m - h), math.exp(m + h), n, n,
+                         f"geometric mean over {n} points, per-point noise combined", confidence,
+                         paired=False, within_process=any(e.within_process for e in ests))
