@@ -44,8 +44,9 @@ def collect(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = _log(out)
-    (out / "setup.json").write_text(json.dumps(vars(args) | {"cores": os.cpu_count()}, indent=1))
-    for j in range(args.pairs):
+    if not (out / "setup.json").exists():
+        (out / "setup.json").write_text(json.dumps(vars(args) | {"cores": os.cpu_count()}, indent=1))
+    for j in range(args.first, args.pairs):
         sides = [("a", None), ("b", None)] + ([("slow", args.slowdown)] if j < args.detect else [])
         for k in range(1, args.rounds + 1):
             for side, slow in sides:
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("collect")
     c.add_argument("out")
     c.add_argument("--pairs", type=int, default=40)
+    c.add_argument("--first", type=int, default=0, help="start at this block (two collectors can share OUT)")
     c.add_argument("--detect", type=int, default=20)
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--slowdown", default="decode:1.5")
