@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
+from sabench.errors import UserError
 
 DEFAULT_BUDGET = 0.05  # relative perplexity increase allowed for the pick (docs/quality.md)
 DEFAULT_CANDIDATES = 8  # plans measured at most
@@ -39,9 +40,9 @@ def parse_budget(text) -> float:
     try:
         value = float(s[:-1] if s.endswith("%") else s) / 100.0
     except ValueError:
-        raise ValueError(f"--budget {text!r}: expected a percentage such as 5% or 0.5%") from None
+        raise UserError(f"--budget {text!r}: expected a percentage such as 5% or 0.5%") from None
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"--budget {text!r}: expected a percentage >= 0, such as 5%")
+        raise UserError(f"--budget {text!r}: expected a percentage >= 0, such as 5%")
     return value
 
 

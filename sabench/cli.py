@@ -233,10 +233,9 @@ def cmd_run(args) -> int:
 
     if args.out is not None:
         check_output_dir(args.out, "--out")
-    with _value_errors_are_user_errors():
-        return run_suite(args.suite, out=args.out, resume=args.resume, variants=args.variant,
-                         report=not args.no_report, execution=args.execution, rounds=args.rounds,
-                         threads=args.threads, retry_failed=args.retry_failed, shard=shard, devices=devices)
+    return run_suite(suite, out=args.out, resume=args.resume, variants=args.variant,
+                     report=not args.no_report, execution=args.execution, rounds=args.rounds,
+                     threads=args.threads, retry_failed=args.retry_failed, shard=shard, devices=devices)
 
 
 def _run_option(text, parse):
@@ -257,19 +256,6 @@ def cmd_merge(args) -> int:
     return merge_runs(args.run_dirs, args.out, partial=not args.complete, report=not args.no_report)
 
 
-class _value_errors_are_user_errors:
-    """The runner and quality layers raise plain ValueError for bad input (resume mismatches,
-    --seq-len against the model, tokens outside the vocabulary): a user error there."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if kind is not None and issubclass(kind, ValueError) and not issubclass(kind, UserError):
-            raise UserError(one_line(str(e))) from e
-        return False
-
-
 def _budget(text: str) -> float:
     from sabench.advice import parse_budget
 
@@ -286,11 +272,10 @@ def cmd_quality(args) -> int:
     if args.out is not None:
         check_output_dir(args.out, "--out")
         refuse_run_dir(args.out, "--out", writes=("report.md",))
-    with _value_errors_are_user_errors():
-        result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
-                                  seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
-                                  device=args.device, stride=args.stride, budget=args.budget,
-                                  candidates=args.candidates)
+    result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
+                              seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
+                              device=args.device, stride=args.stride, budget=args.budget,
+                              candidates=args.candidates)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:

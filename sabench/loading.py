@@ -26,6 +26,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
+from sabench.errors import UserError
 
 WEIGHTS = ("random", "checkpoint")
 QUALITY_KEYS = ("text", "token_ids", "seq_len", "windows", "stride")
@@ -140,7 +141,7 @@ def add_quality(model, job, records: list) -> None:
         w = windows.make(torch.tensor(q["tokens"], dtype=torch.long), q["seq_len"], q["windows"], q["stride"])
         ppl, _ = quality.score(model, w, progress=False)
         if not math.isfinite(ppl):
-            raise ValueError(f"perplexity is {ppl} (the logits are not finite)")
+            raise UserError(f"perplexity is {ppl} (the logits are not finite)")
         info = {"perplexity": ppl, "perplexity_windows": w.count, "perplexity_seq_len": w.seq_len,
                 "perplexity_predictions": w.predictions, "perplexity_convention": w.convention()}
     except Exception as e:  # out of memory, a broken checkpoint: the timings are still data

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sabench import windows as win
+from sabench.errors import UserError
 from sabench.windows import IGNORE
 
 BATCH_BUDGET_BYTES = 2 << 30  # logits, attention scores and captured Q/K of one batch of windows
@@ -41,10 +42,10 @@ def read_token_ids(path, vocab_size: int) -> torch.Tensor:
         try:
             ids.append(int(word))
         except ValueError:
-            raise ValueError(f"{path}: token {i} is {word[:20]!r}, not an integer id") from None
+            raise UserError(f"{path}: token {i} is {word[:20]!r}, not an integer id") from None
     bad = next((x for x in ids if not 0 <= x < vocab_size), None)
     if bad is not None:
-        raise ValueError(f"{path}: token id {bad} is outside the model's vocabulary 0..{vocab_size - 1}")
+        raise UserError(f"{path}: token id {bad} is outside the model's vocabulary 0..{vocab_size - 1}")
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -56,7 +57,7 @@ def tokenize_text(path, directory, vocab_size: int) -> torch.Tensor:
     """
     directory = Path(directory)
     if not any((directory / f).is_file() for f in TOKENIZER_FILES):
-        raise ValueError(f"--text needs a tokenizer, and {str(directory)!r} has none "
+        raise UserError(f"--text needs a tokenizer, and {str(directory)!r} has none "
                          f"({', '.join(TOKENIZER_FILES)}): use --token-ids instead")
     text = _read(path, "--text")
     from transformers import AutoTokenizer
@@ -69,13 +70,13 @@ def tokenize_text(path, directory, vocab_size: int) -> torch.Tensor:
         ids = tok(text)["input_ids"]
     except Exception as e:  # transformers raises OSError, ValueError, TypeError... for a missing tokenizer
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ValueError(f"--text needs the tokenizer of {str(directory)!r}, which transformers cannot "
+        raise UserError(f"--text needs the tokenizer of {str(directory)!r}, which transformers cannot "
                          f"load from local files ({first}); use --token-ids instead") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     bad = next((x for x in ids if not 0 <= x < vocab_size), None)
     if bad is not None:
-        raise ValueError(f"the tokenizer of {str(directory)!r} gives id {bad}, outside the model's "
+        raise UserError(f"the tokenizer of {str(directory)!r} gives id {bad}, outside the model's "
                          f"vocabulary 0..{vocab_size - 1}")
     return torch.tensor(ids, dtype=torch.long)
 
@@ -87,14 +88,14 @@ def _read(path, flag: str) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{flag} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserError(f"{flag} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: Optional[int] = None) -> torch.Tensor:
     """Non-overlapping windows [W, seq_len]; a trailing partial window is dropped."""
     n = tokens.numel() // seq_len
     if n == 0:
-        raise ValueError(f"{tokens.numel()} tokens are fewer than one window of --seq-len {seq_len}")
+        raise UserError(f"{tokens.numel()} tokens are fewer than one window of --seq-len {seq_len}")
     if max_windows is not None:
         n = min(n, max_windows)
     return tokens[: n * seq_len].view(n, seq_len)
@@ -297,25 +298,25 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     dtype = dtype_name(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     seq_len = seq_len or min(2048, cfg.max_position_embeddings)
     if not 2 <= seq_len <= cfg.max_position_embeddings:
-        raise ValueError(f"--seq-len must be in 2..{cfg.max_position_embeddings} (the model's positions), "
+        raise UserError(f"--seq-len must be in 2..{cfg.max_position_embeddings} (the model's positions), "
                          f"got {seq_len}")
     if max_windows is not None and max_windows < 1:
-        raise ValueError(f"--max-windows must be >= 1, got {max_windows}")
+        raise UserError(f"--max-windows must be >= 1, got {max_windows}")
     if stride is not None and not 1 <= stride <= seq_len:
-        raise ValueError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
+        raise UserError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
     budget = advice.DEFAULT_BUDGET if budget is None else budget
     candidates = advice.DEFAULT_CANDIDATES if candidates is None else candidates
     if candidates < 0:
-        raise ValueError(f"--candidates must be >= 0 (0: no advice), got {candidates}")
+        raise UserError(f"--candidates must be >= 0 (0: no advice), got {candidates}")
     if variants and RECOMMENDED in variants and not candidates:
-        raise ValueError("--variant recommended scores the advice's plan, and --candidates 0 turns the "
+        raise UserError("--variant recommended scores the advice's plan, and --candidates 0 turns the "
                          "advice off: drop one of them")
     if not candidates:  # the default variants without the advice: the baseline alone
         requested = [v for v in requested if v != RECOMMENDED]
     if (text is None) == (token_ids is None):
-        raise ValueError("give exactly one of --text FILE and --token-ids FILE")
+        raise UserError("give exactly one of --text FILE and --token-ids FILE")
     if text is not None and cfg.source == "preset":
-        raise ValueError(f"--text needs a tokenizer, and preset {str(model)!r} has none: give a model "
+        raise UserError(f"--text needs a tokenizer, and preset {str(model)!r} has none: give a model "
                          "directory or use --token-ids")
     tokens = (tokenize_text(text, Path(cfg.source).parent, cfg.vocab_size) if text is not None
               else read_token_ids(token_ids, cfg.vocab_size))
@@ -327,7 +328,7 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         base_ppl, sim = score(base, windows, with_similarity=True, desc="baseline", progress=progress,
                               check_finite=True)
     except NonFiniteLogits as e:
-        raise ValueError(f"the baseline's logits are not finite (NaN or inf) on {e} of {str(model)!r}: "
+        raise UserError(f"the baseline's logits are not finite (NaN or inf) on {e} of {str(model)!r}: "
                          f"the {weights} weights are broken, or {dtype} overflows; check the checkpoint "
                          "(or try --dtype float32)") from None
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from sabench.errors import UserError
 
 IGNORE = -100  # F.cross_entropy's ignore_index
 
@@ -72,7 +73,7 @@ def non_overlapping(tokens: torch.Tensor, seq_len: int, max_windows: Optional[in
     """Windows [W, seq_len] cut end to end; a trailing partial window is dropped."""
     n = tokens.numel() // seq_len
     if n == 0:
-        raise ValueError(f"{tokens.numel()} tokens are fewer than one window of --seq-len {seq_len}")
+        raise UserError(f"{tokens.numel()} tokens are fewer than one window of --seq-len {seq_len}")
     if max_windows is not None:
         n = min(n, max_windows)
     inputs = tokens[: n * seq_len].view(n, seq_len)
@@ -87,9 +88,9 @@ def rolling_spans(n_tokens: int, seq_len: int, stride: int):
     >= first_scored are scored. lm-eval's get_rolling_token_windows, on tokens[1:] with
     tokens[0] as the prefix."""
     if not 1 <= stride <= seq_len:
-        raise ValueError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
+        raise UserError(f"--stride must be in 1..--seq-len ({seq_len}), got {stride}")
     if n_tokens < 2:
-        raise ValueError(f"{n_tokens} token(s): a rolling perplexity needs at least 2")
+        raise UserError(f"{n_tokens} token(s): a rolling perplexity needs at least 2")
     rest = n_tokens - 1  # lm-eval's token_list; tokens[0] is its prefix token
     first = min(seq_len, rest)
     spans = [(0, first, 0)]

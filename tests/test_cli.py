@@ -95,3 +95,23 @@ def test_python_api_bad_inputs_raise_clear_errors():
     if not torch.cuda.is_available():  # asked for explicitly; the default (device=None) picks the CPU here
         with pytest.raises(ValueError, match="CUDA is not available"):
             sabench.load_model("tiny", device="cuda")
+
+
+@pytest.mark.parametrize("command", ["run", "quality"])
+def test_a_bug_during_a_command_is_a_traceback_not_a_user_error(tmp_path, monkeypatch, command):
+    """A plain ValueError raised while a command runs is a bug: it propagates (traceback, exit 1),
+    it is never turned into the one-line exit 2 reserved for the user's mistakes."""
+    from sabench import quality
+    from sabench.harness import sweep
+
+    def boom(*a, **k):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(sweep, "run_suite", boom)
+    monkeypatch.setattr(quality, "evaluate", boom)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 2 3")
+    argv = (["run", "smoke", "--out", str(tmp_path / "r")] if command == "run"
+            else ["quality", "--model", "tiny", "--token-ids", str(ids)])
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(argv)

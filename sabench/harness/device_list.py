@@ -37,17 +37,17 @@ def parse_devices(text: str) -> Union[Tuple[int, ...], str]:
     if t.lower() == ALL:
         return ALL
     if not t:
-        raise ValueError("--devices is empty: give GPU ids like 0,1,3 or 'all'")
+        raise UserError("--devices is empty: give GPU ids like 0,1,3 or 'all'")
     ids = []
     for part in t.split(","):
         p = part.strip()
         if not (p.isascii() and p.isdigit()):
             what = "is negative" if p.startswith("-") and p[1:].isdigit() else "is not a GPU id"
-            raise ValueError(f"--devices {t!r}: {p!r} {what}: give non-negative integers like 0,1,3 or 'all'")
+            raise UserError(f"--devices {t!r}: {p!r} {what}: give non-negative integers like 0,1,3 or 'all'")
         ids.append(int(p))
     dups = sorted({i for i in ids if ids.count(i) > 1})
     if dups:
-        raise ValueError(f"--devices {t!r}: GPU {', '.join(map(str, dups))} given twice: name each GPU once")
+        raise UserError(f"--devices {t!r}: GPU {', '.join(map(str, dups))} given twice: name each GPU once")
     return tuple(ids)
 
 

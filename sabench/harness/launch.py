@@ -43,6 +43,20 @@ def _context():
     return _CTX
 
 
+def _nothing() -> None:
+    pass
+
+
+def start_server() -> None:
+    """Start the forkserver and wait until it has imported torch and sabench, by running one empty
+    process through it: that one-time cost (seconds, tens of seconds on a loaded machine) then
+    belongs to the run's start-up, not to its first point and the ETA computed from it."""
+    proc = _context().Process(target=_nothing, daemon=True)
+    with _PROCS:
+        proc.start()
+    proc.join()
+
+
 def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     """Measure one point in its own process; returns (records by phase, overhead).
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, TypeVar
+from sabench.errors import UserError
 
 P = TypeVar("P")
 
@@ -54,12 +55,12 @@ def parse_shard(text: str) -> Shard:
     """'2/8' -> Shard(2, 8); ValueError with what is allowed otherwise (the CLI exits 2 on it)."""
     m = _SHARD.match(str(text))
     if not m:
-        raise ValueError(f"--shard {text!r}: expected i/N with 1 <= i <= N, e.g. 1/8 (shards count from 1)")
+        raise UserError(f"--shard {text!r}: expected i/N with 1 <= i <= N, e.g. 1/8 (shards count from 1)")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or n > MAX_SHARDS:
-        raise ValueError(f"--shard {text!r}: N must be between 1 and {MAX_SHARDS}")
+        raise UserError(f"--shard {text!r}: N must be between 1 and {MAX_SHARDS}")
     if not 1 <= i <= n:
-        raise ValueError(f"--shard {text!r}: i must be between 1 and N={n} (shards count from 1, not 0)")
+        raise UserError(f"--shard {text!r}: i must be between 1 and N={n} (shards count from 1, not 0)")
     return Shard(i, n)
 
 
@@ -122,5 +123,5 @@ def check_resume(data: dict, shard: Optional[Shard], path) -> None:
     if old != new:
         def show(d):
             return f"shard {d['index']}/{d['count']}" if isinstance(d, dict) else "the whole suite"
-        raise ValueError(f"--resume: {path} holds {show(old)}, this run asks for {show(new)}; "
+        raise UserError(f"--resume: {path} holds {show(old)}, this run asks for {show(new)}; "
                          "pass the same --shard, or use another --out")

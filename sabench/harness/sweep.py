@@ -28,7 +28,7 @@ from sabench.harness.environment import busy_warning, capture_run_env, run_condi
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
 from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
 from sabench.harness.job import PointJob
-from sabench.harness.launch import run_point
+from sabench.harness.launch import run_point, start_server
 from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.pool import Pool, Slot, cell_units
@@ -36,7 +36,7 @@ from sabench.harness.preflight import preflight
 from sabench.harness.progress import Progress, summary
 from sabench.harness.shard import check_resume, suite_shard
 from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, round_order, round_status
-from sabench.errors import RunInterrupted
+from sabench.errors import RunInterrupted, UserError
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import parse_variant
@@ -61,18 +61,18 @@ def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     path = out / "results.json"
     if not path.exists():
         if resume:
-            raise ValueError(f"--resume: {path} does not exist; nothing to resume")
+            raise UserError(f"--resume: {path} does not exist; nothing to resume")
         return None
     if not resume:
-        raise ValueError(f"{path} already exists: pass --resume to complete it, or another --out")
+        raise UserError(f"{path} already exists: pass --resume to complete it, or another --out")
     try:
         data = load_results(path).to_dict()  # validated; a v1 file is upgraded to this schema
     except ResultsError as e:
-        raise ValueError(f"--resume: {e}") from None
+        raise UserError(f"--resume: {e}") from None
     old, new = data.get("suite", {}), suite.to_dict()
     diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
     if diff:
-        raise ValueError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
+        raise UserError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
                          "use another --out")
     return data
 
@@ -163,9 +163,9 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     else:
         job_device = device
     if resume and out is None:
-        raise ValueError("--resume needs --out: the run directory to complete")
+        raise UserError("--resume needs --out: the run directory to complete")
     if retry_failed and not resume:
-        raise ValueError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
+        raise UserError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
     lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
@@ -197,6 +197,8 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
     sweep.points = suite_shard(suite, suite.points(), shard)
     todo = sweep.todo()
+    if todo:
+        start_server()
     total = suite.rounds * len(sweep.points)
     progress = sweep.progress = Progress(total, total - len(todo))
     if resume:

@@ -12,6 +12,7 @@ from typing import List
 
 from tabulate import tabulate
 
+from sabench.errors import UserError
 from sabench.report.results import human_bytes
 
 HEATMAP = "attention_similarity.png"
@@ -22,7 +23,7 @@ def check_out_dir(out) -> Path:
     """--out must be a directory or not exist yet (checked before any work)."""
     p = Path(out)
     if p.exists() and not p.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
     return p
 
 
