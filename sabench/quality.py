@@ -306,14 +306,14 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     from sabench import accounting, advice
     from sabench.dtypes import dtype_name
     from sabench.model import load_model
-    from sabench.plan import parse_variant
+    from sabench.plan import plan_for
     from sabench.presets import resolve_config, weight_files
 
     cfg = resolve_config(model)
     requested = list(variants) if variants else ["baseline", RECOMMENDED]
     for v in requested:
         if v != RECOMMENDED:
-            parse_variant(v, cfg.num_layers)
+            plan_for(v, cfg)
     dev = _device(device or default_device())
     dtype = dtype_name(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     seq_len = seq_len or min(2048, cfg.max_position_embeddings)
@@ -353,7 +353,7 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     scored = {}
 
     def measure(v: str) -> float:
-        plan = parse_variant(v, cfg.num_layers)  # once per variant string; the plan goes on
+        plan = plan_for(v, cfg)  # once per variant string; the plan goes on
         if plan.variant not in scored:
             scored[plan.variant] = score(derive_variant(base, plan), windows, desc=v, progress=progress)[0]
         return scored[plan.variant]
@@ -364,13 +364,13 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     names, seen = [], set()
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
         v = recommended if v == RECOMMENDED else v
-        key = v and parse_variant(v, cfg.num_layers).variant
+        key = v and plan_for(v, cfg).variant
         if v and key not in seen:
             seen.add(key)
             names.append(v)
     rows = []
     for v in names:
-        plan = parse_variant(v, cfg.num_layers)
+        plan = plan_for(v, cfg)
         ppl = base_ppl if plan.is_baseline else measure(v)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
                      "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype)})
