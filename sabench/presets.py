@@ -154,6 +154,13 @@ class ModelConfig:
         return d
 
 
+def _gemma3n(name: str, mlp: int, layers: int, shared: int) -> ModelConfig:
+    types = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(layers)]
+    native = layouts.native_variant({"num_kv_shared_layers": shared, "layer_types": types}, layers, name)
+    return ModelConfig(name, 262400, 2048, mlp, layers, 8, 2, 256, 32768, 1000000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, native_variant=native)
+
+
 _LLAMA3_SCALING_8B = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 8192}
 _LLAMA3_SCALING_SMALL = dict(_LLAMA3_SCALING_8B, factor=32.0)
@@ -181,6 +188,19 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig("cla-1b-mqa", 32000, 2048, 5632, 20, 16, 1, 128, 4096, 10000.0),
         # The CLA paper's 3B scale; our reading of its shape: d_model 3072, 32 layers, 24 heads of 128.
         ModelConfig("cla-3b-mqa", 32000, 3072, 8192, 32, 24, 1, 128, 4096, 10000.0),
+        # Gemma 3n's attention shapes with their KV-sharing tails, as Llama-shaped decoders (what the
+        # closed forms and the runtime model). From the public text_config of google/gemma-3n-E4B and
+        # -E2B (as reproduced in ai-edge-torch's gemma3n get_model_config_e4b/_e2b and in serving
+        # engines' test fixtures): vocab 262400, hidden 2048, MLP 16384 (E4B) / 8192 (E2B), 35 / 30
+        # layers, 8 heads and 2 KV heads of 256, 32768 positions, every 5th layer full attention (the
+        # rest sliding, window 512), num_kv_shared_layers 15 / 10, rope_theta 1e6 (full layers).
+        # `native` is the tail (layouts.py: each shared layer takes the last non-shared layer of its
+        # attention type). Left out: per-layer embeddings (the "E" in E4B: ~2.6 G more parameters
+        # kept off the accelerator), AltUp, LAuReL, activation sparsity, QK/V norms, GELU instead of
+        # SiLU, the vision and audio towers, and sliding windows: every layer's cache is counted at
+        # full length, so KV bytes are an upper bound (a sliding layer keeps 512 positions).
+        _gemma3n("gemma-3n-e4b", 16384, 35, 15),
+        _gemma3n("gemma-3n-e2b", 8192, 30, 10),
         # CPU work: small enough that a test suite and the smoke benchmark run in seconds.
         ModelConfig("tiny", 512, 64, 176, 4, 4, 2, 16, 4096, 10000.0),
     ]

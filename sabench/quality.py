@@ -365,9 +365,9 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
         v = recommended if v == RECOMMENDED else v
         key = v and plan_for(v, cfg).variant
-        if v and key not in seen:
+        if v and key not in seen:  # rows carry the canonical name, as run records do ("native" expanded)
             seen.add(key)
-            names.append(v)
+            names.append(key)
     rows = []
     for v in names:
         plan = plan_for(v, cfg)

@@ -9,7 +9,7 @@ from tests.helpers import hf_model, small_config
 
 VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3",
             "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute",
-            "kv:2-3<-1", "kv:2<-0,3<-1", "kv:3<-1+sa:2-3"]  # a tail, non-adjacent targets, a map with SA
+            "kv:2-3<-0", "kv:2<-0,3<-1", "kv:3<-1+sa:2-3"]  # a tail, non-adjacent targets, a map with SA
 
 
 def _model(variant, kind="gqa", layers=4, seed=0, **kw):
@@ -90,6 +90,14 @@ def test_plan_sharing_nothing_equals_baseline_exactly():
     ids = torch.randint(0, 256, (2, 19))
     assert torch.equal(base(ids), same(ids))
     assert torch.equal(base.generate(ids, 5), same.generate(ids, 5))
+
+
+def test_the_kv_maps_above_are_not_cla_in_disguise():
+    from sabench.plan import parse_variant
+
+    for v in VARIANTS:
+        if v.startswith("kv:"):
+            assert parse_variant(v, 4).variant == v
 
 
 def test_a_kv_map_equal_to_cla2_is_cla2_logits_cache_and_params():
