@@ -296,7 +296,7 @@ def cmd_quality(args) -> int:
         result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                                   seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
                                   device=args.device, similarity=args.similarity, stride=args.stride,
-                                  budget=args.budget, candidates=args.candidates)
+                                  budget=args.budget, candidates=args.candidates, kv_advice=args.kv_advice)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--budget", type=_budget, default=None,
                    help="perplexity increase the advice may spend, e.g. 5%% (default 5%%): the advice "
                         "picks the largest measured saving within it")
+    q.add_argument("--kv-advice", action="store_true",
+                   help="also advise K/V sharing: nested kv: maps of similar and of dissimilar layer pairs, "
+                        "measured head to head, a Pareto set and a pick within --budget")
     q.add_argument("--candidates", type=int_in(0, 1000), default=None,
                    help="candidate SA plans to measure for the advice (default 8; 0: no advice)")
     q.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default bfloat16 on cuda, "

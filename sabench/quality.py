@@ -299,7 +299,7 @@ def _device(name: str) -> torch.device:
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
              seq_len: Optional[int] = None, max_windows: Optional[int] = None, dtype=None, device=None,
              similarity: float = DEFAULT_SIMILARITY, progress: bool = True, stride: Optional[int] = None,
-             budget: Optional[float] = None, candidates: Optional[int] = None) -> dict:
+             budget: Optional[float] = None, candidates: Optional[int] = None, kv_advice: bool = False) -> dict:
     """The `sabench quality` result (see the README and docs/quality.md for its keys). Bad input
     raises ValueError (or FileNotFoundError) before any model is loaded; so do a baseline whose
     logits are not finite (after loading)."""
@@ -360,6 +360,13 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
 
     advised = (advice.advise(cfg, sim.tolist(), measure, base_ppl, seq_len=seq_len, dtype=dtype,
                              budget=budget, candidates=candidates) if candidates else None)
+    kv_advised = None
+    if kv_advice:
+        from sabench import kv_advice as kva
+
+        kv_advised = kva.advise_kv(cfg, kva.kv_similarity(base, windows.inputs), measure, base_ppl,
+                                   seq_len=seq_len, dtype=dtype, budget=budget,
+                                   candidates=candidates or advice.DEFAULT_CANDIDATES)
 
     names, seen = [], set()
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
@@ -381,5 +388,5 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         "perplexity_convention": windows.convention(),
         "similarity_threshold": similarity, "variants": rows,
         "attention_similarity": [[round(x, 6) for x in row] for row in sim.tolist()],
-        "recommended_sa": recommended, "advice": advised,
+        "recommended_sa": recommended, "advice": advised, "kv_advice": kv_advised,
     }
