@@ -24,8 +24,8 @@ from sabench.plan import PlanError, plan_from_sources
 LEFT_OUT = {
     "gemma3n": "per-layer embeddings, AltUp, LAuReL, sliding windows (every cache counted at full length), "
                "the vision and audio towers",
-    "gemma4": "per-layer embeddings, sliding windows (every cache counted at full length), the double-wide "
-              "MLP of shared layers, MoE",
+    "gemma4": "per-layer embeddings, sliding windows (every cache counted at full length), the wider "
+              "global_head_dim and KV heads of full-attention layers, the double-wide MLP of shared layers, MoE",
     "hunyuan": "the MoE experts (the MLP is counted as one dense gated MLP of intermediate_size), QK norm",
     "hymba": "the Mamba heads, meta tokens and sliding windows",
     "gpt_neox": "GPT-NeoX's ungated MLP and biases (counted as a gated MLP), partial rotary",

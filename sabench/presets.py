@@ -195,8 +195,8 @@ PRESETS: dict[str, ModelConfig] = {
         # layers, 8 heads and 2 KV heads of 256, 32768 positions, every 5th layer full attention (the
         # rest sliding, window 512), num_kv_shared_layers 15 / 10, rope_theta 1e6 (full layers).
         # `native` is the tail (layouts.py: each shared layer takes the last non-shared layer of its
-        # attention type). Left out: per-layer embeddings (the "E" in E4B: ~2.6 G more parameters
-        # kept off the accelerator), AltUp, LAuReL, activation sparsity, QK/V norms, GELU instead of
+        # attention type). Left out: per-layer embeddings (vocab_size_per_layer_input 262144 x
+        # hidden_size_per_layer_input 256 x layers: 2.35 G more parameters for E4B), AltUp, LAuReL, activation sparsity, QK/V norms, GELU instead of
         # SiLU, the vision and audio towers, and sliding windows: every layer's cache is counted at
         # full length, so KV bytes are an upper bound (a sliding layer keeps 512 positions).
         _gemma3n("gemma-3n-e4b", 16384, 35, 15),
