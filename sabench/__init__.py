@@ -1,7 +1,7 @@
 """sabench: profile and benchmark cross-layer attention sharing (baseline, CLA, SA)."""
 __version__ = "0.1.0"
 
-from sabench.plan import PlanError, SharingPlan, parse_variant  # noqa: E402
+from sabench.plan import PlanError, SharingPlan, parse_variant, plan_for  # noqa: E402
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config  # noqa: E402
 
 
@@ -12,5 +12,5 @@ def load_model(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
-__all__ = ["load_model", "parse_variant", "resolve_config", "PlanError", "ModelSourceError",
+__all__ = ["load_model", "parse_variant", "plan_for", "resolve_config", "PlanError", "ModelSourceError",
            "ModelConfig", "SharingPlan", "PRESETS", "__version__"]

@@ -40,7 +40,7 @@ def layer_params(cfg: ModelConfig, lp) -> int:
 
 def params(cfg, plan="baseline") -> int:
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     emb = cfg.vocab_size * cfg.hidden_size
     return emb * (1 if cfg.tie_word_embeddings else 2) + cfg.hidden_size + sum(
         layer_params(cfg, lp) for lp in p.layers)
@@ -49,7 +49,7 @@ def params(cfg, plan="baseline") -> int:
 def kv_bytes_per_token(cfg, plan="baseline", dtype="bfloat16") -> int:
     """Bytes the cache holds per token per sequence: K where a layer has K, V where it owns V."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     per_tensor = cfg.num_kv_heads * cfg.head_dim * dtype_bytes(dtype)
     return per_tensor * sum(int(lp.has_k) + int(lp.has_v) for lp in p.layers)
 
@@ -103,7 +103,7 @@ def causal_pairs(q_len: int, context: int = 0) -> int:
 
 def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = False) -> Flops:
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     return _flops(cfg, p, batch_size * seq_len, batch_size * causal_pairs(seq_len),
                   batch_size * (seq_len if all_logits else 1), recompute_shared=p.sa_strategy == "recompute")
 
@@ -111,7 +111,7 @@ def prefill_flops(cfg, plan, batch_size: int, seq_len: int, all_logits: bool = F
 def decode_flops(cfg, plan, batch_size: int, context: int) -> Flops:
     """One decode step (one new token per sequence) with `context` tokens already cached."""
     cfg = resolve_config(cfg)
-    return _flops(cfg, as_plan(plan, cfg.num_layers), batch_size, batch_size * (context + 1), batch_size)
+    return _flops(cfg, as_plan(plan, cfg), batch_size, batch_size * (context + 1), batch_size)
 
 
 def decode_phase_flops(cfg, plan, batch_size: int, context: int, steps: int) -> Flops:
@@ -202,7 +202,7 @@ def decode_step_breakdown(cfg, plan, batch_size: int, kv_len: int, dtype) -> Byt
     """One decode step whose attention reads kv_len cache positions (the harness reads its whole
     static buffer, masked positions included: pass the buffer length)."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     e = dtype_bytes(dtype)
     att = _attention_bytes(cfg, p, batch_size, 1, kv_len, e, "probs")  # both strategies keep P's row
     return att + Bytes(weight_bytes_read(cfg, p, dtype, batch_size), 0, 0, 0)
@@ -216,7 +216,7 @@ def decode_step_bytes(cfg, plan, batch_size: int, kv_len: int, dtype) -> int:
 def prefill_breakdown(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=None) -> Bytes:
     """A prefill of seq_len tokens per sequence, in query blocks of chunk_size (None: one block)."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     e = dtype_bytes(dtype)
     total = Bytes(0, 0, 0, 0)
     for start, end in chunk_bounds(seq_len, chunk_size):
@@ -234,7 +234,7 @@ def prefill_bytes(cfg, plan, batch_size: int, seq_len: int, dtype, chunk_size=No
 def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_chunk=None) -> dict:
     """What `sabench inspect --json` prints for one variant."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     pre = prefill_flops(cfg, p, batch_size, seq_len)
     dec = decode_flops(cfg, p, batch_size, seq_len)
     pre_b = prefill_breakdown(cfg, p, batch_size, seq_len, dtype, prefill_chunk)
@@ -312,7 +312,7 @@ def tp_summary(cfg, plan, batch_size: int, seq_len: int, dtype, tp: int, prefill
     from sabench.tp_shapes import rank_config
 
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     link = link_bandwidth or NVLINK_DATASHEET
     rank = _rank_figures(rank_config(cfg, tp), p, batch_size, seq_len, dtype, prefill_chunk, tp)
     total = {k: ({kk: vv * tp for kk, vv in v.items()} if isinstance(v, dict) else v * tp)

@@ -51,6 +51,9 @@ class Savings:
     """Fractions of the baseline's decode-step bytes, prefill FLOPs and KV bytes a plan saves,
     at batch 1 and context `seq_len` (cached per plan string)."""
 
+    DEFINITION = ("mean of the fractions of decode-step bytes (batch 1, context {seq_len}) and prefill FLOPs "
+                  "(batch 1, {seq_len} tokens) saved")
+
     def __init__(self, cfg, seq_len: int, dtype: str):
         from sabench import accounting
 
@@ -118,7 +121,7 @@ def greedy_plans(sim, savings: Callable[[str], float]) -> List[dict]:
                     "saving": current})
 
 
-def _to_measure(count: int, within: Callable[[int], bool], allowance: int) -> List[int]:
+def to_measure(count: int, within: Callable[[int], bool], allowance: int) -> List[int]:
     """Indices (0-based) of the nested plans to measure: all when they fit the allowance, else a
     bisection for the largest plan within the budget, then evenly spaced ones."""
     if count <= allowance:
@@ -175,7 +178,7 @@ def advise(cfg, sim, measure: Callable[[str], float], base_ppl: float, *, seq_le
                 fr["decode_bytes"], fr["prefill_flops"], fr["kv_bytes"], ppl, ppl / base_ppl - 1.0)
         return measured[p["variant"]].increase <= budget
 
-    idx = _to_measure(len(plans), within, candidates)
+    idx = to_measure(len(plans), within, candidates)
     rows = [measured[plans[i]["variant"]] for i in idx]
     for r in pareto(rows):
         r.pareto = True
@@ -183,8 +186,7 @@ def advise(cfg, sim, measure: Callable[[str], float], base_ppl: float, *, seq_le
     pick = max(ok, key=lambda r: (r.saving, -r.increase)) if ok else None
     return {"budget": budget, "candidates": len(plans), "measured": [asdict(r) for r in rows],
             "pick": pick.variant if pick else None,
-            "saving_definition": f"mean of the fractions of decode-step bytes (batch 1, context {seq_len}) "
-                                 f"and prefill FLOPs (batch 1, {seq_len} tokens) saved"}
+            "saving_definition": Savings.DEFINITION.format(seq_len=seq_len)}
 
 
 def pareto(rows: Sequence[Measured]) -> List[Measured]:

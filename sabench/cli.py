@@ -89,17 +89,17 @@ def cmd_inspect(args) -> int:
     from sabench import accounting, memory_model
     from sabench.dtypes import dtype_name
     from sabench.tp_shapes import check_tensor_parallel, rank_config
-    from sabench.plan import parse_variant
+    from sabench.plan import plan_for
     from sabench.report.results import human_bytes, human_count, human_flops, human_rate
     from sabench.presets import resolve_config
 
     _inspect_inputs(args)
-    cfg = resolve_config(args.model)
+    cfg = resolve_config(args.model, closed_forms_only=True)
     dtype = dtype_name(args.dtype or "bfloat16")
     args.batch = 1 if args.batch is None else args.batch
     seq = args.seq_len if args.seq_len is not None else min(2048, cfg.max_position_embeddings - 1)
     # parsed once, here; a bad variant is the likelier mistake: report it first
-    plans = [parse_variant(v, cfg.num_layers) for v in args.variant or ["baseline"]]
+    plans = [plan_for(v, cfg) for v in args.variant or ["baseline"]]
     if seq + 1 > cfg.max_position_embeddings:
         raise UserError(f"--seq-len {seq} leaves no room for a decode step within the model's "
                         f"{cfg.max_position_embeddings} positions, give at most {cfg.max_position_embeddings - 1}")
@@ -113,6 +113,8 @@ def cmd_inspect(args) -> int:
     rows = []
     for v in plans:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)
+        if cfg.cannot_run:
+            s["cannot_run"] = cfg.cannot_run
         if tp > 1 or peaks:
             s["tensor_parallel"] = accounting.tp_summary(cfg, v, args.batch, seq, dtype, tp, args.prefill_chunk,
                                                          link, peaks)
@@ -131,7 +133,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return EXIT_OK
-    base = accounting.summary(cfg, parse_variant("baseline", cfg.num_layers), args.batch, seq, dtype)
+    base = accounting.summary(cfg, plan_for("baseline", cfg), args.batch, seq, dtype)
     table = [
         ["params"] + [f"{human_count(r['params'])} ({r['params'] / base['params']:.1%})" for r in rows],
         ["KV bytes / token"] + [f"{human_bytes(r['kv_cache_bytes_per_token'])} "
@@ -160,6 +162,10 @@ def cmd_inspect(args) -> int:
                                                        for r in rows])
     print(f"{cfg.name}: {cfg.num_layers} layers, d_model {cfg.hidden_size}, {cfg.num_heads} heads of "
           f"{cfg.head_dim} ({cfg.attention_kind}), {dtype}; percentages are of baseline")
+    if cfg.native_variant != "baseline":
+        print(f"  native layout (its config): {cfg.native_variant}")
+    if cfg.cannot_run:
+        print(f"  sabench cannot run this model: {cfg.cannot_run}")
     print(tabulate(table, headers=["", *[r["variant"] for r in rows]], tablefmt="github"))
     for r in rows:
         print(f"  {r['variant']}: {r['plan']}")
@@ -275,7 +281,7 @@ def cmd_quality(args) -> int:
     result = quality.evaluate(args.model, variants=args.variant, text=args.text, token_ids=args.token_ids,
                               seq_len=args.seq_len, max_windows=args.max_windows, dtype=args.dtype,
                               device=args.device, stride=args.stride, budget=args.budget,
-                              candidates=args.candidates)
+                              candidates=args.candidates, kv_advice=args.kv_advice)
     report = quality_report.write_report(result, args.out) if args.out is not None else None
     print(quality_report.to_json(result) if args.json else quality_report.format_table(result), flush=True)
     if report is not None:
@@ -292,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", help="preset, HF model directory or config.json")
     i.add_argument("--suite", help="take the model, dtype, variants, first batch and seq_len, prefill chunk, "
                                    "memory and parallel settings from a suite (options given override them)")
-    i.add_argument("--variant", action="append", help="baseline, cla:N, sa:A-B[,C-D], joined by +; repeatable")
+    i.add_argument("--variant", action="append",
+                   help="baseline, native, cla:N, kv:L<-S[,A-B<-S], sa:A-B[,C-D], joined by +; repeatable")
     i.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (fp32, bf16, fp16; default bfloat16)")
     i.add_argument("--batch", type=int_in(1, MAX_SIZE), default=None, help="batch size (default 1)")
     i.add_argument("--seq-len", type=int_in(1, MAX_SIZE), default=None, help="prompt length T (default min(2048, max positions))")
@@ -367,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True,
                    help="HF model directory (a preset or a directory without safetensors: random weights)")
     q.add_argument("--variant", action="append",
-                   help="baseline, cla:N, sa:A-B[,C-D], joined by +, or 'recommended' (the advice's pick within "
-                        "--budget, or its least costly measured plan when none fits); repeatable (default: "
-                        "baseline and recommended). The advice runs only for 'recommended'")
+                   help="baseline, native, cla:N, kv:L<-S, sa:A-B[,C-D], joined by +, or 'recommended' (the "
+                        "advice's pick within --budget, or its least costly measured plan when none fits); "
+                        "repeatable (default: baseline and recommended). The advice runs only for 'recommended'")
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", metavar="FILE", help="UTF-8 text, encoded with the model directory's tokenizer")
     src.add_argument("--token-ids", metavar="FILE", help="whitespace-separated integer token ids")
@@ -383,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--budget", type=_budget, default=None,
                    help="perplexity increase the advice may spend, e.g. 5%% (default 5%%): the advice "
                         "picks the largest measured saving within it")
+    q.add_argument("--kv-advice", action="store_true",
+                   help="also advise K/V sharing: nested kv: maps of similar and of dissimilar layer pairs, "
+                        "measured head to head, a Pareto set and a pick within --budget")
     q.add_argument("--candidates", type=int_in(0, 1000), default=None,
                    help="candidate SA plans to measure for the advice (default 8; 0: no advice, and the "
                         "default variants are the baseline alone)")

@@ -188,7 +188,7 @@ def point_counts(cfg, plan, batch_size: int, seq_len: int, decode_tokens: int, d
     from sabench.presets import resolve_config
 
     cfg = resolve_config(cfg)
-    plan = as_plan(plan, cfg.num_layers)
+    plan = as_plan(plan, cfg)
     key = json.dumps([_fingerprint(), cfg.to_dict(), plan.variant, batch_size, seq_len, decode_tokens,
                       dtype_name(dtype), chunk_size], sort_keys=True, default=str)
     path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if cache_dir else None

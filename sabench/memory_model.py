@@ -150,7 +150,7 @@ def predict(cfg, plan, dtype, batch_size: int, seq_len: int, decode_tokens: int 
             prefill_chunk: Optional[int] = None, device: str = "cuda") -> dict:
     """{"prefill": Prediction, "decode": Prediction} for one point as the point process runs it."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     e = dtype_bytes(dtype)
     cuda = str(device).startswith("cuda")
     weights = accounting.params(cfg, p) * e
@@ -208,7 +208,7 @@ def max_batch(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 
     """(largest batch that fits in `memory` bytes, the prefill block it needs); (0, None) when
     not even one sequence fits (the weights alone may not)."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
 
     def fits(b):
         return _fitting_chunk(cfg, p, dtype, b, seq_len, decode_tokens, prefill_chunk, memory, device)
@@ -230,7 +230,7 @@ def max_seq_len(cfg, plan, dtype, memory: int, batch_size: int = 1, decode_token
                 prefill_chunk="auto", device: str = "cuda") -> int:
     """Longest prompt (within the model's positions) whose point fits at `batch_size`; 0 if none."""
     cfg = resolve_config(cfg)
-    p = as_plan(plan, cfg.num_layers)
+    p = as_plan(plan, cfg)
     limit = cfg.max_position_embeddings - decode_tokens
 
     def fits(t):
@@ -251,7 +251,7 @@ def capacity(cfg, plan, dtype, seq_len: int, memory: int, decode_tokens: int = 1
              device: str = "cuda") -> dict:
     """What `sabench inspect --memory` prints per variant."""
     cfg = resolve_config(cfg)
-    plan = as_plan(plan, cfg.num_layers)
+    plan = as_plan(plan, cfg)
     b, chunk = max_batch(cfg, plan, dtype, seq_len, memory, decode_tokens, prefill_chunk, device)
     return {"memory_bytes": int(memory), "max_batch": b, "prefill_chunk": chunk,
             "max_seq_len_at_batch_1": max_seq_len(cfg, plan, dtype, memory, 1, decode_tokens,

@@ -285,7 +285,9 @@ def _resolve_device(device) -> torch.device:
 def build_model(source, variant: str = "baseline", dtype=torch.bfloat16, device="meta") -> SharedLlama:
     """The model's modules with uninitialised storage (meta by default: no memory, for accounting)."""
     cfg = resolve_config(source)
-    plan = as_plan(variant, cfg.num_layers)
+    if cfg.cannot_run and str(device) != "meta":  # meta modules only count (inspect --count)
+        raise ModelSourceError(f"{cfg.source}: sabench cannot run this model: {cfg.cannot_run}")
+    plan = as_plan(variant, cfg)
     with torch.device("meta"):
         m = SharedLlama(cfg, plan)
     m = m.to(dtype=parse_dtype(dtype)).requires_grad_(False)  # inference only: no autograd bookkeeping

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from sabench import layouts
 from sabench.errors import UserError
+from sabench.plan import PlanError, parse_variant
 
 
 class ModelSourceError(UserError):
@@ -66,6 +68,12 @@ class ModelConfig:
     o_bias: bool = False  # Llama attention_bias=True: biases on q/k/v and o
     mlp_bias: bool = False
     source: str = "preset"
+    # The K/V-sharing layout the model was built with (what variant "native" means), as a canonical
+    # variant string: from config.json fields (layouts.py) or a preset's own; "baseline" for none.
+    native_variant: str = "baseline"
+    # Why sabench cannot execute this model (an architecture only its attention shape is read from,
+    # for `inspect`'s closed forms); None: it runs.
+    cannot_run: Optional[str] = None
 
     def __post_init__(self):
         """The one place a model's shape is checked for consistency (presets, config.json, results)."""
@@ -90,6 +98,17 @@ class ModelConfig:
                                        "fix the model's config")
         if self.rope_scaling is not None:
             _check_rope_scaling(self.rope_scaling, f"model {self.name!r}")
+        if self.native_variant != "baseline":
+            self._check_native_variant()
+
+    def _check_native_variant(self) -> None:
+        try:
+            native = parse_variant(self.native_variant, self.num_layers)
+        except PlanError as e:
+            raise ModelSourceError(f"model {self.name!r}: its native layout: {e}") from None
+        if native.variant != self.native_variant:
+            raise ModelSourceError(f"model {self.name!r}: native_variant {self.native_variant!r} is not canonical, "
+                                   f"write {native.variant!r}")
 
     @property
     def attention_kind(self) -> str:
@@ -100,7 +119,14 @@ class ModelConfig:
         return f"GQA{self.num_heads // self.num_kv_heads}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # left out at their defaults, so a results.json written before these fields existed still
+        # compares equal on --resume and merge
+        if d["native_variant"] == "baseline":
+            del d["native_variant"]
+        if d["cannot_run"] is None:
+            del d["cannot_run"]
+        return d
 
     def to_hf_dict(self) -> dict:
         """A `config.json` for transformers' LlamaConfig (or Qwen2Config when qkv_bias)."""
@@ -126,6 +152,13 @@ class ModelConfig:
             d["attention_bias"] = self.o_bias
             d["mlp_bias"] = self.mlp_bias
         return d
+
+
+def _gemma3n(name: str, mlp: int, layers: int, shared: int) -> ModelConfig:
+    types = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(layers)]
+    native = layouts.native_variant({"num_kv_shared_layers": shared, "layer_types": types}, layers, name)
+    return ModelConfig(name, 262400, 2048, mlp, layers, 8, 2, 256, 32768, 1000000.0, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, native_variant=native)
 
 
 _LLAMA3_SCALING_8B = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -155,23 +188,56 @@ PRESETS: dict[str, ModelConfig] = {
         ModelConfig("cla-1b-mqa", 32000, 2048, 5632, 20, 16, 1, 128, 4096, 10000.0),
         # The CLA paper's 3B scale; our reading of its shape: d_model 3072, 32 layers, 24 heads of 128.
         ModelConfig("cla-3b-mqa", 32000, 3072, 8192, 32, 24, 1, 128, 4096, 10000.0),
+        # Gemma 3n's attention shapes with their KV-sharing tails, as Llama-shaped decoders (what the
+        # closed forms and the runtime model). From the public text_config of google/gemma-3n-E4B and
+        # -E2B (as reproduced in ai-edge-torch's gemma3n get_model_config_e4b/_e2b and in serving
+        # engines' test fixtures): vocab 262400, hidden 2048, MLP 16384 (E4B) / 8192 (E2B), 35 / 30
+        # layers, 8 heads and 2 KV heads of 256, 32768 positions, every 5th layer full attention (the
+        # rest sliding, window 512), num_kv_shared_layers 15 / 10, rope_theta 1e6 (full layers).
+        # `native` is the tail (layouts.py: each shared layer takes the last non-shared layer of its
+        # attention type). Left out: per-layer embeddings (vocab_size_per_layer_input 262144 x
+        # hidden_size_per_layer_input 256 x layers: 2.35 G more parameters for E4B), AltUp, LAuReL, activation sparsity, QK/V norms, GELU instead of
+        # SiLU, the vision and audio towers, and sliding windows: every layer's cache is counted at
+        # full length, so KV bytes are an upper bound (a sliding layer keeps 512 positions).
+        _gemma3n("gemma-3n-e4b", 16384, 35, 15),
+        _gemma3n("gemma-3n-e2b", 8192, 30, 10),
         # CPU work: small enough that a test suite and the smoke benchmark run in seconds.
         ModelConfig("tiny", 512, 64, 176, 4, 4, 2, 16, 4096, 10000.0),
     ]
 }
 
 
-def _cfg_from_hf_dict(d: dict, name: str, source: str) -> ModelConfig:
+RUNNABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "lckv-llama")  # lckv-llama: Llama with LCKV's layer_types
+
+
+def _cfg_from_hf_dict(d: dict, name: str, source: str, closed_forms_only: bool = False) -> ModelConfig:
+    """closed_forms_only: read the attention shape of an architecture sabench does not run (for
+    `inspect`), marking the config `cannot_run`; otherwise such a config is refused."""
     mt = d.get("model_type")
-    if mt not in ("llama", "mistral", "qwen2"):
-        raise ModelSourceError(
-            f"{source}: model_type {mt!r} is not a Llama-family decoder sabench runs "
-            "(supported: llama, mistral, qwen2)"
-        )
+    cannot_run = None
+    if mt not in RUNNABLE_MODEL_TYPES:
+        if not closed_forms_only:
+            raise ModelSourceError(
+                f"{source}: model_type {mt!r} is not a Llama-family decoder sabench runs "
+                f"(supported: {', '.join(RUNNABLE_MODEL_TYPES)}); sabench inspect gives its closed forms"
+            )
+        cannot_run = (f"model_type {mt!r} is not a Llama-family decoder sabench runs; these are the closed "
+                      f"forms of its attention shape, leaving out {layouts.left_out(mt)}")
+        if isinstance(d.get("text_config"), dict):  # Gemma 3n / 4 nest their decoder
+            d = d["text_config"]
+    if isinstance(d.get("intermediate_size"), list):  # Gemma 3n writes one width per layer
+        widths = set(d["intermediate_size"])
+        if len(widths) != 1:
+            raise ModelSourceError(f"{source}: intermediate_size differs between layers ({sorted(widths)}); "
+                                   "sabench models one MLP width")
+        d = dict(d, intermediate_size=widths.pop())
 
     def get_int(key, default=None):
         """A positive integer field of config.json (JSON 4.0 is accepted as 4, 4.5 or "4" are not)."""
         if key not in d or d[key] is None:
+            if default is None and cannot_run:
+                raise ModelSourceError(f"{source}: model_type {mt!r} is not a Llama-family decoder sabench runs, "
+                                       f"and its config has no {key!r} to read an attention shape from")
             if default is None:
                 raise ModelSourceError(f"{source}: config has no {key!r}, add it to the config")
             return default
@@ -198,18 +264,20 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str) -> ModelConfig:
         head_dim = hidden // heads
     else:
         head_dim = get_int("head_dim")
-    rs = _hf_rope_scaling(d, source)
+    # the closed forms do not read RoPE: a foreign architecture's own scaling schemes are not checked
+    rs = _hf_rope_scaling(d, source) if cannot_run is None else None
     rope_theta = d.get("rope_theta")
-    if rope_theta is None:  # transformers 5 nests it under rope_parameters
+    if not isinstance(rope_theta, (int, float)):  # transformers 5 nests it under rope_parameters
         params = d.get("rope_parameters")
         rope_theta = params.get("rope_theta", 10000.0) if isinstance(params, dict) else 10000.0
+    num_layers = get_int("num_hidden_layers")
     attention_bias = bool(d.get("attention_bias", False))
     return ModelConfig(
         name=name,
         vocab_size=get_int("vocab_size"),
         hidden_size=hidden,
         intermediate_size=get_int("intermediate_size"),
-        num_layers=get_int("num_hidden_layers"),
+        num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=get_int("num_key_value_heads", default=heads),  # absent (or null): MHA; 0 is refused
         head_dim=head_dim,
@@ -222,6 +290,8 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str) -> ModelConfig:
         o_bias=attention_bias and mt != "qwen2",
         mlp_bias=bool(d.get("mlp_bias", False)),
         source=source,
+        native_variant=layouts.native_variant(d, num_layers, source),
+        cannot_run=cannot_run,
     )
 
 
@@ -257,8 +327,10 @@ def weight_files(source: str | os.PathLike) -> list[Path]:
     return sorted(p.glob("*.safetensors")) if p.is_dir() else []
 
 
-def resolve_config(source: str | os.PathLike | ModelConfig) -> ModelConfig:
-    """A preset name, a model directory, or a config.json path -> ModelConfig."""
+def resolve_config(source: str | os.PathLike | ModelConfig, closed_forms_only: bool = False) -> ModelConfig:
+    """A preset name, a model directory, or a config.json path -> ModelConfig.
+
+    closed_forms_only: also read an architecture sabench cannot run (`inspect`); see ModelConfig.cannot_run."""
     if isinstance(source, ModelConfig):
         return source
     s = str(source)
@@ -282,7 +354,7 @@ def resolve_config(source: str | os.PathLike | ModelConfig) -> ModelConfig:
     if not isinstance(d, dict):
         raise ModelSourceError(f"{str(cfg_path)!r} is not a JSON object")
     name = p.name if p.is_dir() else p.parent.name or "model"
-    return _cfg_from_hf_dict(d, name=name, source=str(cfg_path))
+    return _cfg_from_hf_dict(d, name=name, source=str(cfg_path), closed_forms_only=closed_forms_only)
 
 
 def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:

@@ -279,21 +279,21 @@ def _device(name: str) -> torch.device:
 def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None, token_ids=None,
              seq_len: Optional[int] = None, max_windows: Optional[int] = None, dtype=None, device=None,
              progress: bool = True, stride: Optional[int] = None, budget: Optional[float] = None,
-             candidates: Optional[int] = None) -> dict:
+             candidates: Optional[int] = None, kv_advice: bool = False) -> dict:
     """The `sabench quality` result (see the README and docs/quality.md for its keys). Bad input
     raises ValueError (or FileNotFoundError) before any model is loaded; so do a baseline whose
     logits are not finite (after loading)."""
     from sabench import accounting, advice
     from sabench.dtypes import dtype_name
     from sabench.model import load_model
-    from sabench.plan import parse_variant
+    from sabench.plan import plan_for
     from sabench.presets import resolve_config, weight_files
 
     cfg = resolve_config(model)
     requested = list(variants) if variants else ["baseline", RECOMMENDED]
     for v in requested:
         if v != RECOMMENDED:
-            parse_variant(v, cfg.num_layers)
+            plan_for(v, cfg)
     dev = _device(device or default_device())
     dtype = dtype_name(dtype or ("bfloat16" if dev.type == "cuda" else "float32"))
     seq_len = seq_len or min(2048, cfg.max_position_embeddings)
@@ -335,7 +335,7 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     scored = {}
 
     def measure(v: str) -> float:
-        plan = parse_variant(v, cfg.num_layers)  # once per variant string; the plan goes on
+        plan = plan_for(v, cfg)  # once per variant string; the plan goes on
         if plan.variant not in scored:
             scored[plan.variant] = score(derive_variant(base, plan), windows, desc=v, progress=progress)[0]
         return scored[plan.variant]
@@ -343,18 +343,25 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
     advised = (advice.advise(cfg, sim.tolist(), measure, base_ppl, seq_len=seq_len, dtype=dtype,
                              budget=budget, candidates=candidates) if RECOMMENDED in requested else None)
     shown = advice.shown_plan(advised)  # (variant, role) or None
-    roles = {parse_variant(shown[0], cfg.num_layers).variant: shown[1]} if shown else {}
+    roles = {plan_for(shown[0], cfg).variant: shown[1]} if shown else {}
+    kv_advised = None
+    if kv_advice:
+        from sabench import kv_advice as kva
+
+        kv_advised = kva.advise_kv(cfg, kva.kv_similarity(base, windows.inputs), measure, base_ppl,
+                                   seq_len=seq_len, dtype=dtype, budget=budget,
+                                   candidates=candidates or advice.DEFAULT_CANDIDATES)
 
     names, seen = [], set()
     for v in ["baseline"] + requested:  # the baseline always comes first: deltas are against it
         v = (shown[0] if shown else None) if v == RECOMMENDED else v
-        key = v and parse_variant(v, cfg.num_layers).variant
-        if v and key not in seen:
+        key = v and plan_for(v, cfg).variant
+        if v and key not in seen:  # rows carry the canonical name, as run records do ("native" expanded)
             seen.add(key)
-            names.append(v)
+            names.append(key)
     rows = []
     for v in names:
-        plan = parse_variant(v, cfg.num_layers)
+        plan = plan_for(v, cfg)
         ppl = base_ppl if plan.is_baseline else measure(v)
         rows.append({"variant": v, "perplexity": ppl, "delta_vs_baseline": ppl - base_ppl,
                      "kv_cache_bytes_per_token": accounting.kv_bytes_per_token(cfg, plan, dtype),
@@ -366,5 +373,5 @@ def evaluate(model: str, *, variants: Optional[Sequence[str]] = None, text=None,
         "perplexity_convention": windows.convention(),
         "variants": rows,
         "attention_similarity": [[round(x, 6) for x in row] for row in sim.tolist()],
-        "advice": advised,
+        "advice": advised, "kv_advice": kv_advised,
     }

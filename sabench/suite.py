@@ -60,7 +60,7 @@ from sabench.devices import DEVICE_PATTERN, resolve_device  # noqa: F401  (re-ex
 from sabench.dtypes import dtype_name
 from sabench.errors import UserError
 from sabench.paths import suites_dir
-from sabench.plan import PlanError, parse_variant
+from sabench.plan import PlanError, plan_for
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
 from sabench.records import point_key
 from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
@@ -188,7 +188,7 @@ class Suite:
         canon = []
         for text in variants:
             try:
-                v = parse_variant(text, self.model_config.num_layers).variant
+                v = plan_for(text, self.model_config).variant
             except PlanError as e:
                 raise SuiteError(source, "--variant", str(e)) from None
             if v in canon:
@@ -342,7 +342,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     except ModelSourceError as e:
         raise SuiteError(source, "model", str(e)) from None
 
-    variants = _parse_variants(d["variants"], cfg.num_layers, source)
+    variants = _parse_variants(d["variants"], cfg, source)
     from sabench.loading import parse_suite_keys
 
     weights = parse_suite_keys(data, cfg, model, path, source)
@@ -394,7 +394,7 @@ def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
     return tensor, link
 
 
-def _parse_variants(value, num_layers: int, source: str) -> tuple[str, ...]:
+def _parse_variants(value, cfg: ModelConfig, source: str) -> tuple[str, ...]:
     """Each variant parsed for this model; canonical spellings, no two the same."""
     if not isinstance(value, list) or not value:
         raise SuiteError(source, "variants", f"expected a non-empty list of variant strings, got {_show(value)}")
@@ -406,7 +406,7 @@ def _parse_variants(value, num_layers: int, source: str) -> tuple[str, ...]:
             raise SuiteError(source, key, f"expected a variant string like baseline, \"cla:2\" or \"sa:2-3\" "
                                           f"(quoted, no space after ':'), got {_show(text)}")
         try:
-            v = parse_variant(text, num_layers).variant
+            v = plan_for(text, cfg).variant
         except PlanError as e:
             raise SuiteError(source, key, str(e)) from None
         if v in canon:

@@ -57,13 +57,62 @@ def test_sa_recompute_does_qk_again_in_prefill_only():
     assert A.decode_flops("llama-2-7b", "sa:23-30/recompute", 2, 99) == A.decode_flops("llama-2-7b", "sa:23-30", 2, 99)
 
 
+# An 8-layer Llama-shaped model (tests.helpers.small_config("gqa", layers=8)): hidden 64, 4 heads and
+# 2 KV heads of 16, MLP 128, vocabulary 256, untied embeddings.
+H, NH, NKV, D, I, V, L = 64, 4, 2, 16, 128, 256, 8
+Q, KV = NH * D, NKV * D  # q_proj and k_proj/v_proj output widths
+# Gemma-3n-style tail: the last 3 layers reuse the K/V of the last non-shared layer (4).
+# LCKV-style layer_types "0_0_2_2_2_2_6_6": uneven groups (2, 4, 2) owned by layers 0, 2 and 6.
+KV_LAYOUTS = {"kv:5-7<-4": 5, "kv:1<-0,3-5<-2,7<-6": 3}  # variant -> layers that own K/V
+
+
+@pytest.mark.parametrize("variant, owners", KV_LAYOUTS.items())
+def test_kv_layouts_equal_closed_forms_written_by_hand(variant, owners):
+    from sabench.model import build_model, load_model
+    from sabench.plan import parse_variant
+    from tests.helpers import small_config
+
+    cfg = small_config("gqa", layers=8)
+    assert parse_variant(variant, L).variant == variant  # neither is a cla:N in disguise
+    assert (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+            cfg.vocab_size) == (H, NH, NKV, D, I, V) and not cfg.tie_word_embeddings
+    sharers = L - owners
+    # params: per layer 2 norms, a gated MLP, o_proj and q_proj; k_proj and v_proj on owners only
+    layer = 2 * H + 3 * H * I + 2 * H * Q
+    params = 2 * V * H + H + L * layer + owners * 2 * H * KV
+    assert A.params(cfg, variant) == params
+    assert sum(p.numel() for p in build_model(cfg, variant, "float32", "meta").parameters()) == params
+    # cache: K and V of the owners, 4 bytes each in float32
+    b, t = 3, 50
+    assert A.kv_bytes_per_token(cfg, variant, "float32") == owners * 2 * KV * 4
+    assert A.kv_cache_bytes(cfg, variant, b, t, "float32") == owners * 2 * KV * 4 * b * t
+    assert load_model(cfg, variant, "float32", "cpu").new_cache(b, t).nbytes == owners * 2 * KV * 4 * b * t
+    # FLOPs: every layer has Q and attends (QK^T and PV over the shared K/V); K/V projections on owners
+    pairs = b * t * (t + 1) // 2
+    pre = A.prefill_flops(cfg, variant, b, t)
+    assert pre.projections == 2 * b * t * H * (L * 2 * Q + owners * 2 * KV)
+    assert pre.attention == L * 2 * NH * pairs * D * 2
+    assert pre.mlp == 2 * b * t * 3 * H * I * L and pre.lm_head == 2 * b * H * V
+    dec = A.decode_flops(cfg, variant, b, t)
+    assert dec.projections == 2 * b * H * (L * 2 * Q + owners * 2 * KV)
+    assert dec.attention == L * 2 * NH * b * (t + 1) * D * 2
+    # bytes of a decode step over a buffer of t positions: every layer reads the K and V it attends
+    # over (a sharer re-reads its owner's); only owners write the new token's K/V
+    moved = A.decode_step_breakdown(cfg, variant, b, t, "float32")
+    assert moved.kv_read == L * 2 * b * t * KV * 4 and moved.kv_write == owners * 2 * b * KV * 4
+    assert sharers and moved.attention_sharing == 0
+    # tensor parallel: a rank of 2 holds one of the 2 KV heads of every owner
+    tp = A.tp_summary(cfg, variant, b, t, "float32", 2)
+    assert tp["per_rank"]["kv_cache_bytes"] == owners * 2 * (KV // 2) * 4 * b * t
+
+
 def test_decode_phase_sums_steps():
     total = A.decode_phase_flops("tiny", "cla:2", 2, 100, 3)
     assert total.total == sum(A.decode_flops("tiny", "cla:2", 2, c).total for c in (100, 101, 102))
 
 
 VARIANTS = ["baseline", "cla:2", "cla:3", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3", "sa:2-3/recompute",
-            "cla:2+sa:1-1,3-3/recompute"]
+            "cla:2+sa:1-1,3-3/recompute", "kv:2-3<-0", "kv:2<-0,3<-1+sa:3-3"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

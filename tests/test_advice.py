@@ -173,7 +173,7 @@ def test_bisection_finds_the_largest_plan_within_the_budget(count, limit, allowa
         calls.append(i)
         return i <= limit
 
-    idx = advice._to_measure(count, within, allowance)
+    idx = advice.to_measure(count, within, allowance)
     assert len(idx) <= max(allowance, 1) and len(set(calls)) == len(calls) == len(idx)
     assert (limit in idx) if limit >= 0 else (0 in idx)
     if limit + 1 < count:

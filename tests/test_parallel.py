@@ -8,7 +8,7 @@ from sabench.parallel import check_tensor_parallel, load_tp_model, rank_config, 
 from sabench.plan import PlanError
 from tests.helpers import small_config
 
-VARIANTS = ["baseline", "cla:2", "sa:2-3", "sa:1-1,3-3/recompute", "cla:2+sa:2-3"]
+VARIANTS = ["baseline", "cla:2", "sa:2-3", "sa:1-1,3-3/recompute", "cla:2+sa:2-3", "kv:2-3<-0", "kv:3<-1+sa:2-3"]
 KINDS = ["mha", "gqa"]
 DECODE_STEPS = 3
 

@@ -35,9 +35,9 @@ def parses(monkeypatch):
     original = sabench.plan.parse_variant
     calls: Counter = Counter()
 
-    def counting(text, num_layers):
+    def counting(text, num_layers, **kw):
         calls[text] += 1
-        return original(text, num_layers)
+        return original(text, num_layers, **kw)
 
     for name, mod in list(sys.modules.items()):
         if name.startswith("sabench") and getattr(mod, "parse_variant", None) is original:

@@ -219,7 +219,9 @@ CASES = [
          lambda w, t: ["inspect", "--model", _model_dir(t, max_position_embeddings=4096.5)],
          "max_position_embeddings"),
     case("inspect-rope-theta-zero", lambda w, t: ["inspect", "--model", _model_dir(t, rope_theta=0)], "rope_theta"),
-    case("inspect-model-type", lambda w, t: ["inspect", "--model", _model_dir(t, model_type="gpt2")], "model_type"),
+    # inspect reads a foreign architecture's attention shape (it says it cannot run it); quality refuses it
+    case("quality-model-type", lambda w, t: ["quality", "--model", _model_dir(t, model_type="gpt2"),
+                                             "--token-ids", _token_ids(t)], "model_type 'gpt2'"),
     case("inspect-config-not-json", lambda w, t: ["inspect", "--model", str(_file(t, "config.json", "{oops"))],
          "cannot read"),
     case("inspect-config-a-list", lambda w, t: ["inspect", "--model", str(_file(t, "config.json", "[1]"))],

@@ -8,7 +8,8 @@ from sabench.presets import PRESETS
 from tests.helpers import hf_model, small_config
 
 VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3",
-            "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute"]
+            "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute",
+            "kv:2-3<-0", "kv:2<-0,3<-1", "kv:3<-1+sa:2-3"]  # a tail, non-adjacent targets, a map with SA
 
 
 def _model(variant, kind="gqa", layers=4, seed=0, **kw):
@@ -91,6 +92,62 @@ def test_plan_sharing_nothing_equals_baseline_exactly():
     assert torch.equal(base.generate(ids, 5), same.generate(ids, 5))
 
 
+def test_the_kv_maps_above_are_not_cla_in_disguise():
+    from sabench.plan import parse_variant
+
+    for v in VARIANTS:
+        if v.startswith("kv:"):
+            assert parse_variant(v, 4).variant == v
+
+
+def test_a_kv_map_equal_to_cla2_is_cla2_logits_cache_and_params():
+    a, b = _model("cla:2", seed=7), _model("kv:1<-0,3<-2", seed=7)
+    assert a.plan == b.plan and a.plan.variant == "cla:2"
+    ids = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a(ids), b(ids))
+    assert torch.equal(a.generate(ids, 4), b.generate(ids, 4))
+    assert a.new_cache(2, 20).nbytes == b.new_cache(2, 20).nbytes
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+
+
+def test_a_kv_sharer_attends_with_its_own_queries_over_its_targets_k_and_v():
+    """Layer 3 of kv:3<-1 (a non-adjacent target) must output o_proj_3(softmax(Q_3 K_1^T) V_1),
+    computed here independently; it keeps no K/V of its own."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    cfg = small_config("gqa", scaling=False)
+    m = _model("kv:3<-1", scaling=False)
+    seen = {}
+
+    def grab(i):
+        def hook(mod, args, out):
+            seen[i] = (args[0].clone(), out[0].clone())  # (the attention's input, its output)
+        return hook
+
+    for i in (1, 3):
+        m.model.layers[i].self_attn.register_forward_hook(grab(i))
+    b, t = 2, 13
+    m(torch.randint(0, 256, (b, t)))
+    x1, x3 = seen[1][0], seen[3][0]
+    a1, a3 = m.model.layers[1].self_attn, m.model.layers[3].self_attn
+    h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = (x3 @ a3.q_proj.weight.T).view(b, t, h, d).transpose(1, 2)
+    k = (x1 @ a1.k_proj.weight.T).view(b, t, hkv, d).transpose(1, 2)
+    v = (x1 @ a1.v_proj.weight.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
+    hf_cfg = LlamaConfig(hidden_size=64, num_attention_heads=h, num_key_value_heads=hkv, head_dim=d,
+                         max_position_embeddings=512, rope_theta=10000.0)
+    cos, sin = LlamaRotaryEmbedding(hf_cfg)(x1, torch.arange(t)[None])
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    scores = q @ k.repeat_interleave(h // hkv, dim=1).transpose(-1, -2) / d ** 0.5
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h * d) @ a3.o_proj.weight.T
+    assert not hasattr(a3, "k_proj") and not hasattr(a3, "v_proj")
+    assert torch.allclose(seen[3][1], expected, atol=1e-5)
+    cache = m.new_cache(1, 8)
+    assert cache.k[3] is None and cache.v[3] is None and cache.k[1] is not None
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_really_saves_params_and_cache(variant):
     cfg = small_config("gqa")
@@ -107,7 +164,7 @@ def test_variant_really_saves_params_and_cache(variant):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_meta_model_param_count_equals_closed_form(name):
-    for variant in ("baseline", "cla:2", "sa:2-3"):
+    for variant in ("baseline", "cla:2", "sa:2-3", "native"):
         m = build_model(name, variant, device="meta")
         assert sum(p.numel() for p in m.parameters()) == accounting.params(name, variant)
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from sabench.plan import SharingPlan, parse_variant
+from sabench.plan import SharingPlan, plan_for
 from sabench.presets import ModelConfig
 from sabench.records import PointSpec
 
@@ -70,4 +70,4 @@ class PointJob:
         cfg = ModelConfig(**d["model_config"])
         names = {f.name for f in dataclasses.fields(cls)} - {"cfg", "plan"}
         kw = {k: v for k, v in d.items() if k in names and v is not None}
-        return cls(cfg=cfg, plan=parse_variant(d["variant"], cfg.num_layers), **kw)
+        return cls(cfg=cfg, plan=plan_for(d["variant"], cfg), **kw)

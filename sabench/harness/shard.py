@@ -93,10 +93,10 @@ def point_cost(suite) -> Callable:
     A `batch_size: max` point is costed at the sweep's largest explicit batch (1 if none).
     """
     from sabench.accounting import decode_flops, prefill_flops
-    from sabench.plan import parse_variant
+    from sabench.plan import plan_for
 
     cfg = suite.model_config
-    plans = {v: parse_variant(v, cfg.num_layers) for v in suite.variants}
+    plans = {v: plan_for(v, cfg) for v in suite.variants}
     explicit = [b for b in suite.batch_sizes if isinstance(b, int)]
     big = max(explicit, default=1)
 

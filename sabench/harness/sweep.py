@@ -39,7 +39,7 @@ from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, 
 from sabench.errors import RunInterrupted, UserError
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
-from sabench.plan import parse_variant
+from sabench.plan import plan_for
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution,
                            resolve_threads)
@@ -109,7 +109,7 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
                   fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"),
                   tensor_parallel=suite.tensor_parallel, link_bandwidth=suite.link_bandwidth)
-    return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
+    return {v: PointJob(plan=plan_for(v, suite.model_config), **common) for v in suite.variants}
 
 
 def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:

@@ -121,7 +121,25 @@ def format_table(result: dict) -> str:
         "attention similarity of the baseline's layers (mean cosine of the T x T attention weights):",
         matrix,
         *advice_text(result),
+        *kv_advice_text(result),
     ])
+
+
+def kv_advice_text(result: dict) -> List[str]:
+    from sabench.kv_advice import pick_line
+
+    adv = result.get("kv_advice")
+    if adv is None:
+        return []
+    rows = [[m["strategy"], m["variant"], m["shared_layers"], f"{m['kv_bytes_saving']:.2%}", f"{m['saving']:.2%}",
+             f"{m['perplexity']:.5g}", f"{m['increase']:+.2%}",
+             ("pick" if (m["variant"], m["strategy"]) == (adv["pick"], adv["pick_strategy"]) else "")
+             + (" Pareto" if m["pareto"] else "")] for m in adv["measured"]]
+    counts = ", ".join(f"{n} {s}" for s, n in adv["candidates"].items())
+    return ["", f"measured K/V maps (of {counts}; saving: {adv['saving_definition']}):",
+            tabulate(rows, headers=["strategy", "map", "shared layers", "KV bytes", "saving", "perplexity",
+                                    "Δ measured", ""], tablefmt="github", disable_numparse=True),
+            "", pick_line(adv)]
 
 
 ADVICE_HEADERS = ["#", "plan", "shared layers", "saving", "decode bytes", "prefill FLOPs", "KV bytes",
