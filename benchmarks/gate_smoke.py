@@ -83,44 +83,72 @@ def _cp(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.1%} [95% CI {ci.low:.1%}, {ci.high:.1%}]"
 
 
+def _complete(run: Path, rounds: int) -> bool:
+    """Every round of the run has finished (a collector may still be measuring it)."""
+    done = _log(run.parent.parent)
+    return all((str(run), k) in done for k in range(1, rounds + 1))
+
+
+def _first_rounds(run: Path, rounds: int) -> dict:
+    data = json.loads((run / "results.json").read_text())
+    for r in data["records"]:
+        r["rounds"] = [x for x in r.get("rounds") or [] if x["round"] <= rounds]
+    data["suite"]["rounds"] = rounds
+    return data
+
+
+def _ok_keys(run: Path) -> list:
+    from sabench.records import load_results
+
+    return [r.key for r in load_results(run).records if r.ok]
+
+
 def judge(args) -> int:
     import numpy as np
 
     from sabench.records import load_results
     from sabench.stats import round_minima
-    from sabench.report.check import check, parse_threshold
+    from sabench.report.check import SUITE, parse_threshold
+    from sabench.report.check import check as check_runs
 
     out = Path(args.out)
     thr = parse_threshold(args.threshold)
     blocks = sorted(p for p in out.glob("block*") if (p / "a" / "results.json").exists())
     setup = json.loads((out / "setup.json").read_text())
+    if args.rounds:
+        setup["rounds"] = args.rounds
+
+    def check(a: Path, b: Path, **kw):  # each side's first `rounds` rounds, as a run of that many
+        return check_runs(*(_first_rounds(x, setup["rounds"]) for x in (a, b)), **kw)
+
     phase = setup["slowdown"].partition(":")[0] if ":" in setup["slowdown"] else None
     false_alarms, pairs, caught, slowed = 0, 0, 0, 0
     suite_false, suite_caught = 0, 0
     point_hits, point_total, other_changed, other_total = 0, 0, 0, 0
+    per_point = []  # (slowed points flagged, judged points of the slowed phase) per slowed pair
     for b in blocks:
-        if not (b / "b" / "results.json").exists():
+        if not _complete(b / "b", setup["rounds"]):
             continue
         res = check(b / "a", b / "b", threshold=thr, timings=True)
-        timing = [f for f in res.regressions if f.metric == "latency" or f.metric.startswith("suite")]
+        timing = [f for f in res.regressions if f.metric.startswith("latency")]
         pairs += 1
         false_alarms += bool(timing)
-        suite_false += any(f.metric.startswith("suite") for f in res.regressions)
-        if (b / "slow" / "results.json").exists():
+        suite_false += any(f.key[0] == SUITE for f in timing)
+        if _complete(b / "slow", setup["rounds"]):
             res = check(b / "a", b / "slow", threshold=thr, timings=True)
             slowed += 1
             caught += bool(res.regressions)
-            suite_caught += any(f.metric.startswith("suite") for f in res.regressions)
-            for f in res.regressions + res.improvements:
-                if f.metric != "latency":
-                    continue
-                if phase is None or f.key[3] == phase:
-                    point_hits += f in res.regressions
-                else:
-                    other_changed += 1
-            n = res.judged
-            point_total += sum(1 for _ in range(n)) if phase is None else n // 2
-            other_total += 0 if phase is None else n - n // 2
+            suite_caught += any(f.key[0] == SUITE and (phase is None or f.key[3] == phase) for f in res.regressions)
+            judged = [k for k in _ok_keys(b / "a") if k not in res.unjudged]
+            n = sum(1 for k in judged if phase is None or k[3] == phase)
+            hits = sum(1 for f in res.regressions
+                       if f.metric == "latency" and (phase is None or f.key[3] == phase))
+            per_point.append((hits, n))
+            point_hits += hits
+            point_total += n
+            other_total += len(judged) - n
+            other_changed += sum(1 for f in res.regressions + res.improvements
+                                 if f.metric == "latency" and phase is not None and f.key[3] != phase)
     loads = [json.loads(x)["load1"] for x in (out / "log.jsonl").read_text().splitlines()]
     print(f"setup: {setup}")
     print(f"machine load (1-minute average before each invocation): median {np.median(loads):.2f}, "
@@ -129,7 +157,8 @@ def judge(args) -> int:
           f"; of them by a suite-level verdict: {suite_false}")
     print(f"slowed pairs failing the gate ({setup['slowdown']}): {_cp(caught, slowed)}; "
           f"by a suite-level verdict: {_cp(suite_caught, slowed)}")
-    print(f"slowed points flagged individually: {_cp(point_hits, point_total)}")
+    print(f"slowed points flagged individually: {_cp(point_hits, point_total)}; per pair: "
+          + ", ".join(f"{h}/{n}" for h, n in per_point))
     if phase:
         print(f"untouched-phase points called changed in slowed pairs: {_cp(other_changed, other_total)}")
     # tails: each point's per-round fastest steps, as log deviations from that point's median
@@ -172,6 +201,7 @@ def main(argv=None) -> int:
     j = sub.add_parser("judge")
     j.add_argument("out")
     j.add_argument("--threshold", default="5%")
+    j.add_argument("--rounds", type=int, default=None, help="judge each run's first ROUNDS rounds (default: all collected)")
     args = ap.parse_args(argv)
     return collect(args) if args.cmd == "collect" else judge(args)
 

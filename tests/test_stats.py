@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
-from sabench.stats import (GateResult, RatioEstimate, detect_steps, geomean, geomean_per_round, median,
-                           ratio_interval, regression, summarize, validate_samples, verdict)
+from sabench.stats import (GateResult, RatioEstimate, detect_steps, geomean, median, ratio_interval, regression,
+                           round_centres, summarize, validate_samples, verdict)
 from sabench.stats.steps import _optimal_partition, series_noise
 
 BASE = [10.2, 9.8, 10.5, 10.1, 9.9, 10.4]
@@ -311,11 +311,25 @@ def test_step_behind_a_one_commit_spike_is_measured_from_the_confirmed_level():
     assert fit.steps[1].ratio == pytest.approx(1.3, rel=0.02)
 
 
-def test_geomean_per_round_uses_the_rounds_every_point_measured():
-    a = {1: 1.0, 2: 4.0, 3: 2.0}
-    b = {1: 4.0, 3: 8.0}  # round 2 failed here: the phase's series has rounds 1 and 3
-    assert geomean_per_round([a, b]) == pytest.approx([2.0, 4.0])
-    assert geomean_per_round([]) == [] and geomean_per_round([a]) == pytest.approx([1.0, 4.0, 2.0])
+def test_round_centres_put_points_on_one_scale_and_take_each_rounds_median():
+    # two points 100x apart; the candidate is 2x slower everywhere, and one of its rounds has a
+    # point that waited for a core (x10): the median over points keeps that round's value
+    a = [{1: 1.0, 2: 1.1, 3: 0.9}, {1: 100.0, 2: 110.0, 3: 90.0}, {1: 5.0, 2: 5.5, 3: 4.5}]
+    b = [{1: 2.0, 2: 2.2, 3: 1.8}, {1: 200.0, 2: 2200.0, 3: 180.0}, {1: 10.0, 2: 11.0, 3: 9.0}]
+    sa, sb = round_centres(a, b)
+    assert len(sa) == len(sb) == 3
+    est = ratio_interval(sa, sb)
+    assert est.ratio == pytest.approx(2.0, rel=1e-9)
+    # by hand: each point's centre is the median of its six log values; round 2 of b: median of
+    # (ln 2.2 - c0, ln 2200 - c1, ln 11 - c2)
+    c = [np.median(np.log(list(x.values()) + list(y.values()))) for x, y in zip(a, b)]
+    want = np.exp(np.median([np.log(2.2) - c[0], np.log(2200.0) - c[1], np.log(11.0) - c[2]]))
+    assert sb[1] == pytest.approx(want)
+    # only the rounds every point measured
+    sa, _ = round_centres([{1: 1.0, 2: 4.0, 3: 2.0}, {1: 4.0, 3: 8.0}], [{1: 1.0}, {1: 1.0}])
+    assert len(sa) == 2
+    with pytest.raises(ValueError):
+        round_centres([a[0]], [])
 
 
 def test_within_process_marking():

@@ -11,9 +11,9 @@ neighbours, so the fastest step of a process follows the work where its median f
 machine's load (measured: docs/methodology.md, "The regression gate"). Two families of tests:
 - per point: a point REGRESSES when the whole confidence interval of its slowdown (current /
   baseline, sabench.stats.regression) lies above 1 + threshold; improvements mirror that;
-- per phase: the same test on the per-round geometric mean over the phase's points
-  (sabench.stats.geomean_per_round), which catches a slowdown spread over every point that
-  no single point's few rounds can resolve.
+- per phase: the same test on one value per round, the median over the phase's points of each
+  point's value on a common scale (sabench.stats.round_centres), which catches a slowdown spread
+  over every point that no single point's few rounds can resolve.
 The family-wise false-alarm rate is held to `alpha` (default 5%) by Bonferroni: half of alpha
 over the K points judged, half over the phases. A point with fewer than stats.MIN_ROUNDS
 measured rounds a side is NOT JUDGED (counted and named, never passed silently): a one-round
@@ -42,7 +42,7 @@ from sabench.report.intervals import fmt_est
 from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
                                     index_records, key_label, load_results, md_escape, peak_memory,
                                     results_path, status_text)
-from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, geomean_per_round, ok_rounds, regression
+from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, ok_rounds, regression, round_centres
 
 # figure name -> its value in a record
 DETERMINISTIC = (("params", lambda r: r.params), ("kv_cache_bytes", lambda r: r.kv_cache_bytes),
@@ -118,7 +118,7 @@ class CheckResult:
     comparable: int = 0                     # shared points ok on both sides
     judged: int = 0                         # K: timing points the gate judged
     confidence: float = 0.95                # each judged point's interval: 1 - alpha / K
-    suite_judged: int = 0                   # phases judged as a whole (per-round geometric mean over points)
+    suite_judged: int = 0                   # phases judged as a whole (stats.round_centres)
     suite_confidence: float = 0.95          # each phase's interval: 1 - (alpha / 2) / phases
 
     @property
@@ -325,8 +325,9 @@ def _deterministic(res: CheckResult, k: Key, rb: PhaseRecord, rc: PhaseRecord) -
 def _timings(res: CheckResult, timed) -> None:
     """Judge (or, with timings off, list) every point ok on both sides with MIN_ROUNDS rounds a
     side, and each phase as a whole. Half of alpha goes to the per-point tests (Bonferroni over
-    the K points), half to one suite-level test per phase (the per-round geometric mean over the
-    phase's points: stats.geomean_per_round), so the family-wise false-alarm rate stays <= alpha.
+    the K points), half to one suite-level test per phase (per round, the median over the phase's
+    points of each point's value on a common scale: stats.round_centres), so the family-wise
+    false-alarm rate stays <= alpha.
     A point without rounds (one round, or schema v1) is NOT judged: the steps of one process
     ignore the variation between processes, so they never decide an exit status."""
     rounds = {k: (ok_rounds(rb, fastest=True), ok_rounds(rc, fastest=True)) for k, rb, rc in timed}
@@ -345,8 +346,7 @@ def _timings(res: CheckResult, timed) -> None:
         _judge(res, k, key_label(k), regression(vb, vc, res.threshold, confidence=res.confidence,
                                                 where=key_label(k)), vb, vc)
     for ph, ks in suites.items():
-        vb = geomean_per_round([rounds[k][0] for k in ks])
-        vc = geomean_per_round([rounds[k][1] for k in ks])
+        vb, vc = round_centres([rounds[k][0] for k in ks], [rounds[k][1] for k in ks])
         if min(len(vb), len(vc)) < MIN_ROUNDS:
             res.notes.append(f"{ph}: the phase as a whole is not judged: fewer than {MIN_ROUNDS} rounds in "
                              f"which every one of its {len(ks)} points measured")
@@ -354,7 +354,7 @@ def _timings(res: CheckResult, timed) -> None:
         scope = f"{ph}, all {len(ks)} points"
         g = regression(vb, vc, res.threshold, confidence=res.suite_confidence, where=scope)
         res.suite_judged += 1
-        _judge(res, (SUITE, 0, 0, ph), scope, g, vb, vc, metric="latency (geometric mean)")
+        _judge(res, (SUITE, 0, 0, ph), scope, g, vb, vc, metric="latency (all points)")
     if res.unjudged:
         res.notes.append(f"{len(res.unjudged)} timing point(s) not judged: fewer than {MIN_ROUNDS} measured rounds "
                          f"a side (a one-round run's steps share one process and cannot be judged); measure "
@@ -363,7 +363,8 @@ def _timings(res: CheckResult, timed) -> None:
         res.notes.append(f"Timings: a point regresses when its slowdown's {res.confidence:.4%} interval "
                          f"(current / baseline, ratio of geometric means of each round's fastest step, Welch t "
                          f"on logs) lies wholly above {1 + res.threshold:.2f}; a phase regresses when the same "
-                         f"holds for the per-round geometric mean over its points at {res.suite_confidence:.4%}. "
+                         f"holds for the per-round median over its points (each on a common scale) at "
+                         f"{res.suite_confidence:.4%}. "
                          f"Bonferroni over {res.judged} point(s) and {res.suite_judged} phase(s), so the chance of "
                          f"any false alarm in this check is at most {res.alpha:g}.")
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from sabench.stats.summary import validate_samples
+from sabench.stats.summary import median, validate_samples
 
 METHODS = ("t", "bootstrap", "rank")
 
@@ -227,18 +227,27 @@ def _invert_rank_test(v: np.ndarray, pvalue, alpha: float):
 # -- verdicts and the gate --------------------------------------------------------------------------
 
 
-def geomean_per_round(per_point: Sequence[dict]) -> list:
-    """Per round, the geometric mean over points of each point's value in that round.
+def round_centres(base: Sequence[dict], cand: Sequence[dict]) -> tuple:
+    """Two series, one value per round of each run, for judging a set of points as a whole.
 
-    per_point: one {round index: value} mapping per point (sabench.stats.rounds.ok_rounds). Only the
-    rounds every point measured count, in round order. This makes a suite-level series with the
-    round as its replication unit: load that slows a whole round moves its value once, instead of
-    counting as independent noise in every point, so an interval over these values keeps its
-    coverage when the points of a round share the machine's conditions."""
-    if not per_point:
-        return []
-    common = sorted(set.intersection(*(set(p) for p in per_point)))
-    return [math.exp(sum(math.log(p[k]) for p in per_point) / len(per_point)) for k in common]
+    base, cand: one {round index: value} mapping per point (sabench.stats.rounds.ok_rounds), the
+    same points in the same order. Each point's values are put on one scale by dividing by that
+    point's median over both runs' rounds; a round's value is then the median over the points
+    (only the rounds every point measured count). The round stays the replication unit (load that
+    slows a whole round moves its value once), and the median over points keeps one process that
+    waited for a core from moving the round: per-round fastest steps on a loaded machine are far
+    from normal (docs/methodology.md, "The regression gate"). ratio_interval on the two series
+    estimates the typical point's ratio cand / base."""
+    if not base or len(base) != len(cand):
+        raise ValueError("round_centres needs the same points, at least one, on both sides")
+    kb = sorted(set.intersection(*(set(p) for p in base)))
+    kc = sorted(set.intersection(*(set(p) for p in cand)))
+    centres = [median([math.log(b[k]) for k in kb] + [math.log(c[k]) for k in kc]) for b, c in zip(base, cand)]
+
+    def series(points, rounds):
+        return [math.exp(median([math.log(p[k]) - m for p, m in zip(points, centres)])) for k in rounds]
+
+    return series(base, kb), series(cand, kc)
 
 
 def geomean_interval(ests: Sequence[Optional[RatioEstimate]], confidence: float = 0.95) -> Optional[RatioEstimate]:
