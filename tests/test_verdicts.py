@@ -175,7 +175,7 @@ def test_check_on_rounds_identical_passes_and_2x_fails_with_the_interval(tmp_pat
     ref = ratio_interval(*mins, confidence=1 - 0.025 / 24)  # half of alpha over the points
     assert (f.estimate.low, f.estimate.high) == pytest.approx((ref.low, ref.high))
     md = res.to_markdown()
-    assert md.splitlines()[0] == res.headline() and md.startswith("FAIL: 8 regression(s) (8 slower beyond 5%)")  # 8 points of one variant: the phases hold
+    assert md.splitlines()[0] == res.headline() and md.startswith("FAIL: 9 regression(s) (9 slower beyond 5%)")  # 8 points and one phase
     assert str(ref) in md
     assert md.index("Points that changed") < md.index("Notes")
 
