@@ -452,7 +452,12 @@ def _user_error(e: Exception) -> int:
 
 
 def entry() -> None:  # console script
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:  # the one line is out: a second Ctrl-C must not add a traceback at exit
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import capture_run_env, run_conditions
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
-from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
+from sabench.harness import interrupts
+from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, pause_at, slowdown_from_env
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.harness.lock import holds_run_lock, lock_run_dir
@@ -111,7 +112,7 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
     return {v: PointJob(plan=parse_variant(v, suite.model_config.num_layers), **common) for v in suite.variants}
 
 
-def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:
+def _new_results(suite: Suite, device: str, workdir: Path, gpus=None, shard=None, pins=None) -> dict:
     data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
@@ -119,6 +120,10 @@ def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:
     data["env"]["conditions"] = run_conditions(device, "before", gpus)
     if suite.execution == "compiled":
         data["env"]["inductor_cache_dir"] = str(inductor_cache_dir())
+    if shard is not None:
+        data["shard"] = shard.to_dict()
+    if pins:
+        data["env"]["devices"] = device_facts(pins, device)
     return data
 
 
@@ -167,57 +172,50 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         raise ValueError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
-    lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
-    existing = open_results(out, suite, resume)
-    preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
     path = out / "results.json"
-    workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
-
-    if existing is None:
-        data = _new_results(suite, device, workdir, gpus)
-        if shard is not None:
-            data["shard"] = shard.to_dict()
-        if pins:
-            data["env"]["devices"] = device_facts(pins, device)
-        write_json_atomic(path, data)
-    else:
-        check_resume(existing, shard, path)
-        data = existing
-        data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
-        data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
-        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
-        if pins:  # another --devices than the first run's is fine: each round names its device
-            data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
-    peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
-    jobs = point_jobs(suite, job_device, peaks, suite.threads)
-    sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
-    sweep.points = suite_shard(suite, suite.points(), shard)
-    todo = sweep.todo()
-    total = suite.rounds * len(sweep.points)
-    progress = sweep.progress = Progress(total, total - len(todo))
-    if resume:
-        print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
-              file=sys.stderr)
-    pool = Pool(_slots(pins, workdir))
-    sweep.stop = pool.stop
-    try:
-        pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
-    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
-        cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
-                       + [f"--variant {v}" for v in (variants or [])]
-                       + ([f"--rounds {suite.rounds}"] if rounds else [])
-                       + ([f"--shard {shard.label}"] if shard is not None else [])
-                       + ([f"--devices {devices_text(pins)}"] if pins else []))
-        raise RunInterrupted(path, progress.done, total, cmd) from None
-    finally:
-        progress.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-        with sweep.lock:
-            data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after", gpus))
+    started, progress, workdir = resume, None, None
+    try:  # Ctrl-C from here on, at any stage: one line with the command that goes on (cli)
+        lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
+        existing = open_results(out, suite, resume)
+        preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
+        workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
+        data = existing if existing is not None else _new_results(suite, device, workdir, gpus, shard, pins)
+        if existing is None:
             write_json_atomic(path, data)
-    print(f"results: {path}", file=sys.stderr)
-    if report:
-        _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
+            started = True
+        else:
+            _continue_results(data, suite, device, gpus, shard, pins, path)
+        peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
+        jobs = point_jobs(suite, job_device, peaks, suite.threads)
+        sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
+        sweep.points = suite_shard(suite, suite.points(), shard)
+        todo = sweep.todo()
+        total = suite.rounds * len(sweep.points)
+        progress = sweep.progress = Progress(total, total - len(todo))
+        if resume:
+            print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
+                  file=sys.stderr)
+        pool = Pool(_slots(pins, workdir))
+        sweep.stop = pool.stop
+        try:  # every point process has ended when pool.run returns or raises
+            pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
+        finally:
+            progress.close()
+            with interrupts.ignored(), sweep.lock:  # a second Ctrl-C must not cut the last write short
+                data["env"]["conditions"] = dict(data["env"].get("conditions") or {},
+                                                 **run_conditions(device, "after", gpus))
+                write_json_atomic(path, data)
+        print(f"results: {path}", file=sys.stderr)
+        if report:
+            _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
+    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
+        go_on = _command(suite, out, variants, rounds, shard, pins, resume=started)
+        raise RunInterrupted(path, progress and progress.done, progress and progress.total, go_on,
+                             started=started) from None
+    finally:
+        if workdir is not None:
+            with interrupts.ignored():
+                shutil.rmtree(workdir, ignore_errors=True)
     failing = failing_rounds(data["records"])
     if failing:
         shown = ", ".join(f"{label} (round {k})" for label, k in failing[:5])
@@ -225,6 +223,26 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
               f"measure them again with: sabench run {suite.path or suite.name} --out {out} --resume "
               "--retry-failed", file=sys.stderr)
     return 1 if failing else 0
+
+
+def _command(suite: Suite, out: Path, variants, rounds, shard, pins, resume: bool) -> str:
+    """The `sabench run` command line that goes on with this run (resume: with --resume)."""
+    return " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out)]
+                    + (["--resume"] if resume else [])
+                    + [f"--variant {v}" for v in (variants or [])]
+                    + ([f"--rounds {suite.rounds}"] if rounds else [])
+                    + ([f"--shard {shard.label}"] if shard is not None else [])
+                    + ([f"--devices {devices_text(pins)}"] if pins else []))
+
+
+def _continue_results(data: dict, suite: Suite, device: str, gpus, shard, pins, path: Path) -> None:
+    """A resumed run's results, made ready for this run's points (the same shard, the variants added)."""
+    check_resume(data, shard, path)
+    data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
+    data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
+    data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
+    if pins:  # another --devices than the first run's is fine: each round names its device
+        data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
 
 
 def _slots(pins, workdir: Path) -> list:
@@ -361,6 +379,7 @@ def _key(r: dict) -> tuple:
 
 def _finish(out: Path, path: Path, history: bool = True) -> None:
     """Report and history; a failure here must not lose the measurements already on disk."""
+    pause_at("report")  # a test seam: hold here to be interrupted
     try:
         from sabench.report import write_report
 
