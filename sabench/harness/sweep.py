@@ -4,8 +4,11 @@ Every round visits every point once, in the round's shuffled order (harness.roun
 (point, round) is its own point process, merged into the point's one phase record per phase.
 results.json is rewritten atomically (temp file, fsync, rename) after every point, so killing
 the runner at any moment leaves a valid file; `--resume` with the same `--out` measures only
-the (point, round) pairs missing from it (and, with `retry`, those that failed). The suite is turned into typed PointJobs here, once: each variant
-is parsed into its SharingPlan once per run, and the point processes parse nothing.
+the (point, round) pairs missing from it (and, with `retry`, those that failed), and only for
+the suite that wrote it. Ctrl-C at any stage ends the run with RunInterrupted (one line, the
+command that goes on) once every point process has ended. The suite is turned into typed
+PointJobs here, once: each variant is parsed into its SharingPlan once per run, and the point
+processes parse nothing.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.harness.preflight import preflight
+from sabench.harness.same_suite import FIELDS, IDENTITY, differences
 from sabench.harness.progress import Progress, summary
 from sabench.harness.shard import check_resume, suite_shard
 from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, round_order, round_status
@@ -44,20 +48,19 @@ from sabench.plan import parse_variant
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution
 
-# Suite settings that change what a number means: a resumed run must not mix them.
-# (value assumed when an older results.json lacks the key: runs before execution modes were eager)
-_COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
-               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None,
-               "threads": None, "parallel": None}  # not `rounds`: `--rounds K --resume` adds rounds to a run
-
-
 def default_out_dir(suite: Suite) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return reports_dir() / suite.name / f"{stamp}-{socket.gethostname()}"
 
 
-def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
-    """The results file to complete (resume), None to start one; ValueError on a mismatch."""
+def open_results(out: Path, suite: Suite, resume: bool, variants_given: bool = False,
+                 threads_given: bool = False) -> Optional[dict]:
+    """The results file to complete (resume), None to start one; ValueError on a mismatch.
+
+    A run is completed only by its own suite (harness.same_suite): another name, model, variant
+    list or sweep is another suite's run, and a changed setting would mix numbers that mean
+    different things. `rounds` may differ (a resume adds rounds); `threads` only when not given
+    (the resume keeps the run's); the variants when given (--variant adds them to the run)."""
     path = out / "results.json"
     if not path.exists():
         if resume:
@@ -70,11 +73,29 @@ def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     except ResultsError as e:
         raise ValueError(f"--resume: {e}") from None
     old, new = data.get("suite", {}), suite.to_dict()
-    diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
+    fields = [k for k in FIELDS if not (variants_given and k == "variants")] + (["threads"] if threads_given else [])
+    diff = differences(old, new, fields)
+    if any(k in IDENTITY for k in diff):
+        named = list(dict.fromkeys("model" if k == "model_config" else k for k in diff))
+        hint = ("; to measure other variants into the run, name them with --variant" if named == ["variants"]
+                else "; use another --out")
+        raise ValueError(f"--resume: {out} was written by suite {_described(old, diff)}, this is "
+                         f"{_described(new, diff)}; differs in: {', '.join(named)}{hint}")
     if diff:
         raise ValueError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
                          "use another --out")
     return data
+
+
+def _described(suite: dict, diff: list) -> str:
+    """'smoke' (variants baseline, cla:2), with the model and the sweep when they differ."""
+    parts = [f"variants {', '.join(suite.get('variants') or [])}"]
+    if "model" in diff or "model_config" in diff:
+        parts.append(f"model {suite.get('model')}")
+    if "sweep" in diff:
+        sweep = suite.get("sweep") or {}
+        parts.append(f"batch sizes {sweep.get('batch_size')}, seq_lens {sweep.get('seq_len')}")
+    return f"{suite.get('name')!r} ({'; '.join(parts)})"
 
 
 def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None, rounds: Optional[int] = None,
@@ -176,7 +197,10 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
     started, progress, workdir = resume, None, None
     try:  # Ctrl-C from here on, at any stage: one line with the command that goes on (cli)
         lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
-        existing = open_results(out, suite, resume)
+        existing = open_results(out, suite, resume, variants_given=bool(variants),
+                                threads_given=threads is not None)
+        if existing is not None and threads is None:  # a resume measures with the threads the run measured with
+            suite = dataclasses.replace(suite, threads=existing["suite"].get("threads"))
         preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
         workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
         data = existing if existing is not None else _new_results(suite, device, workdir, gpus, shard, pins)
