@@ -453,10 +453,14 @@ def _user_error(e: Exception) -> int:
 
 def entry() -> None:  # console script
     code = main()
-    if code == EXIT_INTERRUPTED:  # the one line is out: a second Ctrl-C must not add a traceback at exit
+    if code == EXIT_INTERRUPTED:
         import signal
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the line is out: a second Ctrl-C adds no traceback at exit
+        # CPython marks a process whose Ctrl-C landed in code run by exec() of a string (a dataclass
+        # being defined, say) to kill itself with SIGINT at exit under `python -m`, caught or not;
+        # any exec() of a string clears the mark, so the exit status stays 130
+        exec("")
     sys.exit(code)
 
 

@@ -477,6 +477,24 @@ def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_
     assert not left  # the work directories of the run, its point processes and multiprocessing
 
 
+def test_an_interrupt_caught_inside_execd_code_still_exits_130_under_python_m(tmp_path):
+    """CPython turns the exit of `python -m` into death by SIGINT when a KeyboardInterrupt was raised
+    in code run by exec() of a string, even one caught (as Ctrl-C in a dataclass being defined is):
+    sabench's entry clears that, so the status is 130 as documented, never -SIGINT."""
+    (tmp_path / "interrupted_entry.py").write_text(
+        "import sabench.cli as cli\n"
+        "def main(argv=None):\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    except KeyboardInterrupt:\n"
+        "        return cli.EXIT_INTERRUPTED\n"
+        "cli.main = main\n"
+        "cli.entry()\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_entry"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+
+
 def test_nan_free_similarity_parse_is_strict():
     from sabench.cli import float_in
 
