@@ -332,15 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a YAML file")
     r.add_argument("--out", default=None, help="results dir (default reports/<suite>/<timestamp>-<host>)")
     r.add_argument("--resume", action="store_true",
-                   help="measure only the (point, round) pairs missing from --out; with --rounds K on a run "
-                        "of fewer rounds, adds the rounds up to K")
+                   help="measure only the (point, round) pairs missing from --out, for the suite that wrote it "
+                        "(another name, model, variant list or sweep: exit 2, nothing changed); with --rounds K on "
+                        "a run of fewer rounds, adds the rounds up to K; --variant adds the variants it names")
     r.add_argument("--rounds", type=int_in(1, 100), default=None,
                    help="passes over every point, each in a fresh shuffled order of (batch, seq) cells with a "
                         "cell's variants back to back; each (point, round) its own process (default: the "
                         "suite's `rounds`, else 1)")
     r.add_argument("--threads", type=int_in(1, 4096), default=None,
                    help="torch intra-op threads in every point process (default: the suite's `threads`, "
-                        "else torch's default); recorded in results.json")
+                        "else torch's default; with --resume, the run's); recorded in results.json")
     r.add_argument("--retry-failed", nargs="?", const="errors", choices=("errors", "oom"), default=None,
                    help="with --resume: measure again the rounds that failed with status error or killed "
                         "(--retry-failed=oom: also those that ran out of memory or were skipped after an "
