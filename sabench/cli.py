@@ -324,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a YAML file")
     r.add_argument("--out", default=None, help="results dir (default reports/<suite>/<timestamp>-<host>)")
     r.add_argument("--resume", action="store_true",
-                   help="measure only the (point, round) pairs missing from --out; with --rounds K on a run "
-                        "of fewer rounds, adds the rounds up to K")
+                   help="measure only the (point, round) pairs missing from --out, for the suite that wrote it "
+                        "(another name, model, variant list or sweep: exit 2, nothing changed); with --rounds K on "
+                        "a run of fewer rounds, adds the rounds up to K; --variant adds the variants it names")
     r.add_argument("--rounds", type=int_in(1, 100), default=None,
                    help="passes over every point, each in a fresh shuffled order of (batch, seq) cells with a "
                         "cell's variants back to back; each (point, round) its own process (default: the "
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int_in(1, 4096), default=None,
                    help="torch intra-op threads in every point process (default: the suite's `threads`, "
                         "else 1 on CPU, where more threads spin against any other work on the machine, and "
-                        "torch's default on CUDA); recorded in results.json")
+                        "torch's default on CUDA; with --resume, the run's); recorded in results.json")
     r.add_argument("--retry-failed", nargs="?", const="errors", choices=("errors", "oom"), default=None,
                    help="with --resume: measure again the rounds that failed with status error or killed "
                         "(--retry-failed=oom: also those that ran out of memory or were skipped after an "
@@ -451,7 +452,16 @@ def _user_error(e: Exception) -> int:
 
 
 def entry() -> None:  # console script
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the line is out: a second Ctrl-C adds no traceback at exit
+        # CPython marks a process whose Ctrl-C landed in code run by exec() of a string (a dataclass
+        # being defined, say) to kill itself with SIGINT at exit under `python -m`, caught or not;
+        # any exec() of a string clears the mark, so the exit status stays 130
+        exec("")
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,23 @@ class UserError(ValueError):
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C during `sabench run`: what was kept, and the command that resumes it."""
+    """Ctrl-C during `sabench run`: what was kept, and the command that goes on.
 
-    def __init__(self, results: Path, measured: int, total: int, resume_cmd: str):
+    started: results.json holds this run (`resume_cmd` then resumes it); before it is written
+    nothing was measured, and `resume_cmd` starts the run again. measured, total: (point, round)
+    pairs, None before they are counted."""
+
+    def __init__(self, results: Path, measured: Optional[int], total: Optional[int], resume_cmd: str,
+                 started: bool = True):
         self.results, self.measured, self.total, self.resume_cmd = Path(results), measured, total, resume_cmd
-        super().__init__(f"interrupted; {results} keeps the {measured} of {total} points measured so far, "
-                         f"resume with: {resume_cmd}")
+        if not started:
+            msg = f"interrupted before the first point; nothing to resume, start again with: {resume_cmd}"
+        elif total is None:
+            msg = f"interrupted; {results} keeps the points measured before, resume with: {resume_cmd}"
+        else:
+            msg = (f"interrupted; {results} keeps the {measured} of {total} points measured so far, "
+                   f"resume with: {resume_cmd}")
+        super().__init__(msg)
 
 
 def one_line(text: str) -> str:

@@ -10,10 +10,16 @@ group in each (NCCL on CUDA, one device per rank by LOCAL_RANK; gloo on CPU), ca
 `fn` and `args` cross a process boundary (spawn): `fn` must be a module-level function
 and its arguments and return values picklable (tensors are: return CPU tensors).
 A rank that raises makes `run_ranks` raise TPLaunchError with that rank's error.
+
+Signals: the launcher handles SIGTERM (and SIGHUP, SIGQUIT) by ending the ranks. SIGINT too,
+unless this process ignores it (a `sabench run` point process: Ctrl-C is the runner's, which
+ends it with SIGTERM); then it stays ignored here and in the ranks, which inherit that.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import uuid
 from typing import Any, Callable, Optional, Sequence
 
@@ -64,6 +70,7 @@ def run_ranks(fn: Callable, world: int, args: Sequence = (), backend: Optional[s
         run_id=run_id or f"sabench-tp-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # torchrun --standalone
         max_restarts=0, monitor_interval=0.1, start_method="spawn", logs_specs=_logs_specs(log_dir),
+        **_signals(LaunchConfig),
     )
     try:
         results = elastic_launch(config, _rank_entry)(fn, backend, tuple(args))
@@ -73,6 +80,16 @@ def run_ranks(fn: Callable, world: int, args: Sequence = (), backend: Optional[s
         raise TPLaunchError(f"tensor-parallel run of {getattr(fn, '__name__', fn)} over {world} ranks failed: "
                             f"{failures}", failed) from None
     return [results[r] for r in range(world)]
+
+
+def _signals(launch_config) -> dict:
+    """LaunchConfig's signals to handle, without SIGINT when this process ignores it (torch that
+    predates the option handles SIGINT regardless)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return {}
+    if "signals_to_handle" not in {f.name for f in dataclasses.fields(launch_config)}:
+        return {}
+    return {"signals_to_handle": "SIGTERM,SIGHUP,SIGQUIT"}
 
 
 def _logs_specs(log_dir: Optional[str]):

@@ -119,7 +119,7 @@ def test_an_interrupt_in_a_slot_stops_the_dispatch_and_names_devices_in_the_resu
     def fake(job, workdir):
         calls.append(job.key)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # as classify_exit does for a point ended by Ctrl-C
+            raise KeyboardInterrupt  # Ctrl-C while a slot measures
         return _fake_records(job, 1.0), {"total_s": 0.1, "device": {"gpu": job.gpu}}
 
     monkeypatch.setattr(sweep, "run_point", fake)

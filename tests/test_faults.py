@@ -142,11 +142,6 @@ def test_exit_classification(exitcode, oom, status, fragment):
     assert got == status and fragment in msg
 
 
-def test_ctrl_c_of_a_point_is_an_interruption():
-    with pytest.raises(KeyboardInterrupt):
-        classify_exit(-signal.SIGINT, [], None)
-
-
 @pytest.mark.parametrize("text, count", [("oom 0\noom_kill 3\n", 3),  # cgroup v2 memory.events
                                          ("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n", 7),  # v1 oom_control
                                          ("oom 1\n", None), ("oom_kill x\n", None)])

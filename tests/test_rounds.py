@@ -45,11 +45,12 @@ class _FakePoints:
     """run_point stand-in: records the order of (point, call) and returns made-up samples."""
 
     def __init__(self, fail=()):
-        self.calls, self.fail, self.n = [], set(fail), 0
+        self.calls, self.fail, self.n, self.threads = [], set(fail), 0, []
 
     def __call__(self, job, workdir):
         self.n += 1
         self.calls.append((job.variant, job.batch_size, job.seq_len))
+        self.threads.append(job.threads)
         status = "error" if (job.variant, job.batch_size, job.seq_len) in self.fail else "ok"
         recs = {}
         for ph in ("prefill", "decode"):
@@ -113,6 +114,28 @@ def test_resume_with_one_more_round_measures_exactly_that_round(tmp_path, fake):
     fake.calls.clear()
     assert main(["run", suite, "--out", str(out), "--resume", "--rounds", "2", "--no-report"]) == 0
     assert fake.calls == []  # nothing left to measure
+
+
+def test_a_resume_keeps_the_runs_threads_and_adds_rounds_and_the_variants_it_names(tmp_path, fake):
+    """Neither `rounds` nor `threads` makes a run another suite's (nor the variants' order); a
+    resume without --threads measures with the run's; --variant adds variants, and the suite echo
+    then lists them (another variant list without it is refused: test_robustness)."""
+    out = tmp_path / "run"
+    assert sweep.run_suite(str(_suite(tmp_path)), out=out, report=False, threads=1) == 0
+    reordered = write_suite(tmp_path, SUITE.replace('[baseline, "cla:2", "sa:2-3"]', '["sa:2-3", baseline, "cla:2"]'),
+                            "reordered.yaml")
+    fake.calls.clear()
+    assert main(["run", str(reordered), "--out", str(out), "--resume", "--rounds", "2", "--no-report"]) == 0
+    assert len(fake.calls) == 12 and set(fake.threads) == {1}
+    fake.calls.clear()
+    assert main(["run", str(_suite(tmp_path)), "--out", str(out), "--resume", "--rounds", "2", "--variant", "cla:1",
+                 "--no-report"]) == 0
+    assert sorted(fake.calls) == sorted([("cla:1", b, t) for b in (1, 2) for t in (16, 32)] * 2)
+    data = _data(out)
+    assert data["suite"]["variants"] == ["baseline", "cla:2", "sa:2-3", "cla:1"]
+    assert data["suite"]["threads"] == 1 and data["suite"]["rounds"] == 2 and set(fake.threads) == {1}
+    assert {r["variant"] for r in data["records"]} == set(data["suite"]["variants"])
+    assert all(len(r["rounds"]) == 2 for r in data["records"])
 
 
 def test_retry_failed_measures_the_failed_rounds_again_and_the_exit_status_says_so(tmp_path, fake, capsys):

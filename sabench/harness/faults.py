@@ -5,7 +5,9 @@ once and hands the keys to every point process in its job (`PointJob.fault_oom`)
 raises torch.OutOfMemoryError at the named stage, so the OOM handling is exercised on machines
 that never run out. SABENCH_FAULT_KILL holds point keys the same way, each optionally followed
 by "@SIGNAL" (default SIGKILL): the point process sends itself that signal before measuring,
-as a user's `kill` or a scheduler would. Nothing here imports the rest of the harness.
+as a user's `kill` or a scheduler would. SABENCH_FAULT_SLOWDOWN slows points down;
+SABENCH_FAULT_PAUSE holds the runner at a stage (`pause_at`). Nothing here imports the rest of
+the harness.
 """
 from __future__ import annotations
 
@@ -99,3 +101,19 @@ def slow_down(model, factors: dict) -> None:
     if factors["decode"] != 1.0:
         step_fn, f = model.greedy_step_fn, factors["decode"]
         model.greedy_step_fn = lambda *a, **k: slowed(step_fn(*a, **k), f)
+
+
+PAUSE_ENV = "SABENCH_FAULT_PAUSE"
+
+
+def pause_at(stage: str) -> None:
+    """SABENCH_FAULT_PAUSE="STAGE:PATH": on reaching STAGE ("report": the sweep's report and
+    history), write PATH and wait there (up to 10 minutes). A test's cue to interrupt a run at
+    that very stage, without guessing how long the stages before it take."""
+    import time
+    from pathlib import Path
+
+    at, _, path = (os.environ.get(PAUSE_ENV) or "").partition(":")
+    if at == stage and path:
+        Path(path).write_text(stage)
+        time.sleep(600)

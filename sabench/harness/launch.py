@@ -6,6 +6,10 @@ The child writes its result file and exits 0; anything else is classified here: 
 ended by a signal from outside (SIGKILL, SIGTERM, ... by a user or a scheduler) is "killed",
 unless the cgroup's OOM-kill counter rose meanwhile (the kernel's OOM killer: "oom"); any
 other death or exit code is "error".
+
+Ctrl-C: the fork server and the point processes ignore SIGINT (harness.interrupts); the
+runner, interrupted while it starts or waits for a point process, ends and reaps that process
+before the KeyboardInterrupt goes on, so nothing of it writes after the runner's cleanup.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from sabench.harness import interrupts
 from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.records import PHASES
@@ -30,7 +35,7 @@ _PROCS = threading.Lock()
 def _context():
     """A forkserver that has imported torch and sabench once: each point is still a fresh
     process but starts in milliseconds, not the 1-2 s an interpreter needs to import torch.
-    The server never touches CUDA."""
+    The server never touches CUDA; it ignores SIGINT (sabench._forkserver_preload)."""
     global _CTX
     if _CTX is None:
         import multiprocessing as mp
@@ -43,18 +48,34 @@ def _context():
     return _CTX
 
 
+def _start_server() -> None:
+    """The fork server, started (once) with SIGINT blocked: it cannot be interrupted before it
+    ignores SIGINT. The resource tracker it needs first: it unblocks SIGINT when it has started."""
+    from multiprocessing import forkserver, resource_tracker
+
+    _context()
+    resource_tracker.ensure_running()
+    with interrupts.blocked_for_children():
+        forkserver.ensure_running()
+
+
 def _nothing() -> None:
     pass
 
 
-def start_server() -> None:
-    """Start the forkserver and wait until it has imported torch and sabench, by running one empty
+def warm_server() -> None:
+    """Start the fork server and wait until it has imported torch and sabench, by running one empty
     process through it: that one-time cost (seconds, tens of seconds on a loaded machine) then
     belongs to the run's start-up, not to its first point and the ETA computed from it."""
     proc = _context().Process(target=_nothing, daemon=True)
-    with _PROCS:
-        proc.start()
-    proc.join()
+    try:
+        with _PROCS, interrupts.deferred():
+            _start_server()
+            proc.start()
+        proc.join()
+    except BaseException:
+        _stop(proc)
+        raise
 
 
 def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
@@ -75,9 +96,14 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     ooms_before = oom_kill_count()
     proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)),
                               daemon=job.tensor_parallel == 1)
-    with _PROCS:
-        proc.start()
-    _wait(proc)
+    try:
+        with _PROCS, interrupts.deferred():
+            _start_server()
+            proc.start()
+        _wait(proc)
+    except BaseException:  # Ctrl-C (or a bug) in the runner: the point process must not outlive it
+        _stop(proc)
+        raise
     wall = time.perf_counter() - t0
     if proc.exitcode == 0 and result_path.exists():
         result = json.loads(result_path.read_text())
@@ -101,6 +127,23 @@ def _wait(proc) -> None:
         proc.join()
 
 
+# How long a point process ended by SIGTERM may take (a tensor-parallel one ends its ranks first).
+STOP_GRACE_S = 30.0
+
+
+def _stop(proc) -> None:
+    """End and reap a point process that is still running: SIGTERM, SIGKILL after STOP_GRACE_S."""
+    if proc.pid is None:  # never started
+        return
+    with interrupts.ignored(), _PROCS:
+        if proc.exitcode is None:
+            proc.terminate()
+            proc.join(STOP_GRACE_S)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+
+
 def end_point_processes() -> None:
     """SIGTERM every point process still running (an interrupted `run --devices`)."""
     import multiprocessing
@@ -121,8 +164,6 @@ def classify_exit(exitcode, stderr_tail: list, oom_killed=None) -> tuple[str, st
     """
     if exitcode is not None and exitcode < 0:
         sig = signal.Signals(-exitcode).name
-        if sig == "SIGINT":  # Ctrl-C reached the point first: the run is interrupted, not the point failed
-            raise KeyboardInterrupt
         if sig == "SIGKILL" and oom_killed:
             return "oom", "worker killed by SIGKILL from the kernel's OOM killer (the cgroup's oom_kill count rose)"
         if sig in KILL_SIGNALS:

@@ -1,8 +1,8 @@
 """`sabench merge RUN_DIR... --out DIR`: the runs of a suite's shards as one run.
 
-The shards must be of one suite as run (name, model, model config, dtype, variants, sweep,
-decode tokens, warmup, repeats, chunk, memory, execution, weights, quality, parallel) and of one
-commit (env.git_commit); the first difference is refused with the field and both values. Each
+The shards must be of one suite as run (harness.same_suite: name, model, variants, sweep and
+the settings that change what a number means) and of one commit (env.git_commit); the first
+difference is refused with the field and both values. Each
 run's `shard` ({index, count}, written by `sabench run --shard`) must agree on the count and
 not repeat an index (runs without shards may be merged only with each other, e.g. runs split
 by --variant). A point in two runs is refused unless its records are identical.
@@ -20,13 +20,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from sabench.errors import UserError
+from sabench.harness.same_suite import differences, value
 from sabench.harness.shard import Shard
 from sabench.records import PHASES, MAX_REQUEST, PhaseRecord, PointSpec, RunRecord, load_results, write_results
 
-# suite keys that must agree ("path" and "description" may differ between machines)
-SUITE_FIELDS = ("name", "sweep", "model_config", "model", "variants", "dtype", "decode_tokens", "warmup",
-                "repeats", "prefill_chunk", "memory", "execution", "weights", "quality", "parallel",
-                "allow_long_context")
 MAX_LISTED = 20
 
 
@@ -45,11 +42,11 @@ def check_same_run(runs: Sequence[RunRecord]) -> None:
     """Refuse runs of different suites, sweeps, model configs or commits (UserError)."""
     ref = runs[0]
     for r in runs[1:]:
-        for k in SUITE_FIELDS:
-            d = _first_diff(ref.suite.get(k), r.suite.get(k), f"suite.{k}")
-            if d:
-                raise UserError(f"merge: {ref.source} and {r.source} differ in {d[0]}: {d[1]!r} vs {d[2]!r}; "
-                                "merge only the shards of one suite run")
+        diff = differences(ref.suite, r.suite)
+        if diff:
+            d = _first_diff(value(ref.suite, diff[0]), value(r.suite, diff[0]), f"suite.{diff[0]}")
+            raise UserError(f"merge: {ref.source} and {r.source} differ in {d[0]}: {d[1]!r} vs {d[2]!r}; "
+                            "merge only the shards of one suite run")
         a, b = ref.env.get("git_commit"), r.env.get("git_commit")
         if a != b:
             raise UserError(f"merge: {ref.source} and {r.source} differ in env.git_commit: {a!r} vs {b!r}; "

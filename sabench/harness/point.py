@@ -19,6 +19,7 @@ from sabench import accounting, flops, memory_model
 from sabench.dtypes import parse_dtype
 from sabench.io import write_json_atomic
 from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factors
+from sabench.harness.interrupts import ignore_in_this_process
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
 from sabench.measure.nvml_readings import parse_pci_bus_id
@@ -198,7 +199,7 @@ def finish_overhead(job: PointJob, overhead: dict, t_start: float) -> None:
 
 
 def _quiet_on_interrupt():
-    """Ctrl-C reaches the whole process group: a point process just ends (the sweep reports it), no traceback."""
+    """Ctrl-C of `python -m sabench.harness.point`: the process just ends, no traceback."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -227,7 +228,7 @@ def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=Non
     measure_fn: what measures the job (default `measure`; harness.tp_point passes its own, and
     injects the kill fault on a rank instead)."""
     _pin(job.gpu)
-    _quiet_on_interrupt()
+    ignore_in_this_process()  # as forked already: Ctrl-C is the runner's, which ends this process
     _die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)

@@ -7,10 +7,10 @@ measured on the same GPU, back to back, in every round. With one slot the items 
 thread, in the order given, exactly as a run without --devices.
 
 The work function is the sweep's: it measures without holding anything and records under the
-sweep's lock. Ctrl-C (in this thread, or a point process ended by SIGINT in a slot) stops the
-dispatch, ends the point processes still running and raises KeyboardInterrupt once every
-slot has returned; `stop` tells the work function to drop what those processes left. A bug in a
-slot stops the others too and is raised here.
+sweep's lock. Ctrl-C (raised in this thread: the point processes ignore SIGINT) stops the
+dispatch, ends the point processes still running (and any a slot started meanwhile) and raises
+KeyboardInterrupt once every slot has returned; `stop` tells the work function to drop what
+those processes left. A bug in a slot stops the others too and is raised here.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from sabench.harness import interrupts
 from sabench.harness.launch import end_point_processes
 
 
@@ -72,9 +73,11 @@ class Pool:
                     t.join(0.2)
         except KeyboardInterrupt:
             self._interrupted = True
-            self._halt()
-            for t in threads:
-                _join_through_interrupts(t)
+            with interrupts.ignored():  # a second Ctrl-C: the slots are already stopping
+                for t in threads:
+                    while t.is_alive():  # a slot may have started a process just before the halt
+                        self._halt()
+                        t.join(0.2)
         if self._error is not None:
             raise self._error
         if self._interrupted:
@@ -91,7 +94,7 @@ class Pool:
                     if self.stop.is_set():
                         return
                     work(item, slot)
-        except KeyboardInterrupt:  # a point process ended by Ctrl-C: the run is interrupted
+        except KeyboardInterrupt:  # the work function says the run is interrupted
             self._interrupted = True
             self._halt()
         except BaseException as e:  # a bug: stop everything, raise it in the caller
@@ -103,11 +106,3 @@ class Pool:
         """No more dispatch; end the point processes still running (their remains are dropped)."""
         self.stop.set()
         end_point_processes()
-
-
-def _join_through_interrupts(t: threading.Thread) -> None:
-    while t.is_alive():
-        try:
-            t.join(0.2)
-        except KeyboardInterrupt:  # a second Ctrl-C: the slots are already stopping
-            pass

@@ -4,8 +4,11 @@ Every round visits every point once, in the round's shuffled order (harness.roun
 (point, round) is its own point process, merged into the point's one phase record per phase.
 results.json is rewritten atomically (temp file, fsync, rename) after every point, so killing
 the runner at any moment leaves a valid file; `--resume` with the same `--out` measures only
-the (point, round) pairs missing from it (and, with `retry`, those that failed). The suite is turned into typed PointJobs here, once: each variant
-is parsed into its SharingPlan once per run, and the point processes parse nothing.
+the (point, round) pairs missing from it (and, with `retry`, those that failed), and only for
+the suite that wrote it. Ctrl-C at any stage ends the run with RunInterrupted (one line, the
+command that goes on) once every point process has ended. The suite is turned into typed
+PointJobs here, once: each variant is parsed into its SharingPlan once per run, and the point
+processes parse nothing.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from sabench.devices import resolve_device
 from sabench.io import write_json_atomic
 from sabench.harness.environment import busy_warning, capture_run_env, run_conditions
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
-from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, slowdown_from_env
+from sabench.harness import interrupts
+from sabench.harness.faults import fault_keys_from_env, kill_keys_from_env, pause_at, slowdown_from_env
 from sabench.harness.job import PointJob
-from sabench.harness.launch import run_point, start_server
+from sabench.harness.launch import run_point, warm_server
 from sabench.harness.lock import holds_run_lock, lock_run_dir
 from sabench.harness.max_batch import done_max, memory_budget, run_max_point
 from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.harness.preflight import preflight
+from sabench.harness.same_suite import FIELDS, IDENTITY, differences
 from sabench.harness.progress import Progress, summary
 from sabench.harness.shard import check_resume, suite_shard
 from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, round_order, round_status
@@ -44,20 +49,19 @@ from sabench.records import PHASES, SCHEMA, ResultsError, load_results
 from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution,
                            resolve_threads)
 
-# Suite settings that change what a number means: a resumed run must not mix them.
-# (value assumed when an older results.json lacks the key: runs before execution modes were eager)
-_COMPARABLE = {"model_config": None, "dtype": None, "decode_tokens": None, "warmup": None, "repeats": None,
-               "prefill_chunk": None, "memory": None, "execution": "eager", "weights": "random", "quality": None,
-               "threads": None, "parallel": None}  # not `rounds`: `--rounds K --resume` adds rounds to a run
-
-
 def default_out_dir(suite: Suite) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return reports_dir() / suite.name / f"{stamp}-{socket.gethostname()}"
 
 
-def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
-    """The results file to complete (resume), None to start one; ValueError on a mismatch."""
+def open_results(out: Path, suite: Suite, resume: bool, variants_given: bool = False,
+                 threads_given: bool = False) -> Optional[dict]:
+    """The results file to complete (resume), None to start one; ValueError on a mismatch.
+
+    A run is completed only by its own suite (harness.same_suite): another name, model, variant
+    list or sweep is another suite's run, and a changed setting would mix numbers that mean
+    different things. `rounds` may differ (a resume adds rounds); `threads` only when not given
+    (the resume keeps the run's); the variants when given (--variant adds them to the run)."""
     path = out / "results.json"
     if not path.exists():
         if resume:
@@ -70,11 +74,29 @@ def open_results(out: Path, suite: Suite, resume: bool) -> Optional[dict]:
     except ResultsError as e:
         raise UserError(f"--resume: {e}") from None
     old, new = data.get("suite", {}), suite.to_dict()
-    diff = [k for k, missing in _COMPARABLE.items() if old.get(k, missing) != new.get(k)]
+    fields = [k for k in FIELDS if not (variants_given and k == "variants")] + (["threads"] if threads_given else [])
+    diff = differences(old, new, fields)
+    if any(k in IDENTITY for k in diff):
+        named = list(dict.fromkeys("model" if k == "model_config" else k for k in diff))
+        hint = ("; to measure other variants into the run, name them with --variant" if named == ["variants"]
+                else "; use another --out")
+        raise UserError(f"--resume: {out} was written by suite {_described(old, diff)}, this is "
+                         f"{_described(new, diff)}; differs in: {', '.join(named)}{hint}")
     if diff:
         raise UserError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
                          "use another --out")
     return data
+
+
+def _described(suite: dict, diff: list) -> str:
+    """'smoke' (variants baseline, cla:2), with the model and the sweep when they differ."""
+    parts = [f"variants {', '.join(suite.get('variants') or [])}"]
+    if "model" in diff or "model_config" in diff:
+        parts.append(f"model {suite.get('model')}")
+    if "sweep" in diff:
+        sweep = suite.get("sweep") or {}
+        parts.append(f"batch sizes {sweep.get('batch_size')}, seq_lens {sweep.get('seq_len')}")
+    return f"{suite.get('name')!r} ({'; '.join(parts)})"
 
 
 def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None, rounds: Optional[int] = None,
@@ -112,7 +134,7 @@ def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = 
     return {v: PointJob(plan=plan_for(v, suite.model_config), **common) for v in suite.variants}
 
 
-def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:
+def _new_results(suite: Suite, device: str, workdir: Path, gpus=None, shard=None, pins=None) -> dict:
     data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
             "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
@@ -120,6 +142,10 @@ def _new_results(suite: Suite, device: str, workdir: Path, gpus=None) -> dict:
     data["env"]["conditions"] = run_conditions(device, "before", gpus)
     if suite.execution == "compiled":
         data["env"]["inductor_cache_dir"] = str(inductor_cache_dir())
+    if shard is not None:
+        data["shard"] = shard.to_dict()
+    if pins:
+        data["env"]["devices"] = device_facts(pins, device)
     return data
 
 
@@ -168,62 +194,58 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         raise UserError("--retry-failed needs --resume and the --out of the run whose failed points to retry")
     out = Path(out) if out is not None else default_out_dir(suite)
     out.mkdir(parents=True, exist_ok=True)
-    lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
-    existing = open_results(out, suite, resume)
-    preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
-    busy = busy_warning()
-    if busy:
-        print(busy, file=sys.stderr)
     path = out / "results.json"
-    workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
-
-    if existing is None:
-        data = _new_results(suite, device, workdir, gpus)
-        if shard is not None:
-            data["shard"] = shard.to_dict()
-        if pins:
-            data["env"]["devices"] = device_facts(pins, device)
-        write_json_atomic(path, data)
-    else:
-        check_resume(existing, shard, path)
-        data = existing
-        data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
-        data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
-        data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
-        if pins:  # another --devices than the first run's is fine: each round names its device
-            data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
-    peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
-    jobs = point_jobs(suite, job_device, peaks, resolve_threads(suite.threads, job_device))
-    sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
-    sweep.points = suite_shard(suite, suite.points(), shard)
-    todo = sweep.todo()
-    if todo:
-        start_server()
-    total = suite.rounds * len(sweep.points)
-    progress = sweep.progress = Progress(total, total - len(todo))
-    if resume:
-        print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
-              file=sys.stderr)
-    pool = Pool(_slots(pins, workdir))
-    sweep.stop = pool.stop
-    try:
-        pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
-    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
-        cmd = " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out), "--resume"]
-                       + [f"--variant {v}" for v in (variants or [])]
-                       + ([f"--rounds {suite.rounds}"] if rounds else [])
-                       + ([f"--shard {shard.label}"] if shard is not None else [])
-                       + ([f"--devices {devices_text(pins)}"] if pins else []))
-        raise RunInterrupted(path, progress.done, total, cmd) from None
-    finally:
-        progress.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-        with sweep.lock:
-            data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "after", gpus))
+    started, progress, workdir = resume, None, None
+    try:  # Ctrl-C from here on, at any stage: one line with the command that goes on (cli)
+        lock_run_dir(out)  # held until run_suite returns: a second run on `out` refuses
+        existing = open_results(out, suite, resume, variants_given=bool(variants),
+                                threads_given=threads is not None)
+        if existing is not None and threads is None:  # a resume measures with the threads the run measured with
+            suite = dataclasses.replace(suite, threads=existing["suite"].get("threads"))
+        preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
+        busy = busy_warning()
+        if busy:
+            print(busy, file=sys.stderr)
+        workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
+        data = existing if existing is not None else _new_results(suite, device, workdir, gpus, shard, pins)
+        if existing is None:
             write_json_atomic(path, data)
-    print(f"results: {path}", file=sys.stderr)
-    if report:
-        _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
+            started = True
+        else:
+            _continue_results(data, suite, device, gpus, shard, pins, path)
+        peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
+        jobs = point_jobs(suite, job_device, peaks, resolve_threads(suite.threads, job_device))
+        sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
+        sweep.points = suite_shard(suite, suite.points(), shard)
+        todo = sweep.todo()
+        if todo:
+            warm_server()
+        total = suite.rounds * len(sweep.points)
+        progress = sweep.progress = Progress(total, total - len(todo))
+        if resume:
+            print(f"resuming {path}: {total - len(todo)} of {total} (point, round) pairs already measured",
+                  file=sys.stderr)
+        pool = Pool(_slots(pins, workdir))
+        sweep.stop = pool.stop
+        try:  # every point process has ended when pool.run returns or raises
+            pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
+        finally:
+            progress.close()
+            with interrupts.ignored(), sweep.lock:  # a second Ctrl-C must not cut the last write short
+                data["env"]["conditions"] = dict(data["env"].get("conditions") or {},
+                                                 **run_conditions(device, "after", gpus))
+                write_json_atomic(path, data)
+        print(f"results: {path}", file=sys.stderr)
+        if report:
+            _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
+    except KeyboardInterrupt:  # results.json holds every point finished: say so, and how to go on
+        go_on = _command(suite, out, variants, rounds, shard, pins, resume=started)
+        raise RunInterrupted(path, progress and progress.done, progress and progress.total, go_on,
+                             started=started) from None
+    finally:
+        if workdir is not None:
+            with interrupts.ignored():
+                shutil.rmtree(workdir, ignore_errors=True)
     failing = failing_rounds(data["records"])
     if failing:
         shown = ", ".join(f"{label} (round {k})" for label, k in failing[:5])
@@ -231,6 +253,26 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
               f"measure them again with: sabench run {suite.path or suite.name} --out {out} --resume "
               "--retry-failed", file=sys.stderr)
     return 1 if failing else 0
+
+
+def _command(suite: Suite, out: Path, variants, rounds, shard, pins, resume: bool) -> str:
+    """The `sabench run` command line that goes on with this run (resume: with --resume)."""
+    return " ".join(["sabench run", str(suite.path or suite.name), "--out", str(out)]
+                    + (["--resume"] if resume else [])
+                    + [f"--variant {v}" for v in (variants or [])]
+                    + ([f"--rounds {suite.rounds}"] if rounds else [])
+                    + ([f"--shard {shard.label}"] if shard is not None else [])
+                    + ([f"--devices {devices_text(pins)}"] if pins else []))
+
+
+def _continue_results(data: dict, suite: Suite, device: str, gpus, shard, pins, path: Path) -> None:
+    """A resumed run's results, made ready for this run's points (the same shard, the variants added)."""
+    check_resume(data, shard, path)
+    data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
+    data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
+    data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
+    if pins:  # another --devices than the first run's is fine: each round names its device
+        data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
 
 
 def _slots(pins, workdir: Path) -> list:
@@ -367,6 +409,7 @@ def _key(r: dict) -> tuple:
 
 def _finish(out: Path, path: Path, history: bool = True) -> None:
     """Report and history; a failure here must not lose the measurements already on disk."""
+    pause_at("report")  # a test seam: hold here to be interrupted
     try:
         from sabench.report import write_report
 
