@@ -176,9 +176,9 @@ CASES = [
          "nothing to resume"),
     # another suite's run is not completed by this one: its points would not be the suite's it names
     case("run-resume-another-suite",
-         lambda w, t: ["run", _suite(t, name="other", variants=["baseline", "cla:1"]), "--out", str(w.run),
+         lambda w, t: ["run", _suite(t, name="other", variants=["baseline", "cla:2"]), "--out", str(w.run),
                        "--resume"],
-         "was written by suite 'robust' (variants baseline, sa:2-3), this is 'other' (variants baseline, cla:1); "
+         "was written by suite 'robust' (variants baseline, sa:2-3), this is 'other' (variants baseline, cla:2); "
          "differs in: name, variants; use another --out"),
     case("run-resume-another-name", lambda w, t: ["run", _suite(t, name="other"), "--out", str(w.run), "--resume"],
          "differs in: name;"),

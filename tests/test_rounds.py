@@ -121,18 +121,18 @@ def test_a_resume_keeps_the_runs_threads_and_adds_rounds_and_the_variants_it_nam
     resume without --threads measures with the run's; --variant adds variants, and the suite echo
     then lists them (another variant list without it is refused: test_robustness)."""
     out = tmp_path / "run"
-    assert sweep.run_suite(str(_suite(tmp_path)), out=out, report=False, threads=1) == 0
+    assert sweep.run_suite(str(_suite(tmp_path)), out=out, report=False, threads=1, rounds=1) == 0
     reordered = write_suite(tmp_path, SUITE.replace('[baseline, "cla:2", "sa:2-3"]', '["sa:2-3", baseline, "cla:2"]'),
                             "reordered.yaml")
     fake.calls.clear()
     assert main(["run", str(reordered), "--out", str(out), "--resume", "--rounds", "2", "--no-report"]) == 0
     assert len(fake.calls) == 12 and set(fake.threads) == {1}
     fake.calls.clear()
-    assert main(["run", str(_suite(tmp_path)), "--out", str(out), "--resume", "--rounds", "2", "--variant", "cla:1",
+    assert main(["run", str(_suite(tmp_path)), "--out", str(out), "--resume", "--rounds", "2", "--variant", "cla:4",
                  "--no-report"]) == 0
-    assert sorted(fake.calls) == sorted([("cla:1", b, t) for b in (1, 2) for t in (16, 32)] * 2)
+    assert sorted(fake.calls) == sorted([("cla:4", b, t) for b in (1, 2) for t in (16, 32)] * 2)
     data = _data(out)
-    assert data["suite"]["variants"] == ["baseline", "cla:2", "sa:2-3", "cla:1"]
+    assert data["suite"]["variants"] == ["baseline", "cla:2", "sa:2-3", "cla:4"]
     assert data["suite"]["threads"] == 1 and data["suite"]["rounds"] == 2 and set(fake.threads) == {1}
     assert {r["variant"] for r in data["records"]} == set(data["suite"]["variants"])
     assert all(len(r["rounds"]) == 2 for r in data["records"])
