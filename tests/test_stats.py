@@ -227,7 +227,13 @@ def test_too_few_samples_are_refused():
 def test_summarize_still_importable_from_measure():
     from sabench.measure import summarize as m1
     from sabench.measure.stats import summarize as m2
-    assert m1 is summarize and m2 is summarize
+    # by hand: linear interpolation at (n - 1) * q, sample std with ddof=1 (sqrt(5/3) for 1..4)
+    want = {"median": 2.5, "p10": 1.3, "p90": 3.7, "p99": 3.97, "mean": 2.5, "std": math.sqrt(5 / 3),
+            "min": 1.0, "max": 4.0, "samples": [4.0, 1.0, 3.0, 2.0]}
+    for f in (m1, m2):
+        got = f([4, 1, 3, 2])
+        assert got.keys() == want.keys()
+        assert all(got[k] == pytest.approx(v) for k, v in want.items()), f
 
 
 # -- step detection ---------------------------------------------------------------------------------
