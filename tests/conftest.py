@@ -3,12 +3,22 @@ import copy
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_paths(tmp_path_factory):
+    """Runs in tests record into a throwaway history, never into the repo's reports/ (which parallel
+    workers would share), and keep their FLOP-count and compile caches out of the user's ~/.cache.
+    Session-wide, so that module fixtures, set up before any test's own fixtures, are covered too."""
+    base = tmp_path_factory.getbasetemp()  # one per worker
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SABENCH_HISTORY", str(base / "session-history.sqlite"))
+        mp.setenv("SABENCH_CACHE_DIR", str(base / "sabench-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_history(tmp_path_factory, monkeypatch):
-    """Runs in tests record into a throwaway history, never into the repo's reports/."""
+    """Each test records into a history of its own."""
     monkeypatch.setenv("SABENCH_HISTORY", str(tmp_path_factory.mktemp("history") / "history.sqlite"))
-    # and keep their FLOP-count and compile caches out of the user's ~/.cache
-    monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sabench-cache"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,3 +72,15 @@ def pytest_xdist_auto_num_workers(config):
     import torch
 
     return 1 if torch.cuda.is_available() else None
+
+
+# Test files whose whole run is longest (end-to-end runs in child processes): collected first, so
+# that the workers (each file runs whole on one, --dist loadfile) start them early and finish
+# together instead of one worker running the longest file alone at the end.
+LONGEST_FIRST = ("test_continuous.py", "test_tp_run.py", "test_runner.py", "test_devices.py",
+                 "test_robustness.py", "test_parallel.py", "test_compiled.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
