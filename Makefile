@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU wheel of torch lies on this workplace's disk; pinning it keeps pip from
-# pulling a multi-GB CUDA build. On a GPU box set TORCH_SPEC to what fits your CUDA
-# (e.g. TORCH_SPEC="torch" with the CUDA index), or pre-install torch in the venv.
+# torch is installed here, pinned, and only when the venv has none, so a build already in
+# the venv (CPU or the CUDA one fitting your driver) is kept. On Linux the default index
+# serves torch as a multi-GB CUDA build: on a CPU-only machine pre-install the CPU wheel
+# in the venv first, as .github/workflows/pr.yml does (python3 -m venv .venv &&
+# .venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu).
+# On a GPU machine set TORCH_SPEC to the build that fits your CUDA (e.g. TORCH_SPEC="torch").
 TORCH_SPEC ?= torch==2.13.0
 # SUITE=name overrides the default: llama-3.1-8b where CUDA is available, smoke otherwise
 # (decided after install, when the venv's torch can tell).

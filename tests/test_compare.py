@@ -137,7 +137,8 @@ def test_compare_bad_inputs(tmp_path):
 def test_cli_compare(tmp_path, capsys):
     ra, rb = _two_runs(tmp_path)
     assert main(["compare", str(ra), str(rb), "--out", str(tmp_path / "c")]) == 0
-    assert (tmp_path / "c" / "compare.md").exists()
+    md = (tmp_path / "c" / "compare.md").read_text()  # the runs in the order given: the first is the reference
+    assert "takes **0.50× [0.50, 0.50]†** the time of H100 80GB HBM3" in md
     assert main(["compare", str(ra), str(tmp_path / "nope")]) == 2
     assert "sabench: error:" in capsys.readouterr().err
 

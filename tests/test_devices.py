@@ -23,8 +23,8 @@ DETERMINISTIC = ("params", "kv_cache_bytes", "flops", "bytes_moved", "memory_pre
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("SABENCH_HISTORY", str(tmp_path / "history.sqlite"))
-    monkeypatch.setenv("SABENCH_CACHE_DIR", str(tmp_path / "cache"))
+    # conftest gives each test its own history and the session one cache: the FLOP counts of these
+    # points are traced once and shared with the later runs, as a user's later runs share them
     for k in ("SABENCH_FAULT_KILL", "SABENCH_FAULT_OOM", "SABENCH_FAULT_SLOWDOWN", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(k, raising=False)
     return tmp_path

@@ -242,7 +242,7 @@ def test_command_parses(cmd):
         return
     except Exception as e:  # the CLI's parser raises its own error type for bad arguments
         pytest.fail(f"{cmd.where}: `sabench {' '.join(cmd.argv)}` does not parse: {e}")
-    assert callable(args.func)
+    assert args.command == cmd.argv[0] and callable(args.func)
 
 
 @pytest.mark.parametrize("cmd", [c for c in ALL_COMMANDS if c.run],

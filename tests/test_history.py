@@ -6,8 +6,8 @@ from report_fixtures import make_results, scale_timings, write_results
 from sabench.records import RunRecord
 from sabench.report import ResultsError
 from sabench.report.commands import main
-from sabench.report.history import (TrendPoint, RunInfo, import_paths, machine_fingerprint, mark_steps,
-                                    query_trend, record_run, resolve_db)
+from sabench.report.history import (TrendPoint, RunInfo, import_paths, list_suites, machine_fingerprint,
+                                    mark_steps, query_trend, record_run, resolve_db)
 
 
 def _run(tmp_path, name, commit, day, factor=1.0, variant=None, **kw):
@@ -61,7 +61,7 @@ def test_db_path_from_env(tmp_path, monkeypatch):
     assert resolve_db() == tmp_path / "env.sqlite"
     assert resolve_db(tmp_path / "arg.sqlite") == tmp_path / "arg.sqlite"
     record_run(_run(tmp_path, "r", "c0ffee", 20))
-    assert (tmp_path / "env.sqlite").exists()
+    assert list_suites(tmp_path / "env.sqlite") == [("synthetic", 1)]  # the run went there
     monkeypatch.delenv("SABENCH_HISTORY")
     from pathlib import Path  # the default is anchored to the checkout, whatever the cwd
     assert resolve_db() == Path(__file__).resolve().parent.parent / "reports" / "history.sqlite"

@@ -200,19 +200,57 @@ def test_cli_report_and_error(tmp_path, capsys):
     assert "sabench: error:" in capsys.readouterr().err
 
 
-def test_register_adds_subcommands():
+def test_register_adds_subcommands(tmp_path, capsys):
+    """Each subcommand the parser registers, called through its parsed `func`, does its own work."""
+    res = make_results(batch_sizes=(1,), seq_lens=(128,), oom=False, error=False)
+    a, b = write_results(res, tmp_path / "a"), write_results(res, tmp_path / "b")
     parser = build_parser()
-    for argv in (["report", "x"], ["compare", "a", "b"], ["check", "a", "b"], ["history"]):
-        args = parser.parse_args(argv)
-        assert callable(args.func)
+
+    def call(*argv):
+        args = parser.parse_args(list(argv))
+        return args.func(args)
+
+    assert call("report", str(a)) == 0
+    assert (a / "report.md").read_text().startswith("# sabench report: synthetic\n")
+    assert call("compare", str(a), str(b), "--out", str(tmp_path / "c")) == 0
+    assert "cla:2" in (tmp_path / "c" / "compare.md").read_text()
+    capsys.readouterr()
+    assert call("check", str(a), str(b)) == 0
+    assert capsys.readouterr().out.startswith("PASS")
+    db = tmp_path / "h.sqlite"
+    assert call("history", "--db", str(db), "--import", str(a)) == 0
+    assert "1 run(s) added" in capsys.readouterr().out
+    assert call("history", "--db", str(db), "--suite", "synthetic") == 0
+    assert "baseline" in capsys.readouterr().out
+
+
+def _table_rows(md: str, heading: str) -> list:
+    section = md.split(f"\n{heading}\n")[1].split("\n## ")[0]
+    table = next(b.strip() for b in section.split("\n\n") if b.strip().startswith("|"))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
 def test_report_on_1000_records(tmp_path):
     res = big_results()
     assert len(res["records"]) == 1000
     run = write_results(res, tmp_path / "big")
-    path = write_report(run)  # its speed is measured by benchmarks/report_speed.py, not asserted here
-    assert path.exists() and path.stat().st_size > 0
+    md = write_report(run).read_text()  # its speed is measured by benchmarks/report_speed.py, not asserted here
+    assert md.startswith("# sabench report: synthetic\n\n1000 measurements (997 ok)")
+    for phase, heading in (("prefill", "## Prefill"), ("decode", "## Decode")):
+        rows = _table_rows(md, heading)
+        recs = [r for r in load_results(run).records if r.phase == phase]
+        assert len(rows) == len(recs) == 500  # one row per point, in the sweep's order
+        for row, r in zip(rows, recs):
+            assert (row[0], int(row[1]), int(row[2])) == (r.variant, r.batch_size, r.seq_len)
+            if r.status == "ok":
+                assert float(row[3]) == pytest.approx(r.latency_ms.median, rel=6e-3)  # 3 digits
+            else:
+                assert status_text(r, width=200).startswith(row[3].rstrip("…")), row  # cut to the column
+    prefill = {(r[0], r[1], r[2]): r[3] for r in _table_rows(md, "## Prefill")}
+    decode = {(r[0], r[1], r[2]): r[3] for r in _table_rows(md, "## Decode")}
+    assert prefill[("baseline", "128", "65536")] == "OOM"
+    assert decode[("baseline", "128", "65536")] == "skipped (after OOM)"
+    assert decode[("cla:2+sa:6-11", "1", "128")].startswith("error")
 
 
 def test_report_memory_saving_measured_beside_predicted(tmp_path):

@@ -229,6 +229,15 @@ def test_median_and_geomean_against_numpy_and_scipy():
     assert geomean(xs) == pytest.approx(st.gmean(xs))
 
 
+def test_summarize_by_hand():
+    # by hand: linear interpolation at (n - 1) * q, sample std with ddof=1 (sqrt(5/3) for 1..4)
+    want = {"median": 2.5, "p10": 1.3, "p90": 3.7, "p99": 3.97, "mean": 2.5, "std": math.sqrt(5 / 3),
+            "min": 1.0, "max": 4.0, "samples": [4.0, 1.0, 3.0, 2.0]}
+    got = summarize([4, 1, 3, 2])
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(v) for k, v in want.items())
+
+
 # -- step detection ---------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from sabench.measure.trackers import EnergyTracker, MemoryTracker, PhaseTrackers
+from sabench.measure.trackers import EnergyTracker, MemoryTracker, PhaseTrackers, Tracker
 
 
 class FakeSampler:
@@ -28,9 +28,24 @@ class FakeSampler:
         return self.window
 
 
+def _measured(tracker: Tracker) -> dict:
+    """A phase's use of any tracker: start, (the work), stop, result: nothing else is called."""
+    tracker.start()
+    tracker.stop()
+    return tracker.result()
+
+
 def test_trackers_share_one_interface():
-    for cls in (MemoryTracker, EnergyTracker):
-        assert all(callable(getattr(cls, m, None)) for m in ("start", "stop", "result")), cls
+    window = {"peak_used_bytes": 800, "peak_process_bytes": 500, "peak_minus_idle_bytes": 200,
+              "idle_used_bytes": 600, "n_samples": 3, "achieved_hz": 100.0}
+    sampler = FakeSampler([2_000, 5_000], window)
+    memory = MemoryTracker(torch.device("cpu"), sampler, weights=100, kv_cache=50)
+    energy = EnergyTracker(sampler, torch.device("cpu"), window=lambda: memory.window)
+    energy.tokens, energy.scope = 3, "three tokens"
+    mem, joules = (_measured(t) for t in (memory, energy))
+    assert sampler.calls == ["read_idle", "start", "stop"]
+    assert mem["memory_bytes"]["phase_rise"] == 200 and mem["nvml"]["peak_used_bytes"] == 800
+    assert joules["energy_j"] == 3.0 and joules["joules_per_token"] == 1.0  # (5000 - 2000) mJ over 3 tokens
 
 
 def test_energy_is_the_counter_difference_over_the_timed_calls():
