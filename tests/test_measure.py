@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sabench.measure import (AllocatorTracker, CudaGraphStep, current_rss_bytes, is_oom_error,
-                             peak_rss_bytes, reset_peak_rss, summarize, sync, time_fn, time_steps)
+                             peak_rss_bytes, reset_peak_rss, sync, time_fn, time_steps)
+from sabench.stats import summarize
 from sabench.measure.env import capture_env, git_state
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

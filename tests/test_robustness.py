@@ -424,9 +424,21 @@ def _until(cond, timeout: float = 300) -> bool:
     return cond()
 
 
+@pytest.fixture
+def short_tmp():
+    """A TMPDIR short enough for the fork server's AF_UNIX socket path (about 100 bytes at most):
+    pytest's tmp_path under parallel workers is longer than that."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sbi-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 @pytest.mark.parametrize("stage", ["setup", "server", "point", "ranks", "report"])
-def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_path, stage):
+def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_path, short_tmp, stage):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while the run sets up
     (out directory made: lock, calibration), while the fork server starts (importing torch), while
     a point process runs (just forked or measuring), while a tensor-parallel point's ranks run, or
@@ -436,8 +448,7 @@ def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_
     suite = tmp_path / "slow.yaml"
     suite.write_text(SUITE.replace(', "sa:2-3"', "") if stage == "report"
                      else SLOW_SUITE + "parallel:\n  tensor: 2\n" if stage == "ranks" else SLOW_SUITE)
-    out, tmp, reached = tmp_path / "run", tmp_path / "tmp", tmp_path / "report-reached"
-    tmp.mkdir()
+    out, tmp, reached = tmp_path / "run", short_tmp, tmp_path / "report-reached"
     env = dict(_env(), TMPDIR=str(tmp), SABENCH_HISTORY=str(tmp_path / "history.sqlite"),
                SABENCH_CACHE_DIR=str(tmp_path / "cache"), SABENCH_FAULT_PAUSE=f"report:{reached}")
     proc = subprocess.Popen([sys.executable, "-m", "sabench.cli", "run", str(suite), "--out", str(out)]
