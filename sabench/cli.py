@@ -219,6 +219,8 @@ def cmd_run(args) -> int:
     shard = _run_option(args.shard, parse_shard)
     devices = _run_option(args.devices, parse_devices)
     suite = load_suite(find_suite(args.suite))
+    if not suite.seq_lens:
+        raise UserError(f"{suite.path or suite.name}: no sweep to run (a serving suite): run it with `sabench serve`")
     if suite.tensor_parallel > 1:  # before anything runs: GPUs enough, a sweep the ranks can run
         from sabench.devices import resolve_device
         from sabench.harness.tp_point import check_run
@@ -413,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sabench.continuous import register as register_continuous
 
     register_continuous(sub)
+    from sabench.serving.command import register as register_serve
+
+    register_serve(sub)
     return p
 
 

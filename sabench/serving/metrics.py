@@ -17,49 +17,9 @@ from typing import Optional
 
 import numpy as np
 
+from sabench.records.serving import RequestRecord  # noqa: F401  (the per-request figures' one home)
+
 PERCENTILES = (50, 90, 99)
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    id: int
-    prompt_len: int
-    output_len: int
-    slot: int
-    arrival_s: float  # seconds since the run's start
-    admitted_s: float
-    token_s: tuple  # when each output token was available, in order
-
-    @property
-    def queue_wait_s(self) -> float:
-        return self.admitted_s - self.arrival_s
-
-    @property
-    def ttft_s(self) -> float:
-        return self.token_s[0] - self.arrival_s
-
-    @property
-    def e2e_s(self) -> float:
-        return self.token_s[-1] - self.arrival_s
-
-    @property
-    def itl_s(self) -> list:
-        return [b - a for a, b in zip(self.token_s, self.token_s[1:])]
-
-    @property
-    def tpot_s(self) -> float:
-        n = len(self.token_s)
-        return (self.e2e_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
-
-    def to_dict(self) -> dict:
-        return {"id": self.id, "prompt_len": self.prompt_len, "output_len": self.output_len,
-                "slot": self.slot, "arrival_s": self.arrival_s, "admitted_s": self.admitted_s,
-                "token_s": list(self.token_s)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RequestRecord":
-        return cls(int(d["id"]), int(d["prompt_len"]), int(d["output_len"]), int(d["slot"]),
-                   float(d["arrival_s"]), float(d["admitted_s"]), tuple(float(t) for t in d["token_s"]))
 
 
 @dataclass(frozen=True)

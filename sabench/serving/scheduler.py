@@ -20,7 +20,7 @@ from typing import Callable, Optional, Protocol
 
 import torch
 
-from sabench.serving.metrics import RequestRecord
+from sabench.records.serving import RequestRecord
 from sabench.serving.stream import Request, Workload
 from sabench.serving.runtime import SlotRuntime
 
