@@ -72,3 +72,16 @@ def test_admit_refuses_what_does_not_fit():
     rt.release(0)
     with pytest.raises(ValueError, match="not in use"):
         rt.release(0)
+
+
+def test_a_slot_filled_to_the_last_position_can_be_freed_while_others_decode():
+    m = _model("cla:2")
+    rt = SlotRuntime(m, slots=2, max_len=10)
+    a, _ = rt.admit(torch.arange(6), 5)  # positions 0..9: the whole slot
+    b, first = rt.admit(torch.arange(3), 7)
+    out = [first]
+    for _ in range(4):
+        out.append(rt.step()[b])
+    rt.release(a)
+    out += [rt.step()[b] for _ in range(2)]  # slot a rides along, freed
+    assert out == m.generate(torch.arange(3)[None], 7)[0, 3:].tolist()

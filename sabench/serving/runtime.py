@@ -7,8 +7,8 @@ with /recompute, its Q and K) to the span within that prefill. A decode step the
 slot at once, each at its own position (`SharedLlama.decode_step` with positions [S]): static
 shapes and no host read inside the step, so it compiles and, on CUDA, replays as a graph.
 
-Free slots ride along in the step (a static batch): their position stays put (`active` is 0), so
-they rewrite their own row at one position and nothing else; the next prefill overwrites it.
+Free slots ride along in the step (a static batch) at position 0, which stays put (`active` is 0),
+so they rewrite their own row there and nothing else; the next prefill overwrites it.
 """
 from __future__ import annotations
 
@@ -89,4 +89,5 @@ class SlotRuntime:
         if slot in self._free or not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} is not in use")
         self.active[slot] = 0
+        self.pos[slot] = 0  # a full slot's next position lies past the cache; a free one rewrites 0
         self._free.append(slot)
