@@ -126,3 +126,37 @@ def test_model_under_the_loop_gives_each_request_its_tokens_alone(variant):
         assert r.ttft_s <= r.e2e_s and len(r.token_s) == r.output_len
         alone = m.generate(engine.prompt(Request(r.id, 0, r.prompt_len, r.output_len))[None], r.output_len)
         assert engine.outputs[r.id] == alone[0, r.prompt_len:].tolist()
+
+
+def test_costs_fitted_on_a_simulated_run_are_the_costs_that_made_it():
+    from sabench.serving.simulate import fit_costs, simulate, step_samples
+
+    truth = StepCosts(prefill_s=0.004, prefill_per_token_s=2e-4, decode_s=0.003, decode_per_slot_s=5e-4,
+                      decode_per_context_s=1e-5)
+    runs = [simulate(truth, 4, Poisson(r, 40, Lengths(8, 40), Lengths(2, 12), seed=r)) for r in (20, 400)]
+    pre, dec = step_samples(runs[0])
+    for tokens, s in pre:
+        assert s == pytest.approx(truth.prefill(tokens))
+    for n, ctx, s in dec:
+        assert s == pytest.approx(truth.decode(n, ctx))
+    fitted = fit_costs(runs)
+    for field in ("prefill_s", "prefill_per_token_s", "decode_s", "decode_per_slot_s", "decode_per_context_s"):
+        assert getattr(fitted, field) == pytest.approx(getattr(truth, field), rel=1e-6, abs=1e-12)
+
+
+def test_held_out_rates_are_predicted_exactly_when_the_runs_came_from_the_cost_model():
+    from sabench.records.serving import SERVING_SCHEMA, ServingResults, ServingRun
+    from sabench.serving.simulate import held_out, simulate
+
+    truth = StepCosts(prefill_s=0.004, prefill_per_token_s=2e-4, decode_s=0.003, decode_per_slot_s=5e-4,
+                      decode_per_context_s=1e-5)
+    runs = []
+    for rnd in (0, 1):
+        for rate in (10, 60, 500):
+            recs = simulate(truth, 4, Poisson(rate, 30, Lengths(8, 40), Lengths(2, 12), seed=rnd))
+            runs.append(ServingRun("baseline", rnd, 4, 0, float(rate), None, tuple(recs)))
+    rows = held_out(ServingResults(SERVING_SCHEMA, "now", {}, {}, tuple(runs)))
+    assert [(v, r) for v, r, _, _ in rows] == [("baseline", 10.0), ("baseline", 60.0), ("baseline", 500.0)]
+    for _, _, measured, predicted in rows:
+        for k in measured:
+            assert predicted[k] == pytest.approx(measured[k], rel=1e-6)

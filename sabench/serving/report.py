@@ -121,6 +121,7 @@ def section(results: ServingResults, out_dir: Optional[Path] = None) -> str:
                          f"{p('tpot', 99):.2f} | {p('itl', 99):.2f} | {p('queue_wait', 50):.1f} |")
     lines += ["", "### Findings", ""]
     lines += _findings(s, loads, variants, spec)
+    lines += _simulator_check(results)
     if out_dir is not None:
         png = pareto_png(s, loads, variants, Path(out_dir))
         if png:
@@ -191,3 +192,21 @@ def pareto_png(s: dict, loads: list, variants: list, out_dir: Path) -> Optional[
     ax.legend()
     fig.tight_layout()
     return save(fig, out_dir, "serving_pareto.png")
+
+
+def _simulator_check(results: ServingResults) -> list:
+    from sabench.serving.simulate import held_out
+
+    rows = held_out(results)
+    if not rows:
+        return []
+    out = ["", "### Simulator check (held-out rates)", "",
+           "The scheduler on a step-cost model fitted (non-negative least squares) on the variant's measured "
+           "steps at the other rates, replaying each held-out round's own requests; medians over rounds; "
+           "measured / predicted (error).", "",
+           "| variant | held-out rate | TTFT p50 (ms) | TPOT p50 (ms) | output tokens/s |", "|---|---|---|---|---|"]
+    for variant, rate, m, p in rows:
+        cells = [f"{m[f]:.3g} / {p[f]:.3g} ({p[f] / m[f] - 1:+.0%})" for f in
+                 ("ttft_p50_ms", "tpot_p50_ms", "output_tokens_per_s")]
+        out.append(f"| {variant} | {rate:g} req/s | " + " | ".join(cells) + " |")
+    return out
