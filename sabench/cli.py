@@ -50,8 +50,8 @@ def _inspect_inputs(args) -> None:
     args.variant = args.variant or list(suite.variants)
     if args.batch is None:
         args.batch = next((b for b in suite.batch_sizes if b != "max"), 1)
-    if args.seq_len is None:
-        args.seq_len = suite.seq_lens[0]
+    if args.seq_len is None:  # a serving suite has no sweep: its longest prompt
+        args.seq_len = suite.seq_lens[0] if suite.seq_lens else suite.serving.prompt.hi
     if args.prefill_chunk is None:
         args.prefill_chunk = suite.prefill_chunk
     if args.memory is None:

@@ -85,3 +85,18 @@ def test_a_slot_filled_to_the_last_position_can_be_freed_while_others_decode():
     rt.release(a)
     out += [rt.step()[b] for _ in range(2)]  # slot a rides along, freed
     assert out == m.generate(torch.arange(3)[None], 7)[0, 3:].tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_runtime_gives_each_request_its_tokens_alone():
+    m = load_model("tiny", "cla:2+sa:2-3", torch.float32, "cuda", seed=2)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(5.0)
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, 512, (t,), generator=gen) for _, t, _ in REQUESTS]
+    rt = SlotRuntime(m, slots=2, max_len=max(t + n for _, t, n in REQUESTS), cuda_graph=True)
+    out, _ = _serve(rt, prompts)
+    for i, (_, t, n) in enumerate(REQUESTS):
+        assert out[i] == m.generate(prompts[i][None].cuda(), n, cuda_graph=False)[0, t:].tolist(), f"request {i}"

@@ -78,6 +78,7 @@ def test_run_refuses_a_serving_suite_and_serve_a_sweep_suite(tmp_path, capsys):
     q = write_suite(tmp_path, yaml.safe_dump(d | {"sweep": {"batch_size": 1, "seq_len": 8}}), "sweep.yaml")
     assert main(["serve", str(q), "--out", str(tmp_path / "o2")]) == 2
     assert "no serving: block" in capsys.readouterr().err
+    assert main(["inspect", "--suite", str(p)]) == 0  # no sweep: the scenario's longest prompt
 
 
 def test_serve_end_to_end_records_and_report(tmp_path):
