@@ -111,6 +111,12 @@ def test_serve_end_to_end_records_and_report(tmp_path):
                     "serving_pareto.png", "baseline 4, cla:2 8"):
         assert heading in report
     assert (out / "serving_pareto.png").stat().st_size > 0
+    # the stream for vLLM: round 0's requests in arrival order, output lengths exact
+    lines = [json.loads(x) for x in (out / "vllm" / "rate-1000.jsonl").read_text().splitlines()]
+    first = sorted(by_round[(0, "baseline")].requests, key=lambda q: q.arrival_s)
+    assert [(len(x["prompt"].split()), x["output_tokens"]) for x in lines] == [(q.prompt_len, 5) for q in first]
+    manifest = json.loads((out / "vllm" / "manifest.json").read_text())
+    assert "--request-rate 1000" in manifest[0]["command"] and manifest[0]["arrivals_s"] == [q.arrival_s for q in first]
     data = json.loads((out / "serving.json").read_text())
     data["runs"][0]["requests"][0]["token_s"].pop()
     (tmp_path / "bad.json").write_text(json.dumps(data))

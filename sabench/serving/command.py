@@ -1,4 +1,5 @@
-"""`sabench serve SUITE`: the suite's serving scenario; OUT/serving.json, OUT/report.md, OUT/serving_pareto.png."""
+"""`sabench serve SUITE`: the suite's serving scenario; OUT/serving.json, OUT/report.md, OUT/serving_pareto.png,
+and OUT/vllm/ (the request streams for `vllm bench serve`, sabench/serving/export.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,8 @@ def register(subparsers) -> None:
         "serve", help="serve a suite's request stream with continuous batching: TTFT, TPOT, goodput per variant",
         description="Run the suite's `serving:` scenario: each variant with the slots its KV cache fits in the "
                     "suite's cache budget, FCFS admission, every load in every round. Writes OUT/serving.json "
-                    "(every request's raw times), OUT/report.md and OUT/serving_pareto.png.")
+                    "(every request's raw times), OUT/report.md, OUT/serving_pareto.png and OUT/vllm/ (each "
+                    "rate's request stream for `vllm bench serve`).")
     p.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a YAML file with a serving: block")
     p.add_argument("--out", default=None, help="output dir (default reports/<suite>/<timestamp>-<host>)")
     p.add_argument("--rounds", type=int_in(1, 100), default=None, help="rounds (default: the suite's `rounds`)")
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
 
 def _cmd(args) -> int:
     from sabench.serving.bench import run_serving
+    from sabench.serving.export import export_streams
     from sabench.serving.report import section
     from sabench.suite import find_suite, load_suite
 
@@ -46,5 +49,6 @@ def _cmd(args) -> int:
     results = run_serving(suite, out, log=lambda line: print(line, file=sys.stderr, flush=True))
     report = out / "report.md"
     report.write_text(f"# {suite.name}: serving\n\n" + section(results, out), encoding="utf-8")
+    export_streams(results, out)
     print(f"wrote {out / 'serving.json'} and {report}", file=sys.stderr)
     return 0

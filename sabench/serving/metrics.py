@@ -63,6 +63,8 @@ def summarize(records, targets: Targets = Targets()) -> RunSummary:
         raise ValueError("a run summary needs at least one finished request")
     start = min(r.arrival_s for r in records)
     duration = max(r.token_s[-1] for r in records) - start
+    if not duration > 0:
+        raise ValueError("a run summary needs a run that took time (its last token after its first arrival)")
     good = sum(targets.met_by(r) for r in records)
     tokens = sum(len(r.token_s) for r in records)
     tpots = [r.tpot_s for r in records if len(r.token_s) > 1]

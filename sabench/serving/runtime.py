@@ -55,10 +55,6 @@ class SlotRuntime:
     def free_slots(self) -> int:
         return len(self._free)
 
-    @property
-    def busy(self) -> int:
-        return self.slots - len(self._free)
-
     @torch.no_grad()
     def admit(self, prompt: torch.Tensor, max_new_tokens: int) -> tuple[int, int]:
         """Prefill `prompt` ([T] token ids) into the lowest free slot; (slot, first token).
