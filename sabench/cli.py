@@ -415,9 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sabench.continuous import register as register_continuous
 
     register_continuous(sub)
-    from sabench.serving.command import register as register_serve
+    from sabench.serving.command import register as register_serve, register_fleet
 
     register_serve(sub)
+    register_fleet(sub)
     return p
 
 

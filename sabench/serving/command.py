@@ -52,3 +52,51 @@ def _cmd(args) -> int:
     export_streams(results, out)
     print(f"wrote {out / 'serving.json'} and {report}", file=sys.stderr)
     return 0
+
+
+def register_fleet(subparsers) -> None:
+    from sabench.argtypes import float_in, int_in
+
+    p = subparsers.add_parser(
+        "fleet", help="predict (by simulation on roofline floors) the GPUs each variant needs for a demand",
+        description="A prediction, not a measurement: the serving scheduler simulated with step costs at the "
+                    "roofline floor of a GPU's datasheet peaks and the memory model's slots per GPU "
+                    "(sabench/serving/fleet.py). Floors are optimistic: rates are upper bounds, GPU counts lower "
+                    "bounds.")
+    p.add_argument("--model", required=True, help="preset, HF model directory or config.json")
+    p.add_argument("--variant", action="append", help="repeatable (default: baseline and cla:2)")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--memory", default="80GiB", help="memory per GPU (default 80GiB)")
+    p.add_argument("--gpu", default="H100 SXM", help="datasheet peaks, e.g. 'H100 SXM', 'H200' (default H100 SXM)")
+    p.add_argument("--tp", type=int_in(1, 1024), default=1, help="GPUs per replica, tensor-parallel (default 1)")
+    p.add_argument("--prompt-len", type=int_in(1, 1 << 24), default=8192)
+    p.add_argument("--output-len", type=int_in(1, 1 << 24), default=256)
+    p.add_argument("--ttft-ms", type=float_in(0.0, 1e9), default=2000.0)
+    p.add_argument("--tpot-ms", type=float_in(0.0, 1e9), default=50.0)
+    p.add_argument("--share", type=float_in(0.0, 1.0), default=0.9, help="goodput share to sustain (default 0.9)")
+    p.add_argument("--demand", type=float_in(0.0, 1e12), default=100.0, help="requests/s to serve (default 100)")
+    p.set_defaults(func=_cmd_fleet)
+
+
+def _cmd_fleet(args) -> int:
+    from sabench.cli import _peaks
+    from sabench.serving.fleet import predict
+    from sabench.serving.metrics import Targets
+    from sabench.units import parse_size
+
+    peaks = _peaks(args.gpu)
+    variants = args.variant or ["baseline", "cla:2"]
+    rows = predict(args.model, variants, args.dtype, parse_size(args.memory), peaks, args.prompt_len,
+                   args.output_len, Targets(args.ttft_ms, args.tpot_ms), args.demand, args.share, args.tp)
+    print(f"PREDICTION (simulated, not measured): {args.model}, {args.dtype}, prompts {args.prompt_len} and outputs "
+          f"{args.output_len} tokens, TTFT <= {args.ttft_ms:g} ms and TPOT <= {args.tpot_ms:g} ms for "
+          f"{args.share:.0%} of requests, {args.demand:g} req/s to serve")
+    print(f"inputs: {args.gpu} datasheet peaks ({peaks['peak_bandwidth_bytes_per_s'] / 1e12:g} TB/s, "
+          f"{peaks['peak_flops_per_s'] / 1e12:g} TFLOP/s), step costs at those roofline floors"
+          + (", NVLink 4 datasheet link" if args.tp > 1 else "") + f"; slots: memory model at {args.memory} per GPU"
+          + (f"; replicas of {args.tp} GPUs" if args.tp > 1 else "") + "; measured: nothing")
+    print("| variant | slots per replica | sustained req/s per replica | GPUs for the demand |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.variant} | {r.slots} | {r.sustained_rps:.3g} | {r.gpus or 'none sustains it'} |")
+    return 0
