@@ -79,12 +79,14 @@ def register_fleet(subparsers) -> None:
 
 
 def _cmd_fleet(args) -> int:
-    from sabench.cli import _peaks
+    from sabench.measure.calibrate import DATASHEET
     from sabench.serving.fleet import predict
     from sabench.serving.metrics import Targets
     from sabench.units import parse_size
 
-    peaks = _peaks(args.gpu)
+    if args.gpu not in DATASHEET:
+        raise UserError(f"--gpu {args.gpu!r} is not a datasheet sabench knows; use one of {', '.join(DATASHEET)}")
+    peaks = DATASHEET[args.gpu]
     variants = args.variant or ["baseline", "cla:2"]
     rows = predict(args.model, variants, args.dtype, parse_size(args.memory), peaks, args.prompt_len,
                    args.output_len, Targets(args.ttft_ms, args.tpot_ms), args.demand, args.share, args.tp)
