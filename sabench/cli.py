@@ -50,8 +50,8 @@ def _inspect_inputs(args) -> None:
     args.variant = args.variant or list(suite.variants)
     if args.batch is None:
         args.batch = next((b for b in suite.batch_sizes if b != "max"), 1)
-    if args.seq_len is None:
-        args.seq_len = suite.seq_lens[0]
+    if args.seq_len is None:  # a serving suite has no sweep: its longest prompt
+        args.seq_len = suite.seq_lens[0] if suite.seq_lens else suite.serving.prompt.hi
     if args.prefill_chunk is None:
         args.prefill_chunk = suite.prefill_chunk
     if args.memory is None:
@@ -225,6 +225,8 @@ def cmd_run(args) -> int:
     shard = _run_option(args.shard, parse_shard)
     devices = _run_option(args.devices, parse_devices)
     suite = load_suite(find_suite(args.suite))
+    if not suite.seq_lens:
+        raise UserError(f"{suite.path or suite.name}: no sweep to run (a serving suite): run it with `sabench serve`")
     if suite.tensor_parallel > 1:  # before anything runs: GPUs enough, a sweep the ranks can run
         from sabench.devices import resolve_device
         from sabench.harness.tp_point import check_run
@@ -413,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sabench.continuous import register as register_continuous
 
     register_continuous(sub)
+    from sabench.serving.command import register as register_serve, register_fleet
+
+    register_serve(sub)
+    register_fleet(sub)
     return p
 
 

@@ -5,6 +5,7 @@ Module names follow transformers' Llama, so a checkpoint's state dict loads as i
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -103,6 +104,15 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
+    def slot(self, i: int) -> "KVCache":
+        """Sequence i's rows as a batch-1 cache: views, so a prefill through it fills this cache's
+        slot i (serving admits a request into a free slot this way) and leaves the others alone."""
+        view = copy.copy(self)
+        view.k = [None if t is None else t[i: i + 1] for t in self.k]
+        view.v = [None if t is None else t[i: i + 1] for t in self.v]
+        view.batch_size = 1
+        return view
+
     def layer_buffers(self, lp: LayerPlan):
         """(K, V) buffers a layer attends over (its own, or its KV group owner's); K is None
         for a layer that computes no attention. A layer writes into them iff it owns them."""
@@ -114,15 +124,24 @@ class _Step:
     """What every layer of one forward needs to know about positions and masking: tensors
     and flags only (no Python ints), so a compiled layer never specialises on a length."""
 
-    cos: torch.Tensor  # [T, D]
+    cos: torch.Tensor  # [T, D]; decode: [B or 1, 1, 1, D]
     sin: torch.Tensor
-    write_pos: torch.Tensor  # [T] absolute positions of the new tokens
-    mask: Optional[torch.Tensor]  # [T, kv_len] bool (kv_len: cache positions attended over), None when causal
+    write_pos: torch.Tensor  # [T] absolute positions of the new tokens; decode: [B or 1], one per sequence
+    mask: Optional[torch.Tensor]  # [T, kv_len] bool (kv_len: cache positions attended over), None when
+    # causal; decode: [B or 1, 1, 1, kv_len], each sequence up to its own position
     causal: bool  # a first chunk: kv_len = T
     share_probs: bool  # SA: the source layer hands on P (else its Q and K, for recompute)
+    per_sequence: bool = False  # decode: write_pos holds one position per sequence (continuous batching)
 
     def kv_len(self, t):
         return t if self.causal else self.mask.shape[-1]
+
+    def write(self, buf: torch.Tensor, new: torch.Tensor) -> None:
+        """Store the new tokens' K or V [B, Hkv, T, D] at their positions, in place."""
+        if self.per_sequence:  # T == 1: sequence b's token goes to its own write_pos[b]
+            buf.scatter_(2, self.write_pos.view(-1, 1, 1, 1).expand_as(new), new)
+        else:
+            buf.index_copy_(2, self.write_pos, new)
 
 
 class Attention(nn.Module):
@@ -160,7 +179,8 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=st.mask, is_causal=st.causal,
                                                   scale=self.scale, enable_gqa=g > 1)
         b, _, t, d = q.shape
-        mask = st.mask if st.mask.shape[0] == 1 else st.mask.repeat(g, 1)
+        # one query row (decode) broadcasts over the folded rows; T rows repeat once per group member
+        mask = st.mask if st.mask.shape[-2] == 1 else st.mask.repeat(g, 1)
         out = F.scaled_dot_product_attention(q.reshape(b, self.hkv, g * t, d), k, v, attn_mask=mask,
                                              scale=self.scale)
         return out.view(b, self.h, t, v.shape[-1])
@@ -172,9 +192,9 @@ class Attention(nn.Module):
         what this layer hands on: P or (Q, K) for an SA source, else None)."""
         b, t, _ = x.shape
         if self.writes_k:
-            k_buf.index_copy_(2, st.write_pos, apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin))
+            st.write(k_buf, apply_rope(self._heads(self.k_proj, x, self.hkv), st.cos, st.sin))
         if self.writes_v:
-            v_buf.index_copy_(2, st.write_pos, self._heads(self.v_proj, x, self.hkv))
+            st.write(v_buf, self._heads(self.v_proj, x, self.hkv))
         kv_len = st.kv_len(t)
         v = v_buf[:, :, :kv_len]
         handed_on = None

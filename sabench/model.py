@@ -181,16 +181,17 @@ class SharedLlama(nn.Module):
         return logits
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per sequence. tokens [B, 1], pos: 1-element long tensor on the device.
+        """One token per sequence. tokens [B, 1]; pos: long tensor on the device, [1] (every
+        sequence at one position) or [B] (each at its own: continuous batching).
 
         Static shapes, no host reads: attends over the whole buffer with positions
-        beyond `pos` masked, so the step can be captured in a CUDA graph. P is kept
-        for SA in decode with either strategy (one row per head; plan.py says why).
+        beyond each sequence's own masked, so the step can be captured in a CUDA graph. P is
+        kept for SA in decode with either strategy (one row per head; plan.py says why).
         """
-        cos = cache.cos.index_select(0, pos)
-        sin = cache.sin.index_select(0, pos)
-        mask = (torch.arange(cache.max_len, device=pos.device) <= pos)[None, :]
-        st = _Step(cos, sin, pos, mask, False, share_probs=True)
+        cos = cache.cos.index_select(0, pos)[:, None, None]
+        sin = cache.sin.index_select(0, pos)[:, None, None]
+        mask = (torch.arange(cache.max_len, device=pos.device) <= pos[:, None])[:, None, None]
+        st = _Step(cos, sin, pos, mask, False, share_probs=True, per_sequence=True)
         return self._run(tokens, st, cache, logits_last_only=True)
 
     def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:

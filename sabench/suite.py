@@ -47,6 +47,9 @@ is rejected with its key path before loading. Schema::
                                 # floor; default: NVLink 4's datasheet figure, labelled as such
     allow_long_context: false   # optional; true lets seq_len + decode_tokens exceed the model's positions
                                 # (the model then runs with max_position_embeddings raised to fit)
+    serving: null               # optional; a serving scenario for `sabench serve` (arrivals, lengths,
+                                # slots at a cache budget, latency targets: sabench/serving/spec.py);
+                                # with it, `sweep` may be left out
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from sabench.paths import suites_dir
 from sabench.plan import PlanError, plan_for
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
 from sabench.records import point_key
+from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
                                    MAX_WARMUP, REQUIRED, SuiteError, _batch_list, _check_keys, _int_field, _int_list,
                                    _is_int, _read_yaml, _show, _string_field)
@@ -90,7 +94,7 @@ MAX_ROUNDS, MAX_THREADS = 100, 4096
 EXECUTION_CHOICES = ("auto", "eager", "compiled")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
-                "allow_long_context", "parallel", "weights", "quality", "rounds", "threads")
+                "allow_long_context", "parallel", "weights", "quality", "rounds", "threads", "serving")
 PARALLEL_KEYS = ("tensor", "link_bandwidth")
 SWEEP_KEYS = ("batch_size", "seq_len")
 
@@ -138,7 +142,8 @@ class Suite:
     weights: str = "random"  # random | checkpoint (sabench/loading.py)
     quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
     rounds: int = DEFAULT_ROUNDS  # passes over every point (sabench.harness.rounds)
-    threads: Optional[int] = None  # torch intra-op threads per point process; None: default_threads(device)
+    threads: Optional[int] = None  # torch intra-op threads per point process; None: resolve_threads(device)
+    serving: Optional[ServingSpec] = dataclasses.field(default=None, hash=False)  # `sabench serve`'s scenario
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -165,7 +170,8 @@ class Suite:
             # only for a multi-GPU point, so single-device results keep the form they always had
             **({"parallel": {"tensor": self.tensor_parallel, "link_bandwidth": self.link_bandwidth}}
                if self.tensor_parallel > 1 else {}),
-        } | ({"allow_long_context": True} if self.allow_long_context else {})
+        } | ({"allow_long_context": True} if self.allow_long_context else {}) | (
+            {"serving": self.serving.to_dict()} if self.serving is not None else {})
 
     def points(self) -> list[Point]:
         """Every point, per variant with batch size then seq_len ascending.
@@ -283,7 +289,9 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         what = "empty" if data is None else f"a {type(data).__name__}"
         raise SuiteError(source, None, f"top level is {what}; expected a mapping with keys "
                                        f"{', '.join(REQUIRED)}")
-    _check_keys(data, ALLOWED_KEYS, REQUIRED, "", source)
+    serving = data.get("serving")
+    # a serving suite needs no sweep (`sabench serve` runs its scenario, not points)
+    _check_keys(data, ALLOWED_KEYS, [k for k in REQUIRED if serving is None or k != "sweep"], "", source)
     d = {**DEFAULTS, **data}
 
     name = d["name"]
@@ -320,12 +328,15 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     if execution not in EXECUTION_CHOICES:
         raise SuiteError(source, "execution", f"expected one of {', '.join(EXECUTION_CHOICES)}, got {_show(execution)}")
 
-    sweep = d["sweep"]
-    if not isinstance(sweep, dict):
-        raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
-    _check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
-    batch_sizes = _batch_list(sweep["batch_size"], source)
-    seq_lens, seq_paths = _int_list(sweep["seq_len"], "sweep.seq_len", source)
+    if "sweep" in d:
+        sweep = d["sweep"]
+        if not isinstance(sweep, dict):
+            raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
+        _check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
+        batch_sizes = _batch_list(sweep["batch_size"], source)
+        seq_lens, seq_paths = _int_list(sweep["seq_len"], "sweep.seq_len", source)
+    else:
+        batch_sizes, seq_lens, seq_paths = (), (), []
 
     memory = d["memory"]
     if memory is not None:
@@ -349,7 +360,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     tensor_parallel, link_bandwidth = _parse_parallel(d["parallel"], cfg, source)
 
     limit = cfg.max_position_embeddings
-    needed = max(seq_lens) + decode_tokens
+    needed = max(seq_lens, default=0) + decode_tokens
     if allow_long and needed > limit:
         # Asked for explicitly: the model runs past its trained positions (RoPE extends; quality may not).
         cfg = dataclasses.replace(cfg, max_position_embeddings=needed)
@@ -362,12 +373,16 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
                 "past the trained positions)",
             )
 
+    if serving is not None:
+        serving = parse_serving(serving, source, cfg, {v: parse_variant(v, cfg.num_layers) for v in variants}, dtype)
+
     return Suite(
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
         device=device, variants=variants, batch_sizes=batch_sizes, seq_lens=seq_lens,
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
         path=path, memory=memory, execution=execution, tensor_parallel=tensor_parallel,
-        link_bandwidth=link_bandwidth, allow_long_context=allow_long, rounds=rounds, threads=threads, **weights,
+        link_bandwidth=link_bandwidth, allow_long_context=allow_long, rounds=rounds, threads=threads,
+        serving=serving, **weights,
     )
 
 

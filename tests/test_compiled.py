@@ -49,6 +49,37 @@ def test_compiled_prefill_and_decode_equal_eager_and_never_recompile(pair):
         assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_serving_runtime_compiled_equals_eager_and_never_recompiles_as_positions_move(pair):
+    """The serving step (positions [S]) compiles once: new positions, admissions and releases are
+    new tensor values, never new guards."""
+    from torch._dynamo.utils import counters
+
+    from sabench.serving.runtime import SlotRuntime
+
+    eager, compiled = pair
+    prompts = [torch.randint(0, 512, (t,), generator=torch.Generator().manual_seed(t)) for t in (9, 5, 9)]
+    outs = []
+    for m in (eager, compiled):
+        rt = SlotRuntime(m, slots=2, max_len=16)
+        a, fa = rt.admit(prompts[0], 4)
+        b, fb = rt.admit(prompts[1], 6)
+        seq = [fa, fb]
+        for _ in range(3):
+            t = rt.step()
+            seq += [t[a], t[b]]
+        graphs = counters["stats"]["unique_graphs"]
+        with torch._dynamo.config.patch(error_on_recompile=m is compiled):
+            rt.release(a)
+            c, fc = rt.admit(prompts[2], 3)  # a prompt length the compiled prefill has seen
+            seq.append(fc)
+            for _ in range(2):
+                t = rt.step()
+                seq += [t[c], t[b]]
+        assert m is eager or counters["stats"]["unique_graphs"] == graphs
+        outs.append(seq)
+    assert outs[0] == outs[1]
+
+
 def test_unknown_execution_is_refused():
     m = load_model("tiny", "baseline", torch.float32, "cpu")
     with pytest.raises(ValueError, match="execution must be one of"):

@@ -1,0 +1,1 @@
+"""Serving: the continuous-batching runtime, request streams, the scheduler and its metrics."""
