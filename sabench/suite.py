@@ -374,7 +374,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
             )
 
     if serving is not None:
-        serving = parse_serving(serving, source, cfg, {v: parse_variant(v, cfg.num_layers) for v in variants}, dtype)
+        serving = parse_serving(serving, source, cfg, {v: plan_for(v, cfg) for v in variants}, dtype)
 
     return Suite(
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,

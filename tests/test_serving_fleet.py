@@ -7,6 +7,7 @@ import pytest
 from sabench import accounting
 from sabench.cli import main
 from sabench.measure.calibrate import DATASHEET
+from sabench.plan import parse_variant
 from sabench.serving.fleet import RooflineCosts, predict, sustained_rate
 from sabench.serving.metrics import Targets, summarize
 from sabench.serving.simulate import simulate
@@ -18,7 +19,7 @@ PEAKS = DATASHEET["H100 SXM"]
 
 @pytest.mark.parametrize("variant, tp", [("baseline", 1), ("cla:2", 1), ("sa:2-3", 2)])
 def test_decode_cost_is_the_closed_form_floor_at_every_batch_and_context(variant, tp):
-    costs = RooflineCosts("tiny", accounting.as_plan(variant, 4), "bfloat16", PEAKS, tp)
+    costs = RooflineCosts("tiny", parse_variant(variant, 4), "bfloat16", PEAKS, tp)
     rank = rank_config(accounting.resolve_config("tiny"), tp)
     for slots, ctx in ((1, 7), (3, 100), (16, 2049)):
         flops = accounting.decode_flops(rank, costs.plan, slots, ctx).total
@@ -29,7 +30,7 @@ def test_decode_cost_is_the_closed_form_floor_at_every_batch_and_context(variant
 
 
 def test_sustained_rate_meets_the_share_and_sets_the_gpu_count():
-    costs = RooflineCosts("tiny", accounting.as_plan("baseline", 4), "bfloat16", PEAKS)
+    costs = RooflineCosts("tiny", parse_variant("baseline", 4), "bfloat16", PEAKS)
     # targets that bind: a few steps of this (microsecond) model
     targets = Targets(ttft_ms=1e3 * 4 * costs.prefill(64), tpot_ms=1e3 * 3 * costs.decode(8, 8 * 72))
     rate = sustained_rate(costs, 8, 64, 16, targets, 0.9, requests=100)

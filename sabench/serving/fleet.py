@@ -106,7 +106,7 @@ def predict(model, variants, dtype: str, memory: int, peaks: dict, prompt: int, 
     cfg = resolve_config(model)
     out = []
     for v in variants:
-        plan = as_plan(v, cfg.num_layers)
+        plan = as_plan(v, cfg)
         slots, _ = memory_model.max_batch(rank_config(cfg, tp), plan, dtype, prompt, memory, decode_tokens=output)
         if slots < 1:
             out.append(FleetPrediction(plan.variant, 0, 0.0, 0))
