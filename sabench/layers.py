@@ -120,7 +120,7 @@ class KVCache:
 
 
 @dataclass
-class _Step:
+class DecodeStep:
     """What every layer of one forward needs to know about positions and masking: tensors
     and flags only (no Python ints), so a compiled layer never specialises on a length."""
 
@@ -165,7 +165,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return proj(x).view(b, t, n, self.d).transpose(1, 2)
 
-    def _sdpa(self, q, k, v, st: _Step) -> torch.Tensor:
+    def _sdpa(self, q, k, v, st: DecodeStep) -> torch.Tensor:
         """Fused attention that keeps GQA copy-free on every backend.
 
         Without a mask (causal prefill) `enable_gqa` lets the flash kernel read the shared
@@ -185,7 +185,7 @@ class Attention(nn.Module):
                                              scale=self.scale)
         return out.view(b, self.h, t, v.shape[-1])
 
-    def forward(self, x: torch.Tensor, st: _Step, k_buf: Optional[torch.Tensor], v_buf: torch.Tensor,
+    def forward(self, x: torch.Tensor, st: DecodeStep, k_buf: Optional[torch.Tensor], v_buf: torch.Tensor,
                 shared=None):
         """k_buf, v_buf: the cache buffers this layer attends over (KVCache.layer_buffers);
         shared: what the SA source layer handed on (P, or its Q and K). Returns (output,
@@ -225,7 +225,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, pending: Optional[torch.Tensor], st: _Step, k_buf, v_buf, shared=None):
+    def forward(self, x, pending: Optional[torch.Tensor], st: DecodeStep, k_buf, v_buf, shared=None):
         """x: the residual stream before the previous layer's MLP output `pending` is added
         (None for the first layer). Returns (stream, this layer's MLP output, handed on)."""
         if pending is not None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from sabench import ops
 from sabench.dtypes import parse_dtype
-from sabench.layers import DecoderLayer, KVCache, RMSNorm, _Step, rope_inv_freq
+from sabench.layers import DecoderLayer, KVCache, RMSNorm, DecodeStep, rope_inv_freq
 from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, ModelSourceError, resolve_config, weight_files
 
@@ -134,7 +134,7 @@ class SharedLlama(nn.Module):
             x, pending = x[:, -1:], pending[:, -1:]
         return F.linear(self.model.norm(x + pending), self.lm_weight)
 
-    def _run(self, input_ids: torch.Tensor, st: _Step, cache: KVCache, logits_last_only: bool) -> torch.Tensor:
+    def _run(self, input_ids: torch.Tensor, st: DecodeStep, cache: KVCache, logits_last_only: bool) -> torch.Tensor:
         x, pending, shared = self.model.embed_tokens(input_ids), None, {}
         for layer in self.model.layers:
             lp = layer.lp
@@ -151,8 +151,8 @@ class SharedLlama(nn.Module):
         t = ids.shape[1]
         end = start + t
         dev = ids.device
-        mask = None if causal else ops._causal_mask(t, end, dev)
-        st = _Step(cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
+        mask = None if causal else ops.causal_mask(t, end, dev)
+        st = DecodeStep(cache.cos[start:end], cache.sin[start:end], torch.arange(start, end, device=dev),
                    mask, causal, share_probs=self.plan.sa_strategy == "probs")
         return self._run(ids, st, cache, last_only)
 
@@ -191,7 +191,7 @@ class SharedLlama(nn.Module):
         cos = cache.cos.index_select(0, pos)[:, None, None]
         sin = cache.sin.index_select(0, pos)[:, None, None]
         mask = (torch.arange(cache.max_len, device=pos.device) <= pos[:, None])[:, None, None]
-        st = _Step(cos, sin, pos, mask, False, share_probs=True, per_sequence=True)
+        st = DecodeStep(cos, sin, pos, mask, False, share_probs=True, per_sequence=True)
         return self._run(tokens, st, cache, logits_last_only=True)
 
     def _greedy_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:

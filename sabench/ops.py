@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 
-def _causal_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
+def causal_mask(q_len: int, kv_len: int, device) -> torch.Tensor:
     """Bottom-right aligned: query i (at absolute position kv_len - q_len + i) sees keys <= it."""
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
     return torch.arange(kv_len, device=device)[None, :] <= q_pos[:, None]
@@ -35,7 +35,7 @@ def attn_probs(q: torch.Tensor, k: torch.Tensor, mask: Optional[torch.Tensor], c
     scores = torch.matmul(q.reshape(b, hkv, (h // hkv) * t, d), k.transpose(-1, -2))
     scores = scores.view(b, h, t, s).float() * scale
     if causal:
-        mask = _causal_mask(t, s, q.device)
+        mask = causal_mask(t, s, q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1).to(q.dtype)

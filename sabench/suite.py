@@ -68,8 +68,8 @@ from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_conf
 from sabench.records import point_key
 from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
-                                   MAX_WARMUP, REQUIRED, SuiteError, _batch_list, _check_keys, _int_field, _int_list,
-                                   _is_int, _read_yaml, _show, _string_field)
+                                   MAX_WARMUP, REQUIRED, SuiteError, batch_list, check_keys, int_field, int_list,
+                                   is_int, read_yaml, show, string_field)
 
 
 DEFAULTS = {
@@ -260,7 +260,7 @@ def load_suite(path) -> Suite:
         raise SuiteError(source, None, f"cannot read suite file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise SuiteError(source, None, f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
-    return parse_suite(_read_yaml(text, source), source)
+    return parse_suite(read_yaml(text, source), source)
 
 
 def _resolve_model(model: str, path: Optional[str]) -> ModelConfig:
@@ -291,17 +291,17 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
                                        f"{', '.join(REQUIRED)}")
     serving = data.get("serving")
     # a serving suite needs no sweep (`sabench serve` runs its scenario, not points)
-    _check_keys(data, ALLOWED_KEYS, [k for k in REQUIRED if serving is None or k != "sweep"], "", source)
+    check_keys(data, ALLOWED_KEYS, [k for k in REQUIRED if serving is None or k != "sweep"], "", source)
     d = {**DEFAULTS, **data}
 
     name = d["name"]
     if not isinstance(name, str) or not _SLUG.match(name):
-        raise SuiteError(source, "name", f"expected a slug of letters, digits, - and _, got {_show(name)}")
+        raise SuiteError(source, "name", f"expected a slug of letters, digits, - and _, got {show(name)}")
     description = d["description"]
     if description is None:
         description = ""
     if not isinstance(description, str):
-        raise SuiteError(source, "description", f"expected a string, got {_show(description)}")
+        raise SuiteError(source, "description", f"expected a string, got {show(description)}")
 
     try:
         dtype = dtype_name(d["dtype"])
@@ -309,32 +309,32 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         raise SuiteError(source, "dtype", str(e)) from None
     device = d["device"].strip().lower() if isinstance(d["device"], str) else d["device"]
     if not isinstance(device, str) or not _DEVICE.match(device):
-        raise SuiteError(source, "device", f"expected auto, cpu, cuda or cuda:N, got {_show(d['device'])}")
+        raise SuiteError(source, "device", f"expected auto, cpu, cuda or cuda:N, got {show(d['device'])}")
 
-    decode_tokens = _int_field(d["decode_tokens"], "decode_tokens", 1, source, MAX_DECODE_TOKENS)
-    warmup = _int_field(d["warmup"], "warmup", 0, source, MAX_WARMUP)
-    repeats = _int_field(d["repeats"], "repeats", 1, source, MAX_REPEATS)
-    rounds = _int_field(d["rounds"], "rounds", 1, source, MAX_ROUNDS)
-    threads = None if d["threads"] is None else _int_field(d["threads"], "threads", 1, source, MAX_THREADS)
+    decode_tokens = int_field(d["decode_tokens"], "decode_tokens", 1, source, MAX_DECODE_TOKENS)
+    warmup = int_field(d["warmup"], "warmup", 0, source, MAX_WARMUP)
+    repeats = int_field(d["repeats"], "repeats", 1, source, MAX_REPEATS)
+    rounds = int_field(d["rounds"], "rounds", 1, source, MAX_ROUNDS)
+    threads = None if d["threads"] is None else int_field(d["threads"], "threads", 1, source, MAX_THREADS)
     prefill_chunk = d["prefill_chunk"]
-    if prefill_chunk is not None and (not _is_int(prefill_chunk) or not 1 <= prefill_chunk <= MAX_SIZE):
+    if prefill_chunk is not None and (not is_int(prefill_chunk) or not 1 <= prefill_chunk <= MAX_SIZE):
         raise SuiteError(source, "prefill_chunk",
-                         f"expected null or an integer in 1..{MAX_SIZE}, got {_show(prefill_chunk)}")
+                         f"expected null or an integer in 1..{MAX_SIZE}, got {show(prefill_chunk)}")
     allow_long = d["allow_long_context"]
     if not isinstance(allow_long, bool):
-        raise SuiteError(source, "allow_long_context", f"expected true or false, got {_show(allow_long)}")
+        raise SuiteError(source, "allow_long_context", f"expected true or false, got {show(allow_long)}")
 
     execution = d["execution"]
     if execution not in EXECUTION_CHOICES:
-        raise SuiteError(source, "execution", f"expected one of {', '.join(EXECUTION_CHOICES)}, got {_show(execution)}")
+        raise SuiteError(source, "execution", f"expected one of {', '.join(EXECUTION_CHOICES)}, got {show(execution)}")
 
     if "sweep" in d:
         sweep = d["sweep"]
         if not isinstance(sweep, dict):
-            raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {_show(sweep)}")
-        _check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
-        batch_sizes = _batch_list(sweep["batch_size"], source)
-        seq_lens, seq_paths = _int_list(sweep["seq_len"], "sweep.seq_len", source)
+            raise SuiteError(source, "sweep", f"expected a mapping with keys {', '.join(SWEEP_KEYS)}, got {show(sweep)}")
+        check_keys(sweep, SWEEP_KEYS, SWEEP_KEYS, "sweep", source)
+        batch_sizes = batch_list(sweep["batch_size"], source)
+        seq_lens, seq_paths = int_list(sweep["seq_len"], "sweep.seq_len", source)
     else:
         batch_sizes, seq_lens, seq_paths = (), (), []
 
@@ -347,7 +347,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         except ValueError as e:
             raise SuiteError(source, "memory", str(e)) from None
 
-    model = _string_field(d["model"], "model", "a preset name, model directory or config.json path", source)
+    model = string_field(d["model"], "model", "a preset name, model directory or config.json path", source)
     try:
         cfg = _resolve_model(model, path)
     except ModelSourceError as e:
@@ -393,9 +393,9 @@ def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
     if value is None:
         return 1, None
     if not isinstance(value, dict):
-        raise SuiteError(source, "parallel", f"expected a mapping like {{tensor: 8}}, got {_show(value)}")
-    _check_keys(value, PARALLEL_KEYS, ("tensor",), "parallel", source)
-    tensor = _int_field(value["tensor"], "parallel.tensor", 1, source)
+        raise SuiteError(source, "parallel", f"expected a mapping like {{tensor: 8}}, got {show(value)}")
+    check_keys(value, PARALLEL_KEYS, ("tensor",), "parallel", source)
+    tensor = int_field(value["tensor"], "parallel.tensor", 1, source)
     try:
         check_tensor_parallel(cfg, tensor)
     except PlanError as e:
@@ -412,14 +412,14 @@ def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
 def _parse_variants(value, cfg: ModelConfig, source: str) -> tuple[str, ...]:
     """Each variant parsed for this model; canonical spellings, no two the same."""
     if not isinstance(value, list) or not value:
-        raise SuiteError(source, "variants", f"expected a non-empty list of variant strings, got {_show(value)}")
+        raise SuiteError(source, "variants", f"expected a non-empty list of variant strings, got {show(value)}")
     canon: dict[str, str] = {}
     for i, text in enumerate(value):
         key = f"variants[{i}]"
         if not isinstance(text, str):
             # `- sa: 2-3` (a space after the colon) reads as a mapping in YAML.
             raise SuiteError(source, key, f"expected a variant string like baseline, \"cla:2\" or \"sa:2-3\" "
-                                          f"(quoted, no space after ':'), got {_show(text)}")
+                                          f"(quoted, no space after ':'), got {show(text)}")
         try:
             v = plan_for(text, cfg).variant
         except PlanError as e:

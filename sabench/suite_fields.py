@@ -30,7 +30,7 @@ class SuiteError(UserError):
         super().__init__(" ".join(": ".join(parts).split()))
 
 
-def _read_yaml(text: str, source: str) -> Any:
+def read_yaml(text: str, source: str) -> Any:
     """YAML text -> plain data, refusing anything safe loading would not build as data."""
     try:
         # Composing builds only the node tree (no object is constructed), so the tree
@@ -92,7 +92,7 @@ def _join(path: str, key) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _show(value) -> str:
+def show(value) -> str:
     """A value as the suite author wrote it (YAML spelling for booleans and null)."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -103,12 +103,12 @@ def _show(value) -> str:
     return repr(value)
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     # bool is an int subclass; `warmup: yes` is a typo, not 1.
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:
+def check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:
     for key in mapping:
         if key not in allowed:
             raise SuiteError(source, _join(path, key), f"unknown key; allowed keys: {', '.join(allowed)}")
@@ -117,31 +117,31 @@ def _check_keys(mapping: dict, allowed, required, path: str, source: str) -> Non
             raise SuiteError(source, _join(path, key), "required key missing")
 
 
-def _int_field(value, key: str, minimum: int, source: str, maximum: int = MAX_SIZE) -> int:
-    if not _is_int(value) or not minimum <= value <= maximum:
-        raise SuiteError(source, key, f"expected an integer in {minimum}..{maximum}, got {_show(value)}")
+def int_field(value, key: str, minimum: int, source: str, maximum: int = MAX_SIZE) -> int:
+    if not is_int(value) or not minimum <= value <= maximum:
+        raise SuiteError(source, key, f"expected an integer in {minimum}..{maximum}, got {show(value)}")
     return value
 
 
-def _string_field(value, key: str, what: str, source: str) -> str:
+def string_field(value, key: str, what: str, source: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise SuiteError(source, key, f"expected {what}, got {_show(value)}")
+        raise SuiteError(source, key, f"expected {what}, got {show(value)}")
     return value.strip()
 
 
-def _int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]:
+def int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]:
     """A positive int or a non-empty list of distinct ones -> (sorted values, key path of each)."""
-    if _is_int(value):
+    if is_int(value):
         items, paths = [value], [key]
     elif isinstance(value, list):
         items, paths = value, [f"{key}[{i}]" for i in range(len(value))]
     else:
-        raise SuiteError(source, key, f"expected a positive integer or a list of them, got {_show(value)}")
+        raise SuiteError(source, key, f"expected a positive integer or a list of them, got {show(value)}")
     if not items:
         raise SuiteError(source, key, "expected a non-empty list of positive integers, got []")
     first = {}
     for item, p in zip(items, paths):
-        _int_field(item, p, 1, source)
+        int_field(item, p, 1, source)
         if item in first:
             raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
         first[item] = p
@@ -149,19 +149,19 @@ def _int_list(value, key: str, source: str) -> tuple[tuple[int, ...], list[str]]
     return tuple(items[i] for i in order), [paths[i] for i in order]
 
 
-def _batch_list(value, source: str) -> tuple:
+def batch_list(value, source: str) -> tuple:
     """sweep.batch_size: positive ints and at most one `max` -> ints ascending, then "max"."""
     key = "sweep.batch_size"
     if value == MAX_BATCH:
         return (MAX_BATCH,)
     if not isinstance(value, list) or not value:
-        return _int_list(value, key, source)[0]
+        return int_list(value, key, source)[0]
     first: dict = {}
     for i, item in enumerate(value):
         p = f"{key}[{i}]"
-        if item != MAX_BATCH and (not _is_int(item) or not 1 <= item <= MAX_SIZE):
+        if item != MAX_BATCH and (not is_int(item) or not 1 <= item <= MAX_SIZE):
             raise SuiteError(source, p, f"expected an integer in 1..{MAX_SIZE} or {MAX_BATCH!r}, "
-                                        f"got {_show(item)}")
+                                        f"got {show(item)}")
         if item in first:
             raise SuiteError(source, p, f"{item} is listed twice (also at {first[item]}); list each value once")
         first[item] = p

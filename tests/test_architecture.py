@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle between sabench modules, no module too long to read.
+"""The package's shape: no import cycle between sabench modules, no private name imported across files
+(the size of a module is a guideline in docs/architecture.md, not a test: a file is one concept).
 
 The import graph is built from every module's AST, module-level and function-level imports
 alike (a lazy import inside a function still ties the two modules together).
@@ -10,9 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sabench"
-MAX_LINES = 500
-# every module of the package is held to the limit
-LINE_LIMIT_EXEMPT = ()
 
 
 def _module_name(path: Path) -> str:
@@ -116,13 +114,31 @@ def test_the_cycle_finder_finds_cycles():
     assert "sabench.measure.nvml_readings" in graph["sabench.measure.nvml"]
 
 
-def test_no_module_over_the_line_limit():
-    long = []
+def private_imports() -> list:
+    """(module, imported module, name) for every `from sabench... import _name` in the package:
+    a name with a leading underscore belongs to its file; one that another file needs is public."""
+    out = []
     for name, path in _modules().items():
-        rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith(LINE_LIMIT_EXEMPT):
-            continue
-        n = len(path.read_text().splitlines())
-        if n > MAX_LINES:
-            long.append(f"{rel} ({n} lines)")
-    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {', '.join(long)}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sabench"):
+                out += [(name, node.module, a.name) for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_no_private_name_is_imported_across_files():
+    found = private_imports()
+    assert not found, "private names imported from another file (make them public or keep them home): " + ", ".join(
+        f"{m} imports {n} from {src}" for m, src, n in found)
+
+
+def test_the_private_import_finder_finds_them(tmp_path, monkeypatch):
+    pkg = tmp_path / "sabench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def _helper():\n    pass\n")
+    (pkg / "b.py").write_text("from sabench.a import _helper\nfrom __future__ import annotations\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert private_imports() == [("sabench.b", "sabench.a", "_helper")]
+

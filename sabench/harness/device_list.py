@@ -125,11 +125,11 @@ def device_facts(pins, device: str) -> list:
 
 def _nvml_facts(gpu: str) -> dict:
     try:
-        from sabench.measure.nvml_readings import _initialised, _text, nvml_handle
+        from sabench.measure.nvml_readings import nvml_initialised, nvml_text, nvml_handle
 
-        with _initialised(None) as mod:
+        with nvml_initialised(None) as mod:
             h = nvml_handle(mod, gpu)
-            return {"name": _text(mod.nvmlDeviceGetName(h)), "pci_bus_id": _text(mod.nvmlDeviceGetPciInfo(h).busId)}
+            return {"name": nvml_text(mod.nvmlDeviceGetName(h)), "pci_bus_id": nvml_text(mod.nvmlDeviceGetPciInfo(h).busId)}
     except Exception as e:  # NVML missing or failing must not cost the run
         return {"nvml_unavailable": f"{type(e).__name__}: {e}"[:200]}
 

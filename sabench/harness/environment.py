@@ -94,9 +94,9 @@ def _conditions_or_why(gpu: str, nvml) -> dict:
 def gpu_conditions(gpu, nvml=None) -> dict:
     """Clocks (MHz), throttle reasons (names of the active ones) and the other processes on GPU
     `gpu`: an NVML index (CUDA_DEVICE_ORDER=PCI_BUS_ID makes it torch's) or a UUID."""
-    from sabench.measure.nvml_readings import _initialised, nvml_handle
+    from sabench.measure.nvml_readings import nvml_initialised, nvml_handle
 
-    with _initialised(nvml) as mod:
+    with nvml_initialised(nvml) as mod:
         h = nvml_handle(mod, gpu)
         out: dict = {}
         for name, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("mem_clock_mhz", "NVML_CLOCK_MEM")):

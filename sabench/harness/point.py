@@ -27,7 +27,7 @@ from sabench.measure.timing import sync
 from sabench.loading import add_quality, point_model
 
 
-def _pre_cuda_levels(device: torch.device, notes: list):
+def pre_cuda_levels(device: torch.device, notes: list):
     """Used memory of every GPU, read before this process touches CUDA ({} off CUDA or without NVML)."""
     if device.type != "cuda":
         return {}
@@ -106,7 +106,7 @@ def measure(job: PointJob) -> dict:
     device = torch.device(job.device)
     notes: list = []
     seen = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pci_bus_id": None} if job.gpu is not None else None
-    pre_cuda = _pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
+    pre_cuda = pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
         overhead["device"] = seen
@@ -205,7 +205,7 @@ def _quiet_on_interrupt():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _die_with_parent():
+def die_with_parent():
     """No orphan keeps measuring (and skewing the machine) after the runner is killed."""
     try:
         import ctypes
@@ -229,7 +229,7 @@ def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=Non
     injects the kill fault on a rank instead)."""
     _pin(job.gpu)
     ignore_in_this_process()  # as forked already: Ctrl-C is the runner's, which ends this process
-    _die_with_parent()
+    die_with_parent()
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 2)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)

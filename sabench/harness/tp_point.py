@@ -213,7 +213,7 @@ def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int
     """What each rank runs (in its process group): build its shard, measure the phases."""
     import torch.distributed as dist
 
-    point._die_with_parent()
+    point.die_with_parent()
     device = torch.device("cuda", torch.cuda.current_device()) if job.device.startswith("cuda") \
         else torch.device("cpu")
     torch.set_num_threads(max(1, threads // world) if device.type == "cpu" else threads)
@@ -228,7 +228,7 @@ def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int
 
     notes, overhead = [], {}
     try:
-        pre_cuda = point._pre_cuda_levels(device, notes)
+        pre_cuda = point.pre_cuda_levels(device, notes)
         model = point.build_point_model(job, device, overhead, lambda: _rank_model(job, device, rank, world))
     except Exception as e:
         on_error(e, "building the model")

@@ -155,7 +155,7 @@ class _Window:
         return None
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     try:
         import ctypes
 
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.pdeathsig:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     elif os.getppid() != parent_pid:
         return 0
 
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         return 1
     try:
         try:
-            bus_id = core._text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
+            bus_id = core.nvml_text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
         except Exception:
             bus_id = None
         energy_error, power_ok = _energy_support(nv, handle)
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0  # the parent is gone
     finally:
-        core._shutdown(nv)
+        core.shutdown(nv)
 
 
 def _serve(nv, handle, args, parent_pid: int, send) -> int:

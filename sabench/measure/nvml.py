@@ -44,8 +44,8 @@ import time
 import weakref
 from typing import Optional
 
-from sabench.measure.nvml_process import PROBE_PATH, _current_cpu, _Probe
-from sabench.measure.nvml_readings import (Availability, NvmlUnavailable, _initialised, _why,  # noqa: F401
+from sabench.measure.nvml_process import PROBE_PATH, current_cpu, Probe
+from sabench.measure.nvml_readings import (Availability, NvmlUnavailable, nvml_initialised, why_unavailable,  # noqa: F401
                                            load_nvml, nvml_device_info, open_device, parse_pci_bus_id,
                                            resolve_handle, torch_pci_bus_id, torch_uuid, used_bytes_by_bus)
 
@@ -106,7 +106,7 @@ class NvmlSampler:
         # notes for the open window, or the next one (a failed read_idle, a restarted helper)
         self._window_notes: list[str] = []
         self._restarts = 0
-        self._probe: Optional[_Probe] = _Probe(self._argv)
+        self._probe: Optional[Probe] = Probe(self._argv)
         ready = self._probe.ready
         self.mapping: Optional[str] = ready.get("mapping")  # how the device was found: pci_bus_id|uuid|index
         self.nvml_pci_bus_id: Optional[str] = ready.get("bus_id")  # the bus id of the NVML device sampled
@@ -122,12 +122,12 @@ class NvmlSampler:
     def available(nvml=None) -> Availability:
         """Can NVML be used here? Falsy Availability with a reason otherwise. Never raises."""
         try:
-            with _initialised(nvml) as mod:
+            with nvml_initialised(nvml) as mod:
                 n = int(mod.nvmlDeviceGetCount())
         except NvmlUnavailable as e:
             return Availability(False, str(e))
         except Exception as e:
-            return Availability(False, f"nvmlDeviceGetCount failed ({_why(e)})")
+            return Availability(False, f"nvmlDeviceGetCount failed ({why_unavailable(e)})")
         return Availability(True) if n >= 1 else Availability(False, "NVML reports no GPU")
 
     @property
@@ -142,7 +142,7 @@ class NvmlSampler:
 
     # -- the helper ---------------------------------------------------------------------
 
-    def _live_probe(self) -> Optional["_Probe"]:
+    def _live_probe(self) -> Optional["Probe"]:
         """The helper, restarted (a few times per sampler) if it died; None if there is none."""
         if self._probe is not None:
             if self._probe.alive():
@@ -155,7 +155,7 @@ class NvmlSampler:
             return None
         self._restarts += 1
         try:
-            self._probe = _Probe(self._argv)
+            self._probe = Probe(self._argv)
             self._window_notes.append("NVML sampler process restarted")
         except NvmlUnavailable as e:
             self._window_notes.append(f"NVML sampler process could not be restarted: {e}")
@@ -224,7 +224,7 @@ class NvmlSampler:
         if self._running:
             raise RuntimeError("NvmlSampler.start(): already running")
         self._check_usable("start")
-        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": _current_cpu(),
+        reply = self._request({"cmd": "start", "idle": self._idle is None, "avoid_cpu": current_cpu(),
                                "power": self.power_sampling}, "start()", self._window_notes, restart=True)
         if reply is not None and self._idle is None and reply.get("idle") is not None:
             self._idle = int(reply["idle"])

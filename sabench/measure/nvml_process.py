@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Optional
 
-from sabench.measure.nvml_readings import NvmlUnavailable, _why
+from sabench.measure.nvml_readings import NvmlUnavailable, why_unavailable
 
 PROBE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nvml_probe.py")
 READY_TIMEOUT_S = 30.0  # nvmlInit can take seconds on a host without persistence mode
@@ -37,14 +37,14 @@ def _sched_getcpu():
         return None
 
 
-def _current_cpu() -> Optional[int]:
+def current_cpu() -> Optional[int]:
     """The CPU the calling thread runs on now (Linux), else None."""
     fn = _sched_getcpu()
     cpu = fn() if fn is not None else -1
     return cpu if cpu >= 0 else None
 
 
-class _Probe:
+class Probe:
     """The parent's end of one helper process: JSON lines over its stdin/stdout.
 
     Every command carries an id that the reply echoes, so a late reply can never be
@@ -69,7 +69,7 @@ class _Probe:
                                          stderr=self._stderr, env=env, close_fds=True, bufsize=0)
         except Exception as e:
             self._stderr.close()
-            raise NvmlUnavailable(f"cannot start the NVML sampler process ({_why(e)})") from e
+            raise NvmlUnavailable(f"cannot start the NVML sampler process ({why_unavailable(e)})") from e
         ready = self._read_reply(0, READY_TIMEOUT_S)
         if ready is None or not ready.get("ok"):
             why = self.failure if ready is None else ready.get("error")
@@ -85,7 +85,7 @@ class _Probe:
         try:
             self.proc.stdin.write(json.dumps(dict(cmd, id=rid)).encode() + b"\n")
         except (OSError, ValueError) as e:  # BrokenPipeError: it is gone
-            self.failure = f"cannot write to it ({_why(e)}); {self.describe_death()}"
+            self.failure = f"cannot write to it ({why_unavailable(e)}); {self.describe_death()}"
             return None
         return self._read_reply(rid, timeout)
 
@@ -111,7 +111,7 @@ class _Probe:
                         continue
                     data = os.read(self.proc.stdout.fileno(), 65536)
                 except OSError as e:
-                    self.failure = f"cannot read from it ({_why(e)})"
+                    self.failure = f"cannot read from it ({why_unavailable(e)})"
                     return None
                 if not data:  # EOF: it died
                     with contextlib.suppress(Exception):

@@ -31,11 +31,11 @@ class Availability:
         return self.ok
 
 
-def _why(e: BaseException) -> str:
+def why_unavailable(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _text(x) -> str:
+def nvml_text(x) -> str:
     return x.decode(errors="replace") if isinstance(x, (bytes, bytearray)) else str(x)
 
 
@@ -51,7 +51,7 @@ def load_nvml(nvml=None):
         try:
             import pynvml  # noqa: PLC0415  (optional dependency, imported on demand)
         except Exception as e:  # ImportError, or a broken install raising something else
-            raise NvmlUnavailable(f"pynvml is not importable ({_why(e)}); install nvidia-ml-py") from e
+            raise NvmlUnavailable(f"pynvml is not importable ({why_unavailable(e)}); install nvidia-ml-py") from e
         return pynvml
     if not isinstance(nvml, str):
         return nvml
@@ -63,7 +63,7 @@ def load_nvml(nvml=None):
         if not hasattr(obj, "nvmlInit") and callable(obj):
             obj = obj()
     except Exception as e:
-        raise NvmlUnavailable(f"cannot load the NVML implementation {nvml!r} ({_why(e)})") from e
+        raise NvmlUnavailable(f"cannot load the NVML implementation {nvml!r} ({why_unavailable(e)})") from e
     if not hasattr(obj, "nvmlInit"):
         raise NvmlUnavailable(f"{nvml!r} does not provide the pynvml API (no nvmlInit)")
     return obj
@@ -73,23 +73,23 @@ def _init(mod) -> None:
     try:
         mod.nvmlInit()
     except Exception as e:
-        raise NvmlUnavailable(f"nvmlInit failed ({_why(e)})") from e
+        raise NvmlUnavailable(f"nvmlInit failed ({why_unavailable(e)})") from e
 
 
-def _shutdown(mod) -> None:
+def shutdown(mod) -> None:
     with contextlib.suppress(Exception):
         mod.nvmlShutdown()
 
 
 @contextlib.contextmanager
-def _initialised(nvml=None):
+def nvml_initialised(nvml=None):
     """The NVML implementation (load_nvml), initialised for the with block and shut down after."""
     mod = load_nvml(nvml)
     _init(mod)
     try:
         yield mod
     finally:
-        _shutdown(mod)
+        shutdown(mod)
 
 
 def nvml_handle(nvml, gpu):
@@ -114,7 +114,7 @@ def parse_pci_bus_id(bus_id) -> Optional[tuple[int, int, int]]:
     """
     if bus_id is None:
         return None
-    parts = _text(bus_id).strip().rstrip("\x00").split(":")
+    parts = nvml_text(bus_id).strip().rstrip("\x00").split(":")
     if len(parts) == 2:
         parts = ["0"] + parts
     if len(parts) != 3:
@@ -145,7 +145,7 @@ def torch_pci_bus_id(device_index: int) -> Optional[str]:
     props = _torch_props(device_index)
     bus, dev = getattr(props, "pci_bus_id", None), getattr(props, "pci_device_id", None)
     if isinstance(bus, (str, bytes)) and parse_pci_bus_id(bus) is not None:
-        return _text(bus)
+        return nvml_text(bus)
     if isinstance(bus, int) and isinstance(dev, int):
         return f"{int(getattr(props, 'pci_domain_id', 0) or 0):08X}:{bus:02X}:{dev:02X}.0"
     return None
@@ -186,14 +186,14 @@ def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
                         return h, "pci_bus_id"
             except Exception as e:
                 error = e
-        notes.append(f"NVML has no device with PCI bus id {bus_id!r} ({_why(error)})")
+        notes.append(f"NVML has no device with PCI bus id {bus_id!r} ({why_unavailable(error)})")
     if from_torch:
         uuid = torch_uuid(device_index)
     if uuid is not None and hasattr(nvml, "nvmlDeviceGetHandleByUUID"):
         try:
             return nvml.nvmlDeviceGetHandleByUUID(uuid), "uuid"
         except Exception as e:
-            notes.append(f"NVML has no device with UUID {uuid!r} ({_why(e)})")
+            notes.append(f"NVML has no device with UUID {uuid!r} ({why_unavailable(e)})")
     try:
         count = int(nvml.nvmlDeviceGetCount())
     except Exception:
@@ -222,8 +222,8 @@ def open_device(nvml, device_index: int, pci_bus_id: Optional[str] = None,
     try:
         handle, how = resolve_handle(nvml, device_index, pci_bus_id, notes, **resolve_kw)
     except Exception as e:
-        _shutdown(nvml)
-        raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} ({_why(e)})") from e
+        shutdown(nvml)
+        raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} ({why_unavailable(e)})") from e
     with contextlib.suppress(Exception):  # no nvmlDeviceGetMigMode, or not supported
         if nvml.nvmlDeviceGetMigMode(handle)[0] == 1:
             notes.append("MIG is enabled on this GPU: NVML device memory covers the whole GPU, "
@@ -240,13 +240,13 @@ def used_bytes_by_bus(nvml=None) -> dict:
     Raises NvmlUnavailable when NVML cannot be used.
     """
     out = {}
-    with _initialised(nvml) as mod:
+    with nvml_initialised(nvml) as mod:
         try:
             for bus, h in _devices(mod):
                 if bus is not None:
                     out[bus] = int(mod.nvmlDeviceGetMemoryInfo(h).used)
         except Exception as e:
-            raise NvmlUnavailable(f"reading device memory failed ({_why(e)})") from e
+            raise NvmlUnavailable(f"reading device memory failed ({why_unavailable(e)})") from e
     return out
 
 
@@ -270,13 +270,13 @@ def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str]
         return float(mw) / 1000.0
 
     readers = {
-        "device_name": lambda: _text(mod.nvmlDeviceGetName(handle)),
-        "driver": lambda: _text(mod.nvmlSystemGetDriverVersion()),
+        "device_name": lambda: nvml_text(mod.nvmlDeviceGetName(handle)),
+        "driver": lambda: nvml_text(mod.nvmlSystemGetDriverVersion()),
         "memory_total_bytes": lambda: int(mod.nvmlDeviceGetMemoryInfo(handle).total),
         "sm_clock_max_mhz": lambda: int(mod.nvmlDeviceGetMaxClockInfo(handle, mod.NVML_CLOCK_SM)),
         "mem_clock_max_mhz": lambda: int(mod.nvmlDeviceGetMaxClockInfo(handle, mod.NVML_CLOCK_MEM)),
         "power_limit_w": power_limit_w,
-        "pci_bus_id": lambda: _text(mod.nvmlDeviceGetPciInfo(handle).busId),
+        "pci_bus_id": lambda: nvml_text(mod.nvmlDeviceGetPciInfo(handle).busId),
     }
     info: dict = {}
     try:
@@ -286,7 +286,7 @@ def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str]
                 if value is not None:
                     info[key] = value
     finally:
-        _shutdown(mod)
+        shutdown(mod)
     if notes:
         info["nvml_notes"] = notes
     return info

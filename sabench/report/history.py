@@ -399,7 +399,7 @@ def query_trend(db_path=None, suite: Optional[str] = None, metric: str = "median
                                                  t.batch_size, t.seq_len))
 
 
-def _groups(trends: List[Trend]) -> List[Tuple[Tuple[str, str], List[Trend], List[RunInfo]]]:
+def trend_groups(trends: List[Trend]) -> List[Tuple[Tuple[str, str], List[Trend], List[RunInfo]]]:
     groups: Dict[Tuple[str, str], List[Trend]] = {}
     for t in trends:
         groups.setdefault((t.suite, t.machine), []).append(t)
@@ -422,7 +422,7 @@ def format_trends(trends: List[Trend], last: int = 10) -> str:
     metric = trends[0].metric
     unit, fmt, _ = METRICS[metric]
     out = []
-    for (suite, machine), ts, runs in _groups(trends):
+    for (suite, machine), ts, runs in trend_groups(trends):
         shown = runs[-last:] if last else runs
         info = runs[0]
         out.append(f"{metric} [{unit}], suite {suite!r}, machine {machine} "

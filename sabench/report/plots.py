@@ -34,13 +34,13 @@ plt.rcParams.update({
     "figure.titlesize": 13, "figure.titleweight": "bold",
 })
 
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#7f7f7f"]
 
 
 def variant_colors(variants: Sequence[str]) -> Dict[str, str]:
     """Near-black for the baseline, the palette in turn for the others."""
-    palette = itertools.cycle(_PALETTE)
+    palette = itertools.cycle(PALETTE)
     return {v: "#111111" if v == BASELINE else next(palette) for v in variants}
 
 
@@ -87,7 +87,7 @@ class Grid:
         return save(self.fig, out_dir, name)
 
 
-def _short_int(x: float, _pos=None) -> str:
+def short_int(x: float, _pos=None) -> str:
     x = int(round(x))
     return f"{x // 1024}k" if x >= 1024 and x % 1024 == 0 else str(x)
 
@@ -119,7 +119,7 @@ def size_axis(ax, values: Sequence[float]):
     step = math.ceil(len(vals) / 8)
     ax.xaxis.set_major_locator(FixedLocator(vals[::step] + ([hi] if (len(vals) - 1) % step else [])))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(_short_int)
+    ax.xaxis.set_major_formatter(short_int)
 
 
 def value_axis(ax, values: Sequence[float]):
@@ -135,7 +135,7 @@ def value_axis(ax, values: Sequence[float]):
     ax.yaxis.set_major_formatter(fmt_tick)
 
 
-def _fail_handle() -> Line2D:
+def fail_handle() -> Line2D:
     """The legend entry for mark_failures' markers."""
     return Line2D([], [], markerfacecolor="white", label="OOM / error / skipped (marked at top)", **FAIL_STYLE)
 
@@ -147,7 +147,7 @@ def mark_failures(ax, xs: Sequence[float], color: str, slot: int):
                 markerfacecolor=color, clip_on=False, **FAIL_STYLE)
 
 
-def _facet_axes(ax, title: str, xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str,
+def facet_axes(ax, title: str, xs: Sequence[float], ys: Sequence[float], xlabel: str, ylabel: str,
                 failed: bool = False):
     """Size x axis, value y axis, room at the top for failure markers, titles."""
     size_axis(ax, xs)
@@ -159,7 +159,7 @@ def _facet_axes(ax, title: str, xs: Sequence[float], ys: Sequence[float], xlabel
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
 
 
-def _unit(x: float, units: Sequence[Tuple[str, float]]) -> Tuple[str, float]:
+def axis_unit(x: float, units: Sequence[Tuple[str, float]]) -> Tuple[str, float]:
     """The first (name, scale), largest first, that x reaches; the last one otherwise."""
     return next((u for u in units if x >= u[1]), units[-1])
 

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
-from sabench.report.plots import (LATENCY_LABELS, _PALETTE, Grid, _facet_axes, _fail_handle, mark_failures,
+from sabench.report.plots import (LATENCY_LABELS, PALETTE, Grid, facet_axes, fail_handle, mark_failures,
                                   pick_facets, plt, ratio_ticks, save)
 from sabench.report.intervals import time_ratio
 from sabench.stats import geomean_interval
@@ -45,7 +45,7 @@ def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
         return k in pts and k[1] in bcolor and r.index.get(k) is not None and not is_ok(r.index[k])
 
     if any(failed(r, k) for r in runs for k in pts):
-        handles.append(_fail_handle())
+        handles.append(fail_handle())
     g = Grid(len(variants), handles=handles, legend_cols=8)
     for ax, v in zip(g.axes, variants):
         ys_all, any_failed = [], False
@@ -59,7 +59,7 @@ def compare_latency(runs, shared, out_dir: Path, phase: str) -> Optional[str]:
             fails = [s for s in seqs if failed(r, (v, b, s, phase))]
             mark_failures(ax, fails, bcolor[b], slot)
             any_failed = any_failed or bool(fails)
-        _facet_axes(ax, v, seqs, ys_all, *LATENCY_LABELS[phase], any_failed)
+        facet_axes(ax, v, seqs, ys_all, *LATENCY_LABELS[phase], any_failed)
     more = f", {len(batches)} of {len(batches_all)} batch sizes" if len(batches) < len(batches_all) else ""
     return g.save(out_dir, f"compare_{phase}_latency.png",
                   f"{phase.capitalize()} latency per run (line style = run, colour = batch{more})" + note)
@@ -75,7 +75,7 @@ def compare_ratio(runs, shared, out_dir: Path) -> Optional[str]:
     width = max(5.0, 1.0 * len(variants) * max(1, nrun) + 2.0)
     fig, axes = plt.subplots(1, len(phases), figsize=(width * len(phases), 4.8), squeeze=False)
     fig.subplots_adjust(left=0.9 / (width * len(phases)), right=0.98, top=0.84, bottom=0.24, wspace=0.22)
-    colors = [_PALETTE[i % len(_PALETTE)] for i in range(nrun)]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(nrun)]
     drawn = within = False
     for ax, phase in zip(axes[0], phases):
         for (ri, r), (vi, v) in itertools.product(enumerate(others), enumerate(variants)):

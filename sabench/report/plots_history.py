@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sabench.report.history import METRICS, Trend, _groups
+from sabench.report.history import METRICS, Trend, trend_groups
 
 
 def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path]:
@@ -15,7 +15,7 @@ def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path
     from sabench.report import plots
 
     plt = plots.plt
-    groups = _groups(trends)
+    groups = trend_groups(trends)
     metric = trends[0].metric
     unit = METRICS[metric][0]
     n = len(groups)

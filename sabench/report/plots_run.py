@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 
-from sabench.report.plots import (LATENCY_LABELS, PHASE_MARKERS, Grid, _facet_axes, _fail_handle, _short_int,
-                                  _unit, fmt_tick, mark_failures, pick_facets, plt, ratio_ticks, save,
+from sabench.report.plots import (LATENCY_LABELS, PHASE_MARKERS, Grid, facet_axes, fail_handle, short_int,
+                                  axis_unit, fmt_tick, mark_failures, pick_facets, plt, ratio_ticks, save,
                                   variant_colors)
 from sabench.report.intervals import is_noisy, latency_band, speed_verdict
 from sabench.report.intervals import speedup as speedup_interval
@@ -42,7 +42,7 @@ def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pat
                       linestyle="--" if v == BASELINE else "-", label=v) for v in variants]
     handles += extra_handles
     if not all(is_ok(r) for rs in at.values() for r in rs):
-        handles.append(_fail_handle())
+        handles.append(fail_handle())
     bands = {key: band(rs) for key, rs in at.items()} if band is not None else {}
     if any(bands.values()):
         within = any(b[2] for b in bands.values() if b)
@@ -74,7 +74,7 @@ def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pat
             mark_failures(ax, fails, colors[v], slot)
             failed = failed or bool(fails)
         drawn = drawn or bool(ys_all)
-        _facet_axes(ax, f"{facet_label} {f}", xs_all, ys_all, xlabel, ylabel, failed)
+        facet_axes(ax, f"{facet_label} {f}", xs_all, ys_all, xlabel, ylabel, failed)
     if not drawn:
         plt.close(g.fig)
         return None
@@ -118,7 +118,7 @@ def memory_vs_seq(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Pa
     src = "/".join(sorted({peak_memory(r)[1] for r in ok if peak_memory(r)[1]})) or "measured"
     biggest = max([peak_memory(r)[0] or 0 for r in ok] + [r.kv_cache_bytes or 0 for r in index.values()]
                   + [0])
-    unit, scale = _unit(biggest, (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 1024)))
+    unit, scale = axis_unit(biggest, (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 1024)))
 
     def largest(xs):
         xs = [x for x in xs if x]
@@ -178,7 +178,7 @@ def speedup_heatmap(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
         ax.grid(False)
         for (i, j), txt in labels.items():
             ax.text(j, i, txt, ha="center", va="center", color="black", fontsize=fs - 1.5 if "\n" in txt else fs)
-        ax.set_xticks(range(ns), [_short_int(s) for s in seqs], rotation=45 if ns > 8 else 0)
+        ax.set_xticks(range(ns), [short_int(s) for s in seqs], rotation=45 if ns > 8 else 0)
         ax.set_yticks(range(nb), [str(b) for b in batches])
         ax.set(xlabel="sequence length (tokens)", ylabel="batch size", title=v)
     cax = g.fig.add_axes([g.right_edge + 0.35 / g.W, g.bottom_edge, 0.18 / g.W, g.top_edge - g.bottom_edge])
@@ -229,7 +229,7 @@ def flops_breakdown(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: 
     for ax, phase in zip(axes[0], phases):
         table = np.array([[float(bd_of(v, phase).get(part) or 0.0) for v in variants] for part in FLOP_COLORS])
         totals = table.sum(axis=0)
-        unit, scale = _unit(totals.max(), (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6),
+        unit, scale = axis_unit(totals.max(), (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6),
                                            ("FLOP", 1.0)))
         bottoms = np.zeros(len(variants))
         for (part, color), vals in zip(FLOP_COLORS.items(), table):

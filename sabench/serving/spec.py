@@ -24,7 +24,7 @@ from typing import Optional, Union
 from sabench import accounting
 from sabench.serving.metrics import Targets
 from sabench.serving.stream import ClosedLoop, Lengths, Poisson, Workload
-from sabench.suite_fields import SuiteError, _check_keys, _int_field, _is_int, _show
+from sabench.suite_fields import SuiteError, check_keys, int_field, is_int, show
 
 KEYS = ("rates", "clients", "requests", "prompt_len", "output_len", "slots", "cache_memory", "targets",
         "goodput_share", "seed")
@@ -89,12 +89,12 @@ def _number(v) -> bool:
 
 
 def _lengths(v, key: str, source: str) -> Lengths:
-    if _is_int(v):
-        _int_field(v, key, 1, source)
+    if is_int(v):
+        int_field(v, key, 1, source)
         return Lengths(v, v)
-    if isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v) and 1 <= v[0] <= v[1]:
+    if isinstance(v, list) and len(v) == 2 and all(is_int(x) for x in v) and 1 <= v[0] <= v[1]:
         return Lengths(v[0], v[1])
-    raise SuiteError(source, key, f"expected a token count >= 1 or a range [lo, hi] with 1 <= lo <= hi, got {_show(v)}")
+    raise SuiteError(source, key, f"expected a token count >= 1 or a range [lo, hi] with 1 <= lo <= hi, got {show(v)}")
 
 
 def _loads(block: dict, source: str) -> tuple:
@@ -111,12 +111,12 @@ def _loads(block: dict, source: str) -> tuple:
         where = f"serving.{key}[{i}]" if isinstance(v, list) else f"serving.{key}"
         if key == "rates":
             if not _number(x) or not 0 < x < 1e9:
-                raise SuiteError(source, where, f"expected a rate in requests/s > 0, got {_show(x)}")
+                raise SuiteError(source, where, f"expected a rate in requests/s > 0, got {show(x)}")
             loads.append(Load(rate=float(x)))
         else:
-            loads.append(Load(clients=_int_field(x, where, 1, source, 1_000_000)))
+            loads.append(Load(clients=int_field(x, where, 1, source, 1_000_000)))
     if len(set(loads)) != len(loads):
-        raise SuiteError(source, f"serving.{key}", f"lists a value twice: {_show(v)}")
+        raise SuiteError(source, f"serving.{key}", f"lists a value twice: {show(v)}")
     return tuple(sorted(loads, key=lambda ld: ld.rate if ld.rate is not None else ld.clients))
 
 
@@ -124,11 +124,11 @@ def _targets(v, source: str) -> Targets:
     if v is None:
         return Targets()
     if not isinstance(v, dict):
-        raise SuiteError(source, "serving.targets", f"expected a mapping like {{ttft_ms: 200, tpot_ms: 20}}, got {_show(v)}")
-    _check_keys(v, TARGET_KEYS, (), "serving.targets", source)
+        raise SuiteError(source, "serving.targets", f"expected a mapping like {{ttft_ms: 200, tpot_ms: 20}}, got {show(v)}")
+    check_keys(v, TARGET_KEYS, (), "serving.targets", source)
     for k, x in v.items():
         if x is not None and (not _number(x) or not x > 0):
-            raise SuiteError(source, f"serving.targets.{k}", f"expected milliseconds > 0 or null, got {_show(x)}")
+            raise SuiteError(source, f"serving.targets.{k}", f"expected milliseconds > 0 or null, got {show(x)}")
     return Targets(**{k: (None if x is None else float(x)) for k, x in v.items()})
 
 
@@ -136,15 +136,15 @@ def parse_serving(block, source: str, cfg, plans: dict, dtype: str) -> ServingSp
     """The `serving:` block checked against the model; `plans`: variant -> SharingPlan (every variant
     must get at least one slot)."""
     if not isinstance(block, dict):
-        raise SuiteError(source, "serving", f"expected a mapping (see `sabench serve --help`), got {_show(block)}")
-    _check_keys(block, KEYS, ("requests", "prompt_len", "output_len", "slots"), "serving", source)
+        raise SuiteError(source, "serving", f"expected a mapping (see `sabench serve --help`), got {show(block)}")
+    check_keys(block, KEYS, ("requests", "prompt_len", "output_len", "slots"), "serving", source)
     loads = _loads(block, source)
-    requests = _int_field(block["requests"], "serving.requests", 1, source, MAX_REQUESTS)
+    requests = int_field(block["requests"], "serving.requests", 1, source, MAX_REQUESTS)
     prompt = _lengths(block["prompt_len"], "serving.prompt_len", source)
     output = _lengths(block["output_len"], "serving.output_len", source)
     slots = block["slots"]
     if slots != "max":
-        slots = _int_field(slots, "serving.slots", 1, source, 1 << 20)
+        slots = int_field(slots, "serving.slots", 1, source, 1 << 20)
     memory = block.get("cache_memory")
     if memory is not None:
         from sabench.units import parse_size
@@ -158,10 +158,10 @@ def parse_serving(block, source: str, cfg, plans: dict, dtype: str) -> ServingSp
                                                          "variant shares, e.g. 2GiB)")
     share = block.get("goodput_share", 0.9)
     if not _number(share) or not 0 < share <= 1:
-        raise SuiteError(source, "serving.goodput_share", f"expected a share in (0, 1], got {_show(share)}")
+        raise SuiteError(source, "serving.goodput_share", f"expected a share in (0, 1], got {show(share)}")
     seed = block.get("seed", 0)
-    if not _is_int(seed) or seed < 0:
-        raise SuiteError(source, "serving.seed", f"expected an integer >= 0, got {_show(seed)}")
+    if not is_int(seed) or seed < 0:
+        raise SuiteError(source, "serving.seed", f"expected an integer >= 0, got {show(seed)}")
     spec = ServingSpec(loads, requests, prompt, output, slots, memory, _targets(block.get("targets"), source),
                        float(share), seed)
     if spec.max_len > cfg.max_position_embeddings:
