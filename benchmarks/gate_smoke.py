@@ -97,6 +97,16 @@ def _first_rounds(run: Path, rounds: int) -> dict:
     return data
 
 
+def _phase_effect(a: dict, b: dict, phase: str) -> float:
+    from sabench.records import RunRecord
+    from sabench.stats import ok_rounds, ratio_interval, round_centres
+
+    ia, ib = RunRecord.from_dict(a).index(), RunRecord.from_dict(b).index()
+    keys = [k for k in ia if k[3] == phase and ia[k].ok and k in ib and ib[k].ok]
+    sa, sb = round_centres([ok_rounds(ia[k], True) for k in keys], [ok_rounds(ib[k], True) for k in keys])
+    return ratio_interval(sa, sb).ratio
+
+
 def _ok_keys(run: Path) -> list:
     from sabench.records import load_results
 
@@ -126,6 +136,7 @@ def judge(args) -> int:
     suite_false, suite_caught = 0, 0
     point_hits, point_total, other_changed, other_total = 0, 0, 0, 0
     per_point = []  # (slowed points flagged, judged points of the slowed phase) per slowed pair
+    effects = []  # the slowed phase's measured ratio (its typical point) per slowed pair
     for b in blocks:
         if not _complete(b / "b", setup["rounds"]):
             continue
@@ -144,6 +155,8 @@ def judge(args) -> int:
             hits = sum(1 for f in res.regressions
                        if f.metric == "latency" and (phase is None or f.key[3] == phase))
             per_point.append((hits, n))
+            effects.append(_phase_effect(_first_rounds(b / "a", setup["rounds"]),
+                                         _first_rounds(b / "slow", setup["rounds"]), phase or "decode"))
             point_hits += hits
             point_total += n
             other_total += len(judged) - n
@@ -159,6 +172,9 @@ def judge(args) -> int:
           f"by a suite-level verdict: {_cp(suite_caught, slowed)}")
     print(f"slowed points flagged individually: {_cp(point_hits, point_total)}; per pair: "
           + ", ".join(f"{h}/{n}" for h, n in per_point))
+    if effects:
+        print(f"the slowdown as measured (slowed phase, typical point, slow / a): median {np.median(effects):.2f}x, "
+              f"range {min(effects):.2f}-{max(effects):.2f}x")
     if phase:
         print(f"untouched-phase points called changed in slowed pairs: {_cp(other_changed, other_total)}")
     # tails: each point's per-round fastest steps, as log deviations from that point's median
