@@ -123,3 +123,20 @@ def test_serve_end_to_end_records_and_report(tmp_path):
     with pytest.raises(Exception, match=r"run 0: requests\[0\].token_s holds 4 times for 5 output tokens"):
         load_serving(tmp_path / "bad.json")
     assert main(["serve", str(p), "--out", str(out)]) == 2  # never overwrites a run
+
+
+def test_a_burst_served_is_not_a_rate_sustained():
+    """32 requests offered at 1000 req/s may all meet loose targets while the server completes
+    160 a second: that rate is not sustained. The slower rate it keeps up with is."""
+    from types import SimpleNamespace as R
+
+    from sabench.serving.report import sustained_rate
+
+    per_load = {"10 req/s": {0: R(goodput_share=1.0, goodput_rps=9.9), 1: R(goodput_share=1.0, goodput_rps=10.1)},
+                "1000 req/s": {0: R(goodput_share=1.0, goodput_rps=157.0), 1: R(goodput_share=1.0, goodput_rps=160.0)}}
+    offered = {"10 req/s": 10.0, "1000 req/s": 1000.0}
+    assert sustained_rate(per_load, 0.9, offered) == "10 req/s"
+    per_load["1000 req/s"] = {0: R(goodput_share=0.95, goodput_rps=990.0)}
+    assert sustained_rate(per_load, 0.9, offered) == "1000 req/s"
+    per_load["1000 req/s"] = {0: R(goodput_share=0.5, goodput_rps=990.0)}
+    assert sustained_rate(per_load, 0.9, offered) == "10 req/s"
