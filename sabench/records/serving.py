@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from sabench.records.checks import ResultsError, Where, mapping, number, text
+from sabench.records.checks import Where, mapping, number, text
+from sabench.records.files import read_json, run_file
 
 SERVING_SCHEMA = "sabench-serving/1"
 
@@ -146,18 +147,11 @@ class ServingResults:
 
 
 def serving_path(path_or_dir) -> Path:
-    p = Path(path_or_dir)
-    return p / "serving.json" if p.is_dir() else p
+    return run_file(path_or_dir, "serving.json")
 
 
 def load_serving(path_or_dir) -> ServingResults:
-    p = serving_path(path_or_dir)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ResultsError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultsError(f"cannot read {p}: {e.__class__.__name__}: {e}".splitlines()[0]) from None
+    data, p = read_json(path_or_dir, "serving.json")
     return ServingResults.from_dict(data, str(p))
 
 
