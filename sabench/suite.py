@@ -69,7 +69,7 @@ from sabench.records import point_key
 from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
                                    MAX_WARMUP, REQUIRED, SuiteError, batch_list, check_keys, int_field, int_list,
-                                   is_int, read_yaml, show, string_field)
+                                   is_int, parsed, read_yaml, show, string_field)
 
 
 DEFAULTS = {
@@ -338,14 +338,9 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     else:
         batch_sizes, seq_lens, seq_paths = (), (), []
 
-    memory = d["memory"]
-    if memory is not None:
-        from sabench.memory_model import parse_size
+    from sabench.memory_model import parse_size
 
-        try:
-            memory = parse_size(memory)
-        except ValueError as e:
-            raise SuiteError(source, "memory", str(e)) from None
+    memory = parsed(parse_size, d["memory"], "memory", source)
 
     model = string_field(d["model"], "model", "a preset name, model directory or config.json path", source)
     try:
@@ -400,12 +395,7 @@ def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
         check_tensor_parallel(cfg, tensor)
     except PlanError as e:
         raise SuiteError(source, "parallel.tensor", str(e)) from None
-    link = value.get("link_bandwidth")
-    if link is not None:
-        try:
-            link = parse_bandwidth(link)
-        except ValueError as e:
-            raise SuiteError(source, "parallel.link_bandwidth", str(e)) from None
+    link = parsed(parse_bandwidth, value.get("link_bandwidth"), "parallel.link_bandwidth", source)
     return tensor, link
 
 

@@ -123,6 +123,16 @@ def int_field(value, key: str, minimum: int, source: str, maximum: int = MAX_SIZ
     return value
 
 
+def parsed(parse, value, key: str, source: str):
+    """parse(value), a ValueError from it becoming the SuiteError that names `key`; None stays None."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise SuiteError(source, key, str(e)) from None
+
+
 def string_field(value, key: str, what: str, source: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SuiteError(source, key, f"expected {what}, got {show(value)}")

@@ -24,7 +24,7 @@ from typing import Optional, Union
 from sabench import accounting
 from sabench.serving.metrics import Targets
 from sabench.serving.stream import ClosedLoop, Lengths, Poisson, Workload
-from sabench.suite_fields import SuiteError, check_keys, int_field, is_int, show
+from sabench.suite_fields import SuiteError, check_keys, int_field, is_int, parsed, show
 
 KEYS = ("rates", "clients", "requests", "prompt_len", "output_len", "slots", "cache_memory", "targets",
         "goodput_share", "seed")
@@ -145,14 +145,9 @@ def parse_serving(block, source: str, cfg, plans: dict, dtype: str) -> ServingSp
     slots = block["slots"]
     if slots != "max":
         slots = int_field(slots, "serving.slots", 1, source, 1 << 20)
-    memory = block.get("cache_memory")
-    if memory is not None:
-        from sabench.units import parse_size
+    from sabench.units import parse_size
 
-        try:
-            memory = parse_size(memory)
-        except ValueError as e:
-            raise SuiteError(source, "serving.cache_memory", str(e)) from None
+    memory = parsed(parse_size, block.get("cache_memory"), "serving.cache_memory", source)
     if slots == "max" and memory is None:
         raise SuiteError(source, "serving.cache_memory", "required with slots: max (the KV cache budget every "
                                                          "variant shares, e.g. 2GiB)")
