@@ -23,16 +23,24 @@ class Judged:
     why: str                        # "includes 1" | "within threshold" | "wider than effect" | ""
 
 
-def judge_points(results, index: Dict[Key, PhaseRecord], threshold: float = DEFAULT_THRESHOLD) -> List[Judged]:
-    """Every (variant, point, phase) with a baseline beside it and rounds on both sides, judged on
-    its speedup interval. A point measured in one round is not judged: the steps of one process
-    ignore the variation between processes (its ratio stays an estimate in the tables)."""
+def speedups(index: Dict[Key, PhaseRecord]) -> List[Tuple[Key, RatioEstimate]]:
+    """(key, speedup with its interval) of every (variant, point, phase) with a baseline beside it."""
     out = []
     for k, r in index.items():
-        if k[0] == BASELINE:
-            continue
-        sp = speedup(index.get((BASELINE,) + k[1:]), r, same_run=True)
-        if sp is None or sp.within_process:
+        if k[0] != BASELINE:
+            sp = speedup(index.get((BASELINE,) + k[1:]), r, same_run=True)
+            if sp is not None:
+                out.append((k, sp))
+    return out
+
+
+def judge_points(sps: List[Tuple[Key, RatioEstimate]], threshold: float = DEFAULT_THRESHOLD) -> List[Judged]:
+    """The speedups measured over rounds, each judged on its interval. A point measured in one round
+    is not judged: the steps of one process ignore the variation between processes (its ratio stays
+    an estimate in the tables)."""
+    out = []
+    for k, sp in sps:
+        if sp.within_process:
             continue
         v = speed_verdict(sp, threshold)
         out.append(Judged(k, sp, v.label, "" if v.label != "not distinguishable" else _why(sp, threshold)))
@@ -49,17 +57,6 @@ def _why(sp: RatioEstimate, threshold: float) -> str:
 
 def _pt(k) -> str:
     return PointSpec(k[0], k[1], k[2]).size
-
-
-def _one_round_points(index: Dict[Key, PhaseRecord]) -> List[Key]:
-    """Compared points whose speedup rests on the steps of one process (one round, or schema v1)."""
-    out = []
-    for k, r in index.items():
-        if k[0] != BASELINE:
-            sp = speedup(index.get((BASELINE,) + k[1:]), r, same_run=True)
-            if sp is not None and sp.within_process:
-                out.append(k)
-    return out
 
 
 def _estimates_only(results, n: int) -> str:
@@ -89,9 +86,10 @@ def speed_findings(results, index: Dict[Key, PhaseRecord], threshold: float = DE
     """Markdown bullets (sub-bullets start with '  - '): per phase the largest speedup that has a
     verdict, or that the variants are not distinguishable and why; per variant its counts; the
     points where a variant is slower."""
-    judged = judge_points(results, index, threshold)
+    sps = speedups(index)
+    judged = judge_points(sps, threshold)
     others = [v for v in variants_of(results) if v != BASELINE]
-    estimates = _one_round_points(index)
+    estimates = [k for k, sp in sps if sp.within_process]
     if not judged:
         return [_estimates_only(results, len(estimates))] if estimates else []
     out = [basis(judged, threshold)]
