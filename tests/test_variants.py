@@ -47,39 +47,56 @@ def test_chunked_prefill_equals_one_shot(variant):
     assert torch.equal(gen, m.generate(ids, 3))
 
 
-def test_sa_layer_output_is_source_probs_times_own_v():
-    """Layer 2 of sa:2-3 must output o_proj(P_1 . V_2), P_1 computed here independently."""
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
-
-    cfg = small_config("gqa", scaling=False)
-    m = _model("sa:2-3", scaling=False)
+def _attention_io(m, layers, b: int, t: int) -> dict:
+    """{layer: (its attention's input, its output)} over one forward of random token ids."""
     seen = {}
 
     def grab(i):
         def hook(mod, args, out):
-            seen[i] = (args[0].clone(), out[0].clone())  # (output, what the layer hands on)
+            seen[i] = (args[0].clone(), out[0].clone())
         return hook
 
-    for i in (1, 2):
+    for i in layers:
         m.model.layers[i].self_attn.register_forward_hook(grab(i))
-    b, t = 2, 13
     m(torch.randint(0, 256, (b, t)))
-    x1, x2 = seen[1][0], seen[2][0]
-    a1, a2 = m.model.layers[1].self_attn, m.model.layers[2].self_attn
+    return seen
+
+
+def _causal_probs(cfg, xq, wq, xk, wk):
+    """softmax(rope(xq Wq) rope(xk Wk)^T / sqrt(d)) under a causal mask, computed with transformers'
+    rotary embedding (independent of sabench's attention)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    b, t, _ = xq.shape
     h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = (x1 @ a1.q_proj.weight.T).view(b, t, h, d).transpose(1, 2)
-    k = (x1 @ a1.k_proj.weight.T).view(b, t, hkv, d).transpose(1, 2)
+    q = (xq @ wq.T).view(b, t, h, d).transpose(1, 2)
+    k = (xk @ wk.T).view(b, t, hkv, d).transpose(1, 2)
     hf_cfg = LlamaConfig(hidden_size=64, num_attention_heads=h, num_key_value_heads=hkv, head_dim=d,
                          max_position_embeddings=512, rope_theta=10000.0)
-    cos, sin = LlamaRotaryEmbedding(hf_cfg)(x1, torch.arange(t)[None])
+    cos, sin = LlamaRotaryEmbedding(hf_cfg)(xq, torch.arange(t)[None])
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    k = k.repeat_interleave(h // hkv, dim=1)
-    scores = q @ k.transpose(-1, -2) / d ** 0.5
-    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-    p1 = scores.softmax(-1)
-    v2 = (x2 @ a2.v_proj.weight.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
-    expected = (p1 @ v2).transpose(1, 2).reshape(b, t, h * d) @ a2.o_proj.weight.T
+    scores = q @ k.repeat_interleave(h // hkv, dim=1).transpose(-1, -2) / d ** 0.5
+    return scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+
+
+def _heads_v(cfg, x, wv):
+    b, t, _ = x.shape
+    h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return (x @ wv.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
+
+
+def test_sa_layer_output_is_source_probs_times_own_v():
+    """Layer 2 of sa:2-3 must output o_proj(P_1 . V_2), P_1 computed here independently."""
+    cfg = small_config("gqa", scaling=False)
+    m = _model("sa:2-3", scaling=False)
+    b, t = 2, 13
+    seen = _attention_io(m, (1, 2), b, t)
+    x1, x2 = seen[1][0], seen[2][0]
+    a1, a2 = m.model.layers[1].self_attn, m.model.layers[2].self_attn
+    p1 = _causal_probs(cfg, x1, a1.q_proj.weight, x1, a1.k_proj.weight)
+    v2 = _heads_v(cfg, x2, a2.v_proj.weight)
+    expected = (p1 @ v2).transpose(1, 2).reshape(b, t, -1) @ a2.o_proj.weight.T
     assert not hasattr(a2, "q_proj") and not hasattr(a2, "k_proj")
     assert torch.allclose(seen[2][1], expected, atol=1e-5)
 
@@ -113,35 +130,15 @@ def test_a_kv_map_equal_to_cla2_is_cla2_logits_cache_and_params():
 def test_a_kv_sharer_attends_with_its_own_queries_over_its_targets_k_and_v():
     """Layer 3 of kv:3<-1 (a non-adjacent target) must output o_proj_3(softmax(Q_3 K_1^T) V_1),
     computed here independently; it keeps no K/V of its own."""
-    from transformers import LlamaConfig
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
-
     cfg = small_config("gqa", scaling=False)
     m = _model("kv:3<-1", scaling=False)
-    seen = {}
-
-    def grab(i):
-        def hook(mod, args, out):
-            seen[i] = (args[0].clone(), out[0].clone())  # (the attention's input, its output)
-        return hook
-
-    for i in (1, 3):
-        m.model.layers[i].self_attn.register_forward_hook(grab(i))
     b, t = 2, 13
-    m(torch.randint(0, 256, (b, t)))
+    seen = _attention_io(m, (1, 3), b, t)
     x1, x3 = seen[1][0], seen[3][0]
     a1, a3 = m.model.layers[1].self_attn, m.model.layers[3].self_attn
-    h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = (x3 @ a3.q_proj.weight.T).view(b, t, h, d).transpose(1, 2)
-    k = (x1 @ a1.k_proj.weight.T).view(b, t, hkv, d).transpose(1, 2)
-    v = (x1 @ a1.v_proj.weight.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
-    hf_cfg = LlamaConfig(hidden_size=64, num_attention_heads=h, num_key_value_heads=hkv, head_dim=d,
-                         max_position_embeddings=512, rope_theta=10000.0)
-    cos, sin = LlamaRotaryEmbedding(hf_cfg)(x1, torch.arange(t)[None])
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    scores = q @ k.repeat_interleave(h // hkv, dim=1).transpose(-1, -2) / d ** 0.5
-    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-    expected = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h * d) @ a3.o_proj.weight.T
+    probs = _causal_probs(cfg, x3, a3.q_proj.weight, x1, a1.k_proj.weight)
+    v = _heads_v(cfg, x1, a1.v_proj.weight)
+    expected = (probs @ v).transpose(1, 2).reshape(b, t, -1) @ a3.o_proj.weight.T
     assert not hasattr(a3, "k_proj") and not hasattr(a3, "v_proj")
     assert torch.allclose(seen[3][1], expected, atol=1e-5)
     cache = m.new_cache(1, 8)
