@@ -22,7 +22,6 @@ graph of the step (the harness, generate) removes.
 from __future__ import annotations
 
 import contextlib
-import math
 import zlib
 from typing import Optional
 

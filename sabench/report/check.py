@@ -30,7 +30,6 @@ Exit codes (the CLI): 0 no regression, 1 regression or nothing comparable, 2 bad
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field

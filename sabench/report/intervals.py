@@ -13,7 +13,7 @@ Times: `time_ratio` is candidate / base (> 1: slower); `speedup` is its inverse 
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from sabench.records import PhaseRecord
 from sabench.stats import (DEFAULT_THRESHOLD, RatioEstimate, Verdict, paired_round_minima, ratio_interval,

@@ -5,7 +5,7 @@ Nothing here imports matplotlib or scipy: `sabench check` and the CLI stay quick
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from sabench.records import (Key, PhaseRecord, ResultsError, RunRecord, key_label, load_results,  # noqa: F401
                              results_path)
