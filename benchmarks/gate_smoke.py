@@ -30,13 +30,19 @@ import time
 from pathlib import Path
 
 
+def _run_name(run) -> str:
+    """'block007/b': a run named within OUT, so a copied or unpacked OUT reads its log the same."""
+    return "/".join(Path(run).parts[-2:])
+
+
 def _log(out: Path) -> dict:
+    """(run name, round) -> the log entry of every finished invocation."""
     p = out / "log.jsonl"
     done = {}
     if p.exists():
         for line in p.read_text().splitlines():
             e = json.loads(line)
-            done[(e["dir"], e["round"])] = e
+            done[(_run_name(e["dir"]), e["round"])] = e
     return done
 
 
@@ -51,7 +57,7 @@ def collect(args) -> int:
         for k in range(1, args.rounds + 1):
             for side, slow in sides:
                 d = out / f"block{j:03d}" / side
-                if (str(d), k) in done:
+                if (_run_name(d), k) in done:
                     continue
                 env = dict(os.environ)
                 env.pop("SABENCH_FAULT_SLOWDOWN", None)
@@ -83,10 +89,9 @@ def _cp(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.1%} [95% CI {ci.low:.1%}, {ci.high:.1%}]"
 
 
-def _complete(run: Path, rounds: int) -> bool:
-    """Every round of the run has finished (a collector may still be measuring it)."""
-    done = _log(run.parent.parent)
-    return all((str(run), k) in done for k in range(1, rounds + 1))
+def _complete(run: Path, rounds: int, done: dict) -> bool:
+    """Every round of the run has finished (`done`: the collectors' log; one may still be measuring)."""
+    return all((_run_name(run), k) in done for k in range(1, rounds + 1))
 
 
 def _first_rounds(run: Path, rounds: int) -> dict:
@@ -127,6 +132,7 @@ def judge(args) -> int:
     setup = json.loads((out / "setup.json").read_text())
     if args.rounds:
         setup["rounds"] = args.rounds
+    done = _log(out)
 
     def check(a: Path, b: Path, **kw):  # each side's first `rounds` rounds, as a run of that many
         return check_runs(*(_first_rounds(x, setup["rounds"]) for x in (a, b)), **kw)
@@ -138,14 +144,14 @@ def judge(args) -> int:
     per_point = []  # (slowed points flagged, judged points of the slowed phase) per slowed pair
     effects = []  # the slowed phase's measured ratio (its typical point) per slowed pair
     for b in blocks:
-        if not _complete(b / "b", setup["rounds"]):
+        if not _complete(b / "b", setup["rounds"], done):
             continue
         res = check(b / "a", b / "b", threshold=thr, timings=True)
         timing = [f for f in res.regressions if f.metric.startswith("latency")]
         pairs += 1
         false_alarms += bool(timing)
         suite_false += any(f.key[0] == SUITE for f in timing)
-        if _complete(b / "slow", setup["rounds"]):
+        if _complete(b / "slow", setup["rounds"], done):
             res = check(b / "a", b / "slow", threshold=thr, timings=True)
             slowed += 1
             caught += bool(res.regressions)
