@@ -141,6 +141,17 @@ def test_timings_off_gates_on_deterministic_only(tmp_path, capsys, base):
     assert check(base, cur, timings=False).exit_code == 1
 
 
+def test_timings_off_on_one_round_runs_speaks_of_timings_off_not_of_rounds(base):
+    base = copy.deepcopy(base)
+    for r in base["records"]:
+        r.pop("rounds", None)  # one-round runs: no point has rounds to judge
+    res = check(base, copy.deepcopy(base), timings=False)
+    text = res.to_text()
+    assert res.exit_code == 0 and res.unjudged == []
+    assert "timings not judged (--timings off)" in text
+    assert "fewer than" not in text and "--rounds" not in text
+
+
 def _keep_rounds(res, n):
     for r in res["records"]:
         if r["status"] == "ok":

@@ -162,8 +162,9 @@ class CheckResult:
         return f"PASS: {what}, {pts}, {self._basis()}"
 
     def _summary(self) -> str:
-        return (f"{len(self.regressions)} regression(s), {len(self.improvements)} improvement(s), "
-                f"{self.unchanged} unchanged timing point(s), {len(self.unjudged)} not judged; "
+        timings = (f"{self.unchanged} unchanged timing point(s), {len(self.unjudged)} not judged"
+                   if self.timings_judged else "timings not judged (--timings off)")
+        return (f"{len(self.regressions)} regression(s), {len(self.improvements)} improvement(s), {timings}; "
                 f"{self.deterministic_checked} deterministic figure(s) checked over {self.shared_points} "
                 f"shared point(s)")
 
@@ -331,7 +332,8 @@ def _timings(res: CheckResult, timed) -> None:
     ignore the variation between processes, so they never decide an exit status."""
     rounds = {k: (ok_rounds(rb, fastest=True), ok_rounds(rc, fastest=True)) for k, rb, rc in timed}
     judgeable = [k for k, (b, c) in rounds.items() if min(len(b), len(c)) >= MIN_ROUNDS]
-    res.unjudged = [k for k, _, _ in timed if k not in judgeable]
+    # --timings off judges no timing: "not judged for want of rounds" would then be beside the point
+    res.unjudged = [k for k, _, _ in timed if k not in judgeable] if res.timings_judged else []
     phases = {}
     for k in judgeable:
         phases.setdefault(k[3], []).append(k)
