@@ -3,20 +3,28 @@
     python benchmarks/sampler_overhead.py [--stand-in nogil|gil] [--blocks 100] [--hz 200]
 
 The sampler samples in a helper process. On a GPU box the real NVML is sampled; elsewhere
-a stand-in NVML (sabench/measure/_standin_nvml.py) whose memory query takes ~20 us, either
+the tests' fake NVML (tests/fake_nvml.py) scripted so that its memory query takes ~20 us, either
 sleeping (`--stand-in nogil`, the default, as a ctypes call into libnvidia-ml does) or
 spinning (`gil`: the helper then keeps a CPU busy for the query's duration). Blocks of
 decode steps alternate with/without the sampler (a window open around the block, as the
 worker does per phase); the headline is the median per-block time ratio.
 """
 import argparse
+import os
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-from sabench import load_model
-from sabench.measure.nvml import NvmlSampler
-from sabench.measure.timing import time_steps
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import fake_nvml  # noqa: E402
+from sabench import load_model  # noqa: E402
+from sabench.measure.nvml import NvmlSampler  # noqa: E402
+from sabench.measure.timing import time_steps  # noqa: E402
+
+BUS = "00000000:00:00.0"
 
 
 def main():
@@ -34,9 +42,11 @@ def main():
     tokens = torch.ones(1, 1, dtype=torch.long, device=device)
     pos = torch.tensor([64], device=device)
     step = m.greedy_step_fn(cache, tokens, pos)
-    nvml = None if cuda else f"sabench.measure._standin_nvml:{args.stand_in}"  # the helper imports it
-    sampler = NvmlSampler(0, interval_s=1 / args.hz, nvml=nvml,
-                          pci_bus_id=None if cuda else "00000000:00:00.0")
+    if not cuda:  # the sampler's helper process inherits the script and imports the fake
+        gpu = fake_nvml.device(BUS, readings=[1 << 30], energy_mj=[0])
+        os.environ[fake_nvml.FAKE_ENV] = fake_nvml.script([gpu], query_s=20e-6, hold_gil=args.stand_in == "gil")
+    sampler = NvmlSampler(0, interval_s=1 / args.hz, nvml=None if cuda else fake_nvml.SPEC,
+                          pci_bus_id=None if cuda else BUS)
 
     def block():
         return sum(time_steps(lambda _i: step(), args.steps, device=device, setup=lambda: pos.fill_(64)))

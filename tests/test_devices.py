@@ -3,6 +3,7 @@ CUDA_VISIBLE_DEVICES, merged into one results file. On CPU the device ids only l
 concurrent slots and set CUDA_VISIBLE_DEVICES, which the point process records as it saw it."""
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sabench.harness.pool import Pool, Slot, cell_units
 from sabench.records import load_results
 from sabench.report import devices, topology
 from sabench.suite import Point
+from tests import fake_nvml
 from tests.helpers import tiny_suite, write_suite
 
 SUITE = tiny_suite("devices", variants=("baseline", "cla:2"), batch_sizes=(1,), decode_tokens=2, warmup=0, repeats=2)
@@ -232,59 +234,32 @@ def test_a_killed_worker_loses_nothing_else_and_resume_remeasures_it_on_the_new_
     load_results(out / "results.json")
 
 
-class _FakeNvml:
-    """NVML as far as gpu_conditions reads it: GPUs by index and by UUID, one that fails."""
-    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
-    nvmlClocksThrottleReasonGpuIdle, nvmlClocksThrottleReasonSwThermalSlowdown = 1, 32
-
-    def __init__(self, gpus: dict):
-        self.gpus = gpus  # id or uuid -> (sm MHz, mem MHz, throttle mask) or None (NVML fails on it)
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        pass
-
-    def _get(self, key):
-        if self.gpus.get(key) is None:
-            raise RuntimeError(f"NVML_ERROR_NOT_FOUND {key}")
-        return key
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return self._get(str(i))
-
-    def nvmlDeviceGetHandleByUUID(self, uuid):
-        return self._get(uuid)
-
-    def nvmlDeviceGetClockInfo(self, h, clock):
-        return self.gpus[h][clock]
-
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
-        return self.gpus[h][2]
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return []
-
-    def nvmlDeviceGetGraphicsRunningProcesses(self, h):
-        return []
-
-    def nvmlDeviceGetTemperature(self, h, sensor):
-        return 50
-
-
 def test_conditions_are_read_on_every_pinned_gpu_by_its_physical_id(monkeypatch):
     from sabench.harness.environment import run_conditions
 
-    nvml = _FakeNvml({"0": (1000, 2000, 0), "3": (1980, 2619, 0), "GPU-b": (1410, 2619, 32), "5": None})
+    buses = [f"00000000:{i + 1:02X}:00.0" for i in range(5)]
+    gpu = fake_nvml.device
+    nvml = fake_nvml.fake(*(gpu(b, clocks=(1000, 2000)) for b in buses[:3]), gpu(buses[3], clocks=(1980, 2619)),
+                          gpu(buses[4], clocks=(1410, 2619), throttle=32, uuid="GPU-b"))  # no NVML index 5
     out = run_conditions("cuda:0", "before", ["3", "GPU-b", "5"], nvml=nvml)
     assert out["gpu_before"] == {"sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "throttle_reasons": [],
                                  "other_processes": [], "temperature_c": 50}  # GPU 3, not NVML index 0
     assert out["gpus_before"]["GPU-b"]["throttle_reasons"] == ["SwThermalSlowdown"]
-    assert "NVML_ERROR_NOT_FOUND 5" in out["gpus_before"]["5"]["unavailable"]  # said, not raised
+    assert "Invalid Argument" in out["gpus_before"]["5"]["unavailable"]  # said, not raised
     one = run_conditions("cuda:0", "after", None, nvml=nvml)
     assert one["gpu_after"]["sm_clock_mhz"] == 1000 and "gpus_after" not in one
     assert "gpu_before" not in run_conditions("cpu", "before", ["3"], nvml=nvml)
+
+
+def test_device_facts_name_each_pinned_gpu_or_say_why_not(monkeypatch):
+    pins = [device_list.Pin(0, "1"), device_list.Pin(1, "GPU-x")]
+    nvml = fake_nvml.fake(fake_nvml.device("00000000:19:00.0", name="A"),
+                          fake_nvml.device("00000000:3B:00.0", name="B"))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)  # what `import pynvml` gives
+    first, second = device_list.device_facts(pins, "cuda")
+    assert first == {"id": 0, "gpu": "1", "name": "B", "pci_bus_id": "00000000:3B:00.0"}
+    assert second["gpu"] == "GPU-x" and "Not Found" in second["nvml_unavailable"]
+    assert device_list.device_facts(pins[:1], "cpu") == [{"id": 0, "gpu": "1"}]
 
 
 def test_the_suites_gpu_is_named_by_cuda_visible_devices(monkeypatch):

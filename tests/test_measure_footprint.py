@@ -18,7 +18,8 @@ import torch
 from fake_nvml import FAKE_ENV, SPEC, device, script  # tests/ is on sys.path under pytest
 from sabench.measure.energy import EnergyMeter, integrate_power
 from sabench.measure.memory import footprint
-from sabench.measure.nvml import NvmlSampler, parse_pci_bus_id, used_bytes_by_bus
+from sabench.measure.nvml import NvmlSampler
+from sabench.measure.nvml_readings import parse_pci_bus_id, used_bytes_by_bus
 
 MY_PID = os.getpid()
 BUS0 = "00000000:19:00.0"

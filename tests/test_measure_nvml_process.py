@@ -1,4 +1,4 @@
-"""NvmlSampler and its helper process against tests/fake_nvml.py (no GPU needed).
+"""NvmlSampler, its windows and its helper process against tests/fake_nvml.py (no GPU needed).
 
 The fake is scripted through $SABENCH_FAKE_NVML, which the helper inherits; the helper
 imports it as "tests.fake_nvml:make_fake" (the sampler puts the repository root on the
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import sabench.measure.nvml as nvml_mod
-from sabench.measure.nvml import NvmlSampler, NvmlUnavailable
+from sabench.measure.nvml import NvmlSampler
+from sabench.measure.nvml_readings import NvmlUnavailable, parse_pci_bus_id, used_bytes_by_bus
 from fake_nvml import FAKE_ENV, SPEC, device, script  # tests/ is on sys.path under pytest
 
 MY_PID = os.getpid()
@@ -79,12 +80,16 @@ def test_peak_idle_subtraction_and_process_memory(fake):
     assert r["power_samples"] is None  # the fake has no power reading (and no energy counter)
 
 
-def test_read_idle_reuse_across_windows_and_context_manager(fake):
+def test_read_idle_reuse_across_windows_misuse_and_context_manager(fake):
     fake(device(BUS0, readings=[5, 50, 20]))
     s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001, track_process=False)
     child = s.child_pid
+    with pytest.raises(RuntimeError, match="not running"):
+        s.stop()
     assert s.read_idle() == 5
     s.start()  # keeps the explicit idle reading
+    with pytest.raises(RuntimeError, match="already running"):
+        s.start()
     time.sleep(0.05)
     r = s.stop()
     assert r["idle_used_bytes"] == 5 and r["peak_minus_idle_bytes"] == 45
@@ -95,14 +100,42 @@ def test_read_idle_reuse_across_windows_and_context_manager(fake):
     s.close()
     assert _wait_gone(child, 2.0)  # close() ends the helper
     s.close()  # idempotent
-    with pytest.raises(RuntimeError):
-        s.start()
+    for call in (s.start, s.read_idle, s.energy_mj):
+        with pytest.raises(RuntimeError, match="after close"):
+            call()
 
     with NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001) as s2:
         child = s2.child_pid
         time.sleep(0.02)
     assert s2.result["peak_used_bytes"] == 50 and s2.result["idle_used_bytes"] == 5
     assert _wait_gone(child, 2.0)
+
+
+def test_read_idle_failure_returns_none_with_a_note_in_its_window_only(fake):
+    fake(device(BUS0, readings=[999, 100, 300], errors_at=[0]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001, track_process=False)
+    assert s.read_idle() is None  # no NVML error raised into the caller
+    s.start()  # takes the idle reading again
+    time.sleep(0.02)
+    r = s.stop()
+    assert r["idle_used_bytes"] == 100 and r["peak_used_bytes"] == 300
+    assert any("read_idle" in n and "Unknown Error at reading 0" in n for n in r["notes"]), r["notes"]
+    s.start()
+    assert s.stop()["notes"] == []  # the note belonged to that window only
+    s.close()
+
+
+def test_peak_below_idle_is_clamped_to_zero_with_note(fake):
+    # device-wide "used": another process freed memory after the idle reading
+    fake(device(BUS0, readings=[500, 300, 200], procs=[(MY_PID, 64)]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0, interval_s=0.001)
+    s.start()
+    time.sleep(0.02)
+    r = s.stop()
+    s.close()
+    assert r["idle_used_bytes"] == 500 and r["peak_used_bytes"] == 300
+    assert r["peak_minus_idle_bytes"] == 0 and r["peak_process_bytes"] == 64
+    assert any("clamped to 0" in n for n in r["notes"]), r["notes"]
 
 
 def test_achieved_rate_at_least_100hz_and_prompt_stop(fake):
@@ -222,7 +255,7 @@ def test_device_resolution_in_helper(fake, monkeypatch):
     fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
     s = NvmlSampler(0, nvml=SPEC, pci_bus_id="0000:3b:00.0")  # torch 0 is NVML 1
     assert s.mapping == "pci_bus_id" and s.read_idle() == 222
-    assert nvml_mod.parse_pci_bus_id(s.nvml_pci_bus_id) == nvml_mod.parse_pci_bus_id(BUS1)
+    assert parse_pci_bus_id(s.nvml_pci_bus_id) == parse_pci_bus_id(BUS1)
     s.close()
     # torch knows no bus id (CPU-only torch; faked so that a GPU box behaves the same): index
     # fallback, with the multi-GPU warning
@@ -234,14 +267,14 @@ def test_device_resolution_in_helper(fake, monkeypatch):
     s.close()
 
 
-def test_stand_in_nvml_energy_counter():
-    # the stand-in of benchmarks/sampler_overhead.py: a counter that grows at 300 W
-    s = NvmlSampler(0, nvml="sabench.measure._standin_nvml:instant", pci_bus_id="00000000:00:00.0")
-    assert s.energy_error is None and not s.power_sampling
-    e0 = s.energy_mj()
+def test_energy_counter_read_in_and_out_of_windows(fake):
+    # the counter answers the helper's support check (0), then every energy_mj() in turn
+    fake(device(BUS0, readings=[1 << 30], energy_mj=[0, 1_000, 4_000, 9_000]))
+    s = NvmlSampler(0, nvml=SPEC, pci_bus_id=BUS0)
+    assert s.energy_error is None and not s.power_sampling  # a counter: no power sampling
+    assert s.energy_mj() == 1_000
     s.start()
-    time.sleep(0.05)
-    assert s.energy_mj() - e0 >= 0.05 * 300_000 * 0.9  # read inside a window too
+    assert s.energy_mj() == 4_000  # read inside a window too
     r = s.stop()
     assert r["peak_used_bytes"] == 1 << 30 and r["power_samples"] is None
     s.close()
@@ -251,19 +284,23 @@ def test_stand_in_nvml_energy_counter():
 
 def test_used_bytes_by_bus_reads_every_device(fake):
     fake(device(BUS0, readings=[111]), device(BUS1, readings=[222]))
-    levels = nvml_mod.used_bytes_by_bus(SPEC)
-    assert levels == {nvml_mod.parse_pci_bus_id(BUS0): 111, nvml_mod.parse_pci_bus_id(BUS1): 222}
+    levels = used_bytes_by_bus(SPEC)
+    assert levels == {parse_pci_bus_id(BUS0): 111, parse_pci_bus_id(BUS1): 222}
     fake(device(BUS0), init_error="Driver Not Loaded")
     with pytest.raises(NvmlUnavailable, match="Driver Not Loaded"):
-        nvml_mod.used_bytes_by_bus(SPEC)
+        used_bytes_by_bus(SPEC)
 
 
-_PARENT = textwrap.dedent("""
-    import os, sys, time, types
+# A parent process that imports the sampler without torch (stand-ins for the package modules)
+_LIGHT_PARENT = textwrap.dedent("""
+    import json, os, sys, time, types
     root = sys.argv[1]
     for name, path in (("sabench", root + "/sabench"), ("sabench.measure", root + "/sabench/measure")):
         m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m  # skip torch
     from sabench.measure.nvml import NvmlSampler
+""")
+
+_PARENT = _LIGHT_PARENT + textwrap.dedent("""
     s = NvmlSampler(0, nvml="tests.fake_nvml:make_fake", pci_bus_id="00000000:19:00.0")
     s.start()
     copy = 0
@@ -296,12 +333,7 @@ def test_helper_dies_with_its_parent(fake, how):
                 os.kill(pid, signal.SIGKILL)
 
 
-_FORK_CHILD_EXITS = textwrap.dedent("""
-    import json, os, sys, types
-    root = sys.argv[1]
-    for name, path in (("sabench", root + "/sabench"), ("sabench.measure", root + "/sabench/measure")):
-        m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m  # skip torch
-    from sabench.measure.nvml import NvmlSampler
+_FORK_CHILD_EXITS = _LIGHT_PARENT + textwrap.dedent("""
     s = NvmlSampler(0, nvml="tests.fake_nvml:make_fake", pci_bus_id="00000000:19:00.0",
                     interval_s=0.001, track_process=False)
     s.start()

@@ -124,14 +124,14 @@ def device_facts(pins, device: str) -> list:
 
 
 def _nvml_facts(gpu: str) -> dict:
-    try:
-        from sabench.measure.nvml_readings import nvml_initialised, nvml_text, nvml_handle
+    from sabench.measure.nvml_readings import gpu_facts_by_id, why_unavailable  # (sabench.measure imports torch)
 
-        with nvml_initialised(None) as mod:
-            h = nvml_handle(mod, gpu)
-            return {"name": nvml_text(mod.nvmlDeviceGetName(h)), "pci_bus_id": nvml_text(mod.nvmlDeviceGetPciInfo(h).busId)}
+    try:
+        facts = gpu_facts_by_id(gpu)
     except Exception as e:  # NVML missing or failing must not cost the run
-        return {"nvml_unavailable": f"{type(e).__name__}: {e}"[:200]}
+        return {"nvml_unavailable": why_unavailable(e)[:200]}
+    named = {"name": facts.device_name, "pci_bus_id": facts.pci_bus_id}
+    return {k: v for k, v in named.items() if v is not None}
 
 
 def merge_device_facts(old: Optional[list], new: list) -> list:

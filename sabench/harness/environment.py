@@ -85,42 +85,9 @@ def run_conditions(device: str, when: str, gpus=None, nvml=None) -> dict:
 
 
 def _conditions_or_why(gpu: str, nvml) -> dict:
+    from sabench.measure.nvml_readings import gpu_conditions, why_unavailable  # (sabench.measure imports torch)
+
     try:
         return gpu_conditions(gpu, nvml)
     except Exception as e:  # NVML missing or failing must not cost the run
-        return {"unavailable": f"{type(e).__name__}: {e}"[:200]}
-
-
-def gpu_conditions(gpu, nvml=None) -> dict:
-    """Clocks (MHz), throttle reasons (names of the active ones) and the other processes on GPU
-    `gpu`: an NVML index (CUDA_DEVICE_ORDER=PCI_BUS_ID makes it torch's) or a UUID."""
-    from sabench.measure.nvml_readings import nvml_initialised, nvml_handle
-
-    with nvml_initialised(nvml) as mod:
-        h = nvml_handle(mod, gpu)
-        out: dict = {}
-        for name, clock in (("sm_clock_mhz", "NVML_CLOCK_SM"), ("mem_clock_mhz", "NVML_CLOCK_MEM")):
-            try:
-                out[name] = int(mod.nvmlDeviceGetClockInfo(h, getattr(mod, clock)))
-            except Exception:
-                pass
-        try:
-            mask = int(mod.nvmlDeviceGetCurrentClocksThrottleReasons(h))
-            out["throttle_reasons"] = [n[len("nvmlClocksThrottleReason"):] for n in dir(mod)
-                                       if n.startswith("nvmlClocksThrottleReason") and n != "nvmlClocksThrottleReasonAll"
-                                       and isinstance(getattr(mod, n), int) and getattr(mod, n) & mask
-                                       and getattr(mod, n) != 0]
-        except Exception:
-            pass
-        try:
-            me = os.getpid()
-            procs = list(mod.nvmlDeviceGetComputeRunningProcesses(h)) + list(mod.nvmlDeviceGetGraphicsRunningProcesses(h))
-            out["other_processes"] = [{"pid": int(p.pid), "used_bytes": getattr(p, "usedGpuMemory", None)}
-                                      for p in procs if int(p.pid) != me]
-        except Exception:
-            pass
-        try:
-            out["temperature_c"] = int(mod.nvmlDeviceGetTemperature(h, mod.NVML_TEMPERATURE_GPU))
-        except Exception:
-            pass
-    return out
+        return {"unavailable": why_unavailable(e)[:200]}

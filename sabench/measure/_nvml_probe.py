@@ -3,8 +3,8 @@
 Started by the sampler as `python .../_nvml_probe.py --device-index I --pid P ...` (run as a
 file, not with -m: importing the `sabench` and `sabench.measure` packages would import torch,
 and this process must start fast and stay small). It imports pynvml (or the implementation
-named by --nvml "module:attribute") and the torch-free `sabench.measure.nvml`, through light
-stand-ins for the two package modules.
+named by --nvml "module:attribute") and the torch-free `sabench.measure.nvml_readings` (NVML's
+loading, device lookup and one-off reads), through light stand-ins for the two package modules.
 
 Protocol: one JSON object per line. First the helper writes its ready line
 {"id": 0, "ok": true, "mapping": ..., "notes": [...], "bus_id": ..., "energy_error": null|why,
@@ -28,6 +28,7 @@ printed by the NVML implementation goes to stderr, never into the protocol.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -52,8 +53,9 @@ def _bootstrap() -> None:
             sys.modules[name] = mod
 
 
-def _why(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
+if __name__ == "__main__":  # run as a file (never imported otherwise): the stand-ins come first
+    _bootstrap()
+from sabench.measure import nvml_readings as core  # noqa: E402  (torch-free; see _bootstrap)
 
 
 class _Window:
@@ -82,7 +84,7 @@ class _Window:
     def record_error(self, e: BaseException) -> None:
         self.errors += 1
         if self.first_error is None:
-            self.first_error = _why(e)
+            self.first_error = core.why_unavailable(e)
 
     def sample(self) -> None:
         """One reading; an NVML error is counted, never raised."""
@@ -107,7 +109,7 @@ class _Window:
         try:
             procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
         except Exception as e:  # e.g. NotSupported: stop asking, once
-            self.proc_error = _why(e)
+            self.proc_error = core.why_unavailable(e)
             self._track_proc_now = False
             return
         if not procs:
@@ -167,24 +169,6 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _energy_support(nv, handle) -> tuple[Optional[str], bool]:
-    """(why the total-energy counter cannot be read or None, whether the power draw can be read).
-
-    Windows sample the power draw only when the counter is missing: energy is then integrated
-    from those samples.
-    """
-    try:
-        int(nv.nvmlDeviceGetTotalEnergyConsumption(handle))
-        return None, False
-    except Exception as e:
-        why = _why(e)
-    try:
-        int(nv.nvmlDeviceGetPowerUsage(handle))
-        return why, True
-    except Exception:
-        return why, False
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="_nvml_probe")
     ap.add_argument("--nvml", default=None, help='"module:attribute" of a pynvml-like object/factory')
@@ -215,30 +199,27 @@ def main(argv=None) -> int:
         while data:
             data = data[os.write(fd_out, data):]
 
-    from sabench.measure import nvml_readings as core  # torch-free (see _bootstrap)
-
     notes: list = []
-    try:  # nvmlInit, the device and the MIG note
-        nv = core.load_nvml(args.nvml)
-        handle, how = core.open_device(nv, args.device_index, args.pci_bus_id, notes,
-                                       uuid=args.uuid, ask_torch=False)
-    except Exception as e:  # NVML is shut down again already
-        send({"id": 0, "ok": False, "error": str(e)})
-        return 1
-    try:
+    with contextlib.ExitStack() as nvml_open:  # NVML is shut down when main returns
+        try:  # nvmlInit, the device and the MIG note
+            nv = nvml_open.enter_context(core.nvml_initialised(args.nvml))
+            handle, how = core.resolve_handle(nv, args.device_index, args.pci_bus_id, notes,
+                                              uuid=args.uuid, ask_torch=False)
+        except Exception as e:
+            send({"id": 0, "ok": False, "error": str(e)})
+            return 1
         try:
-            bus_id = core.nvml_text(nv.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
+            bus_id = core.bus_id_of(nv, handle)
         except Exception:
             bus_id = None
-        energy_error, power_ok = _energy_support(nv, handle)
-        send({"id": 0, "ok": True, "mapping": how, "notes": notes, "bus_id": bus_id,
-              "energy_error": energy_error, "power_ok": power_ok,
-              "pid": os.getpid(), "torch_imported": "torch" in sys.modules})
-        return _serve(nv, handle, args, parent_pid, send)
-    except BrokenPipeError:
-        return 0  # the parent is gone
-    finally:
-        core.shutdown(nv)
+        energy_error, power_ok = core.energy_support(nv, handle)
+        try:
+            send({"id": 0, "ok": True, "mapping": how, "notes": notes, "bus_id": bus_id,
+                  "energy_error": energy_error, "power_ok": power_ok,
+                  "pid": os.getpid(), "torch_imported": "torch" in sys.modules})
+            return _serve(nv, handle, args, parent_pid, send)
+        except BrokenPipeError:
+            return 0  # the parent is gone
 
 
 def _serve(nv, handle, args, parent_pid: int, send) -> int:
@@ -257,7 +238,7 @@ def _serve(nv, handle, args, parent_pid: int, send) -> int:
         try:
             return {"ok": True, **read()}
         except Exception as e:
-            return {"ok": False, "error": _why(e)}
+            return {"ok": False, "error": core.why_unavailable(e)}
 
     while True:
         if win is not None:
@@ -339,5 +320,4 @@ def _avoid_cpu(cpu, base_cpus) -> None:
 
 
 if __name__ == "__main__":
-    _bootstrap()
     sys.exit(main())

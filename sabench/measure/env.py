@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from sabench.measure.nvml_readings import gpu_facts, why_unavailable
 from sabench.measure.timing import DeviceLike, as_device, is_cuda
 
 _GIT_TIMEOUT_S = 5.0
@@ -110,19 +111,12 @@ def _cuda_env(dev: torch.device) -> dict:
         out["memory_total_bytes"] = _safe(lambda: int(props.total_memory))
         out["compute_capability"] = _safe(lambda: f"{props.major}.{props.minor}")
     out["cuda"] = _safe(lambda: torch.version.cuda)
-    try:
-        from sabench.measure.nvml import nvml_device_info
-
-        info = nvml_device_info(index)
-    except Exception as e:
-        out["nvml_error"] = f"{type(e).__name__}: {e}"
-        info = {}
     # NVML's figures describe the physical board (total memory, clocks, power);
     # torch's name/memory are kept where NVML has nothing.
-    for key in ("device_name", "driver", "memory_total_bytes", "sm_clock_max_mhz",
-                "mem_clock_max_mhz", "power_limit_w", "pci_bus_id", "nvml_notes"):
-        if key in info and info[key] is not None:
-            out[key] = info[key]
+    try:
+        out.update(gpu_facts(index).env_fields())
+    except Exception as e:
+        out["nvml_error"] = why_unavailable(e)
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -45,9 +45,8 @@ import weakref
 from typing import Optional
 
 from sabench.measure.nvml_process import PROBE_PATH, current_cpu, Probe
-from sabench.measure.nvml_readings import (Availability, NvmlUnavailable, nvml_initialised, why_unavailable,  # noqa: F401
-                                           load_nvml, nvml_device_info, open_device, parse_pci_bus_id,
-                                           resolve_handle, torch_pci_bus_id, torch_uuid, used_bytes_by_bus)
+from sabench.measure import nvml_readings
+from sabench.measure.nvml_readings import NvmlUnavailable, load_nvml, torch_pci_bus_id, torch_uuid
 
 DEFAULT_INTERVAL_S = 0.005  # 200 Hz: a prefill forward of a few ms is still seen
 
@@ -118,17 +117,7 @@ class NvmlSampler:
         self._open = True
         _LIVE.add(self)
 
-    @staticmethod
-    def available(nvml=None) -> Availability:
-        """Can NVML be used here? Falsy Availability with a reason otherwise. Never raises."""
-        try:
-            with nvml_initialised(nvml) as mod:
-                n = int(mod.nvmlDeviceGetCount())
-        except NvmlUnavailable as e:
-            return Availability(False, str(e))
-        except Exception as e:
-            return Availability(False, f"nvmlDeviceGetCount failed ({why_unavailable(e)})")
-        return Availability(True) if n >= 1 else Availability(False, "NVML reports no GPU")
+    available = staticmethod(nvml_readings.available)  # can a sampler be opened here? (never raises)
 
     @property
     def running(self) -> bool:

@@ -1,4 +1,7 @@
-"""NVML readings: loading NVML, finding torch's device in it, and one-off device reads.
+"""The one home of NVML outside the sampler's loop: loading it, the init/shutdown guard, finding
+a GPU in it, and every one-off read (a GPU's facts, its run conditions, used memory before CUDA,
+whether energy can be read). The sampler (nvml.py), its helper (_nvml_probe.py) and the harness
+ask here; nothing else calls nvmlInit.
 
 Torch-free unless asked (torch_pci_bus_id, torch_uuid import it lazily): the sampler's helper
 process (_nvml_probe.py) imports this module without torch. See nvml.py for why NVML.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,6 +36,7 @@ class Availability:
 
 
 def why_unavailable(e: BaseException) -> str:
+    """An NVML failure in words: the exception's type and message."""
     return f"{type(e).__name__}: {e}"
 
 
@@ -76,20 +81,30 @@ def _init(mod) -> None:
         raise NvmlUnavailable(f"nvmlInit failed ({why_unavailable(e)})") from e
 
 
-def shutdown(mod) -> None:
-    with contextlib.suppress(Exception):
-        mod.nvmlShutdown()
-
-
 @contextlib.contextmanager
 def nvml_initialised(nvml=None):
-    """The NVML implementation (load_nvml), initialised for the with block and shut down after."""
+    """The NVML implementation (load_nvml), initialised for the with block and shut down after:
+    the one init/shutdown guard (NvmlUnavailable when NVML cannot be loaded or initialised)."""
     mod = load_nvml(nvml)
     _init(mod)
     try:
         yield mod
     finally:
-        shutdown(mod)
+        with contextlib.suppress(Exception):
+            mod.nvmlShutdown()
+
+
+def available(nvml=None) -> Availability:
+    """Can NVML be used here (it loads, initialises and sees a GPU)? Falsy with a reason otherwise.
+    Never raises."""
+    try:
+        with nvml_initialised(nvml) as mod:
+            n = int(mod.nvmlDeviceGetCount())
+    except NvmlUnavailable as e:
+        return Availability(False, str(e))
+    except Exception as e:
+        return Availability(False, f"nvmlDeviceGetCount failed ({why_unavailable(e)})")
+    return Availability(True) if n >= 1 else Availability(False, "NVML reports no GPU")
 
 
 def nvml_handle(nvml, gpu):
@@ -103,6 +118,11 @@ def _devices(nvml):
     for i in range(int(nvml.nvmlDeviceGetCount())):
         h = nvml.nvmlDeviceGetHandleByIndex(i)
         yield parse_pci_bus_id(nvml.nvmlDeviceGetPciInfo(h).busId), h
+
+
+def bus_id_of(nvml, handle) -> str:
+    """The PCI bus id NVML gives the GPU of `handle`, as text."""
+    return nvml_text(nvml.nvmlDeviceGetPciInfo(handle).busId).rstrip("\x00")
 
 
 def parse_pci_bus_id(bus_id) -> Optional[tuple[int, int, int]]:
@@ -162,15 +182,26 @@ def torch_uuid(device_index: int) -> Optional[str]:
 
 def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
                    notes: Optional[list] = None, *, uuid: Optional[str] = None, ask_torch: bool = True):
-    """NVML handle of torch CUDA device `device_index` -> (handle, how).
+    """NVML handle of torch CUDA device `device_index`, in an initialised NVML -> (handle, how).
 
     `how` is 'pci_bus_id', 'uuid' or 'index': the device is looked up by `pci_bus_id`, then by
     `uuid`, then by index. Without `pci_bus_id` (and unless ask_torch=False: the sampler's
     helper, which never imports torch, gets both ids from its parent) torch is asked for
     both. The index fallback appends a warning to `notes` when NVML sees more than one GPU,
-    because then it may be the wrong one.
+    because then it may be the wrong one; MIG appends a note too. Raises NvmlUnavailable
+    when no handle can be had.
     """
     notes = notes if notes is not None else []
+    handle, how = _lookup(nvml, device_index, pci_bus_id, notes, uuid, ask_torch)
+    with contextlib.suppress(Exception):  # no nvmlDeviceGetMigMode, or not supported
+        if nvml.nvmlDeviceGetMigMode(handle)[0] == 1:
+            notes.append("MIG is enabled on this GPU: NVML device memory covers the whole GPU, "
+                         "not only this process's MIG instance")
+    return handle, how
+
+
+def _lookup(nvml, device_index: int, pci_bus_id: Optional[str], notes: list, uuid: Optional[str],
+            ask_torch: bool):
     from_torch = pci_bus_id is None and ask_torch
     bus_id = torch_pci_bus_id(device_index) if from_torch else pci_bus_id
     if bus_id is not None:
@@ -198,7 +229,10 @@ def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
         count = int(nvml.nvmlDeviceGetCount())
     except Exception:
         count = None
-    handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+    except Exception as e:
+        raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} ({why_unavailable(e)})") from e
     if count != 1:
         notes.append(
             f"NVML device chosen by index {device_index}: the PCI bus id of torch device "
@@ -206,29 +240,6 @@ def resolve_handle(nvml, device_index: int, pci_bus_id: Optional[str] = None,
             "ignores CUDA_VISIBLE_DEVICES, CUDA by CUDA_DEVICE_ORDER (default FASTEST_FIRST), so on "
             "a multi-GPU host this may be a different GPU")
     return handle, "index"
-
-
-def open_device(nvml, device_index: int, pci_bus_id: Optional[str] = None,
-                notes: Optional[list] = None, **resolve_kw):
-    """nvmlInit, then the handle of torch CUDA device `device_index` -> (handle, how).
-
-    Mapping caveats and the MIG note go to `notes`. Raises NvmlUnavailable when
-    nvmlInit fails or no handle can be had (NVML is shut down again then); on
-    success the caller owns one nvmlInit and must call nvmlShutdown. `resolve_kw`
-    is passed on to resolve_handle (uuid, ask_torch).
-    """
-    notes = notes if notes is not None else []
-    _init(nvml)
-    try:
-        handle, how = resolve_handle(nvml, device_index, pci_bus_id, notes, **resolve_kw)
-    except Exception as e:
-        shutdown(nvml)
-        raise NvmlUnavailable(f"no NVML handle for CUDA device {device_index} ({why_unavailable(e)})") from e
-    with contextlib.suppress(Exception):  # no nvmlDeviceGetMigMode, or not supported
-        if nvml.nvmlDeviceGetMigMode(handle)[0] == 1:
-            notes.append("MIG is enabled on this GPU: NVML device memory covers the whole GPU, "
-                         "not only this process's MIG instance")
-    return handle, how
 
 
 def used_bytes_by_bus(nvml=None) -> dict:
@@ -250,18 +261,45 @@ def used_bytes_by_bus(nvml=None) -> dict:
     return out
 
 
-def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str] = None) -> dict:
-    """Static facts about torch CUDA device `device_index` for results.json's env.
+@dataclass(frozen=True)
+class GpuFacts:
+    """What NVML says of one GPU's board; None where this device or driver does not answer."""
 
-    Keys (each present only when NVML answered): device_name, driver,
-    memory_total_bytes, sm_clock_max_mhz, mem_clock_max_mhz, power_limit_w,
-    pci_bus_id, plus `nvml_notes` when the device mapping needed a caveat.
-    Raises NvmlUnavailable when NVML itself cannot be used.
-    """
-    mod = load_nvml(nvml)
-    notes: list[str] = []
-    handle, _how = open_device(mod, device_index, pci_bus_id, notes)
+    device_name: Optional[str] = None
+    driver: Optional[str] = None
+    memory_total_bytes: Optional[int] = None
+    sm_clock_max_mhz: Optional[int] = None
+    mem_clock_max_mhz: Optional[int] = None
+    power_limit_w: Optional[float] = None
+    pci_bus_id: Optional[str] = None
+    notes: tuple = ()  # caveats of finding the device (index fallback, MIG)
 
+    def env_fields(self) -> dict:
+        """The facts NVML gave, under results.json env's keys (the notes as `nvml_notes`)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "notes"}
+        out = {k: v for k, v in out.items() if v is not None}
+        if self.notes:
+            out["nvml_notes"] = list(self.notes)
+        return out
+
+
+def gpu_facts(device_index: int = 0, nvml=None, pci_bus_id: Optional[str] = None) -> GpuFacts:
+    """The facts of torch CUDA device `device_index` (found by its PCI bus id: resolve_handle).
+    Raises NvmlUnavailable when NVML itself cannot be used."""
+    with nvml_initialised(nvml) as mod:
+        notes: list = []
+        handle, _how = resolve_handle(mod, device_index, pci_bus_id, notes)
+        return _read_facts(mod, handle, notes)
+
+
+def gpu_facts_by_id(gpu, nvml=None) -> GpuFacts:
+    """The facts of GPU `gpu` as CUDA_VISIBLE_DEVICES names it (an NVML index or a UUID), read
+    without a CUDA context. Raises NvmlUnavailable or NVML's error when it cannot be read."""
+    with nvml_initialised(nvml) as mod:
+        return _read_facts(mod, nvml_handle(mod, gpu), [])
+
+
+def _read_facts(mod, handle, notes: list) -> GpuFacts:
     def power_limit_w():
         try:
             mw = mod.nvmlDeviceGetEnforcedPowerLimit(handle)
@@ -276,17 +314,61 @@ def nvml_device_info(device_index: int = 0, nvml=None, pci_bus_id: Optional[str]
         "sm_clock_max_mhz": lambda: int(mod.nvmlDeviceGetMaxClockInfo(handle, mod.NVML_CLOCK_SM)),
         "mem_clock_max_mhz": lambda: int(mod.nvmlDeviceGetMaxClockInfo(handle, mod.NVML_CLOCK_MEM)),
         "power_limit_w": power_limit_w,
-        "pci_bus_id": lambda: nvml_text(mod.nvmlDeviceGetPciInfo(handle).busId),
+        "pci_bus_id": lambda: bus_id_of(mod, handle),
     }
-    info: dict = {}
-    try:
+    values = {}
+    for key, read in readers.items():
+        with contextlib.suppress(Exception):  # a query this device or driver does not support
+            values[key] = read()
+    return GpuFacts(**values, notes=tuple(notes))
+
+
+def gpu_conditions(gpu, nvml=None) -> dict:
+    """What explains noise on GPU `gpu` now (an NVML index or a UUID, read without a CUDA
+    context): clocks (MHz), the names of the active throttle reasons, the other processes and the
+    temperature, each present only when NVML answered. Raises NvmlUnavailable or NVML's error
+    when the GPU cannot be read at all."""
+    with nvml_initialised(nvml) as mod:
+        h = nvml_handle(mod, gpu)
+        prefix = "nvmlClocksThrottleReason"
+
+        def throttle_reasons():
+            mask = int(mod.nvmlDeviceGetCurrentClocksThrottleReasons(h))
+            return [n[len(prefix):] for n in dir(mod) if n.startswith(prefix) and n != prefix + "All"
+                    and isinstance(getattr(mod, n), int) and getattr(mod, n) & mask]
+
+        def other_processes():
+            procs = list(mod.nvmlDeviceGetComputeRunningProcesses(h)) + list(mod.nvmlDeviceGetGraphicsRunningProcesses(h))
+            return [{"pid": int(p.pid), "used_bytes": getattr(p, "usedGpuMemory", None)}
+                    for p in procs if int(p.pid) != os.getpid()]
+
+        readers = {
+            "sm_clock_mhz": lambda: int(mod.nvmlDeviceGetClockInfo(h, mod.NVML_CLOCK_SM)),
+            "mem_clock_mhz": lambda: int(mod.nvmlDeviceGetClockInfo(h, mod.NVML_CLOCK_MEM)),
+            "throttle_reasons": throttle_reasons,
+            "other_processes": other_processes,
+            "temperature_c": lambda: int(mod.nvmlDeviceGetTemperature(h, mod.NVML_TEMPERATURE_GPU)),
+        }
+        out: dict = {}
         for key, read in readers.items():
             with contextlib.suppress(Exception):  # a query this device or driver does not support
-                value = read()
-                if value is not None:
-                    info[key] = value
-    finally:
-        shutdown(mod)
-    if notes:
-        info["nvml_notes"] = notes
-    return info
+                out[key] = read()
+        return out
+
+
+def energy_support(nvml, handle) -> tuple[Optional[str], bool]:
+    """(why the total-energy counter cannot be read, or None; whether the power draw can be read).
+
+    The sampler's windows sample the power draw only when the counter is missing: energy is
+    then integrated from those samples.
+    """
+    try:
+        int(nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+        return None, False
+    except Exception as e:
+        why = why_unavailable(e)
+    try:
+        int(nvml.nvmlDeviceGetPowerUsage(handle))
+        return why, True
+    except Exception:
+        return why, False
