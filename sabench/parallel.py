@@ -25,13 +25,11 @@ in place over `group`); with `world == 1` no hook is installed and nothing chang
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from sabench.plan import PlanError
-from sabench.tp_shapes import check_tensor_parallel, parse_bandwidth, rank_config  # noqa: F401  (re-exported)
+from sabench.tp_shapes import rank_config
 
 ROW_PARALLEL = ("o_proj", "down_proj")
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
@@ -168,8 +166,3 @@ def init_random_shard(model, std: float = 0.02, seed: int = 0):
             del full_p
     return model
 
-
-def tp_group_info(model) -> Optional[tuple]:
-    """(rank, world) of a sharded model, None for an unsharded one."""
-    world = getattr(model, "tp_world", 1)
-    return (model.tp_rank, world) if world > 1 else None

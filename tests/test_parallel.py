@@ -4,8 +4,9 @@ import torch
 
 from sabench.harness_tp import TPLaunchError, run_ranks
 from sabench.model import build_model
-from sabench.parallel import check_tensor_parallel, load_tp_model, rank_config, shard_model, shard_tensor
+from sabench.parallel import load_tp_model, shard_model, shard_tensor
 from sabench.plan import PlanError
+from sabench.tp_shapes import check_tensor_parallel, rank_config
 from tests.helpers import small_config
 
 VARIANTS = ["baseline", "cla:2", "sa:2-3", "sa:1-1,3-3/recompute", "cla:2+sa:2-3", "kv:2-3<-0", "kv:3<-1+sa:2-3"]

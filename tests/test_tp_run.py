@@ -145,7 +145,7 @@ def test_a_cuda_suite_needs_a_gpu_per_rank(tmp_path, monkeypatch):
 
     suite = tmp_path / "tp2.yaml"
     suite.write_text(TP2.replace("device: cpu", "device: cuda"))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("sabench.devices.gpu_count", lambda: 1)
     with pytest.raises(UserError, match="2 ranks need 2 GPUs, 1 visible here"):
         check_run(load_suite(suite), "cuda")
     assert "share this machine's cores" in check_run(load_suite(suite), "cpu")

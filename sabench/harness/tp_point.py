@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from sabench import accounting, memory_model
+from sabench import devices
 from sabench.harness import point
 from sabench.harness.faults import maybe_inject_kill
 from sabench.harness.job import PointJob
@@ -255,7 +256,7 @@ def check_run(suite, device: str) -> str:
         if ":" in device and device != "cuda:0":
             raise UserError(f"{where}: rank r runs on GPU r; use device cuda (or auto) and choose the GPUs "
                             "with CUDA_VISIBLE_DEVICES")
-        visible = torch.cuda.device_count()
+        visible = devices.gpu_count()
         if visible < world:
             raise UserError(f"{where}: {world} ranks need {world} GPUs, {visible} visible here; run it on a "
                             f"machine with {world} GPUs, or lower parallel.tensor")
