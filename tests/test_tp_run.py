@@ -8,13 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from sabench import accounting
 from sabench.cli import main
 from sabench.harness.faults import FAULT_ENV, KILL_ENV
-from sabench.model import load_model
-from sabench.parallel import load_tp_model, shard_tensor
 from sabench.presets import resolve_config
 
 SUITE = """\
@@ -150,11 +147,3 @@ def test_a_cuda_suite_needs_a_gpu_per_rank(tmp_path, monkeypatch):
         check_run(load_suite(suite), "cuda")
     assert "share this machine's cores" in check_run(load_suite(suite), "cpu")
 
-
-def test_random_rank_weights_are_slices_of_the_tp1_weights():
-    """What makes TP-2's totals TP-1's model: each rank draws TP-1's weights of the same seed and keeps its slice."""
-    full = load_model("tiny", "cla:2", torch.float32, "cpu", weights="random", seed=3).state_dict()
-    for rank in (0, 1):
-        shard = load_tp_model("tiny", "cla:2", torch.float32, "cpu", rank=rank, world=2, weights="random", seed=3)
-        for name, p in shard.state_dict().items():
-            assert torch.equal(p, shard_tensor(name, full[name], rank, 2)), name
