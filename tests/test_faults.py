@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sabench.cli import main
-from sabench.harness.launch import classify_exit
+from sabench.harness.exits import classify_exit
 from sabench.harness.lock import INFO_NAME, RunLock, RunLocked, holder_info
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.harness.preflight import PreflightError, check_free_disk, check_model, needed_bytes, preflight

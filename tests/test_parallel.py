@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sabench.harness_tp import TPLaunchError, run_ranks
+from sabench.harness.ranks import TPLaunchError, run_ranks
 from sabench.model import build_model
 from sabench.parallel import load_tp_model, shard_model, shard_tensor
 from sabench.plan import PlanError
