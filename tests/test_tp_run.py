@@ -5,6 +5,7 @@ TP-2 points fail on purpose on rank 1 (a segfault, an out-of-memory error) and t
 """
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,8 @@ def test_totals_equal_the_tp1_run_and_each_rank_holds_half_the_cache(runs):
             if variant in closed_form:
                 assert full_cache == closed_form[variant] and ranks[0]["kv_cache_bytes"] == closed_form[variant] // 2
             assert b["latency_ms"]["median"] == ranks[0]["latency_median_ms"]  # rank 0 times the point
+            if phase == "decode":  # tokens/s from rank 0's median, as at TP-1 (batch 1)
+                assert b["tokens_per_s"] == pytest.approx(1 / (b["latency_ms"]["median"] / 1e3), rel=1e-12)
             assert all(r["memory_bytes"]["device_peak"] > 0 for r in ranks)
 
 
@@ -116,6 +119,26 @@ def test_report_check_and_compare_of_tp2_against_tp1(runs, capsys):
     assert main(["compare", str(runs["tp1"]), str(runs["tp2"]), "--out", str(out)]) == 0
     md = next(out.glob("*.md")).read_text()
     assert re.search(r"\|\s*topology \(GPUs per point\)\s*\|\s*1×cpu\s*\|\s*2×cpu TP-2\s*\|", md), md[:3000]
+
+
+@pytest.mark.parametrize("failures, written, status, error", [
+    ([(0, 1, "exit 1"), (1, -signal.SIGKILL, "Signal 9 (SIGKILL)")], None, "oom",
+     "rank 1 of 2 killed by SIGKILL from the kernel's OOM killer"),  # a signal first; the oom_kill count rose
+    ([(1, -signal.SIGTERM, "Signal 15")], None, "killed", "rank 1 of 2 killed by SIGTERM"),
+    ([(0, 1, "RuntimeError: gloo broke"), (1, 1, "x")], {"rank": 1, "phase": "decode", "status": "oom",
+                                                         "error": "OutOfMemoryError: out of memory", "t": 1.0},
+     "oom", "rank 1 of 2, decode: OutOfMemoryError: out of memory"),  # the rank's own failure, not the collective's
+    ([(0, 1, "Traceback (most recent call last):\nImportError: no module")], None, "error",
+     "rank 0 of 2 exited with code 1: ImportError: no module"),
+])
+def test_a_failed_rank_is_classified_as_a_point_process_is(tmp_path, failures, written, status, error):
+    from sabench.harness.ranks import TPLaunchError
+    from sabench.harness.tp_point import rank_failure
+
+    if written:
+        (tmp_path / "failure-rank1.json").write_text(json.dumps(written))
+    got = rank_failure(TPLaunchError("failed", failures), tmp_path, 2, (1, 2))
+    assert got["status"] == status and got["error"].startswith(error), got
 
 
 def test_an_impossible_degree_is_refused_before_anything_runs(tmp_path, capsys):
