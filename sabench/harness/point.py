@@ -65,10 +65,9 @@ def _weights_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict, tuple]:
+def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict]:
     """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
-    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction.
-    Returns them with the analytic FLOP totals (prefill, decode phase)."""
+    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction."""
     cfg, plan, dtype = job.cfg, job.plan, job.dtype
     b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
     counted = {"prefill": None, "decode_step": None}
@@ -94,7 +93,7 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
         "bytes_moved": accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n}
-    return _ordered(prefill), _ordered(decode), (pre_an.total, dec_an.total)
+    return _ordered(prefill), _ordered(decode)
 
 
 _KEY_ORDER = ("variant", "batch_size", "seq_len", "phase", "warmup", "repeats", "execution")
@@ -118,7 +117,7 @@ def measure(job: PointJob, on_ranks=None) -> dict:
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
         overhead["device"] = seen
-    prefill, decode, _ = analytic_records(job, overhead)
+    prefill, decode = analytic_records(job, overhead)
     model = None
     if on_ranks is None:
         model, pre, dec = _measure_here(job, overhead, notes, pre_cuda, seen)

@@ -69,7 +69,7 @@ def tp_blocks(job: PointJob) -> dict:
     (phase totals, as the record's own), the all-reduce traffic and the link}."""
     world, b, t, n = job.tensor_parallel, job.batch_size, job.seq_len, job.decode_tokens
     rank_cfg = rank_config(job.cfg, world)
-    rank_pre, rank_dec, _ = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
+    rank_pre, rank_dec = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
     lk = link(job)
     summary = accounting.tp_summary(job.cfg, job.plan, b, t, job.dtype, world, job.prefill_chunk, lk)
     per_rank_link = summary["per_rank"]["link_bytes"]
