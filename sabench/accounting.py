@@ -259,7 +259,7 @@ def summary(cfg, plan, batch_size: int, seq_len: int, dtype="bfloat16", prefill_
 # ---------------------------------------------------------------- tensor parallelism
 # parallel.py shards by KV head: a rank holds H/N query heads, Hkv/N KV heads and I/N of the MLP
 # width, with embeddings, norms, lm_head and row-parallel biases whole (replicated). A rank's
-# params, cache, FLOPs and bytes are then those of the rank's config (parallel.rank_config); the
+# params, cache, FLOPs and bytes are then those of the rank's config (tp_shapes.rank_config); the
 # whole system's are N times a rank's (replicated parts counted on every rank that holds them).
 # On top, two all-reduces per layer (after o_proj and after down_proj), each of the
 # B x tokens x hidden activations; a ring all-reduce sends and receives 2(N-1)/N of that per rank.

@@ -63,7 +63,7 @@ def _inspect_inputs(args) -> None:
 def _link(args) -> dict:
     """The link bandwidth for the all-reduce floor: --link-bandwidth, the suite's, or the datasheet's."""
     from sabench.accounting import NVLINK_DATASHEET
-    from sabench.tp_shapes import parse_bandwidth
+    from sabench.units import parse_bandwidth
 
     if args.link_bandwidth is not None:
         return {"bytes_per_s": parse_bandwidth(args.link_bandwidth), "source": "--link-bandwidth"}

@@ -77,18 +77,34 @@ class SharedLlama(nn.Module):
         return self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
 
     @torch.no_grad()
-    def init_random(self, std: float = 0.02, seed: int = 0) -> "SharedLlama":
+    def init_random(self, std: float = 0.02, seed: int = 0, shard=None) -> "SharedLlama":
+        """The random weights of `seed`: norms 1, biases 0, every other parameter N(0, std), drawn on
+        the CPU from one generator in parameter order, on a GPU from a seed per parameter name (drawn
+        there: a CPU detour would cost minutes for 8B weights).
+
+        shard(name, whole tensor) -> the part this model keeps (a tensor-parallel rank passes
+        parallel.shard_tensor): each parameter is then drawn at the whole model's shape (`full_cfg`),
+        one at a time, and only the part is kept, so a rank holds slices of the very weights the whole
+        model of `seed` draws, never the whole model in memory."""
+        whole = {}
+        if shard is not None:
+            full_cfg = getattr(self, "full_cfg", self.cfg)
+            whole = dict(build_model(full_cfg, self.plan, self.lm_weight.dtype, "meta").named_parameters())
         gen = torch.Generator(device="cpu").manual_seed(seed)
         for name, p in self.named_parameters():
             if name.endswith("layernorm.weight") or name == "model.norm.weight":
                 p.fill_(1.0)
             elif name.endswith(".bias"):
                 p.zero_()
-            elif p.device.type == "cpu":
-                p.normal_(0.0, std, generator=gen)
-            else:  # generate on the device: a CPU detour would cost minutes for 8B weights
-                torch.manual_seed(seed * 100_003 + zlib.crc32(name.encode()))
-                p.normal_(0.0, std)
+            else:
+                drawn = p if shard is None else torch.empty(whole[name].shape, dtype=p.dtype, device=p.device)
+                if p.device.type == "cpu":
+                    drawn.normal_(0.0, std, generator=gen)
+                else:
+                    torch.manual_seed(seed * 100_003 + zlib.crc32(name.encode()))
+                    drawn.normal_(0.0, std)
+                if shard is not None:
+                    p.copy_(shard(name, drawn))
         return self
 
     # -- positions -------------------------------------------------------------

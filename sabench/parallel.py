@@ -25,13 +25,11 @@ in place over `group`); with `world == 1` no hook is installed and nothing chang
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from sabench.plan import PlanError
-from sabench.tp_shapes import check_tensor_parallel, parse_bandwidth, rank_config  # noqa: F401  (re-exported)
+from sabench.tp_shapes import rank_config
 
 ROW_PARALLEL = ("o_proj", "down_proj")
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
@@ -116,8 +114,8 @@ def load_tp_model(source, variant="baseline", dtype=torch.bfloat16, device="cuda
 
     weights="auto": a model directory's safetensors, each tensor sliced for this rank as it is read;
     otherwise (a preset, or weights="random") random weights: this rank's slices of the very
-    weights `init_random(seed)` gives the full model on that device type (`init_random_shard`),
-    so a TP-N model computes what the TP-1 model of the same seed does.
+    weights `SharedLlama.init_random(seed)` gives the full model on that device type, so a TP-N
+    model computes what the TP-1 model of the same seed does.
     """
     from sabench.model import build_model, load_weights, rope_inv_freq
     from sabench.presets import resolve_config, weight_files
@@ -129,47 +127,12 @@ def load_tp_model(source, variant="baseline", dtype=torch.bfloat16, device="cuda
     m = shard_model(build_model(cfg, variant, dtype, "meta"), rank, world, group)
     m = m.to_empty(device=device)
     m.inv_freq = rope_inv_freq(cfg).to(m.inv_freq.device)
+    def keep(name, t):  # this rank's part of a whole tensor, read from the checkpoint or drawn
+        return shard_tensor(name, t, rank, world)
+
     if files:
-        m.load_report = load_weights(m, files, transform=lambda name, t: shard_tensor(name, t, rank, world))
+        m.load_report = load_weights(m, files, transform=keep)
     else:
-        init_random_shard(m, seed=seed)
+        m.init_random(seed=seed, shard=keep)
     return m
 
-
-@torch.no_grad()
-def init_random_shard(model, std: float = 0.02, seed: int = 0):
-    """Fill a sharded model (or an unsharded one) with its slices of the weights that
-    `SharedLlama.init_random(std, seed)` gives the full model on the same device type.
-
-    Each full parameter is drawn one at a time, exactly as init_random draws it (on the CPU one
-    generator in parameter order; on a GPU a seed per parameter name), and only this rank's slice
-    is kept: memory for one full parameter at a time, never the full model."""
-    import zlib
-
-    from sabench.model import build_model
-
-    rank, world = getattr(model, "tp_rank", 0), getattr(model, "tp_world", 1)
-    full = build_model(getattr(model, "full_cfg", model.cfg), model.plan, model.lm_head.weight.dtype, "meta")
-    own = dict(model.named_parameters())
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    for name, meta in full.named_parameters():
-        p = own[name]
-        if name.endswith("layernorm.weight") or name == "model.norm.weight":
-            p.fill_(1.0)
-        elif name.endswith(".bias"):
-            p.zero_()
-        elif p.device.type == "cpu":
-            p.copy_(shard_tensor(name, torch.empty(meta.shape, dtype=p.dtype).normal_(0.0, std, generator=gen),
-                                 rank, world))
-        else:
-            torch.manual_seed(seed * 100_003 + zlib.crc32(name.encode()))
-            full_p = torch.empty(meta.shape, dtype=p.dtype, device=p.device).normal_(0.0, std)
-            p.copy_(shard_tensor(name, full_p, rank, world))
-            del full_p
-    return model
-
-
-def tp_group_info(model) -> Optional[tuple]:
-    """(rank, world) of a sharded model, None for an unsharded one."""
-    world = getattr(model, "tp_world", 1)
-    return (model.tp_rank, world) if world > 1 else None

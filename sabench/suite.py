@@ -383,7 +383,8 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
 
 def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
     """parallel: {tensor: N, link_bandwidth: ...} -> (N, bytes/s or None); N checked against the model."""
-    from sabench.tp_shapes import check_tensor_parallel, parse_bandwidth
+    from sabench.tp_shapes import check_tensor_parallel
+    from sabench.units import parse_bandwidth
 
     if value is None:
         return 1, None

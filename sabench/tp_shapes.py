@@ -1,4 +1,4 @@
-"""Tensor-parallel shapes without torch: which degrees a model allows, what one rank runs, link speeds.
+"""Tensor-parallel shapes without torch: which degrees a model allows and what one rank runs.
 
 sabench.parallel shards a model by these rules; accounting and the suite read them too.
 """
@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sabench.errors import UserError
 from sabench.plan import PlanError
 from sabench.presets import ModelConfig
-from sabench.units import parse_size
 
 
 def check_tensor_parallel(cfg: ModelConfig, world: int) -> None:
@@ -41,23 +39,3 @@ def rank_config(cfg: ModelConfig, world: int) -> ModelConfig:
     return replace(cfg, num_heads=cfg.num_heads // world, num_kv_heads=cfg.num_kv_heads // world,
                    intermediate_size=cfg.intermediate_size // world)
 
-
-def parse_bandwidth(value) -> float:
-    """'450GB/s', '900 GiB/s' or a plain number of bytes per second -> bytes/s; ValueError otherwise."""
-    if isinstance(value, str):
-        try:  # YAML reads 4.5e11 (no sign in the exponent) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value > 0 and value != float("inf"):
-            return float(value)
-        raise UserError(f"bad bandwidth {value!r}: must be more than 0 bytes/s")
-    text = str(value).strip()
-    if not text.lower().endswith("/s"):
-        raise UserError(f"bad bandwidth {value!r}: expected bytes per second, e.g. 450GB/s or 4.5e11")
-    try:
-        return float(parse_size(text[:-2]))
-    except ValueError:
-        raise UserError(f"bad bandwidth {value!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or TB/TiB "
-                         "and /s, e.g. 450GB/s") from None

@@ -1,4 +1,4 @@
-"""Sizes as users write them: '80GiB', '16 GB', '512MiB' or plain bytes."""
+"""Sizes and bandwidths as users write them: '80GiB', '16 GB', '512MiB' or plain bytes; '450GB/s'."""
 from __future__ import annotations
 
 import re
@@ -28,3 +28,24 @@ def parse_size(text) -> int:
     if n <= 0:
         raise UserError(f"bad memory size {text!r}: must be more than 0 bytes")
     return n
+
+
+def parse_bandwidth(value) -> float:
+    """'450GB/s', '900 GiB/s' or a plain number of bytes per second -> bytes/s; UserError otherwise."""
+    if isinstance(value, str):
+        try:  # YAML reads 4.5e11 (no sign in the exponent) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > 0 and value != float("inf"):
+            return float(value)
+        raise UserError(f"bad bandwidth {value!r}: must be more than 0 bytes/s")
+    text = str(value).strip()
+    if not text.lower().endswith("/s"):
+        raise UserError(f"bad bandwidth {value!r}: expected bytes per second, e.g. 450GB/s or 4.5e11")
+    try:
+        return float(parse_size(text[:-2]))
+    except ValueError:
+        raise UserError(f"bad bandwidth {value!r}: expected a number with B, KB/KiB, MB/MiB, GB/GiB or TB/TiB "
+                         "and /s, e.g. 450GB/s") from None

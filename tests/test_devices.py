@@ -58,7 +58,7 @@ def test_devices_parse_to_typed_ids(text, ids):
     ("", "empty"), (",", "is not a GPU id"), ("0,0", "given twice"), ("-1", "negative"), ("x", "not a GPU id"),
     ("1.5", "not a GPU id"), ("0,,1", "not a GPU id"), ("all", "shows no GPU")])
 def test_bad_devices_exit_2_with_one_line_and_write_nothing(env, tmp_path, capsys, monkeypatch, value, fragment):
-    monkeypatch.setattr(device_list, "gpu_count", lambda: 0)
+    monkeypatch.setattr("sabench.devices.gpu_count", lambda: 0)
     out = tmp_path / "run"
     assert main(["run", str(_suite(tmp_path)), "--out", str(out), f"--devices={value}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -67,7 +67,7 @@ def test_bad_devices_exit_2_with_one_line_and_write_nothing(env, tmp_path, capsy
 
 
 def test_ids_are_positions_among_the_visible_gpus(monkeypatch):
-    monkeypatch.setattr(device_list, "gpu_count", lambda: 3)
+    monkeypatch.setattr("sabench.devices.gpu_count", lambda: 3)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")
     assert [(p.id, p.gpu) for p in resolve_pins((2, 0), "cuda")] == [(2, "7"), (0, "4")]
     assert [p.gpu for p in resolve_pins(ALL, "cuda")] == ["4", "6", "7"]
@@ -76,7 +76,7 @@ def test_ids_are_positions_among_the_visible_gpus(monkeypatch):
 
 
 def test_an_id_beyond_the_visible_gpus_is_refused_on_cuda_only(monkeypatch, capsys):
-    monkeypatch.setattr(device_list, "gpu_count", lambda: 2)
+    monkeypatch.setattr("sabench.devices.gpu_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(UserError, match="GPU 2 does not exist, this process sees 2 GPU"):
         resolve_pins((0, 2), "cuda")

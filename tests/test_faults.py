@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sabench.cli import main
-from sabench.harness.launch import classify_exit
+from sabench.harness.exits import classify_exit
 from sabench.harness.lock import INFO_NAME, RunLock, RunLocked, holder_info
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.harness.preflight import PreflightError, check_free_disk, check_model, needed_bytes, preflight
@@ -140,6 +140,8 @@ def test_report_and_check_read_killed_like_error(env, tmp_path, monkeypatch):
 def test_exit_classification(exitcode, oom, status, fragment):
     got, msg = classify_exit(exitcode, ["last line"], oom)
     assert got == status and fragment in msg
+    # a tensor-parallel rank's exit is classified alike, named as the rank
+    assert classify_exit(exitcode, ["last line"], oom, who="rank 1 of 2") == (status, msg.replace("worker", "rank 1 of 2"))
 
 
 @pytest.mark.parametrize("text, count", [("oom 0\noom_kill 3\n", 3),  # cgroup v2 memory.events

@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from sabench.harness_tp import TPLaunchError, run_ranks
+from sabench.harness.ranks import TPLaunchError, run_ranks
 from sabench.model import build_model
-from sabench.parallel import check_tensor_parallel, load_tp_model, rank_config, shard_model, shard_tensor
+from sabench.parallel import load_tp_model, shard_model, shard_tensor
 from sabench.plan import PlanError
+from sabench.tp_shapes import check_tensor_parallel, rank_config
 from tests.helpers import small_config
 
 VARIANTS = ["baseline", "cla:2", "sa:2-3", "sa:1-1,3-3/recompute", "cla:2+sa:2-3", "kv:2-3<-0", "kv:3<-1+sa:2-3"]
@@ -122,10 +123,21 @@ def test_mlp_width_must_divide():
         rank_config(cfg, 4)
 
 
-def test_random_tp_model_is_a_rank_shard():
-    m = load_tp_model(small_config("mha"), "sa:2-3", torch.float32, "cpu", rank=1, world=4)
-    assert m.cfg.num_heads == 1 and m.model.layers[0].self_attn.q_proj.weight.shape == (16, 64)
-    assert torch.isfinite(m.model.layers[0].self_attn.q_proj.weight).all()
+@pytest.mark.parametrize("cfg, variant, world", [
+    (small_config("mha"), "sa:2-3", 4),
+    (small_config("gqa", tie=True, o_bias=True, mlp_bias=True), "cla:2", 2),
+], ids=["mha-sa-tp4", "gqa-tied-bias-cla-tp2"])
+def test_random_rank_weights_are_slices_of_the_tp1_weights(cfg, variant, world):
+    """What makes TP-N's totals TP-1's model: one init rule, each rank keeping its slice of TP-1's weights of the seed."""
+    from sabench.model import load_model
+
+    full = load_model(cfg, variant, torch.float32, "cpu", weights="random", seed=3).state_dict()
+    assert full["model.layers.0.self_attn.q_proj.weight"].std() == pytest.approx(0.02, rel=0.2)
+    for rank in range(world):
+        shard = load_tp_model(cfg, variant, torch.float32, "cpu", rank=rank, world=world, weights="random", seed=3)
+        assert shard.cfg.num_heads * world == cfg.num_heads
+        for name, p in shard.state_dict().items():
+            assert torch.equal(p, shard_tensor(name, full[name], rank, world)), name
 
 
 def test_checkpoint_loads_sliced_per_rank(tmp_path):

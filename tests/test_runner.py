@@ -239,3 +239,45 @@ def test_the_eta_counts_from_the_first_point_not_from_the_start_up(monkeypatch):
         clock[0] += 1.0
         p.finish("x", "ok")
     assert lines[-1].endswith("(ETA 8 s)")
+
+
+def _job(**kw):
+    from sabench.harness.job import PointJob
+    from sabench.plan import plan_for
+    from sabench.presets import resolve_config
+
+    cfg = resolve_config("tiny")
+    return PointJob(cfg=cfg, plan=plan_for("cla:2", cfg), device="cpu", dtype="float32", batch_size=2, seq_len=8,
+                    decode_tokens=3, warmup=0, repeats=2, peaks={"peak_flops_per_s": 1e12,
+                                                                 "peak_bandwidth_bytes_per_s": 1e11}, **kw)
+
+
+def test_a_points_rates_are_read_from_its_median_and_closed_forms():
+    """point.measure's one assembly: tokens/s, MFU, MBU and the floor by hand from the record's own figures."""
+    from sabench.harness.point import measure
+
+    job = _job()
+    prefill, decode = measure(job)["records"]
+    cfg, plan = job.cfg, job.plan
+    assert prefill["flops"]["analytic"] == accounting.prefill_flops(cfg, plan, 2, 8).total
+    med = prefill["latency_ms"]["median"] / 1e3
+    flops, nbytes = prefill["flops"]["analytic"], prefill["bytes_moved"]
+    assert prefill["mfu"] == pytest.approx(flops / med / 1e12, rel=1e-12)
+    assert prefill["floor_ms"] == pytest.approx(max(flops / 1e12, nbytes / 1e11) * 1e3, rel=1e-12)
+    med = decode["latency_ms"]["median"] / 1e3
+    step_flops, step_bytes = decode["flops"]["analytic"] / 3, decode["bytes_moved"] / 3  # per decode step
+    assert decode["tokens_per_s"] == pytest.approx(2 / med, rel=1e-12)
+    assert decode["mbu"] == pytest.approx(step_bytes / med / 1e11, rel=1e-12)
+    assert decode["floor_ms"] == pytest.approx(max(step_flops / 1e12, step_bytes / 1e11) * 1e3, rel=1e-12)
+    assert "tensor_parallel" not in decode
+
+
+def test_a_model_that_does_not_fit_makes_both_records_oom():
+    from sabench.harness.point import measure
+
+    job = _job(fault_oom="cla:2|2|8")
+    prefill, decode = measure(job)["records"]
+    for r in (prefill, decode):
+        assert r["status"] == "oom" and r["error"].startswith("building the model: OutOfMemoryError"), r
+        assert "tokens_per_s" not in r and "mfu" not in r and r["weights"] == "random"
+        assert r["params"] == accounting.params(job.cfg, job.plan)  # the closed forms stand

@@ -95,7 +95,7 @@ def test_70b_tp8_sharing_plans_shard_per_head(capsys):
         assert per["link_bytes"] == base["link_bytes"], v  # the all-reduces do not depend on the plan
     dec = accounting.decode_step_breakdown(accounting.resolve_config("llama-3.1-70b"), "sa:60-75", 1, 2049,
                                            "bfloat16")
-    from sabench.parallel import rank_config
+    from sabench.tp_shapes import rank_config
     rdec = accounting.decode_step_breakdown(rank_config(accounting.resolve_config("llama-3.1-70b"), 8),
                                             "sa:60-75", 1, 2049, "bfloat16")
     assert rdec.attention_sharing * 8 == dec.attention_sharing and rdec.kv_read * 8 == dec.kv_read

@@ -5,16 +5,14 @@ TP-2 points fail on purpose on rank 1 (a segfault, an out-of-memory error) and t
 """
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from sabench import accounting
 from sabench.cli import main
 from sabench.harness.faults import FAULT_ENV, KILL_ENV
-from sabench.model import load_model
-from sabench.parallel import load_tp_model, shard_tensor
 from sabench.presets import resolve_config
 
 SUITE = """\
@@ -92,6 +90,8 @@ def test_totals_equal_the_tp1_run_and_each_rank_holds_half_the_cache(runs):
             if variant in closed_form:
                 assert full_cache == closed_form[variant] and ranks[0]["kv_cache_bytes"] == closed_form[variant] // 2
             assert b["latency_ms"]["median"] == ranks[0]["latency_median_ms"]  # rank 0 times the point
+            if phase == "decode":  # tokens/s from rank 0's median, as at TP-1 (batch 1)
+                assert b["tokens_per_s"] == pytest.approx(1 / (b["latency_ms"]["median"] / 1e3), rel=1e-12)
             assert all(r["memory_bytes"]["device_peak"] > 0 for r in ranks)
 
 
@@ -121,6 +121,26 @@ def test_report_check_and_compare_of_tp2_against_tp1(runs, capsys):
     assert re.search(r"\|\s*topology \(GPUs per point\)\s*\|\s*1×cpu\s*\|\s*2×cpu TP-2\s*\|", md), md[:3000]
 
 
+@pytest.mark.parametrize("failures, written, status, error", [
+    ([(0, 1, "exit 1"), (1, -signal.SIGKILL, "Signal 9 (SIGKILL)")], None, "oom",
+     "rank 1 of 2 killed by SIGKILL from the kernel's OOM killer"),  # a signal first; the oom_kill count rose
+    ([(1, -signal.SIGTERM, "Signal 15")], None, "killed", "rank 1 of 2 killed by SIGTERM"),
+    ([(0, 1, "RuntimeError: gloo broke"), (1, 1, "x")], {"rank": 1, "phase": "decode", "status": "oom",
+                                                         "error": "OutOfMemoryError: out of memory", "t": 1.0},
+     "oom", "rank 1 of 2, decode: OutOfMemoryError: out of memory"),  # the rank's own failure, not the collective's
+    ([(0, 1, "Traceback (most recent call last):\nImportError: no module")], None, "error",
+     "rank 0 of 2 exited with code 1: ImportError: no module"),
+])
+def test_a_failed_rank_is_classified_as_a_point_process_is(tmp_path, failures, written, status, error):
+    from sabench.harness.ranks import TPLaunchError
+    from sabench.harness.tp_point import rank_failure
+
+    if written:
+        (tmp_path / "failure-rank1.json").write_text(json.dumps(written))
+    got = rank_failure(TPLaunchError("failed", failures), tmp_path, 2, (1, 2))
+    assert got["status"] == status and got["error"].startswith(error), got
+
+
 def test_an_impossible_degree_is_refused_before_anything_runs(tmp_path, capsys):
     suite = tmp_path / "tp4.yaml"
     suite.write_text(SUITE + "parallel:\n  tensor: 4\n")  # tiny has 2 KV heads
@@ -145,16 +165,8 @@ def test_a_cuda_suite_needs_a_gpu_per_rank(tmp_path, monkeypatch):
 
     suite = tmp_path / "tp2.yaml"
     suite.write_text(TP2.replace("device: cpu", "device: cuda"))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("sabench.devices.gpu_count", lambda: 1)
     with pytest.raises(UserError, match="2 ranks need 2 GPUs, 1 visible here"):
         check_run(load_suite(suite), "cuda")
     assert "share this machine's cores" in check_run(load_suite(suite), "cpu")
 
-
-def test_random_rank_weights_are_slices_of_the_tp1_weights():
-    """What makes TP-2's totals TP-1's model: each rank draws TP-1's weights of the same seed and keeps its slice."""
-    full = load_model("tiny", "cla:2", torch.float32, "cpu", weights="random", seed=3).state_dict()
-    for rank in (0, 1):
-        shard = load_tp_model("tiny", "cla:2", torch.float32, "cpu", rank=rank, world=2, weights="random", seed=3)
-        for name, p in shard.state_dict().items():
-            assert torch.equal(p, shard_tensor(name, full[name], rank, 2)), name

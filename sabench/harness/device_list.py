@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
+from sabench import devices
 from sabench.errors import UserError
 
 ALL = "all"
@@ -51,20 +52,10 @@ def parse_devices(text: str) -> Union[Tuple[int, ...], str]:
     return tuple(ids)
 
 
-def gpu_count() -> int:
-    """CUDA devices this process sees (0 without CUDA); a seam for tests."""
-    try:
-        import torch
-
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # pragma: no cover - a broken CUDA install is no GPU
-        return 0
-
-
 def visible_gpus(count: Optional[int] = None) -> list:
     """The physical ids of the GPUs this process sees, in CUDA's order: CUDA_VISIBLE_DEVICES's
     entries (as many as CUDA found), else 0..count-1."""
-    n = gpu_count() if count is None else count
+    n = devices.gpu_count() if count is None else count
     named = _cuda_visible_devices()
     return [str(i) for i in range(n)] if named is None else named[:n]
 

@@ -42,7 +42,7 @@ class PointJob:
     quality: Optional[dict] = None  # perplexity windows to score after timing (sabench.loading)
     t_spawn: Optional[float] = None  # time.time() when the launcher started the process
     gpu: Optional[str] = None  # CUDA_VISIBLE_DEVICES of the point process (`run --devices`); None: inherited
-    tensor_parallel: int = 1  # ranks per point (suite parallel.tensor); > 1: harness.tp_point runs it
+    tensor_parallel: int = 1  # ranks per point (suite parallel.tensor); > 1: measured on N ranks (harness.tp_point)
     link_bandwidth: Optional[float] = None  # bytes/s of the ranks' link (parallel.link_bandwidth)
 
     @property

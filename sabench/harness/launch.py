@@ -1,11 +1,13 @@
-"""Launching one point process: a forkserver child per point, its exit classified.
+"""Launching a point: one process, or one process that launches N ranks; its exit classified.
 
 Every point runs in a fresh process (its own allocator, its own CUDA context), so an
 out-of-memory error, a crash or a leaked allocation cannot touch the next point's numbers.
-The child writes its result file and exits 0; anything else is classified here: a process
-ended by a signal from outside (SIGKILL, SIGTERM, ... by a user or a scheduler) is "killed",
-unless the cgroup's OOM-kill counter rose meanwhile (the kernel's OOM killer: "oom"); any
-other death or exit code is "error".
+That process runs harness.point.measure, which assembles the point's records either way: a
+TP-1 point measures its phases in that process; a tensor-parallel point (`job.tensor_parallel`
+N > 1) hands them to N rank processes (harness.tp_point.measure_on_ranks), so its process is
+started non-daemonic (a daemonic process may not have children). The child writes its result
+file and exits 0; anything else is classified (harness.exits: oom, killed, error), as each
+failed rank of a tensor-parallel point is.
 
 Ctrl-C: the fork server and the point processes ignore SIGINT (harness.interrupts); the
 runner, interrupted while it starts or waits for a point process, ends and reaps that process
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 from sabench.harness import interrupts
+from sabench.harness.exits import classify_exit
 from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.records import PHASES
@@ -79,13 +82,14 @@ def warm_server() -> None:
 
 
 def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
-    """Measure one point in its own process; returns (records by phase, overhead).
+    """Measure one point in its own process; returns (records by phase, overhead)."""
+    from sabench.harness.point import child_main
 
-    A tensor-parallel job's process is not daemonic: it launches its ranks (harness.tp_point)."""
-    if job.tensor_parallel > 1:
-        from sabench.harness.tp_point import child_main
-    else:
-        from sabench.harness.point import child_main
+    on_ranks = None  # the phases are measured in the point's process ...
+    if job.tensor_parallel > 1:  # ... or on the N ranks it launches: then it must not be daemonic
+        from sabench.harness.tp_point import measure_on_ranks
+
+        on_ranks = measure_on_ranks
 
     result_path, stderr_path = workdir / "result.json", workdir / "stderr.txt"
     for f in (result_path, stderr_path):
@@ -94,8 +98,8 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     job = job.replace(t_spawn=time.time())
     t0 = time.perf_counter()
     ooms_before = oom_kill_count()
-    proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path)),
-                              daemon=job.tensor_parallel == 1)
+    proc = _context().Process(target=child_main, args=(job, str(result_path), str(stderr_path), on_ranks),
+                              daemon=on_ranks is None)
     try:
         with _PROCS, interrupts.deferred():
             _start_server()
@@ -151,29 +155,6 @@ def end_point_processes() -> None:
     with _PROCS:
         for child in multiprocessing.active_children():
             child.terminate()
-
-
-# Signals a user or a scheduler sends to end a process; any other (SIGSEGV, SIGABRT, ...) is a crash.
-KILL_SIGNALS = ("SIGKILL", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")
-
-
-def classify_exit(exitcode, stderr_tail: list, oom_killed=None) -> tuple[str, str]:
-    """(status, message) of a point process that did not deliver its result.
-
-    oom_killed: whether the cgroup's OOM-kill counter rose while it ran (None: cannot tell).
-    """
-    if exitcode is not None and exitcode < 0:
-        sig = signal.Signals(-exitcode).name
-        if sig == "SIGKILL" and oom_killed:
-            return "oom", "worker killed by SIGKILL from the kernel's OOM killer (the cgroup's oom_kill count rose)"
-        if sig in KILL_SIGNALS:
-            why = ""
-            if sig == "SIGKILL":
-                why = (" (the cgroup's OOM-kill count did not change: not the OOM killer)" if oom_killed is False
-                       else " (from outside, or the kernel's OOM killer: this platform cannot tell)")
-            return "killed", f"worker killed by {sig}{why}"
-        return "error", f"worker died of {sig}: " + (stderr_tail[-1] if stderr_tail else "no message")
-    return "error", f"worker exited with code {exitcode}: " + (stderr_tail[-1] if stderr_tail else "no message")
 
 
 def failed_records(job: PointJob, status: str, msg: str, tail: list) -> dict:

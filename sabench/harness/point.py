@@ -5,6 +5,10 @@ Runs in a forkserver child per point (harness.launch), or as
 RESULT (JSON: the point's two records and its overhead) and exits 0; anything else is the
 launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
 figures, the memory prediction, the FLOP count and the model all take that plan.
+
+`measure` is the one place a point's records are assembled; a tensor-parallel point's phases run
+on N ranks (harness.tp_point), each rank through this module's build_point_model and
+measure_phases, and its records come back here to get their rates.
 """
 from __future__ import annotations
 
@@ -61,10 +65,9 @@ def _weights_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict, tuple]:
+def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict]:
     """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
-    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction.
-    Returns them with the analytic FLOP totals (prefill, decode phase)."""
+    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction."""
     cfg, plan, dtype = job.cfg, job.plan, job.dtype
     b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
     counted = {"prefill": None, "decode_step": None}
@@ -90,7 +93,7 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
         "bytes_moved": accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n}
-    return _ordered(prefill), _ordered(decode), (pre_an.total, dec_an.total)
+    return _ordered(prefill), _ordered(decode)
 
 
 _KEY_ORDER = ("variant", "batch_size", "seq_len", "phase", "warmup", "repeats", "execution")
@@ -100,40 +103,67 @@ def _ordered(rec: dict) -> dict:  # the records' keys in the order results.json 
     return {k: rec[k] for k in _KEY_ORDER} | {k: v for k, v in rec.items() if k not in _KEY_ORDER}
 
 
-def measure(job: PointJob) -> dict:
-    """{"records": [prefill, decode], "overhead": {...}} of one point."""
+def measure(job: PointJob, on_ranks=None) -> dict:
+    """{"records": [prefill, decode], "overhead": {...}} of one point, assembled here however its
+    phases ran: the closed forms, then the measured fields, then the rates read from them.
+
+    on_ranks(job, overhead, notes) -> (prefill fields, decode fields): the phases measured on N
+    ranks (harness.tp_point.measure_on_ranks, the launcher's choice for a tensor-parallel job);
+    without it, in this process."""
     t_start = time.time()
-    device = torch.device(job.device)
     notes: list = []
+    pre_cuda = pre_cuda_levels(torch.device(job.device), notes) if on_ranks is None else {}  # before CUDA starts
     seen = {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pci_bus_id": None} if job.gpu is not None else None
-    pre_cuda = pre_cuda_levels(device, notes)  # before anything in this process touches CUDA
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
         overhead["device"] = seen
-    prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
-    prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
-
-    try:  # the weights alone may not fit: both phases are then out of memory, and that is data
-        model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
-    except Exception as e:
-        fail = failure(e)
-        fail["error"] = "building the model: " + fail["error"]
-        prefill.update(fail)
-        decode.update(fail)
-        return {"records": [prefill, decode], "overhead": overhead}
-    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, seen=seen)
+    prefill, decode = analytic_records(job, overhead)
+    model = None
+    if on_ranks is None:
+        model, pre, dec = _measure_here(job, overhead, notes, pre_cuda, seen)
+    else:
+        pre, dec = on_ranks(job, overhead, notes)
     prefill.update(pre)
     decode.update(dec)
-    if prefill["status"] == "ok":
-        roofline(prefill, pre_flops, prefill["bytes_moved"], job.peaks, "mfu")
-    if decode["status"] == "ok":
-        decode["tokens_per_s"] = job.batch_size / (decode["latency_ms"]["median"] / 1e3)
-        roofline(decode, dec_flops / job.decode_tokens, decode["bytes_moved"] / job.decode_tokens, job.peaks, "mbu")
+    for rec in (prefill, decode):
+        if rec["status"] == "ok":
+            _rates(rec, job)
     add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
     finish_overhead(job, overhead, t_start)
     if notes:
         prefill["notes"] = decode["notes"] = notes
     return {"records": [prefill, decode], "overhead": overhead}
+
+
+def _measure_here(job: PointJob, overhead: dict, notes: list, pre_cuda: dict, seen) -> tuple:
+    """(model or None, prefill fields, decode fields) measured in this process."""
+    device = torch.device(job.device)
+    threads = {"torch_threads": torch.get_num_threads()}  # what ran (--threads)
+    try:  # the weights alone may not fit: both phases are then out of memory, and that is data
+        model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
+    except Exception as e:
+        fail = failure(e)
+        fail["error"] = "building the model: " + fail["error"]
+        return None, threads | fail, threads | fail
+    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, seen=seen)
+    return model, threads | pre, threads | dec
+
+
+def _rates(rec: dict, job: PointJob) -> None:
+    """tokens/s (decode), mfu (prefill) or mbu (decode) and the floor of a measured record, from its
+    median and analytic figures. On a tensor-parallel point these are one rank's (its
+    `tensor_parallel.per_rank`), against one GPU's peaks, and the floor adds the rank's all-reduce
+    bytes over the link (accounting.floor_s, as inspect --tp)."""
+    decode = rec["phase"] == "decode"
+    samples = job.decode_tokens if decode else 1
+    if decode:
+        rec["tokens_per_s"] = job.batch_size / (rec["latency_ms"]["median"] / 1e3)
+    tp = rec.get("tensor_parallel")
+    work = tp["per_rank"] if tp else {"flops": rec["flops"]["analytic"], "bytes_moved": rec["bytes_moved"]}
+    roofline(rec, work["flops"] / samples, work["bytes_moved"] / samples, job.peaks, "mbu" if decode else "mfu")
+    if tp and "floor_ms" in rec:
+        tp["link_ms"] = tp["link_bytes"] / samples / tp["link_bandwidth_bytes_per_s"] * 1e3
+        rec["floor_ms"] += tp["link_ms"]
 
 
 def build_point_model(job: PointJob, device: torch.device, overhead: dict, build):
@@ -223,10 +253,9 @@ def _pin(gpu) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
-def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=None) -> None:
+def child_main(job: PointJob, result_path: str, stderr_path: str, on_ranks=None) -> None:
     """Entry point in the forked point process: stderr to a file the launcher reads on failure.
-    measure_fn: what measures the job (default `measure`; harness.tp_point passes its own, and
-    injects the kill fault on a rank instead)."""
+    on_ranks: see `measure` (a tensor-parallel job's kill fault is then injected on a rank)."""
     _pin(job.gpu)
     ignore_in_this_process()  # as forked already: Ctrl-C is the runner's, which ends this process
     die_with_parent()
@@ -235,9 +264,9 @@ def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=Non
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     if job.threads:
         torch.set_num_threads(int(job.threads))
-    if measure_fn is None:
+    if on_ranks is None:
         maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
-    write_json_atomic(result_path, (measure_fn or measure)(job), indent=None, fsync=False)
+    write_json_atomic(result_path, measure(job, on_ranks), indent=None, fsync=False)
 
 
 def main(argv=None) -> int:
@@ -249,8 +278,8 @@ def main(argv=None) -> int:
     with open(argv[0]) as f:
         job = PointJob.from_dict(json.load(f))
     if job.tensor_parallel > 1:
-        print("sabench: error: a tensor-parallel job runs with `python -m sabench.harness.tp_point JOB.json "
-              "RESULT.json`", file=sys.stderr)
+        print("sabench: error: a tensor-parallel job runs through `sabench run` (harness.launch launches "
+              "its ranks)", file=sys.stderr)
         return 2
     _pin(job.gpu)
     if job.threads:

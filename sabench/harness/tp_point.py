@@ -1,9 +1,10 @@
 """A tensor-parallel point: one point's phases measured on N ranks (suite `parallel: {tensor: N}`).
 
 Processes. The launcher (harness.launch) starts a TP point's process like any other, from the
-forkserver, but *not daemonic*: a daemonic process may not have children, and this one launches
-the ranks with harness_tp.run_ranks (torch.distributed's elastic_launch: N spawned processes,
-gloo on the CPU, NCCL on CUDA with rank r on GPU r). The point process itself never touches the
+forkserver, but *not daemonic*, and hands it `measure_on_ranks`: harness.point.measure assembles
+the records as for any point and calls it for the phases, which launches the ranks with
+harness.ranks.run_ranks (torch.distributed's elastic_launch: N spawned processes, gloo on the
+CPU, NCCL on CUDA with rank r on GPU r). The point process itself never touches the
 accelerator; it dies with the runner (PR_SET_PDEATHSIG, as every point process), and each rank
 dies with the point process the same way, so no rank outlives a killed run.
 
@@ -19,12 +20,14 @@ deterministic fields (`params`, `kv_cache_bytes`, `flops`, `bytes_moved`) are th
 TP-1 record of the same point has them; `tensor_parallel` adds one rank's analytic figures, the
 all-reduce traffic, the link and every rank's measured cache, latency median and memory peaks.
 `floor_ms`, `mfu` and `mbu` are one rank's, against one GPU's peaks, and the floor adds the
-rank's all-reduce bytes over the link (accounting.tp_summary's floor; inspect --tp shows it).
-`memory_predicted_bytes` is one rank's prediction (what rank 0's measured memory compares with).
+rank's all-reduce bytes over the link (harness.point reads them from `tensor_parallel.per_rank`;
+accounting.tp_summary's floor, which inspect --tp shows). `memory_predicted_bytes` is one rank's
+prediction (what rank 0's measured memory compares with).
 
 Failures. The ranks' collectives tie them together: a rank that fails in any phase (out of
 memory, an error) writes its failure and exits, the launcher then stops the others, and both
-records of the point carry the first failing rank's status and message. The fault seams
+records of the point carry the first failing rank's status and message; a rank that died is
+classified as a point process is (harness.exits). The fault seams
 (SABENCH_FAULT_OOM, SABENCH_FAULT_KILL) fire on the last rank only. Perplexity (`quality`) is
 not scored on tensor-parallel points yet (`quality_error` says so).
 """
@@ -40,22 +43,18 @@ from pathlib import Path
 
 import torch
 
-from sabench import accounting, memory_model
+from sabench import accounting, devices, memory_model
 from sabench.harness import point
+from sabench.harness.exits import classify_exit
 from sabench.harness.faults import maybe_inject_kill
 from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
-from sabench.harness.phases import failure, roofline
-from sabench.harness_tp import TPLaunchError, run_ranks
+from sabench.harness.phases import failure
+from sabench.harness.ranks import TPLaunchError, run_ranks
+from sabench.records import PHASES
 from sabench.tp_shapes import rank_config
 
 TIMING_RANK = 0  # whose samples are the record's latency
-_KILL_SIGNALS = ("SIGKILL", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU")  # as harness.launch
-
-
-def child_main(job: PointJob, result_path: str, stderr_path: str) -> None:
-    """Entry point in the (non-daemonic) point process of a tensor-parallel job."""
-    point.child_main(job, result_path, stderr_path, measure_fn=measure_tp)
 
 
 def link(job: PointJob) -> dict:
@@ -66,89 +65,63 @@ def link(job: PointJob) -> dict:
 
 
 def tp_blocks(job: PointJob) -> dict:
-    """{phase: the record's `tensor_parallel` block before measurement, with `_per_sample`
-    (one rank's FLOPs, bytes and link bytes of one sample) for the roofline}."""
+    """{phase: the record's `tensor_parallel` block before measurement: one rank's analytic figures
+    (phase totals, as the record's own), the all-reduce traffic and the link}."""
     world, b, t, n = job.tensor_parallel, job.batch_size, job.seq_len, job.decode_tokens
     rank_cfg = rank_config(job.cfg, world)
-    rank_pre, rank_dec, _ = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
+    rank_pre, rank_dec = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
     lk = link(job)
     summary = accounting.tp_summary(job.cfg, job.plan, b, t, job.dtype, world, job.prefill_chunk, lk)
     per_rank_link = summary["per_rank"]["link_bytes"]
     payload = {"prefill": accounting.all_reduce_bytes(rank_cfg, b, t, job.dtype, world)["payload"],
                "decode": accounting.all_reduce_bytes(rank_cfg, b, 1, job.dtype, world)["payload"] * n}
     out = {}
-    for phase, rec, link_bytes, samples in (("prefill", rank_pre, per_rank_link["prefill"], 1),
-                                            ("decode", rank_dec, per_rank_link["decode_step"] * n, n)):
+    for phase, rec, link_bytes in (("prefill", rank_pre, per_rank_link["prefill"]),
+                                   ("decode", rank_dec, per_rank_link["decode_step"] * n)):
         out[phase] = {
             "world": world, "timing_rank": TIMING_RANK,
             "per_rank": {"params": rec["params"], "weight_bytes": summary["per_rank"]["weight_bytes"],
                          "kv_cache_bytes": rec["kv_cache_bytes"], "flops": rec["flops"]["analytic"],
                          "bytes_moved": rec["bytes_moved"]},
             "all_reduce_payload_bytes": payload[phase], "link_bytes": link_bytes,
-            "link_bandwidth_bytes_per_s": lk["bytes_per_s"], "link_bandwidth_source": lk["source"],
-            "_per_sample": (rec["flops"]["analytic"] / samples, rec["bytes_moved"] / samples, link_bytes / samples)}
+            "link_bandwidth_bytes_per_s": lk["bytes_per_s"], "link_bandwidth_source": lk["source"]}
     return out
 
 
-def tp_roofline(rec: dict, block: dict, peaks: dict, metric: str) -> None:
-    """One rank's mfu/mbu against one GPU's peaks, and its floor: compute/memory floor plus the
-    all-reduce bytes over the link (accounting.floor_s, as inspect --tp)."""
-    flops_ps, bytes_ps, link_ps = block.pop("_per_sample")
-    roofline(rec, flops_ps, bytes_ps, peaks, metric)
-    if "floor_ms" in rec:
-        block["link_ms"] = link_ps / block["link_bandwidth_bytes_per_s"] * 1e3
-        rec["floor_ms"] += block["link_ms"]
-
-
-def measure_tp(job: PointJob, rank_dir=None) -> dict:
-    """{"records": [prefill, decode], "overhead": {...}} of one tensor-parallel point."""
-    t_start = time.time()
+def measure_on_ranks(job: PointJob, overhead: dict, notes: list) -> tuple[dict, dict]:
+    """(prefill fields, decode fields) of a tensor-parallel point, its phases measured on
+    job.tensor_parallel ranks (harness.point.measure's `on_ranks`): rank 0's measurement, one rank's
+    memory prediction and the `tensor_parallel` block with every rank's figures; if a rank failed,
+    the point's failure (rank_failure) instead of the measurement."""
     world = job.tensor_parallel
-    overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
-    prefill, decode, _ = point.analytic_records(job, overhead)  # the model's figures, as TP-1's
-    rank_cfg = rank_config(job.cfg, world)
-    predicted = memory_model.predict(rank_cfg, job.plan, job.dtype, job.batch_size, job.seq_len,
-                                     job.decode_tokens, job.prefill_chunk, torch.device(job.device).type)
+    predicted = memory_model.predict(rank_config(job.cfg, world), job.plan, job.dtype, job.batch_size,
+                                     job.seq_len, job.decode_tokens, job.prefill_chunk,
+                                     torch.device(job.device).type)
     blocks = tp_blocks(job)
-    records = {"prefill": prefill, "decode": decode}
-    for phase, rec in records.items():
-        rec["memory_predicted_bytes"] = predicted[phase].to_dict()  # one rank's
-        rec["tensor_parallel"] = blocks[phase]
+    fields = {phase: {"memory_predicted_bytes": predicted[phase].to_dict(), "tensor_parallel": blocks[phase]}
+              for phase in PHASES}
     threads = job.threads or torch.get_num_threads()
-    own_dir = rank_dir is None
-    rank_dir = Path(rank_dir or tempfile.mkdtemp(prefix="sabench-tp-"))
+    rank_dir = Path(tempfile.mkdtemp(prefix="sabench-tp-"))
     t0, ooms_before = time.perf_counter(), oom_kill_count()
     try:
         ranks = run_ranks(_rank_main, world, (job, str(rank_dir), threads), device=job.device,
                           log_dir=str(rank_dir / "logs"))
     except TPLaunchError as e:
         fail = rank_failure(e, rank_dir, world, (ooms_before, oom_kill_count()))
-        for rec in records.values():
-            rec.update(fail)
-            rec["tensor_parallel"].pop("_per_sample", None)
-        point.add_quality(None, job, [prefill, decode])
-        return {"records": [prefill, decode], "overhead": overhead}
+        return fields["prefill"] | fail, fields["decode"] | fail
     finally:
-        if own_dir:
-            shutil.rmtree(rank_dir, ignore_errors=True)
+        shutil.rmtree(rank_dir, ignore_errors=True)
     overhead["ranks_s"] = time.perf_counter() - t0
     lead = ranks[TIMING_RANK]
     overhead.update(lead["overhead"])
-    for phase, rec in records.items():
-        rec.update(lead[phase])
-        rec["torch_threads"] = lead["torch_threads"]
-        rec["tensor_parallel"]["ranks"] = [_rank_summary(r, phase) for r in ranks]
-    decode["tokens_per_s"] = job.batch_size / (decode["latency_ms"]["median"] / 1e3)
-    tp_roofline(prefill, prefill["tensor_parallel"], job.peaks, "mfu")
-    tp_roofline(decode, decode["tensor_parallel"], job.peaks, "mbu")
-    point.add_quality(None, job, [prefill, decode])
-    if job.quality:
-        for rec in records.values():
-            rec["quality_error"] = "perplexity is not scored on tensor-parallel points yet"
-    if lead["notes"]:
-        prefill["notes"] = decode["notes"] = lead["notes"]
-    point.finish_overhead(job, overhead, t_start)
-    return {"records": [prefill, decode], "overhead": overhead}
+    notes.extend(lead["notes"])
+    for phase, f in fields.items():
+        f.update(lead[phase])
+        f["torch_threads"] = lead["torch_threads"]
+        f["tensor_parallel"]["ranks"] = [_rank_summary(r, phase) for r in ranks]
+        if job.quality:
+            f["quality_error"] = "perplexity is not scored on tensor-parallel points yet"
+    return fields["prefill"], fields["decode"]
 
 
 def _rank_summary(r: dict, phase: str) -> dict:
@@ -163,17 +136,17 @@ def _rank_summary(r: dict, phase: str) -> dict:
 
 # ---------------------------------------------------------------- failures
 def rank_failure(e: TPLaunchError, rank_dir: Path, world: int, oom_counts: tuple) -> dict:
-    """The point's status and error from its failed ranks: a rank that died of a signal first,
-    else the earliest failure a rank wrote (the others then fail on the broken collective),
-    else the launcher's message."""
+    """The point's status and error from its failed ranks: a rank that died of a signal first, else
+    the earliest failure a rank wrote (the others then fail on the broken collective), else the
+    first failed rank's exit. A rank's death or exit is classified as a point process's (exits)."""
+    def exited(rank, exitcode, msg) -> dict:
+        oom = oom_killed(*oom_counts) if exitcode == -signal.SIGKILL else None
+        status, text = classify_exit(exitcode, str(msg).strip().splitlines(), oom, who=f"rank {rank} of {world}")
+        return {"status": status, "error": text[:500]}
+
     for rank, exitcode, msg in e.failures:
         if isinstance(exitcode, int) and exitcode < 0:
-            sig = signal.Signals(-exitcode).name
-            if sig == "SIGKILL" and oom_killed(*oom_counts):
-                return {"status": "oom", "error": f"rank {rank} of {world} killed by SIGKILL from the kernel's "
-                                                  "OOM killer (the cgroup's oom_kill count rose)"}
-            status = "killed" if sig in _KILL_SIGNALS else "error"
-            return {"status": status, "error": f"rank {rank} of {world} died of {sig}"}
+            return exited(rank, exitcode, msg)
     written = []
     for f in rank_dir.glob("failure-rank*.json"):
         try:
@@ -187,6 +160,8 @@ def rank_failure(e: TPLaunchError, rank_dir: Path, world: int, oom_counts: tuple
         if first.get("traceback"):
             out["traceback"] = first["traceback"]
         return out
+    if e.failures:
+        return exited(*e.failures[0])
     return {"status": "error", "error": str(e)[:500]}
 
 
@@ -255,7 +230,7 @@ def check_run(suite, device: str) -> str:
         if ":" in device and device != "cuda:0":
             raise UserError(f"{where}: rank r runs on GPU r; use device cuda (or auto) and choose the GPUs "
                             "with CUDA_VISIBLE_DEVICES")
-        visible = torch.cuda.device_count()
+        visible = devices.gpu_count()
         if visible < world:
             raise UserError(f"{where}: {world} ranks need {world} GPUs, {visible} visible here; run it on a "
                             f"machine with {world} GPUs, or lower parallel.tensor")

@@ -1,4 +1,4 @@
-"""Run a callable on N tensor-parallel ranks with torchrun's machinery.
+"""A rank group: a callable run on N tensor-parallel ranks with torchrun's machinery.
 
 `run_ranks(fn, world, args)` launches `world` local processes with
 `torch.distributed.launcher.api.elastic_launch` (what `torchrun --standalone
@@ -10,6 +10,9 @@ group in each (NCCL on CUDA, one device per rank by LOCAL_RANK; gloo on CPU), ca
 `fn` and `args` cross a process boundary (spawn): `fn` must be a module-level function
 and its arguments and return values picklable (tensors are: return CPU tensors).
 A rank that raises makes `run_ranks` raise TPLaunchError with that rank's error.
+
+harness.tp_point runs a point's phases this way; a failed rank's exit is classified as a point
+process's is (harness.exits).
 
 Signals: the launcher handles SIGTERM (and SIGHUP, SIGQUIT) by ending the ranks. SIGINT too,
 unless this process ignores it (a `sabench run` point process: Ctrl-C is the runner's, which
