@@ -221,7 +221,7 @@ def _results(created="2026-01-01T00:00:00+00:00", **extra) -> dict:
 
 def test_runs_recorded_in_the_same_second_are_both_kept(tmp_path):
     from sabench.records import SCHEMA
-    from sabench.report.history import connect, record_run
+    from sabench.history import connect, record_run
 
     db = tmp_path / "h.sqlite"
     keys = set()
@@ -242,7 +242,7 @@ def test_runs_recorded_in_the_same_second_are_both_kept(tmp_path):
 
 def test_a_run_without_run_id_keeps_its_old_key(tmp_path):
     from sabench.records import SCHEMA, RunRecord
-    from sabench.report.history import machine_fingerprint, run_key
+    from sabench.history import machine_fingerprint, run_key
 
     r = RunRecord.from_dict(dict(_results(), schema=SCHEMA))
     old = hashlib.sha256("|".join(["s", machine_fingerprint(r.env), "", r.created]).encode()).hexdigest()[:16]

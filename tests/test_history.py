@@ -6,8 +6,9 @@ from report_fixtures import make_results, scale_timings, write_results
 from sabench.records import RunRecord
 from sabench.report import ResultsError
 from sabench.report.commands import main
-from sabench.report.history import (TrendPoint, RunInfo, import_paths, list_suites, machine_fingerprint,
-                                    mark_steps, query_trend, record_run, resolve_db)
+from sabench.history import (RunInfo, TrendPoint, import_paths, list_suites, machine_fingerprint, metric_rows,
+                             record_run, resolve_db)
+from sabench.report.history import mark_steps, query_trend
 
 
 def _run(tmp_path, name, commit, day, factor=1.0, variant=None, **kw):
@@ -212,7 +213,6 @@ def test_a_resumed_run_gains_its_new_points(tmp_path):
 
 def test_device_peak_and_energy_per_token_are_tracked(tmp_path):
     """GPU records' absolute device peak and J/token land in history; CPU records have no energy row."""
-    from sabench.report.history import metric_rows
 
     gpu = make_results(seed=3, gpu=True, oom=False, error=False)
     rows = {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in metric_rows(RunRecord.from_dict(gpu))}

@@ -126,12 +126,12 @@ def test_merged_shards_equal_the_unsharded_run_in_points_and_deterministic_figur
     assert [(r["variant"], r["seq_len"], r["phase"]) for r in merged["records"]] == [
         (v, s, ph) for v in ("baseline", "cla:2") for s in (16, 32) for ph in ("prefill", "decode")]
     assert "4 of 4 points" in capsys.readouterr().err
-    from sabench.report import history
+    from sabench import history
     assert history.list_suites(None) == [("shardmini", 1)]  # the merged run, once
 
 
 def test_a_shard_run_with_its_report_is_not_recorded_in_the_history(shard_runs, tmp_path):
-    from sabench.report import history
+    from sabench import history
     out = tmp_path / "s1"
     assert main(["run", str(shard_runs / "shardmini.yaml"), "--shard", "1/4", "--out", str(out)]) == 0
     assert (out / "report.md").exists() and not history.resolve_db(None).exists()

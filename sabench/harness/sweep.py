@@ -418,7 +418,7 @@ def _finish(out: Path, path: Path, history: bool = True) -> None:
     if not history:
         return
     try:
-        from sabench.report.history import record_run
+        from sabench.history import record_run
 
         record_run(path)
     except Exception as e:  # pragma: no cover

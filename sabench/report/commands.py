@@ -25,7 +25,7 @@ def _int_in(lo: int, hi: int):
 
 def _history_metric(text: str) -> str:
     """argparse type: a metric the history records (its aliases and every numeric record field)."""
-    from sabench.report.history import METRICS
+    from sabench.history import METRICS
 
     if text not in METRICS:
         short = [m for m in METRICS if "." not in m]
@@ -137,8 +137,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from sabench.report import history
+    from sabench import history
     from sabench.report.check import parse_threshold
+    from sabench.report.history import format_trends, query_trend
 
     if args.plot is not None:
         check_output_file(args.plot, "--plot")
@@ -146,15 +147,15 @@ def cmd_history(args) -> int:
         added, present = history.import_paths(args.import_paths, args.db)
         print(f"{history.resolve_db(args.db)}: {added} run(s) added, {present} already present")
         return 0
-    trends = history.query_trend(args.db, suite=args.suite, metric=args.metric, variant=args.variant,
-                                 phase=args.phase, machine=args.machine, batch_size=args.batch,
-                                 seq_len=args.seq_len, threshold=parse_threshold(args.threshold))
+    trends = query_trend(args.db, suite=args.suite, metric=args.metric, variant=args.variant,
+                         phase=args.phase, machine=args.machine, batch_size=args.batch,
+                         seq_len=args.seq_len, threshold=parse_threshold(args.threshold))
     if not trends:
         suites = history.list_suites(args.db)
         have = ", ".join(f"{s} ({n} runs)" for s, n in suites) or "none"
         print(f"no matching history in {history.resolve_db(args.db)}; suites recorded: {have}")
         return 0
-    sys.stdout.write(history.format_trends(trends, last=args.last))
+    sys.stdout.write(format_trends(trends, last=args.last))
     if args.plot:
         from sabench.report.plots_history import plot_trends
 
