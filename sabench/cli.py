@@ -91,6 +91,7 @@ def cmd_inspect(args) -> int:
     from sabench.plan import plan_for
     from sabench.report.results import human_bytes, human_count, human_flops, human_rate
     from sabench.presets import resolve_config
+    from sabench.units import parse_size
 
     _inspect_inputs(args)
     cfg = resolve_config(args.model, closed_forms_only=True)
@@ -108,7 +109,7 @@ def cmd_inspect(args) -> int:
     except ValueError as e:
         raise UserError(f"{args.tp_from} {tp}: {e}") from None
     link, peaks = _link(args), _peaks(args.gpu)
-    memory = memory_model.parse_size(args.memory) if args.memory is not None else _local_device_memory()
+    memory = parse_size(args.memory) if args.memory is not None else _local_device_memory()
     rows = []
     for v in plans:
         s = accounting.summary(cfg, v, args.batch, seq, dtype, args.prefill_chunk)

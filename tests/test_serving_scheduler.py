@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sabench.model import load_model
-from sabench.serving.metrics import RequestRecord, Targets, summarize
+from sabench.records.serving import RequestRecord
+from sabench.serving.metrics import Targets, summarize
 from sabench.serving.runtime import SlotRuntime
 from sabench.serving.scheduler import ModelEngine, VirtualClock, WallClock, serve
 from sabench.serving.simulate import CostEngine, StepCosts

@@ -3,7 +3,7 @@
 `import sabench.report` is light: matplotlib and scipy load only when a figure is
 drawn or a timing is tested.
 """
-from sabench.report.results import ResultsError, load_results
+from sabench.records import ResultsError, load_results
 
 __all__ = ["ResultsError", "load_results", "write_report", "compare_runs", "CheckResult",
            "parse_threshold", "query_trend"]

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from sabench.errors import UserError, check_output_dir, check_output_file
-from sabench.report.results import ResultsError
+from sabench.records import ResultsError
 
 MAX_SIZE = 1 << 24
 
