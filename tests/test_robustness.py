@@ -361,6 +361,15 @@ def test_at_least_sixty_cases_cover_every_command():
                                                     "quality"}
 
 
+def _every_command_runs(monkeypatch, handler) -> None:
+    """Every command of the CLI's table runs `handler` (a stand-in that fails on purpose)."""
+    import dataclasses
+
+    import sabench.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dataclasses.replace(c, run=handler) for c in cli.COMMANDS))
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only user errors are turned into one line: an internal failure propagates (exit 1 with a traceback)."""
     import sabench.cli as cli
@@ -368,13 +377,14 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    _every_command_runs(monkeypatch, broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["inspect", "--model", "tiny"])
 
 
 def test_a_bug_exits_1_with_the_traceback_from_the_console(tmp_path):
-    code = ("import sys, sabench.cli as c; c.cmd_inspect = lambda a: 1 / 0; "
+    code = ("import dataclasses, sys, sabench.cli as c; "
+            "c.COMMANDS = tuple(dataclasses.replace(x, run=lambda a: 1 / 0) for x in c.COMMANDS); "
             "sys.argv = ['sabench', 'inspect', '--model', 'tiny']; c.entry()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.returncode == 1
@@ -544,7 +554,7 @@ def test_os_errors_on_a_users_path_are_one_line(monkeypatch, capsys, code, hint)
     def fails(args):
         raise OSError(code, os.strerror(code), "/some/out/path")
 
-    monkeypatch.setattr(cli, "cmd_inspect", fails)
+    _every_command_runs(monkeypatch, fails)
     assert cli.main(["inspect", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "/some/out/path" in err and hint in err and len(err.splitlines()) == 1
@@ -558,6 +568,6 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     def fails(args):
         raise OSError(errno_mod.EIO, "Input/output error")
 
-    monkeypatch.setattr(cli, "cmd_inspect", fails)
+    _every_command_runs(monkeypatch, fails)
     with pytest.raises(OSError):
         cli.main(["inspect", "--model", "tiny"])
