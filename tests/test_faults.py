@@ -19,22 +19,10 @@ from sabench.harness.lock import INFO_NAME, RunLock, RunLocked, holder_info
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.harness.preflight import PreflightError, check_free_disk, check_model, needed_bytes, preflight
 from sabench.presets import PRESETS
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: faults
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline]
-sweep:
-  batch_size: 1
-  seq_len: 16
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 2
-execution: eager
-"""
+SUITE = tiny_suite("faults", variants=("baseline",), batch_sizes=(1,), seq_lens=(16,), decode_tokens=2, warmup=0,
+                   repeats=2, execution="eager")
 POINT = "baseline|1|16"
 
 

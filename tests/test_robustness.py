@@ -22,22 +22,14 @@ import yaml
 
 from sabench.cli import main
 from sabench.presets import PRESETS
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: robust
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "sa:2-3"]
-sweep:
-  batch_size: 1
-  seq_len: 16
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 3
-execution: eager
-"""
+def _suite_text(variants=("baseline", "sa:2-3"), seq_lens=(16,)) -> str:
+    return tiny_suite("robust", variants=variants, batch_sizes=(1,), seq_lens=seq_lens, decode_tokens=2, warmup=0,
+                      repeats=3, execution="eager")
+
+
+SUITE = _suite_text()
 TINY = PRESETS["tiny"]
 TYPED = None  # typed records validate every field on load
 
@@ -395,7 +387,7 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
 
 
-SLOW_SUITE = SUITE.replace("seq_len: 16", "seq_len: [16, 24, 32, 40, 48, 56, 64, 72]")
+SLOW_SUITE = _suite_text(seq_lens=(16, 24, 32, 40, 48, 56, 64, 72))
 
 
 def _alive_in_group(pgid: int) -> dict:
@@ -456,7 +448,7 @@ def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_
     any process, exactly one line naming the command that goes on, no process of the group left,
     no work directory left."""
     suite = tmp_path / "slow.yaml"
-    suite.write_text(SUITE.replace(', "sa:2-3"', "") if stage == "report"
+    suite.write_text(_suite_text(variants=("baseline",)) if stage == "report"
                      else SLOW_SUITE + "parallel:\n  tensor: 2\n" if stage == "ranks" else SLOW_SUITE)
     out, tmp, reached = tmp_path / "run", short_tmp, tmp_path / "report-reached"
     env = dict(_env(), TMPDIR=str(tmp), SABENCH_HISTORY=str(tmp_path / "history.sqlite"),
