@@ -272,8 +272,11 @@ def test_check_model_accepts_real_weights_and_random_weights(tmp_path):
     from safetensors.torch import save_file
     import torch
 
+    suite = SimpleNamespace(weights="checkpoint", model_config=SimpleNamespace(source=str(tmp_path)))
+    with pytest.raises(PreflightError, match="holds no .safetensors file"):  # the same check refuses an empty dir
+        check_model(suite)
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    check_model(SimpleNamespace(weights="checkpoint", model_config=SimpleNamespace(source=str(tmp_path))))
+    check_model(suite)
     check_model(SimpleNamespace(weights="random", model_config=None))
 
 

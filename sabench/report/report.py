@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sabench.records import STABLE_RATIO, Key, PhaseRecord, PointSpec, RunRecord, load_results, results_path
+from sabench.constants import STABLE_RATIO
+from sabench.records import Key, PhaseRecord, PointSpec, RunRecord, load_results, results_path
 from sabench.report.results import (BASELINE, fmt_ms, listing, fmt_pct, fmt_rate, fmt_x, human_bytes,
                                     index_records, is_ok, median_ms, MEMORY_SOURCES, one_line, p90_ms,
                                     peak_memory, phases_of, phase_rise, predicted_memory, truncate,
