@@ -1,5 +1,6 @@
 import sqlite3
 
+import numpy as np
 import pytest
 
 from report_fixtures import make_results, scale_timings, write_results
@@ -37,7 +38,8 @@ def test_record_two_commits_and_query_trend(tmp_path):
     rec = next(r for r in make_results(seed=7)["records"]
                if (r["variant"], r["batch_size"], r["seq_len"], r["phase"]) == ("cla:2", 4, 512, "decode"))
     assert t.points[0].value == pytest.approx(rec["latency_ms"]["median"])
-    assert t.points[0].rel_iqr is not None and 0 < t.points[0].rel_iqr < 0.2
+    q25, q50, q75 = np.percentile(rec["latency_ms"]["samples"], [25, 50, 75])
+    assert t.points[0].rel_iqr == pytest.approx((q75 - q25) / q50)  # the samples' own spread
     assert not t.steps  # identical numbers: no step
 
     kv = query_trend(db, metric="kv_cache_bytes", variant="baseline", phase="prefill")
@@ -125,8 +127,6 @@ def _pts(values, iqr):
 
 
 def test_mark_steps_finds_one_step_in_noise_and_none_in_noise_only():
-    import numpy as np
-
     from sabench.stats import detect_steps
 
     rng = np.random.default_rng(7)

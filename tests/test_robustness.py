@@ -4,6 +4,7 @@ Each case is a row of CASES: an id, a function building the argv from the shared
 scratch directory), and fragments the message must contain. One small real run is made once
 per module; after every case each of its files (and a copy's) must hash as before.
 """
+import argparse
 import hashlib
 import json
 import math
@@ -517,7 +518,7 @@ def test_nan_free_float_parse_is_strict():
     parse = float_in(0.0, 1.0)
     assert parse("0.5") == 0.5 and parse("1") == 1.0
     for bad in ("0", "nan", "inf", "-0.1", "x"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"expected a number in \(0, 1\], got '{bad}'"):
             parse(bad)
     assert math.isfinite(parse("1e-9"))
 

@@ -8,6 +8,7 @@ import yaml
 
 from sabench import accounting
 from sabench.cli import main
+from sabench.records import ResultsError
 from sabench.records.serving import load_serving
 from sabench.serving.metrics import summarize
 from sabench.serving.report import ratio_finding, summaries
@@ -127,7 +128,7 @@ def test_serve_end_to_end_records_and_report(tmp_path):
     data = json.loads((out / "serving.json").read_text())
     data["runs"][0]["requests"][0]["token_s"].pop()
     (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(Exception, match=r"run 0: requests\[0\].token_s holds 4 times for 5 output tokens"):
+    with pytest.raises(ResultsError, match=r"run 0: requests\[0\].token_s holds 4 times for 5 output tokens"):
         load_serving(tmp_path / "bad.json")
     assert main(["serve", str(p), "--out", str(out)]) == 2  # never overwrites a run
 
