@@ -15,7 +15,7 @@ Conventions (the README states them too):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sabench.dtypes import dtype_bytes
 from sabench.plan import SharingPlan, as_plan
@@ -58,24 +58,32 @@ def kv_cache_bytes(cfg, plan, batch_size: int, max_len: int, dtype="bfloat16") -
     return kv_bytes_per_token(cfg, plan, dtype) * batch_size * max_len
 
 
+class Breakdown:
+    """A figure split into parts (the dataclass fields): their total, their sum with another
+    breakdown of the same kind part by part, and the dict results.json holds."""
+
+    def parts(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts().values())
+
+    def to_dict(self) -> dict:
+        return {**self.parts(), "total": self.total}
+
+    def __add__(self, o):
+        if type(o) is not type(self):
+            return NotImplemented
+        return type(self)(*(a + b for a, b in zip(self.parts().values(), o.parts().values())))
+
+
 @dataclass(frozen=True)
-class Flops:
+class Flops(Breakdown):
     projections: int
     attention: int
     mlp: int
     lm_head: int
-
-    @property
-    def total(self) -> int:
-        return self.projections + self.attention + self.mlp + self.lm_head
-
-    def to_dict(self) -> dict:
-        return {"projections": self.projections, "attention": self.attention, "mlp": self.mlp,
-                "lm_head": self.lm_head, "total": self.total}
-
-    def __add__(self, o: "Flops") -> "Flops":
-        return Flops(self.projections + o.projections, self.attention + o.attention,
-                     self.mlp + o.mlp, self.lm_head + o.lm_head)
 
 
 def _flops(cfg: ModelConfig, plan: SharingPlan, tokens: int, pairs: int, logit_tokens: int,
@@ -136,23 +144,11 @@ def decode_phase_flops(cfg, plan, batch_size: int, context: int, steps: int) -> 
 # - not counted: the B x T x hidden activation stream between kernels, norms, logits. The figures
 #   are lower bounds of weight, cache and P traffic.
 @dataclass(frozen=True)
-class Bytes:
+class Bytes(Breakdown):
     weights: int
     kv_read: int
     kv_write: int
     attention_sharing: int  # P written and read (probs), or the source's Q/K re-read (recompute)
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.kv_read + self.kv_write + self.attention_sharing
-
-    def to_dict(self) -> dict:
-        return {"weights": self.weights, "kv_read": self.kv_read, "kv_write": self.kv_write,
-                "attention_sharing": self.attention_sharing, "total": self.total}
-
-    def __add__(self, o: "Bytes") -> "Bytes":
-        return Bytes(self.weights + o.weights, self.kv_read + o.kv_read, self.kv_write + o.kv_write,
-                     self.attention_sharing + o.attention_sharing)
 
 
 def sa_strategy(plan) -> str:

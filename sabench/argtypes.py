@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
+MAX_SIZE = 1 << 24  # batch, sequence and chunk sizes beyond this are typos
 _ASCII_INT = re.compile(r"^[+]?[0-9]{1,12}$")
 
 

@@ -227,14 +227,9 @@ def _artifacts_link() -> Optional[str]:
     return f"{server}/{repo}/actions/runs/{run} (artifacts)" if server and repo and run else None
 
 
-def register(subparsers) -> None:
+def add_arguments(p) -> None:
     from sabench.argtypes import int_in
 
-    p = subparsers.add_parser(
-        "continuous", help="measure a base and a head commit side by side and judge the difference",
-        description="Check out BASE and HEAD (each in a cached worktree and environment), run SUITE for "
-                    "both with their rounds interleaved, and judge the pair with `sabench check`. "
-                    "Exit 0: no regression; 1: a regression; 2: could not measure.")
     p.add_argument("base", metavar="BASE_REF", help="the reference commit (branch, tag, sha, HEAD~1, ...)")
     p.add_argument("head", metavar="HEAD_REF", help="the commit under test")
     p.add_argument("suite", metavar="SUITE", help="suite name (the head's suites/NAME.yaml) or a YAML path")
@@ -246,10 +241,9 @@ def register(subparsers) -> None:
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="worktrees and environments, reused across calls (default <sabench cache>/continuous)")
     p.add_argument("--threads", type=int_in(1, 4096), default=None, help="torch threads for both sides (CPU runs)")
-    p.set_defaults(func=_cmd)
 
 
-def _cmd(args) -> int:
+def run(args) -> int:
     extra = ["--threads", str(args.threads)] if args.threads else []
     return run_continuous(args.base, args.head, args.suite, rounds=args.rounds, threshold=args.threshold,
                           out=args.out, repo=Path(args.repo), cache=args.cache, run_args=extra)

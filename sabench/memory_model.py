@@ -39,7 +39,6 @@ from sabench import accounting
 from sabench.dtypes import dtype_bytes
 from sabench.plan import SharingPlan, as_plan
 from sabench.presets import ModelConfig, resolve_config
-from sabench.units import MAX_SIZE, parse_size  # noqa: F401  (re-exported)
 
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
 

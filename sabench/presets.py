@@ -16,6 +16,7 @@ from typing import Optional
 from sabench import layouts
 from sabench.errors import UserError
 from sabench.plan import PlanError, parse_variant
+from sabench.suite_fields import is_int
 
 
 class ModelSourceError(UserError):
@@ -26,10 +27,6 @@ _MAX_DIM = 1 << 30  # no real model has a dimension (or 2**30 positions) this la
 _HF_NAME = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
             "num_kv_heads": "num_key_value_heads"}
 ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _check_rope_scaling(rs, where: str) -> None:
@@ -80,7 +77,7 @@ class ModelConfig:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                     "num_kv_heads", "head_dim", "max_position_embeddings"):
             v = getattr(self, key)
-            if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+            if not is_int(v) or not 1 <= v <= _MAX_DIM:
                 raise ModelSourceError(f"model {self.name!r}: {_HF_NAME.get(key, key)} must be an integer in "
                                        f"1..{_MAX_DIM}, got {v!r}, fix the model's config")
         if self.num_heads % self.num_kv_heads:
@@ -244,7 +241,7 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str, closed_forms_only: bool =
         v = d[key]
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+        if not is_int(v) or not 1 <= v <= _MAX_DIM:
             raise ModelSourceError(f"{source}: {key} must be an integer in 1..{_MAX_DIM}, got {v!r}, "
                                    "fix the model's config")
         return v

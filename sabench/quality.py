@@ -91,16 +91,6 @@ def _read(path, flag: str) -> str:
         raise UserError(f"{flag} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def make_windows(tokens: torch.Tensor, seq_len: int, max_windows: Optional[int] = None) -> torch.Tensor:
-    """Non-overlapping windows [W, seq_len]; a trailing partial window is dropped."""
-    n = tokens.numel() // seq_len
-    if n == 0:
-        raise UserError(f"{tokens.numel()} tokens are fewer than one window of --seq-len {seq_len}")
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return tokens[: n * seq_len].view(n, seq_len)
-
-
 # ---------------------------------------------------------------- perplexity
 def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Sum of -log p(target) over the scored positions (targets != IGNORE), in float32, chunked."""

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from sabench.devices import DEVICE_PATTERN, resolve_device  # noqa: F401  (re-exported)
+from sabench.devices import DEVICE_PATTERN
 from sabench.dtypes import dtype_name
 from sabench.errors import UserError
 from sabench.paths import suites_dir
@@ -67,9 +67,9 @@ from sabench.plan import PlanError, plan_for
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
 from sabench.records import point_key
 from sabench.serving.spec import ServingSpec, parse_serving
-from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
-                                   MAX_WARMUP, REQUIRED, SuiteError, batch_list, check_keys, int_field, int_list,
-                                   is_int, parsed, read_yaml, show, string_field)
+from sabench.suite_fields import (MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE, MAX_WARMUP, REQUIRED, SuiteError,
+                                  batch_list, check_keys, int_field, int_list, is_int, parsed, read_yaml, show,
+                                  string_field)
 
 
 DEFAULTS = {
@@ -338,7 +338,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     else:
         batch_sizes, seq_lens, seq_paths = (), (), []
 
-    from sabench.memory_model import parse_size
+    from sabench.units import parse_size
 
     memory = parsed(parse_size, d["memory"], "memory", source)
 

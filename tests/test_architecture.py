@@ -142,3 +142,17 @@ def test_the_private_import_finder_finds_them(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert private_imports() == [("sabench.b", "sabench.a", "_helper")]
 
+
+
+def test_the_stored_records_sit_below_harness_and_report():
+    """results.json's types, the statistics and the history database are written by the harness and
+    read by the report: none of them imports either (or the CLI above both)."""
+    graph = import_graph()
+    lower = [m for m in graph if m.split(".")[:2] in (["sabench", "records"], ["sabench", "stats"])
+             or m == "sabench.history"]
+    assert "sabench.history" in lower and "sabench.records.types" in lower
+    upward = {m: sorted(d for d in graph[m] if d.startswith(("sabench.harness", "sabench.report", "sabench.cli")))
+              for m in lower}
+    assert not {m: d for m, d in upward.items() if d}, upward
+    # and the harness records runs through it, the report reads them back
+    assert "sabench.history" in graph["sabench.harness.sweep"] and "sabench.history" in graph["sabench.report.history"]

@@ -10,6 +10,7 @@ from sabench.cli import main
 from sabench.harness.faults import FAULT_ENV
 from sabench.records import SCHEMA, RunRecord
 from sabench.suite import SuiteError, parse_suite
+from sabench.units import parse_size
 
 DATA = Path(__file__).parent / "data" / "h100_h200_memory_2026-11-22.json"
 GiB = 2 ** 30
@@ -93,13 +94,13 @@ def test_recompute_strategy_keeps_prefill_activations_linear():
                                        ("1.5KiB", 1536), ("1TB", 10 ** 12), ("2TiB", 2 * 2 ** 40),
                                        ("85520809984", 85520809984), ("100B", 100), ("1kb", 1000)])
 def test_parse_size(text, want):
-    assert mm.parse_size(text) == want
+    assert parse_size(text) == want
 
 
 @pytest.mark.parametrize("text", ["80GX", "", "-1GiB", "GiB", "0", "1e9", "eighty"])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match="bad memory size"):
-        mm.parse_size(text)
+        parse_size(text)
 
 
 def _capacity(capsys, *args):

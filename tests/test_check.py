@@ -6,7 +6,7 @@ import pytest
 from report_fixtures import big_results, make_results, scale_timings, with_rounds, write_results
 from sabench.report import ResultsError
 from sabench.report.check import check, parse_threshold
-from sabench.report.commands import main
+from sabench.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -115,3 +115,20 @@ def test_a_bug_during_a_command_is_a_traceback_not_a_user_error(tmp_path, monkey
             else ["quality", "--model", "tiny", "--token-ids", str(ids)])
     with pytest.raises(ValueError, match="internal invariant"):
         main(argv)
+
+
+def test_every_command_comes_from_the_one_table(capsys):
+    """`sabench --help` lists the commands of cli.COMMANDS, in its order, each with its help, and a
+    command parses to the handler its table row names."""
+    from sabench.cli import COMMANDS, build_parser
+
+    names = [c.name for c in COMMANDS]
+    assert len(set(names)) == len(names) == 11
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "{" + ",".join(names) + "}" in out
+    assert all(" ".join(c.help.split()[:4]) in " ".join(out.split()) for c in COMMANDS)
+    parser = build_parser()
+    args = parser.parse_args(["check", "a", "b"])
+    assert args.func is next(c.run for c in COMMANDS if c.name == "check")

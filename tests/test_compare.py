@@ -4,7 +4,7 @@ import pytest
 
 from report_fixtures import make_results, scale_timings, write_results
 from sabench.report import ResultsError, compare_runs
-from sabench.report.commands import main
+from sabench.cli import main
 
 
 def _two_runs(tmp_path, drop=None):

@@ -8,6 +8,7 @@ import torch
 from sabench.cli import main
 from sabench.measure import CudaGraphStep
 from sabench.model import load_model
+from tests.helpers import sharpen
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -15,12 +16,7 @@ TOL = dict(atol=2e-3, rtol=2e-3)  # float32 on the GPU: different kernels, same 
 
 
 def _model(variant, dtype=torch.float32, execution="eager"):
-    m = load_model("tiny", variant, dtype, "cuda", seed=2)
-    with torch.no_grad():  # larger weights than the 0.02 init: no argmax near-ties for kernels to flip
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return m.set_execution(execution)
+    return sharpen(load_model("tiny", variant, dtype, "cuda", seed=2)).set_execution(execution)
 
 
 def _pair(variant, dtype=torch.float32):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from sabench.cli import build_parser, main
+from sabench.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 160
@@ -242,7 +242,7 @@ def test_command_parses(cmd):
         return
     except Exception as e:  # the CLI's parser raises its own error type for bad arguments
         pytest.fail(f"{cmd.where}: `sabench {' '.join(cmd.argv)}` does not parse: {e}")
-    assert args.command == cmd.argv[0] and callable(args.func)
+    assert args.command == cmd.argv[0] and args.func is next(c.run for c in COMMANDS if c.name == cmd.argv[0])
 
 
 @pytest.mark.parametrize("cmd", [c for c in ALL_COMMANDS if c.run],

@@ -19,22 +19,10 @@ from sabench.harness.lock import INFO_NAME, RunLock, RunLocked, holder_info
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.harness.preflight import PreflightError, check_free_disk, check_model, needed_bytes, preflight
 from sabench.presets import PRESETS
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: faults
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline]
-sweep:
-  batch_size: 1
-  seq_len: 16
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 2
-execution: eager
-"""
+SUITE = tiny_suite("faults", variants=("baseline",), batch_sizes=(1,), seq_lens=(16,), decode_tokens=2, warmup=0,
+                   repeats=2, execution="eager")
 POINT = "baseline|1|16"
 
 
@@ -223,7 +211,7 @@ def _results(created="2026-01-01T00:00:00+00:00", **extra) -> dict:
 
 def test_runs_recorded_in_the_same_second_are_both_kept(tmp_path):
     from sabench.records import SCHEMA
-    from sabench.report.history import connect, record_run
+    from sabench.history import connect, record_run
 
     db = tmp_path / "h.sqlite"
     keys = set()
@@ -244,7 +232,7 @@ def test_runs_recorded_in_the_same_second_are_both_kept(tmp_path):
 
 def test_a_run_without_run_id_keeps_its_old_key(tmp_path):
     from sabench.records import SCHEMA, RunRecord
-    from sabench.report.history import machine_fingerprint, run_key
+    from sabench.history import machine_fingerprint, run_key
 
     r = RunRecord.from_dict(dict(_results(), schema=SCHEMA))
     old = hashlib.sha256("|".join(["s", machine_fingerprint(r.env), "", r.created]).encode()).hexdigest()[:16]
@@ -286,8 +274,11 @@ def test_check_model_accepts_real_weights_and_random_weights(tmp_path):
     from safetensors.torch import save_file
     import torch
 
+    suite = SimpleNamespace(weights="checkpoint", model_config=SimpleNamespace(source=str(tmp_path)))
+    with pytest.raises(PreflightError, match="holds no .safetensors file"):  # the same check refuses an empty dir
+        check_model(suite)
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    check_model(SimpleNamespace(weights="checkpoint", model_config=SimpleNamespace(source=str(tmp_path))))
+    check_model(suite)
     check_model(SimpleNamespace(weights="random", model_config=None))
 
 

@@ -11,6 +11,7 @@ from sabench import quality
 from sabench.cli import main
 from sabench.model import load_model
 from sabench.plan import parse_variant
+from sabench.windows import non_overlapping
 from tests.helpers import hf_model, small_config
 
 SEQ = 48
@@ -42,7 +43,7 @@ def result(ckpt):
 
 def _windows(ckpt, n=None):
     ids = torch.tensor([int(x) for x in (ckpt / "ids.txt").read_text().split()])
-    return quality.make_windows(ids, SEQ, n)
+    return non_overlapping(ids, SEQ, n).inputs
 
 
 def _ppl(logits, windows):

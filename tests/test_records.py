@@ -15,7 +15,7 @@ from sabench.io import write_atomic
 from sabench.records import (SCHEMA, SCHEMA_V1, PhaseRecord, PointSpec, ResultsError, RunRecord, load_results,
                              point_key, write_results as write_run)
 from sabench.report.check import check
-from sabench.report.commands import main
+from sabench.cli import main
 from sabench.report.compare import compare_runs
 from sabench.report.report import write_report
 

@@ -5,7 +5,7 @@ import pytest
 
 from report_fixtures import with_rounds, big_results, make_results, write_results
 from sabench.report import ResultsError, load_results, write_report
-from sabench.report.commands import build_parser, main
+from sabench.cli import build_parser, main
 from sabench.report.results import human_bytes, human_flops, status_text
 from sabench.records import SCHEMA, SCHEMA_V1, PhaseRecord
 

@@ -4,6 +4,7 @@ Each case is a row of CASES: an id, a function building the argv from the shared
 scratch directory), and fragments the message must contain. One small real run is made once
 per module; after every case each of its files (and a copy's) must hash as before.
 """
+import argparse
 import hashlib
 import json
 import math
@@ -22,22 +23,14 @@ import yaml
 
 from sabench.cli import main
 from sabench.presets import PRESETS
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: robust
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "sa:2-3"]
-sweep:
-  batch_size: 1
-  seq_len: 16
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 3
-execution: eager
-"""
+def _suite_text(variants=("baseline", "sa:2-3"), seq_lens=(16,)) -> str:
+    return tiny_suite("robust", variants=variants, batch_sizes=(1,), seq_lens=seq_lens, decode_tokens=2, warmup=0,
+                      repeats=3, execution="eager")
+
+
+SUITE = _suite_text()
 TINY = PRESETS["tiny"]
 TYPED = None  # typed records validate every field on load
 
@@ -361,6 +354,15 @@ def test_at_least_sixty_cases_cover_every_command():
                                                     "quality"}
 
 
+def _every_command_runs(monkeypatch, handler) -> None:
+    """Every command of the CLI's table runs `handler` (a stand-in that fails on purpose)."""
+    import dataclasses
+
+    import sabench.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dataclasses.replace(c, run=handler) for c in cli.COMMANDS))
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only user errors are turned into one line: an internal failure propagates (exit 1 with a traceback)."""
     import sabench.cli as cli
@@ -368,13 +370,14 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    _every_command_runs(monkeypatch, broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["inspect", "--model", "tiny"])
 
 
 def test_a_bug_exits_1_with_the_traceback_from_the_console(tmp_path):
-    code = ("import sys, sabench.cli as c; c.cmd_inspect = lambda a: 1 / 0; "
+    code = ("import dataclasses, sys, sabench.cli as c; "
+            "c.COMMANDS = tuple(dataclasses.replace(x, run=lambda a: 1 / 0) for x in c.COMMANDS); "
             "sys.argv = ['sabench', 'inspect', '--model', 'tiny']; c.entry()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.returncode == 1
@@ -385,7 +388,7 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
 
 
-SLOW_SUITE = SUITE.replace("seq_len: 16", "seq_len: [16, 24, 32, 40, 48, 56, 64, 72]")
+SLOW_SUITE = _suite_text(seq_lens=(16, 24, 32, 40, 48, 56, 64, 72))
 
 
 def _alive_in_group(pgid: int) -> dict:
@@ -446,7 +449,7 @@ def test_ctrl_c_at_any_stage_is_one_line_exit_130_and_leaves_nothing_behind(tmp_
     any process, exactly one line naming the command that goes on, no process of the group left,
     no work directory left."""
     suite = tmp_path / "slow.yaml"
-    suite.write_text(SUITE.replace(', "sa:2-3"', "") if stage == "report"
+    suite.write_text(_suite_text(variants=("baseline",)) if stage == "report"
                      else SLOW_SUITE + "parallel:\n  tensor: 2\n" if stage == "ranks" else SLOW_SUITE)
     out, tmp, reached = tmp_path / "run", short_tmp, tmp_path / "report-reached"
     env = dict(_env(), TMPDIR=str(tmp), SABENCH_HISTORY=str(tmp_path / "history.sqlite"),
@@ -515,7 +518,7 @@ def test_nan_free_float_parse_is_strict():
     parse = float_in(0.0, 1.0)
     assert parse("0.5") == 0.5 and parse("1") == 1.0
     for bad in ("0", "nan", "inf", "-0.1", "x"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"expected a number in \(0, 1\], got '{bad}'"):
             parse(bad)
     assert math.isfinite(parse("1e-9"))
 
@@ -544,7 +547,7 @@ def test_os_errors_on_a_users_path_are_one_line(monkeypatch, capsys, code, hint)
     def fails(args):
         raise OSError(code, os.strerror(code), "/some/out/path")
 
-    monkeypatch.setattr(cli, "cmd_inspect", fails)
+    _every_command_runs(monkeypatch, fails)
     assert cli.main(["inspect", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "/some/out/path" in err and hint in err and len(err.splitlines()) == 1
@@ -558,6 +561,6 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     def fails(args):
         raise OSError(errno_mod.EIO, "Input/output error")
 
-    monkeypatch.setattr(cli, "cmd_inspect", fails)
+    _every_command_runs(monkeypatch, fails)
     with pytest.raises(OSError):
         cli.main(["inspect", "--model", "tiny"])

@@ -6,6 +6,7 @@ import torch
 
 from sabench.model import load_model
 from sabench.serving.runtime import SlotRuntime
+from tests.helpers import sharpen
 
 # (arrival step, prompt length, output tokens): 5 requests through 2 slots, so slots are reused
 # while the other slot is mid-sequence, and one request (1 token) finishes at its prefill
@@ -13,13 +14,8 @@ REQUESTS = [(0, 7, 6), (0, 3, 9), (2, 12, 4), (4, 5, 1), (5, 9, 7)]
 
 
 def _model(variant):
-    # weights x5 (as test_variants): batched and alone runs differ in rounding only, never by an argmax tie
-    m = load_model("tiny", variant, torch.float32, "cpu", seed=2)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return m
+    # batched and alone runs differ in rounding only, never by an argmax tie
+    return sharpen(load_model("tiny", variant, torch.float32, "cpu", seed=2))
 
 
 def _serve(rt: SlotRuntime, prompts):
@@ -89,11 +85,7 @@ def test_a_slot_filled_to_the_last_position_can_be_freed_while_others_decode():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_runtime_gives_each_request_its_tokens_alone():
-    m = load_model("tiny", "cla:2+sa:2-3", torch.float32, "cuda", seed=2)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
+    m = sharpen(load_model("tiny", "cla:2+sa:2-3", torch.float32, "cuda", seed=2))
     gen = torch.Generator().manual_seed(7)
     prompts = [torch.randint(0, 512, (t,), generator=gen) for _, t, _ in REQUESTS]
     rt = SlotRuntime(m, slots=2, max_len=max(t + n for _, t, n in REQUESTS), cuda_graph=True)

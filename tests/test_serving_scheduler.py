@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from sabench.model import load_model
-from sabench.serving.metrics import RequestRecord, Targets, summarize
+from sabench.records.serving import RequestRecord
+from sabench.serving.metrics import Targets, summarize
 from sabench.serving.runtime import SlotRuntime
 from sabench.serving.scheduler import ModelEngine, VirtualClock, WallClock, serve
 from sabench.serving.simulate import CostEngine, StepCosts
 from sabench.serving.stream import ClosedLoop, Lengths, Poisson, Request, Workload
+from tests.helpers import sharpen
 
 COSTS = StepCosts(prefill_s=1.0, prefill_per_token_s=0.0, decode_s=0.5)
 
@@ -114,11 +116,7 @@ def test_poisson_stream_is_seeded_with_exponential_gaps():
 
 @pytest.mark.parametrize("variant", ["baseline", "sa:2-3"])
 def test_model_under_the_loop_gives_each_request_its_tokens_alone(variant):
-    m = load_model("tiny", variant, torch.float32, "cpu", seed=4)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
+    m = sharpen(load_model("tiny", variant, torch.float32, "cpu", seed=4))
     engine = ModelEngine(SlotRuntime(m, slots=2, max_len=32), seed=5)
     recs = serve(engine, ClosedLoop(3, 6, Lengths(3, 12), Lengths(1, 8), seed=2), WallClock())
     for r in recs:

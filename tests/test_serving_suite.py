@@ -8,6 +8,7 @@ import yaml
 
 from sabench import accounting
 from sabench.cli import main
+from sabench.records import ResultsError
 from sabench.records.serving import load_serving
 from sabench.serving.metrics import summarize
 from sabench.serving.report import ratio_finding, summaries
@@ -110,7 +111,14 @@ def test_serve_end_to_end_records_and_report(tmp_path):
     for heading in ("### Goodput and throughput", "### Latency percentiles (ms)", "### Findings",
                     "serving_pareto.png", "baseline 4, cla:2 8"):
         assert heading in report
-    assert (out / "serving_pareto.png").stat().st_size > 0
+    # the figure is drawn: 6.4 x 4.4 inches at 100 dpi, cla:2 in the palette's first colour
+    import matplotlib.image
+    import numpy as np
+
+    png = matplotlib.image.imread(out / "serving_pareto.png")
+    assert png.shape[:2] == (440, 640)
+    rgb = np.round(png[..., :3] * 255).astype(int)
+    assert (rgb == (0x1f, 0x77, 0xb4)).all(-1).any()  # "#1f77b4": cla:2's series (marker, legend)
     # the stream for vLLM: round 0's requests in arrival order, output lengths exact
     lines = [json.loads(x) for x in (out / "vllm" / "rate-1000.jsonl").read_text().splitlines()]
     first = sorted(by_round[(0, "baseline")].requests, key=lambda q: q.arrival_s)
@@ -120,7 +128,7 @@ def test_serve_end_to_end_records_and_report(tmp_path):
     data = json.loads((out / "serving.json").read_text())
     data["runs"][0]["requests"][0]["token_s"].pop()
     (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(Exception, match=r"run 0: requests\[0\].token_s holds 4 times for 5 output tokens"):
+    with pytest.raises(ResultsError, match=r"run 0: requests\[0\].token_s holds 4 times for 5 output tokens"):
         load_serving(tmp_path / "bad.json")
     assert main(["serve", str(p), "--out", str(out)]) == 2  # never overwrites a run
 

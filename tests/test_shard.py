@@ -122,19 +122,21 @@ def test_merged_shards_equal_the_unsharded_run_in_points_and_deterministic_figur
     assert len(_figures(out)) == 8
     merged = json.loads((out / "results.json").read_text())
     assert [m["shard"] for m in merged["merged"]] == [{"index": 2, "count": 2}, {"index": 1, "count": 2}]
-    assert "shard" not in merged and (out / "report.md").exists()
+    assert "shard" not in merged
+    assert (out / "report.md").read_text().startswith("# sabench report: shardmini\n\n8 measurements (8 ok)")
     assert [(r["variant"], r["seq_len"], r["phase"]) for r in merged["records"]] == [
         (v, s, ph) for v in ("baseline", "cla:2") for s in (16, 32) for ph in ("prefill", "decode")]
     assert "4 of 4 points" in capsys.readouterr().err
-    from sabench.report import history
+    from sabench import history
     assert history.list_suites(None) == [("shardmini", 1)]  # the merged run, once
 
 
 def test_a_shard_run_with_its_report_is_not_recorded_in_the_history(shard_runs, tmp_path):
-    from sabench.report import history
+    from sabench import history
     out = tmp_path / "s1"
     assert main(["run", str(shard_runs / "shardmini.yaml"), "--shard", "1/4", "--out", str(out)]) == 0
-    assert (out / "report.md").exists() and not history.resolve_db(None).exists()
+    assert (out / "report.md").read_text().startswith("# sabench report: shardmini\n")
+    assert not history.resolve_db(None).exists()
 
 
 def test_a_missing_shard_is_named_exit_1_and_the_rest_is_still_written(shard_runs, capsys):

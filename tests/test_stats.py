@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.stats as st
 
-from sabench.stats import (GateResult, RatioEstimate, detect_steps, geomean, median, ratio_interval, regression,
-                           round_centres, summarize, validate_samples, verdict)
+from sabench.stats import (GateResult, RatioEstimate, detect_steps, geomean, median, percentiles, ratio_interval,
+                           regression, rel_iqr, round_centres, summarize, validate_samples, verdict)
 from sabench.stats.steps import _optimal_partition, series_noise
 
 BASE = [10.2, 9.8, 10.5, 10.1, 9.9, 10.4]
@@ -236,6 +236,15 @@ def test_summarize_by_hand():
     got = summarize([4, 1, 3, 2])
     assert got.keys() == want.keys()
     assert all(got[k] == pytest.approx(v) for k, v in want.items())
+
+
+def test_percentiles_and_rel_iqr_by_hand():
+    # linear interpolation at (n - 1) * p / 100 on 10, 20, 30, 40, 50 (unsorted on purpose)
+    got = percentiles([50, 10, 40, 20, 30], (0, 25, 50, 90, 99))
+    assert got == pytest.approx({0: 10.0, 25: 20.0, 50: 30.0, 90: 46.0, 99: 49.6})
+    assert all(math.isnan(v) for v in percentiles([], (50, 90)).values())
+    assert rel_iqr([50, 10, 40, 20, 30]) == pytest.approx((40 - 20) / 30)
+    assert rel_iqr([5.0]) is None and rel_iqr([-1.0, 0.0, 1.0]) is None  # one sample; a median <= 0
 
 
 # -- step detection ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sabench.devices import resolve_device
 from sabench.paths import suites_dir
 from sabench.presets import PRESETS
 from sabench.suite import (
@@ -17,7 +18,6 @@ from sabench.suite import (
     find_suite,
     load_suite,
     parse_suite,
-    resolve_device,
 )
 
 REMOVE = object()

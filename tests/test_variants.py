@@ -5,7 +5,7 @@ import torch
 from sabench import accounting
 from sabench.model import build_model, load_model
 from sabench.presets import PRESETS
-from tests.helpers import hf_model, small_config
+from tests.helpers import hf_model, sharpen, small_config
 
 VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla:2+sa:2-3",
             "sa:1-1,3-3/recompute", "cla:2+sa:2-3/recompute",
@@ -13,12 +13,8 @@ VARIANTS = ["baseline", "cla:2", "cla:3", "sa:1-2", "sa:2-3", "sa:1-1,3-3", "cla
 
 
 def _model(variant, kind="gqa", layers=4, seed=0, **kw):
-    m = load_model(small_config(kind, layers=layers, **kw), variant, dtype=torch.float32, device="cpu", seed=seed)
-    with torch.no_grad():  # larger weights than the 0.02 init: argmax ties would hide bugs
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(5.0)
-    return m
+    return sharpen(load_model(small_config(kind, layers=layers, **kw), variant, dtype=torch.float32, device="cpu",
+                              seed=seed))
 
 
 def _greedy_by_recompute(model, ids, n):
@@ -86,19 +82,25 @@ def _heads_v(cfg, x, wv):
     return (x @ wv.T).view(b, t, hkv, d).transpose(1, 2).repeat_interleave(h // hkv, dim=1)
 
 
+def _reference_output(cfg, m, seen, layer, q_from, k_from, v_from):
+    """o_proj_layer(softmax(Q_q K_k^T) V_v), each projection by its layer's own weights on that layer's
+    input (as the hooks saw it), computed independently of sabench's attention."""
+    a = [blk.self_attn for blk in m.model.layers]
+    x = {i: seen[i][0] for i in seen}
+    probs = _causal_probs(cfg, x[q_from], a[q_from].q_proj.weight, x[k_from], a[k_from].k_proj.weight)
+    v = _heads_v(cfg, x[v_from], a[v_from].v_proj.weight)
+    b, t, _ = x[layer].shape
+    return (probs @ v).transpose(1, 2).reshape(b, t, -1) @ a[layer].o_proj.weight.T
+
+
 def test_sa_layer_output_is_source_probs_times_own_v():
     """Layer 2 of sa:2-3 must output o_proj(P_1 . V_2), P_1 computed here independently."""
     cfg = small_config("gqa", scaling=False)
     m = _model("sa:2-3", scaling=False)
-    b, t = 2, 13
-    seen = _attention_io(m, (1, 2), b, t)
-    x1, x2 = seen[1][0], seen[2][0]
-    a1, a2 = m.model.layers[1].self_attn, m.model.layers[2].self_attn
-    p1 = _causal_probs(cfg, x1, a1.q_proj.weight, x1, a1.k_proj.weight)
-    v2 = _heads_v(cfg, x2, a2.v_proj.weight)
-    expected = (p1 @ v2).transpose(1, 2).reshape(b, t, -1) @ a2.o_proj.weight.T
+    seen = _attention_io(m, (1, 2), 2, 13)
+    a2 = m.model.layers[2].self_attn
     assert not hasattr(a2, "q_proj") and not hasattr(a2, "k_proj")
-    assert torch.allclose(seen[2][1], expected, atol=1e-5)
+    assert torch.allclose(seen[2][1], _reference_output(cfg, m, seen, 2, q_from=1, k_from=1, v_from=2), atol=1e-5)
 
 
 def test_plan_sharing_nothing_equals_baseline_exactly():
@@ -132,15 +134,10 @@ def test_a_kv_sharer_attends_with_its_own_queries_over_its_targets_k_and_v():
     computed here independently; it keeps no K/V of its own."""
     cfg = small_config("gqa", scaling=False)
     m = _model("kv:3<-1", scaling=False)
-    b, t = 2, 13
-    seen = _attention_io(m, (1, 3), b, t)
-    x1, x3 = seen[1][0], seen[3][0]
-    a1, a3 = m.model.layers[1].self_attn, m.model.layers[3].self_attn
-    probs = _causal_probs(cfg, x3, a3.q_proj.weight, x1, a1.k_proj.weight)
-    v = _heads_v(cfg, x1, a1.v_proj.weight)
-    expected = (probs @ v).transpose(1, 2).reshape(b, t, -1) @ a3.o_proj.weight.T
+    seen = _attention_io(m, (1, 3), 2, 13)
+    a3 = m.model.layers[3].self_attn
     assert not hasattr(a3, "k_proj") and not hasattr(a3, "v_proj")
-    assert torch.allclose(seen[3][1], expected, atol=1e-5)
+    assert torch.allclose(seen[3][1], _reference_output(cfg, m, seen, 3, q_from=3, k_from=1, v_from=1), atol=1e-5)
     cache = m.new_cache(1, 8)
     assert cache.k[3] is None and cache.v[3] is None and cache.k[1] is not None
 

@@ -13,7 +13,7 @@ from report_fixtures import latency_summary, make_results, scale_timings, with_r
 from sabench.records import ResultsError, RoundSample, RunRecord, load_results
 from sabench.stats import paired_round_minima, round_medians, round_minima
 from sabench.report.check import check
-from sabench.report.commands import main
+from sabench.cli import main
 from sabench.report.compare import compare_runs
 from sabench.report.report import write_report
 from sabench.stats import ratio_interval

@@ -6,7 +6,8 @@ from pathlib import Path
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
 from sabench.records import PHASES
-from sabench.suite import MAX_BATCH, Suite
+from sabench.suite import Suite
+from sabench.suite_fields import MAX_BATCH
 
 MAX_ATTEMPTS = 6  # runs of one `max` point: the predicted batch, then steps down by 1/8 on OOM
 

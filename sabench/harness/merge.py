@@ -183,7 +183,7 @@ def merge_runs(run_dirs: Sequence, out, partial: bool = True, report: bool = Tru
 def _record(path: Path) -> None:
     """The merged run goes into the history (shard runs do not: each holds part of the points)."""
     try:
-        from sabench.report.history import record_run
+        from sabench.history import record_run
 
         record_run(path)
     except Exception as e:  # pragma: no cover - the merged results are written already

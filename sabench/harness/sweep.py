@@ -45,8 +45,8 @@ from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.plan import plan_for
 from sabench.records import PHASES, SCHEMA, ResultsError, load_results
-from sabench.suite import (MAX_BATCH, Suite, SuiteError, find_suite, load_suite, resolve_execution,
-                           resolve_threads)
+from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_execution, resolve_threads
+from sabench.suite_fields import MAX_BATCH
 
 def default_out_dir(suite: Suite) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -418,7 +418,7 @@ def _finish(out: Path, path: Path, history: bool = True) -> None:
     if not history:
         return
     try:
-        from sabench.report.history import record_run
+        from sabench.history import record_run
 
         record_run(path)
     except Exception as e:  # pragma: no cover

@@ -218,7 +218,7 @@ def check_run(suite, device: str) -> str:
     """UserError (one line) when a tensor-parallel suite cannot run here; else a note for stderr
     ('' when there is nothing to say). The degree against the model is checked when the suite loads."""
     from sabench.errors import UserError
-    from sabench.suite import MAX_BATCH
+    from sabench.suite_fields import MAX_BATCH
 
     world, where = suite.tensor_parallel, f"{suite.path or suite.name}: parallel.tensor {suite.tensor_parallel}"
     if world <= 1:

@@ -17,11 +17,11 @@ meaning is in the field comments of sabench/records/types.py.
 from sabench.records.checks import ResultsError
 from sabench.records.rounds import RoundSample
 from sabench.records.files import load_results, results_path, write_results
-from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STABLE_RATIO, STATUSES,
+from sabench.records.types import (FAILED_STATUSES, MAX_REQUEST, PHASES, SCHEMA, SCHEMA_V1, STATUSES,
                                    Flops, Key, Latency, MaxAttempt, Memory, Overhead, PhaseRecord, PointSpec, RunRecord,
                                    Stability, key_label, point_key)
 
-__all__ = ["FAILED_STATUSES", "MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STABLE_RATIO", "STATUSES", "Flops",
+__all__ = ["FAILED_STATUSES", "MAX_REQUEST", "PHASES", "SCHEMA", "SCHEMA_V1", "STATUSES", "Flops",
            "Key", "Latency",
            "MaxAttempt", "Memory", "Overhead", "PhaseRecord", "PointSpec", "ResultsError", "RunRecord",
            "RoundSample", "Stability", "key_label", "load_results", "point_key", "results_path", "write_results"]

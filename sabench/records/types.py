@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from sabench.constants import STABLE_RATIO  # noqa: F401  (re-exported: p90/p10 above it is unstable)
 from sabench.records.parallel import TensorParallel
 from sabench.records.checks import ResultsError, Where, dump, mapping, number, numbers, show, strings, text
 from sabench.records.rounds import RoundSample, parse_rounds

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, fmt_rate, human_bytes, is_ok,
-                                    peak_memory, predicted_memory, variants_of)
+from sabench.records import Key, PhaseRecord, RunRecord
+from sabench.report.results import (BASELINE, fmt_rate, human_bytes, is_ok, peak_memory, predicted_memory,
+                                    variants_of)
 from sabench.report.tables import md_table
 
 MAX_ROWS = 24

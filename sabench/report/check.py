@@ -38,9 +38,8 @@ from typing import List, Optional, Tuple, Union
 
 from sabench.io import write_atomic
 from sabench.report.intervals import fmt_est
-from sabench.report.results import (Key, PhaseRecord, ResultsError, RunRecord, fmt_ms, human_bytes,
-                                    index_records, key_label, load_results, md_escape, peak_memory,
-                                    results_path, status_text)
+from sabench.records import Key, PhaseRecord, ResultsError, RunRecord, key_label, load_results, results_path
+from sabench.report.results import fmt_ms, human_bytes, index_records, md_escape, peak_memory, status_text
 from sabench.stats import MIN_ROUNDS, RatioEstimate, geomean, ok_rounds, regression, round_centres
 
 # figure name -> its value in a record

@@ -7,9 +7,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from sabench.io import write_atomic
 from sabench.paths import reports_dir
-from sabench.report.results import (Key, ResultsError, RunRecord, fmt_ms, listing, fmt_rate, fmt_x,
-                                    human_bytes, index_records, is_ok, key_label, load_results, median_ms,
-                                    peak_memory, results_path, status_text, variants_of)
+from sabench.records import Key, ResultsError, RunRecord, key_label, load_results, results_path
+from sabench.report.results import (fmt_ms, listing, fmt_rate, fmt_x, human_bytes, index_records, is_ok,
+                                    median_ms, peak_memory, status_text, variants_of)
 from sabench.report.intervals import WITHIN_NOTE, fmt_est, time_ratio
 from sabench.report.tables import md_table
 from sabench.stats import geomean_interval, verdict

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator  # noqa: E402
 
-from sabench.report.results import BASELINE, Key, PhaseRecord, RunRecord
+from sabench.report.results import BASELINE
 
 DPI = 100
 PHASE_MARKERS = {"prefill": "o", "decode": "^"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sabench.report.history import METRICS, Trend, trend_groups
+from sabench.history import METRICS, Trend
+from sabench.report.history import trend_groups
 
 
 def plot_trends(trends: List[Trend], path, max_lines: int = 10) -> Optional[Path]:

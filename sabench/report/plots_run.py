@@ -14,8 +14,9 @@ from sabench.report.plots import (LATENCY_LABELS, PHASE_MARKERS, Grid, facet_axe
                                   variant_colors)
 from sabench.report.intervals import is_noisy, latency_band, speed_verdict
 from sabench.report.intervals import speedup as speedup_interval
-from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, axis_values, flops_breakdown as
-                                    breakdown_of, is_ok, median_ms, peak_memory, variants_of)
+from sabench.records import Key, PhaseRecord, RunRecord
+from sabench.report.results import (BASELINE, axis_values, flops_breakdown as breakdown_of, is_ok, median_ms,
+                                    peak_memory, variants_of)
 
 
 def _facet_lines(results: RunRecord, index: Dict[Key, PhaseRecord], out_dir: Path, name: str, title: str, *,

@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from sabench.report.results import (BASELINE, Key, fmt_ms, listing, fmt_pct, fmt_rate, fmt_x,
-                                    human_bytes, index_records, is_ok, load_results, median_ms,
-                                    MEMORY_SOURCES, one_line, p90_ms, peak_memory, phases_of,
-                                    phase_rise, PhaseRecord, predicted_memory, results_path, RunRecord,
-                                    truncate, utilisation, variants_of)
+from sabench.constants import STABLE_RATIO
+from sabench.records import Key, PhaseRecord, PointSpec, RunRecord, load_results, results_path
+from sabench.report.results import (BASELINE, fmt_ms, listing, fmt_pct, fmt_rate, fmt_x, human_bytes,
+                                    index_records, is_ok, median_ms, MEMORY_SOURCES, one_line, p90_ms,
+                                    peak_memory, phases_of, phase_rise, predicted_memory, truncate,
+                                    utilisation, variants_of)
 from sabench.io import write_atomic
 from sabench.stats import geomean, median
-from sabench.records import STABLE_RATIO, PointSpec
 from sabench.report import devices, speed_quality, topology
 from sabench.report.capacity import equal_memory_section
 from sabench.report.swap import staging_dir, swap_in

@@ -7,11 +7,9 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
-from sabench.records import (Key, PhaseRecord, ResultsError, RunRecord, key_label, load_results,  # noqa: F401
-                             results_path)
+from sabench.records import Key, PhaseRecord, RunRecord
 
 BASELINE = "baseline"
-__all__ = ["ResultsError", "key_label", "load_results", "results_path"]  # re-exported for readers
 
 
 # ---------------------------------------------------------------------------- records

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
-from sabench.report.results import BASELINE, RunRecord, fmt_ms, median_ms, variants_of
+from sabench.records import RunRecord
+from sabench.report.results import BASELINE, fmt_ms, median_ms, variants_of
 from sabench.report.tables import md_table
 
 

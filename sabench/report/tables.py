@@ -5,10 +5,10 @@ from typing import Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-from sabench.report.results import (BASELINE, Key, PhaseRecord, RunRecord, analytic_flops, fmt_ms, fmt_pct,
-                                    fmt_rate, human_bytes, human_flops, human_rate, index_records, is_ok,
-                                    md_escape, median_ms, p90_ms, peak_memory, status_text,
-                                    utilisation, variants_of)
+from sabench.records import Key, PhaseRecord, RunRecord
+from sabench.report.results import (BASELINE, analytic_flops, fmt_ms, fmt_pct, fmt_rate, human_bytes,
+                                    human_flops, human_rate, index_records, is_ok, md_escape, median_ms,
+                                    p90_ms, peak_memory, status_text, utilisation, variants_of)
 
 
 def md_table(headers: Sequence[str], rows: List[Sequence[str]], align: Optional[Sequence[str]] = None) -> str:

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from sabench.records import PointSpec
 from sabench.report.intervals import CONFIDENCE, fmt_est, speed_verdict, speedup
-from sabench.report.results import BASELINE, Key, PhaseRecord, fmt_ms, listing, median_ms, phases_of, variants_of
+from sabench.records import Key, PhaseRecord, PointSpec
+from sabench.report.results import BASELINE, fmt_ms, listing, median_ms, phases_of, variants_of
 from sabench.stats import DEFAULT_THRESHOLD, MIN_ROUNDS, RatioEstimate
 
 MAX_LISTED = 12

@@ -8,23 +8,16 @@ import sys
 from sabench.errors import UserError, check_output_dir
 
 
-def register(subparsers) -> None:
+def add_serve_arguments(p) -> None:
     from sabench.argtypes import int_in
 
-    p = subparsers.add_parser(
-        "serve", help="serve a suite's request stream with continuous batching: TTFT, TPOT, goodput per variant",
-        description="Run the suite's `serving:` scenario: each variant with the slots its KV cache fits in the "
-                    "suite's cache budget, FCFS admission, every load in every round. Writes OUT/serving.json "
-                    "(every request's raw times), OUT/report.md, OUT/serving_pareto.png and OUT/vllm/ (each "
-                    "rate's request stream for `vllm bench serve`).")
     p.add_argument("suite", help="suite name (suites/NAME.yaml) or path to a YAML file with a serving: block")
     p.add_argument("--out", default=None, help="output dir (default reports/<suite>/<timestamp>-<host>)")
     p.add_argument("--rounds", type=int_in(1, 100), default=None, help="rounds (default: the suite's `rounds`)")
     p.add_argument("--threads", type=int_in(1, 4096), default=None, help="torch threads (default: the suite's)")
-    p.set_defaults(func=_cmd)
 
 
-def _cmd(args) -> int:
+def cmd_serve(args) -> int:
     from sabench.serving.bench import run_serving
     from sabench.serving.export import export_streams
     from sabench.serving.report import section
@@ -53,15 +46,9 @@ def _cmd(args) -> int:
     return 0
 
 
-def register_fleet(subparsers) -> None:
+def add_fleet_arguments(p) -> None:
     from sabench.argtypes import float_in, int_in
 
-    p = subparsers.add_parser(
-        "fleet", help="predict (by simulation on roofline floors) the GPUs each variant needs for a demand",
-        description="A prediction, not a measurement: the serving scheduler simulated with step costs at the "
-                    "roofline floor of a GPU's datasheet peaks and the memory model's slots per GPU "
-                    "(sabench/serving/fleet.py). Floors are optimistic: rates are upper bounds, GPU counts lower "
-                    "bounds.")
     p.add_argument("--model", required=True, help="preset, HF model directory or config.json")
     p.add_argument("--variant", action="append", help="repeatable (default: baseline and cla:2)")
     p.add_argument("--dtype", default="bfloat16")
@@ -74,10 +61,9 @@ def register_fleet(subparsers) -> None:
     p.add_argument("--tpot-ms", type=float_in(0.0, 1e9), default=50.0)
     p.add_argument("--share", type=float_in(0.0, 1.0), default=0.9, help="goodput share to sustain (default 0.9)")
     p.add_argument("--demand", type=float_in(0.0, 1e12), default=100.0, help="requests/s to serve (default 100)")
-    p.set_defaults(func=_cmd_fleet)
 
 
-def _cmd_fleet(args) -> int:
+def cmd_fleet(args) -> int:
     from sabench.measure.calibrate import DATASHEET
     from sabench.serving.fleet import predict
     from sabench.serving.metrics import Targets

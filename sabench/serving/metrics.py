@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
-
-from sabench.records.serving import RequestRecord  # noqa: F401  (the per-request figures' one home)
+from sabench.records.serving import RequestRecord
+from sabench.stats import median, percentiles
 
 PERCENTILES = (50, 90, 99)
 
@@ -32,12 +31,6 @@ class Targets:
     def met_by(self, r: RequestRecord) -> bool:
         return ((self.ttft_ms is None or r.ttft_s * 1e3 <= self.ttft_ms)
                 and (self.tpot_ms is None or r.tpot_s * 1e3 <= self.tpot_ms))
-
-
-def percentiles(values, ps=PERCENTILES) -> dict:
-    """{p: value} in the values' unit; empty input gives NaN (no such figure in the run)."""
-    v = np.asarray(values, dtype=float)
-    return {p: (float(np.percentile(v, p)) if v.size else float("nan")) for p in ps}
 
 
 @dataclass(frozen=True)
@@ -68,12 +61,13 @@ def summarize(records, targets: Targets = Targets()) -> RunSummary:
     good = sum(targets.met_by(r) for r in records)
     tokens = sum(len(r.token_s) for r in records)
     tpots = [r.tpot_s for r in records if len(r.token_s) > 1]
-    median_tpot = float(np.median(tpots)) if tpots else float("nan")
-    ms = {"ttft": percentiles([r.ttft_s * 1e3 for r in records]),
-          "tpot": percentiles([t * 1e3 for t in tpots]),
-          "itl": percentiles([g * 1e3 for r in records for g in r.itl_s]),
-          "e2e": percentiles([r.e2e_s * 1e3 for r in records]),
-          "queue_wait": percentiles([r.queue_wait_s * 1e3 for r in records])}
+    median_tpot = median(tpots) if tpots else float("nan")
+    # {p: ms} per figure; NaN where the run has no such figure (no request with two tokens: no TPOT)
+    ms = {"ttft": percentiles([r.ttft_s * 1e3 for r in records], PERCENTILES),
+          "tpot": percentiles([t * 1e3 for t in tpots], PERCENTILES),
+          "itl": percentiles([g * 1e3 for r in records for g in r.itl_s], PERCENTILES),
+          "e2e": percentiles([r.e2e_s * 1e3 for r in records], PERCENTILES),
+          "queue_wait": percentiles([r.queue_wait_s * 1e3 for r in records], PERCENTILES)}
     return RunSummary(requests=len(records), duration_s=duration, output_tokens_per_s=tokens / duration,
                       requests_per_s=len(records) / duration, goodput_rps=good / duration,
                       goodput_share=good / len(records),

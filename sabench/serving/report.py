@@ -36,8 +36,12 @@ def summaries(results: ServingResults) -> dict:
     return out
 
 
-def _median(values) -> float:
-    return median(list(values))
+def _cells(s: dict, loads: list, variants: list):
+    """(load, variant, {round: RunSummary}) for every pair that ran, loads outermost."""
+    for load in loads:
+        for v in variants:
+            if s.get((v, load)):
+                yield load, v, s[(v, load)]
 
 
 def _loads(results: ServingResults) -> list:
@@ -75,8 +79,8 @@ def sustained_rate(by_round_per_load: dict, share: float, offered: dict) -> Opti
     that is a burst served, not a rate sustained. None if no load qualifies."""
     best = None
     for load, rounds in by_round_per_load.items():
-        met = _median([s.goodput_share for s in rounds.values()]) >= share
-        kept_up = _median([s.goodput_rps for s in rounds.values()]) >= share * offered[load]
+        met = median([s.goodput_share for s in rounds.values()]) >= share
+        kept_up = median([s.goodput_rps for s in rounds.values()]) >= share * offered[load]
         if met and kept_up:
             best = load
     return best
@@ -101,28 +105,19 @@ def section(results: ServingResults, out_dir: Optional[Path] = None) -> str:
     lines += ["### Goodput and throughput", "",
               "| load | variant | slots | goodput (req/s) | meets targets | requests/s | output tokens/s | "
               "tokens/s per user |", "|---|---|---|---|---|---|---|---|"]
-    for load in loads:
-        for v in variants:
-            r = s.get((v, load))
-            if not r:
-                continue
-            m = {k: _median([getattr(x, k) for x in r.values()])
-                 for k in ("goodput_rps", "goodput_share", "requests_per_s", "output_tokens_per_s",
-                           "tokens_per_s_per_user")}
-            lines.append(f"| {load} | {v} | {slots[v]} | {m['goodput_rps']:.2f} | {m['goodput_share']:.0%} | "
-                         f"{m['requests_per_s']:.2f} | {m['output_tokens_per_s']:.0f} | {m['tokens_per_s_per_user']:.0f} |")
+    for load, v, r in _cells(s, loads, variants):
+        m = {k: median([getattr(x, k) for x in r.values()])
+             for k in ("goodput_rps", "goodput_share", "requests_per_s", "output_tokens_per_s", "tokens_per_s_per_user")}
+        lines.append(f"| {load} | {v} | {slots[v]} | {m['goodput_rps']:.2f} | {m['goodput_share']:.0%} | "
+                     f"{m['requests_per_s']:.2f} | {m['output_tokens_per_s']:.0f} | {m['tokens_per_s_per_user']:.0f} |")
     lines += ["", "### Latency percentiles (ms)", "",
               "| load | variant | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | ITL p99 | queue wait p50 |",
               "|---|---|---|---|---|---|---|---|"]
-    for load in loads:
-        for v in variants:
-            r = s.get((v, load))
-            if not r:
-                continue
-            def p(fig, q):
-                return _median([x.ms[fig][q] for x in r.values()])
-            lines.append(f"| {load} | {v} | {p('ttft', 50):.1f} | {p('ttft', 99):.1f} | {p('tpot', 50):.2f} | "
-                         f"{p('tpot', 99):.2f} | {p('itl', 99):.2f} | {p('queue_wait', 50):.1f} |")
+    for load, v, r in _cells(s, loads, variants):
+        def p(fig, q):
+            return median([x.ms[fig][q] for x in r.values()])
+        lines.append(f"| {load} | {v} | {p('ttft', 50):.1f} | {p('ttft', 99):.1f} | {p('tpot', 50):.2f} | "
+                     f"{p('tpot', 99):.2f} | {p('itl', 99):.2f} | {p('queue_wait', 50):.1f} |")
     lines += ["", "### Findings", ""]
     lines += _findings(s, loads, variants, spec)
     lines += _simulator_check(results)
@@ -180,8 +175,8 @@ def pareto_png(s: dict, loads: list, variants: list, out_dir: Path) -> Optional[
         for load in loads:
             r = s.get((v, load))
             if r:
-                pts.append((_median([x.output_tokens_per_s for x in r.values()]),
-                            _median([x.tokens_per_s_per_user for x in r.values()]), load))
+                pts.append((median([x.output_tokens_per_s for x in r.values()]),
+                            median([x.tokens_per_s_per_user for x in r.values()]), load))
         pts = [p for p in pts if p[1] == p[1]]  # a load of one-token outputs has no per-user speed
         if not pts:
             continue

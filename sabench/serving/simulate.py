@@ -132,9 +132,8 @@ def held_out(results) -> list:
     the held-out rate's rounds simulated on their own request streams and slots. Rows of
     (variant, rate, measured, predicted): figure -> median over rounds. Closed loops are left out
     (their arrivals follow the measured finishes)."""
-    import statistics
-
     from sabench.serving.metrics import summarize
+    from sabench.stats import median
 
     rows = []
     runs = [r for r in results.runs if r.rate is not None]
@@ -148,6 +147,6 @@ def held_out(results) -> list:
             costs = fit_costs(train)
             meas = [_figures(summarize(r.requests)) for r in test]
             pred = [_figures(summarize(simulate(costs, r.slots, Recorded(r.requests)))) for r in test]
-            rows.append((variant, rate, {f: statistics.median(m[f] for m in meas) for f in HELD_OUT_FIGURES},
-                         {f: statistics.median(p[f] for p in pred) for f in HELD_OUT_FIGURES}))
+            rows.append((variant, rate, {f: median(m[f] for m in meas) for f in HELD_OUT_FIGURES},
+                         {f: median(p[f] for p in pred) for f in HELD_OUT_FIGURES}))
     return rows

@@ -6,6 +6,25 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+
+def percentiles(values: Sequence[float], ps: Sequence[float]) -> dict:
+    """{p: the p-th percentile} by linear interpolation (numpy's default, as vLLM); NaN for each
+    p of an empty input (no such figure)."""
+    a = np.asarray(values, dtype=np.float64)
+    if not a.size:
+        return {p: float("nan") for p in ps}
+    return {p: float(v) for p, v in zip(ps, np.percentile(a, list(ps), method="linear"))}
+
+
+def rel_iqr(samples: Sequence[float]) -> Optional[float]:
+    """The inter-quartile range over the median, a sample's relative spread; None for fewer than two
+    samples or a median that is not positive."""
+    if len(samples) < 2:
+        return None
+    q = percentiles(samples, (25, 50, 75))
+    return (q[75] - q[25]) / q[50] if q[50] > 0 else None
+
+
 def summarize(samples_ms: Sequence[float]) -> dict:
     """median/p10/p90/p99/mean/std/min/max plus the raw `samples` (all floats, ms).
 
@@ -20,7 +39,8 @@ def summarize(samples_ms: Sequence[float]) -> dict:
     if not all(math.isfinite(x) for x in samples):
         raise ValueError(f"non-finite latency sample in {samples!r}")
     a = np.asarray(samples, dtype=np.float64)
-    p10, p50, p90, p99 = np.percentile(a, [10, 50, 90, 99], method="linear")
+    q = percentiles(a, (10, 50, 90, 99))
+    p10, p50, p90, p99 = q[10], q[50], q[90], q[99]
     return {
         "median": float(p50),
         "p10": float(p10),
