@@ -2,7 +2,7 @@
 
 Runs in a forkserver child per point (harness.launch), or as
 `python -m sabench.harness.point JOB.json RESULT.json` (a job in its JSON form). It writes
-RESULT (JSON: the point's two records and its overhead) and exits 0; anything else is the
+RESULT (JSON: the point's two records, typed PhaseRecords until written, and its overhead) and exits 0; anything else is the
 launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
 figures, the memory prediction, the FLOP count and the model all take that plan.
 """
@@ -21,10 +21,12 @@ from sabench.io import write_json_atomic
 from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factors
 from sabench.harness.interrupts import ignore_in_this_process
 from sabench.harness.job import PointJob
-from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
+from sabench.harness.phases import failed, measure_decode, measure_prefill, release
+from sabench.harness.rates import with_rates
 from sabench.measure.nvml_readings import parse_pci_bus_id
 from sabench.measure.timing import sync
 from sabench.loading import add_quality, point_model
+from sabench.records import Flops, PhaseRecord
 
 
 def pre_cuda_levels(device: torch.device, notes: list):
@@ -61,10 +63,10 @@ def _weights_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict, tuple]:
+def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[PhaseRecord, PhaseRecord]:
     """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
-    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction.
-    Returns them with the analytic FLOP totals (prefill, decode phase)."""
+    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction. Their
+    status says "not measured" until measure_phases measures them (or they fail)."""
     cfg, plan, dtype = job.cfg, job.plan, job.dtype
     b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
     counted = {"prefill": None, "decode_step": None}
@@ -75,33 +77,25 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
         overhead["count_flops_s"] = time.perf_counter() - t0
     pre_an = accounting.prefill_flops(cfg, plan, b, t)
     dec_an = accounting.decode_phase_flops(cfg, plan, b, t, n)
-    base = {"variant": job.variant, "batch_size": b, "seq_len": t, "warmup": job.warmup, "repeats": job.repeats,
-            "execution": job.execution, "params": accounting.params(cfg, plan),
-            "kv_cache_bytes": accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype)}
     predicted = memory_model.predict(cfg, plan, dtype, b, t, n, chunk, torch.device(job.device).type)
-    prefill = {"phase": "prefill"} | base | {
-        "memory_predicted_bytes": predicted["prefill"].to_dict(),
-        "flops": {"counted": counted["prefill"], "analytic": pre_an.total, "analytic_breakdown": pre_an.to_dict()},
-        "bytes_moved": accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk)}
-    decode = {"phase": "decode"} | base | {
-        "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
-        "flops": {"counted": counted["decode_step"] and counted["decode_step"] * n, "analytic": dec_an.total,
-                  "analytic_breakdown": dec_an.to_dict()},
+    base = dict(variant=job.variant, batch_size=b, seq_len=t, status="error", error="not measured",
+                warmup=job.warmup, repeats=job.repeats, execution=job.execution,
+                params=accounting.params(cfg, plan), kv_cache_bytes=accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype))
+    prefill = PhaseRecord(
+        phase="prefill", memory_predicted_bytes=predicted["prefill"].to_dict(),
+        flops=Flops(counted["prefill"], pre_an.total, pre_an.to_dict()),
+        bytes_moved=accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk), **base)
+    decode = PhaseRecord(
+        phase="decode", decode_tokens=n, memory_predicted_bytes=predicted["decode"].to_dict(),
+        flops=Flops(counted["decode_step"] and counted["decode_step"] * n, dec_an.total, dec_an.to_dict()),
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
-        "bytes_moved": accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n}
-    return _ordered(prefill), _ordered(decode), (pre_an.total, dec_an.total)
+        bytes_moved=accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n, **base)
+    return prefill, decode
 
 
-_KEY_ORDER = ("variant", "batch_size", "seq_len", "phase", "warmup", "repeats", "execution")
-
-
-def _ordered(rec: dict) -> dict:  # the records' keys in the order results.json always had
-    return {k: rec[k] for k in _KEY_ORDER} | {k: v for k, v in rec.items() if k not in _KEY_ORDER}
-
-
-def measure(job: PointJob) -> dict:
-    """{"records": [prefill, decode], "overhead": {...}} of one point."""
+def measure(job: PointJob) -> tuple[list[PhaseRecord], dict]:
+    """([prefill, decode] records, overhead) of one point."""
     t_start = time.time()
     device = torch.device(job.device)
     notes: list = []
@@ -110,30 +104,24 @@ def measure(job: PointJob) -> dict:
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
         overhead["device"] = seen
-    prefill, decode, (pre_flops, dec_flops) = analytic_records(job, overhead)
-    prefill["torch_threads"] = decode["torch_threads"] = torch.get_num_threads()  # what ran (--threads)
+    records = [r.with_extra(torch_threads=torch.get_num_threads())  # what ran (--threads)
+               for r in analytic_records(job, overhead)]
 
     try:  # the weights alone may not fit: both phases are then out of memory, and that is data
         model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
     except Exception as e:
-        fail = failure(e)
-        fail["error"] = "building the model: " + fail["error"]
-        prefill.update(fail)
-        decode.update(fail)
-        return {"records": [prefill, decode], "overhead": overhead}
-    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, seen=seen)
-    prefill.update(pre)
-    decode.update(dec)
-    if prefill["status"] == "ok":
-        roofline(prefill, pre_flops, prefill["bytes_moved"], job.peaks, "mfu")
-    if decode["status"] == "ok":
-        decode["tokens_per_s"] = job.batch_size / (decode["latency_ms"]["median"] / 1e3)
-        roofline(decode, dec_flops / job.decode_tokens, decode["bytes_moved"] / job.decode_tokens, job.peaks, "mbu")
-    add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
+        return [failed(r, e, "building the model: ") for r in records], overhead
+    *records, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, records, seen=seen)
+    records = add_quality(model, job, [with_rates(r, job.peaks) for r in records])  # which weights ran
     finish_overhead(job, overhead, t_start)
     if notes:
-        prefill["notes"] = decode["notes"] = notes
-    return {"records": [prefill, decode], "overhead": overhead}
+        records = [r.with_extra(notes=notes) for r in records]
+    return records, overhead
+
+
+def result_json(records, overhead: dict) -> dict:
+    """What a point process leaves in its result file (harness.launch parses it back)."""
+    return {"records": [r.to_dict() for r in records], "overhead": overhead}
 
 
 def build_point_model(job: PointJob, device: torch.device, overhead: dict, build):
@@ -151,16 +139,14 @@ def build_point_model(job: PointJob, device: torch.device, overhead: dict, build
     return model
 
 
-def _record_failure(e: BaseException, phase: str) -> dict:
-    return failure(e)
-
-
 def measure_phases(job: PointJob, model, device: torch.device, notes: list, overhead: dict, pre_cuda: dict,
-                   on_error=_record_failure, barrier=None, seen=None) -> tuple[dict, dict, int]:
-    """(prefill fields, decode fields, the cache's bytes) measured on `model`: the prefill that
-    fills a fresh cache, then decode from that cache (zeros if prefill failed: same work).
+                   records, on_error=failed, barrier=None,
+                   seen=None) -> tuple[PhaseRecord, PhaseRecord, int]:
+    """(prefill, decode, the cache's bytes): `records` (prefill, decode before measurement)
+    measured on `model`: the prefill that fills a fresh cache, then decode from that cache
+    (zeros if prefill failed: same work).
 
-    on_error(exception, phase): the failed phase's fields (default: its status and error; a
+    on_error(record, exception): the failed phase's record (default: its status and error; a
     tensor-parallel rank raises instead). barrier: see phases.py (tensor-parallel ranks). seen: the
     pinned GPU's record (`run --devices`), given the sampler's PCI bus id."""
     b, t, n = job.batch_size, job.seq_len, job.decode_tokens
@@ -172,20 +158,21 @@ def measure_phases(job: PointJob, model, device: torch.device, notes: list, over
               "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, job.cfg.vocab_size, (b, t), generator=gen).to(device)
-    prefill, decode, cache = {}, {}, None
+    prefill, decode = records
+    cache = None
     try:
         maybe_inject_oom(job.fault_oom, job.variant, b, t, "prefill")
         cache = model.new_cache(b, t + n)
-        prefill = measure_prefill(job, model, ids, cache, device, sampler, mem_kw, notes, overhead, barrier)
+        prefill = measure_prefill(job, prefill, model, ids, cache, device, sampler, mem_kw, notes, overhead, barrier)
     except Exception as e:
-        prefill = on_error(e, "prefill")
+        prefill = on_error(prefill, e)
     release(device)
     try:
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode = measure_decode(job, model, cache, device, sampler, mem_kw, overhead, barrier)
+        decode = measure_decode(job, decode, model, cache, device, sampler, mem_kw, overhead, barrier)
     except Exception as e:
-        decode = on_error(e, "decode")
+        decode = on_error(decode, e)
     if sampler is not None:
         sampler.close()
     nbytes = cache.nbytes if cache is not None else 0
@@ -237,7 +224,7 @@ def child_main(job: PointJob, result_path: str, stderr_path: str, measure_fn=Non
         torch.set_num_threads(int(job.threads))
     if measure_fn is None:
         maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
-    write_json_atomic(result_path, (measure_fn or measure)(job), indent=None, fsync=False)
+    write_json_atomic(result_path, result_json(*(measure_fn or measure)(job)), indent=None, fsync=False)
 
 
 def main(argv=None) -> int:
@@ -255,7 +242,7 @@ def main(argv=None) -> int:
     _pin(job.gpu)
     if job.threads:
         torch.set_num_threads(int(job.threads))
-    write_json_atomic(argv[1], measure(job), indent=None, fsync=False)
+    write_json_atomic(argv[1], result_json(*measure(job)), indent=None, fsync=False)
     return 0
 
 

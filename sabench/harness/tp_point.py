@@ -36,6 +36,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,8 +46,11 @@ from sabench.harness import point
 from sabench.harness.faults import maybe_inject_kill
 from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
-from sabench.harness.phases import failure, roofline
+from sabench.harness.phases import failure
+from sabench.harness.rates import with_rates
 from sabench.harness_tp import TPLaunchError, run_ranks
+from sabench.records import PhaseRecord
+from sabench.records.parallel import RankMeasure, TensorParallel
 from sabench.tp_shapes import rank_config
 
 TIMING_RANK = 0  # whose samples are the record's latency
@@ -66,99 +70,74 @@ def link(job: PointJob) -> dict:
 
 
 def tp_blocks(job: PointJob) -> dict:
-    """{phase: the record's `tensor_parallel` block before measurement, with `_per_sample`
-    (one rank's FLOPs, bytes and link bytes of one sample) for the roofline}."""
+    """{phase: the record's `tensor_parallel` block before measurement}: one rank's analytic
+    figures, the all-reduce traffic and the link (harness.rates derives the rank's roofline)."""
     world, b, t, n = job.tensor_parallel, job.batch_size, job.seq_len, job.decode_tokens
     rank_cfg = rank_config(job.cfg, world)
-    rank_pre, rank_dec, _ = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
+    rank_pre, rank_dec = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
     lk = link(job)
     summary = accounting.tp_summary(job.cfg, job.plan, b, t, job.dtype, world, job.prefill_chunk, lk)
     per_rank_link = summary["per_rank"]["link_bytes"]
     payload = {"prefill": accounting.all_reduce_bytes(rank_cfg, b, t, job.dtype, world)["payload"],
                "decode": accounting.all_reduce_bytes(rank_cfg, b, 1, job.dtype, world)["payload"] * n}
     out = {}
-    for phase, rec, link_bytes, samples in (("prefill", rank_pre, per_rank_link["prefill"], 1),
-                                            ("decode", rank_dec, per_rank_link["decode_step"] * n, n)):
-        out[phase] = {
-            "world": world, "timing_rank": TIMING_RANK,
-            "per_rank": {"params": rec["params"], "weight_bytes": summary["per_rank"]["weight_bytes"],
-                         "kv_cache_bytes": rec["kv_cache_bytes"], "flops": rec["flops"]["analytic"],
-                         "bytes_moved": rec["bytes_moved"]},
-            "all_reduce_payload_bytes": payload[phase], "link_bytes": link_bytes,
-            "link_bandwidth_bytes_per_s": lk["bytes_per_s"], "link_bandwidth_source": lk["source"],
-            "_per_sample": (rec["flops"]["analytic"] / samples, rec["bytes_moved"] / samples, link_bytes / samples)}
+    for rec, link_bytes in ((rank_pre, per_rank_link["prefill"]), (rank_dec, per_rank_link["decode_step"] * n)):
+        out[rec.phase] = TensorParallel(
+            world=world, timing_rank=TIMING_RANK,
+            per_rank={"params": rec.params, "weight_bytes": summary["per_rank"]["weight_bytes"],
+                      "kv_cache_bytes": rec.kv_cache_bytes, "flops": rec.flops.analytic,
+                      "bytes_moved": rec.bytes_moved},
+            all_reduce_payload_bytes=payload[rec.phase], link_bytes=link_bytes,
+            link_bandwidth_bytes_per_s=lk["bytes_per_s"], link_bandwidth_source=lk["source"])
     return out
 
 
-def tp_roofline(rec: dict, block: dict, peaks: dict, metric: str) -> None:
-    """One rank's mfu/mbu against one GPU's peaks, and its floor: compute/memory floor plus the
-    all-reduce bytes over the link (accounting.floor_s, as inspect --tp)."""
-    flops_ps, bytes_ps, link_ps = block.pop("_per_sample")
-    roofline(rec, flops_ps, bytes_ps, peaks, metric)
-    if "floor_ms" in rec:
-        block["link_ms"] = link_ps / block["link_bandwidth_bytes_per_s"] * 1e3
-        rec["floor_ms"] += block["link_ms"]
-
-
-def measure_tp(job: PointJob, rank_dir=None) -> dict:
-    """{"records": [prefill, decode], "overhead": {...}} of one tensor-parallel point."""
+def measure_tp(job: PointJob, rank_dir=None) -> tuple[list[PhaseRecord], dict]:
+    """([prefill, decode] records, overhead) of one tensor-parallel point."""
     t_start = time.time()
     world = job.tensor_parallel
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
-    prefill, decode, _ = point.analytic_records(job, overhead)  # the model's figures, as TP-1's
     rank_cfg = rank_config(job.cfg, world)
     predicted = memory_model.predict(rank_cfg, job.plan, job.dtype, job.batch_size, job.seq_len,
                                      job.decode_tokens, job.prefill_chunk, torch.device(job.device).type)
     blocks = tp_blocks(job)
-    records = {"prefill": prefill, "decode": decode}
-    for phase, rec in records.items():
-        rec["memory_predicted_bytes"] = predicted[phase].to_dict()  # one rank's
-        rec["tensor_parallel"] = blocks[phase]
+    records = [replace(r, memory_predicted_bytes=predicted[r.phase].to_dict(),  # one rank's
+                       tensor_parallel=blocks[r.phase])
+               for r in point.analytic_records(job, overhead)]  # the model's figures, as TP-1's
     threads = job.threads or torch.get_num_threads()
     own_dir = rank_dir is None
     rank_dir = Path(rank_dir or tempfile.mkdtemp(prefix="sabench-tp-"))
     t0, ooms_before = time.perf_counter(), oom_kill_count()
-    try:
-        ranks = run_ranks(_rank_main, world, (job, str(rank_dir), threads), device=job.device,
+    try:  # every rank measures the point's records; rank TIMING_RANK's are the point's
+        ranks = run_ranks(_rank_main, world, (job, str(rank_dir), threads, records), device=job.device,
                           log_dir=str(rank_dir / "logs"))
     except TPLaunchError as e:
         fail = rank_failure(e, rank_dir, world, (ooms_before, oom_kill_count()))
-        for rec in records.values():
-            rec.update(fail)
-            rec["tensor_parallel"].pop("_per_sample", None)
-        point.add_quality(None, job, [prefill, decode])
-        return {"records": [prefill, decode], "overhead": overhead}
+        status, error = fail.pop("status"), fail.pop("error")
+        return point.add_quality(None, job, [r.with_failure(status, error, **fail) for r in records]), overhead
     finally:
         if own_dir:
             shutil.rmtree(rank_dir, ignore_errors=True)
     overhead["ranks_s"] = time.perf_counter() - t0
     lead = ranks[TIMING_RANK]
     overhead.update(lead["overhead"])
-    for phase, rec in records.items():
-        rec.update(lead[phase])
-        rec["torch_threads"] = lead["torch_threads"]
-        rec["tensor_parallel"]["ranks"] = [_rank_summary(r, phase) for r in ranks]
-    decode["tokens_per_s"] = job.batch_size / (decode["latency_ms"]["median"] / 1e3)
-    tp_roofline(prefill, prefill["tensor_parallel"], job.peaks, "mfu")
-    tp_roofline(decode, decode["tensor_parallel"], job.peaks, "mbu")
-    point.add_quality(None, job, [prefill, decode])
+    records = [with_rates(replace(lead[r.phase], tensor_parallel=replace(
+        r.tensor_parallel, ranks=tuple(_rank_summary(x, r.phase) for x in ranks))), job.peaks)
+        .with_extra(torch_threads=lead["torch_threads"]) for r in records]
+    records = point.add_quality(None, job, records)
     if job.quality:
-        for rec in records.values():
-            rec["quality_error"] = "perplexity is not scored on tensor-parallel points yet"
+        records = [r.with_extra(quality_error="perplexity is not scored on tensor-parallel points yet")
+                   for r in records]
     if lead["notes"]:
-        prefill["notes"] = decode["notes"] = lead["notes"]
+        records = [r.with_extra(notes=lead["notes"]) for r in records]
     point.finish_overhead(job, overhead, t_start)
-    return {"records": [prefill, decode], "overhead": overhead}
+    return records, overhead
 
 
-def _rank_summary(r: dict, phase: str) -> dict:
-    fields = r[phase]
-    out = {"rank": r["rank"], "kv_cache_bytes": r["kv_cache_bytes"], "torch_threads": r["torch_threads"],
-           "latency_median_ms": fields["latency_ms"]["median"]}
-    for k in ("memory_bytes", "memory_source"):
-        if fields.get(k) is not None:
-            out[k] = fields[k]
-    return out
+def _rank_summary(r: dict, phase: str) -> RankMeasure:
+    rec = r[phase]
+    return RankMeasure(r["rank"], r["kv_cache_bytes"], rec.latency_ms.median, r["torch_threads"], rec.memory_source,
+                       rec.memory_bytes.to_dict() if rec.memory_bytes is not None else None)
 
 
 # ---------------------------------------------------------------- failures
@@ -209,8 +188,8 @@ def _rank_model(job: PointJob, device: torch.device, rank: int, world: int):
                          rank=rank, world=world, weights="auto" if checkpoint else "random", seed=job.seed)
 
 
-def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int) -> dict:
-    """What each rank runs (in its process group): build its shard, measure the phases."""
+def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int, records) -> dict:
+    """What each rank runs (in its process group): build its shard, measure the point's `records`."""
     import torch.distributed as dist
 
     point.die_with_parent()
@@ -232,8 +211,9 @@ def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int
         model = point.build_point_model(job, device, overhead, lambda: _rank_model(job, device, rank, world))
     except Exception as e:
         on_error(e, "building the model")
-    prefill, decode, nbytes = point.measure_phases(job, model, device, notes, overhead, pre_cuda,
-                                                   on_error=on_error, barrier=dist.barrier)
+    prefill, decode, nbytes = point.measure_phases(job, model, device, notes, overhead, pre_cuda, records,
+                                                   on_error=lambda rec, e: on_error(e, rec.phase),
+                                                   barrier=dist.barrier)
     return {"rank": rank, "prefill": prefill, "decode": decode, "kv_cache_bytes": nbytes,
             "torch_threads": torch.get_num_threads(), "overhead": overhead, "notes": notes}
 
