@@ -174,13 +174,13 @@ def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
 
     samples, st = _timed_rounds(spread, torch.device("cuda"))  # only the device's type is read
     assert len(rounds) == 1 + EXTRA_ROUNDS and len(samples) == 4 * len(rounds)
-    assert not st["stable"] and st["extra_rounds"] == EXTRA_ROUNDS and "compare with care" in st["note"]
+    assert not st.stable and st.extra_rounds == EXTRA_ROUNDS and "compare with care" in st.note
     rounds.clear()
     samples, st = _timed_rounds(spread, torch.device("cpu"))
-    assert len(rounds) == 1 and st["extra_rounds"] == 0 and not st["stable"]
+    assert len(rounds) == 1 and st.extra_rounds == 0 and not st.stable
     calls = iter([[1.0, 1.5, 1.0, 1.5], [1.0] * 40])  # settles after one more round
     samples, st = _timed_rounds(lambda: next(calls), torch.device("cuda"))
-    assert st["stable"] and st["extra_rounds"] == 1 and "note" not in st and len(samples) == 44
+    assert st.stable and st.extra_rounds == 1 and st.note is None and len(samples) == 44
 
 
 def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
