@@ -2,8 +2,8 @@
 
 Runs in a forkserver child per point (harness.launch), or as
 `python -m sabench.harness.point JOB.json RESULT.json` (a job in its JSON form). It writes
-RESULT (JSON: the point's two records, typed PhaseRecords until written, and its overhead) and exits 0; anything else is the
-launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
+RESULT (JSON: the point's two records, typed PhaseRecords until written, and its overhead) and
+exits 0; anything else is the launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
 figures, the memory prediction, the FLOP count and the model all take that plan.
 """
 from __future__ import annotations
@@ -80,7 +80,8 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
     predicted = memory_model.predict(cfg, plan, dtype, b, t, n, chunk, torch.device(job.device).type)
     base = dict(variant=job.variant, batch_size=b, seq_len=t, status="error", error="not measured",
                 warmup=job.warmup, repeats=job.repeats, execution=job.execution,
-                params=accounting.params(cfg, plan), kv_cache_bytes=accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype))
+                params=accounting.params(cfg, plan),
+                kv_cache_bytes=accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype))
     prefill = PhaseRecord(
         phase="prefill", memory_predicted_bytes=predicted["prefill"].to_dict(),
         flops=Flops(counted["prefill"], pre_an.total, pre_an.to_dict()),

@@ -7,8 +7,9 @@ the runner at any moment leaves a valid file; `--resume` with the same `--out` m
 the (point, round) pairs missing from it (and, with `retry`, those that failed), and only for
 the suite that wrote it. Ctrl-C at any stage ends the run with RunInterrupted (one line, the
 command that goes on) once every point process has ended. The suite is turned into typed
-PointJobs here, once: each variant is parsed into its SharingPlan once per run, and the point
-processes parse nothing.
+PointJobs here, from its plans (each variant parsed once, when the suite was loaded): the sweep,
+its shard and the point processes parse nothing. The records are typed PhaseRecords throughout
+(a resume continues the RunRecord that load_results returns); results.json is written from them.
 """
 from __future__ import annotations
 
