@@ -239,3 +239,26 @@ def test_the_eta_counts_from_the_first_point_not_from_the_start_up(monkeypatch):
         clock[0] += 1.0
         p.finish("x", "ok")
     assert lines[-1].endswith("(ETA 8 s)")
+
+
+def test_a_cuda_phases_readings_become_typed_fields_that_survive_results_json():
+    """What phases.measured makes of a CUDA phase (NVML readings, no energy counter, the eager
+    step's timing) is what results.json holds and load_results reads back: no GPU needed."""
+    from sabench.harness.phases import measured
+    from sabench.harness.rates import with_rates
+    from sabench.records import Latency, PhaseRecord, Stability
+
+    readings = {"memory_bytes": {"device_peak": 3 << 30, "phase_rise": 1 << 20, "peak_allocated": 2 << 30,
+                                 "peak_reserved": 2 << 30, "context_bytes": 5 << 20},
+                "memory_source": "nvml-process", "memory_breakdown": {"weights": 1.0, "kv_cache": 2.0},
+                "memory_notes": ["a note"], "nvml": {"n_samples": 12, "pre_cuda_used_bytes": None},
+                "energy_j": None, "joules_per_token": None, "energy_source": None, "energy_note": "NVML unavailable"}
+    rec = PhaseRecord("cla:2", 4, 512, "decode", "error", error="not measured", decode_tokens=8)
+    out = with_rates(measured(rec, [1.0, 2.0, 3.0], Stability(1.5, False, 1.05, 0), readings, decode_mode="graph",
+                              latency_eager_ms=Latency.of([4.0, 5.0])), {})
+    assert out.ok and out.error is None and out.latency_ms.median == 2.0 and out.tokens_per_s == 4 / 2e-3
+    assert out.memory_bytes.device_peak == 3 << 30 and out.memory_bytes.extra == {"context_bytes": 5 << 20}
+    d = out.to_dict()
+    assert d["energy_j"] is None and d["energy_note"] == "NVML unavailable"  # written as null, as measured
+    assert d["memory_bytes"]["context_bytes"] == 5 << 20 and d["memory_notes"] == ["a note"]
+    assert PhaseRecord.from_dict(json.loads(json.dumps(d))) == out
