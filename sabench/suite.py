@@ -137,6 +137,8 @@ class Suite:
     def __post_init__(self):
         if self.plans is None:
             object.__setattr__(self, "plans", {v: plan_for(v, self.model_config) for v in self.variants})
+        elif tuple(self.plans) != tuple(self.variants):  # a copy that changed the variants kept the old plans
+            raise ValueError(f"suite plans {list(self.plans)} are not its variants {list(self.variants)}")
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
