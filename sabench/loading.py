@@ -109,7 +109,7 @@ def point_extras(suite, variant: str, records) -> dict:
     perplexity yet in `records` (the first point of each variant scores it; a failed one passes
     the job to the next)."""
     extras = {"weights": suite.weights, "model_source": suite.model_config.source}
-    if suite.quality and not any(r.get("variant") == variant and "perplexity" in r for r in records):
+    if suite.quality and not any(r.variant == variant and "perplexity" in r.extra for r in records):
         extras["quality"] = dict(suite.quality, tokens=tokens(suite.quality, suite.model_config))
     return extras
 
@@ -124,14 +124,13 @@ def point_model(job, dtype, device):
     return load_model(job.cfg, job.plan, dtype, device, weights="random", seed=job.seed)
 
 
-def add_quality(model, job, records: list) -> None:
-    """Every record says which weights ran; with job.quality, the variant's perplexity too
-    (or `quality_error` when scoring failed: the timings stand)."""
-    for r in records:
-        r["weights"] = job.weights or "random"
+def add_quality(model, job, records: list) -> list:
+    """`records` (PhaseRecords), each saying which weights ran; with job.quality, the variant's
+    perplexity too (or `quality_error` when scoring failed: the timings stand)."""
+    records = [r.with_extra(weights=job.weights or "random") for r in records]
     q = job.quality
     if not q or model is None:
-        return
+        return records
     import torch
 
     from sabench import quality, windows
@@ -146,5 +145,4 @@ def add_quality(model, job, records: list) -> None:
                 "perplexity_predictions": w.predictions, "perplexity_convention": w.convention()}
     except Exception as e:  # out of memory, a broken checkpoint: the timings are still data
         info = {"quality_error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
-    for r in records:
-        r.update(info)
+    return [r.with_extra(**info) for r in records]

@@ -57,7 +57,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from sabench.devices import DEVICE_PATTERN
 from sabench.dtypes import dtype_name
@@ -65,7 +65,7 @@ from sabench.errors import UserError
 from sabench.paths import suites_dir
 from sabench.plan import PlanError, plan_for
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
-from sabench.records import point_key
+from sabench.records import PointSpec
 from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE, MAX_WARMUP, REQUIRED, SuiteError,
                                   batch_list, check_keys, int_field, int_list, is_int, parsed, read_yaml, show,
@@ -103,19 +103,6 @@ _SLUG = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = DEVICE_PATTERN
 
 
-class Point(NamedTuple):
-    """One cell of the sweep: a variant at one batch size and prompt length."""
-
-    variant: str
-    batch_size: int
-    seq_len: int
-
-    @property
-    def key(self) -> str:
-        """The results.json key for this point (sabench.records.point_key)."""
-        return point_key(self.variant, self.batch_size, self.seq_len)
-
-
 @dataclass(frozen=True)
 class Suite:
     """A validated suite: every field canonical, every point known to fit the model."""
@@ -144,6 +131,14 @@ class Suite:
     rounds: int = DEFAULT_ROUNDS  # passes over every point (sabench.harness.rounds)
     threads: Optional[int] = None  # torch intra-op threads per point process; None: resolve_threads(device)
     serving: Optional[ServingSpec] = dataclasses.field(default=None, hash=False)  # `sabench serve`'s scenario
+    # variant -> its SharingPlan for this model, parsed once when the suite is (None: parsed here)
+    plans: Optional[dict] = dataclasses.field(default=None, hash=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.plans is None:
+            object.__setattr__(self, "plans", {v: plan_for(v, self.model_config) for v in self.variants})
+        elif tuple(self.plans) != tuple(self.variants):  # a copy that changed the variants kept the old plans
+            raise ValueError(f"suite plans {list(self.plans)} are not its variants {list(self.variants)}")
 
     def to_dict(self) -> dict:
         """The suite as run, JSON-serialisable; the file's keys plus the resolved model."""
@@ -173,14 +168,14 @@ class Suite:
         } | ({"allow_long_context": True} if self.allow_long_context else {}) | (
             {"serving": self.serving.to_dict()} if self.serving is not None else {})
 
-    def points(self) -> list[Point]:
+    def points(self) -> list[PointSpec]:
         """Every point, per variant with batch size then seq_len ascending.
 
         Ascending sizes within a variant let the runner skip the rest of a
         variant's larger points once one runs out of memory. A `max` entry comes last, as
-        Point(variant, "max", seq_len): the runner resolves it per variant and seq_len.
+        PointSpec(variant, "max", seq_len): the runner resolves it per variant and seq_len.
         """
-        return [Point(v, b, t) for v in self.variants for b in self.batch_sizes for t in self.seq_lens]
+        return [PointSpec(v, b, t) for v in self.variants for b in self.batch_sizes for t in self.seq_lens]
 
     def with_variants(self, variants) -> "Suite":
         """A copy running only `variants` (e.g. from ``--variant``), in the order given.
@@ -191,16 +186,16 @@ class Suite:
         source = self.path or self.name
         if isinstance(variants, str) or not list(variants):
             raise SuiteError(source, "--variant", "expected at least one variant string")
-        canon = []
+        plans = {}
         for text in variants:
-            try:
-                v = plan_for(text, self.model_config).variant
+            try:  # a variant the suite lists, as it spells it, is parsed already
+                plan = self.plans.get(text) or plan_for(text, self.model_config)
             except PlanError as e:
                 raise SuiteError(source, "--variant", str(e)) from None
-            if v in canon:
-                raise SuiteError(source, "--variant", f"{text!r} is given twice (as {v!r})")
-            canon.append(v)
-        return dataclasses.replace(self, variants=tuple(canon))
+            if plan.variant in plans:
+                raise SuiteError(source, "--variant", f"{text!r} is given twice (as {plan.variant!r})")
+            plans[plan.variant] = plan
+        return dataclasses.replace(self, variants=tuple(plans), plans=plans)
 
 
 def resolve_execution(execution: str, device: str) -> str:
@@ -348,7 +343,8 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
     except ModelSourceError as e:
         raise SuiteError(source, "model", str(e)) from None
 
-    variants = _parse_variants(d["variants"], cfg, source)
+    plans = _parse_variants(d["variants"], cfg, source)
+    variants = tuple(plans)
     from sabench.loading import parse_suite_keys
 
     weights = parse_suite_keys(data, cfg, model, path, source)
@@ -369,7 +365,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
             )
 
     if serving is not None:
-        serving = parse_serving(serving, source, cfg, {v: plan_for(v, cfg) for v in variants}, dtype)
+        serving = parse_serving(serving, source, cfg, plans, dtype)
 
     return Suite(
         name=name, description=description, model=model, model_config=cfg, dtype=dtype,
@@ -377,7 +373,7 @@ def parse_suite(data, path: Optional[str] = None) -> Suite:
         decode_tokens=decode_tokens, warmup=warmup, repeats=repeats, prefill_chunk=prefill_chunk,
         path=path, memory=memory, execution=execution, tensor_parallel=tensor_parallel,
         link_bandwidth=link_bandwidth, allow_long_context=allow_long, rounds=rounds, threads=threads,
-        serving=serving, **weights,
+        serving=serving, plans=plans, **weights,
     )
 
 
@@ -400,11 +396,12 @@ def _parse_parallel(value, cfg: ModelConfig, source: str) -> tuple:
     return tensor, link
 
 
-def _parse_variants(value, cfg: ModelConfig, source: str) -> tuple[str, ...]:
-    """Each variant parsed for this model; canonical spellings, no two the same."""
+def _parse_variants(value, cfg: ModelConfig, source: str) -> dict:
+    """{canonical variant: its SharingPlan}, each parsed once for this model, no two the same."""
     if not isinstance(value, list) or not value:
         raise SuiteError(source, "variants", f"expected a non-empty list of variant strings, got {show(value)}")
     canon: dict[str, str] = {}
+    plans = {}
     for i, text in enumerate(value):
         key = f"variants[{i}]"
         if not isinstance(text, str):
@@ -412,10 +409,11 @@ def _parse_variants(value, cfg: ModelConfig, source: str) -> tuple[str, ...]:
             raise SuiteError(source, key, f"expected a variant string like baseline, \"cla:2\" or \"sa:2-3\" "
                                           f"(quoted, no space after ':'), got {show(text)}")
         try:
-            v = plan_for(text, cfg).variant
+            plan = plan_for(text, cfg)
         except PlanError as e:
             raise SuiteError(source, key, str(e)) from None
+        v = plan.variant
         if v in canon:
             raise SuiteError(source, key, f"{text!r} duplicates {canon[v]} (both are {v!r}); list each variant once")
-        canon[v] = key
-    return tuple(canon)
+        canon[v], plans[v] = key, plan
+    return plans

@@ -13,9 +13,8 @@ from sabench.errors import RunInterrupted, UserError
 from sabench.harness import device_list, sweep
 from sabench.harness.device_list import ALL, parse_devices, resolve_pins
 from sabench.harness.pool import Pool, Slot, cell_units
-from sabench.records import load_results
+from sabench.records import PhaseRecord, PointSpec, load_results
 from sabench.report import devices, topology
-from sabench.suite import Point
 from tests import fake_nvml
 from tests.helpers import tiny_suite, write_suite
 
@@ -92,7 +91,8 @@ def test_a_tensor_parallel_suite_refuses_devices():
 # ---- the pool
 
 def test_units_are_a_rounds_cells_and_one_slot_keeps_the_order():
-    todo = [(1, Point("a", 1, 16)), (1, Point("b", 1, 32)), (1, Point("b", 1, 16)), (2, Point("a", 1, 16))]
+    todo = [(1, PointSpec("a", 1, 16)), (1, PointSpec("b", 1, 32)), (1, PointSpec("b", 1, 16)),
+            (2, PointSpec("a", 1, 16))]
     assert cell_units(todo, by_cell=True) == [[todo[0], todo[2]], [todo[1]], [todo[3]]]
     assert cell_units(todo, by_cell=False) == [[x] for x in todo]
 
@@ -137,9 +137,10 @@ def _fake_records(job, ms):
     recs = {}
     for ph in ("prefill", "decode"):
         s = [ms, ms + 0.5]
-        recs[ph] = {"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len, "phase": ph,
-                    "status": "ok", "latency_ms": {"median": statistics.median(s), "p10": s[0], "p90": s[1],
-                                                   "samples": s}}
+        recs[ph] = PhaseRecord.from_dict({"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len,
+                                          "phase": ph, "status": "ok",
+                                          "latency_ms": {"median": statistics.median(s), "p10": s[0], "p90": s[1],
+                                                         "samples": s}})
     return recs
 
 

@@ -283,3 +283,15 @@ def test_a_record_with_every_field_round_trips_exactly():
     assert r.extra == {"something_new": {"kept": True}} and r.memory_bytes.extra == {"peak_other": 7}
     assert r.max_attempts[1].batch_size == 27 and r.stability.stable is False and r.latency_eager_ms.p99 == 3.5
     assert parsed.overhead["cla:2|max|512"].total_s == 1.5
+
+
+def test_failed_and_skipped_records_are_made_by_their_constructors_and_round_trip():
+    point = PointSpec("cla:2", 4, 512)
+    killed = PhaseRecord.failed(point, "decode", "killed", "worker killed by SIGKILL", stderr_tail="", signal="SIGKILL")
+    skipped = PhaseRecord.skipped_after_oom(point, "prefill", "seq_len 256 already ran out of memory")
+    assert killed.to_dict() == {"variant": "cla:2", "batch_size": 4, "seq_len": 512, "phase": "decode",
+                                "status": "killed", "error": "worker killed by SIGKILL", "stderr_tail": "",
+                                "signal": "SIGKILL"}
+    assert (skipped.status, skipped.label) == ("skipped_after_oom", "prefill cla:2 b=4 s=512")
+    for r in (killed, skipped):
+        assert PhaseRecord.from_dict(r.to_dict()) == r

@@ -2,6 +2,7 @@
 --retry-failed; --threads reaches the point process; the measurement conditions are recorded."""
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,7 @@ from tests.helpers import tiny_suite, write_suite
 from sabench.harness import sweep
 from sabench.harness.faults import FAULT_ENV
 from sabench.harness.rounds import merge_round, round_order
-from sabench.records import load_results
-from sabench.suite import Point
+from sabench.records import Latency, PhaseRecord, PointSpec, load_results
 
 SUITE = tiny_suite("rounds", decode_tokens=2, warmup=0, repeats=2, rounds=None)
 
@@ -25,7 +25,7 @@ def _data(out):
     return json.loads((Path(out) / "results.json").read_text())
 
 
-POINTS = [Point(v, b, t) for v in ("baseline", "cla:2", "sa:2-3") for b in (1, 2) for t in (16, 32)]
+POINTS = [PointSpec(v, b, t) for v in ("baseline", "cla:2", "sa:2-3") for b in (1, 2) for t in (16, 32)]
 
 
 def test_each_round_is_a_seeded_shuffle_of_cells_with_a_cells_variants_adjacent():
@@ -63,7 +63,7 @@ class _FakePoints:
                          memory_bytes={"device_peak": 100 + self.n}, stability={"threshold": 1.5})
             else:
                 r["error"] = "boom"
-            recs[ph] = r
+            recs[ph] = PhaseRecord.from_dict(r)
         return recs, {"total_s": 0.1}
 
 
@@ -91,7 +91,8 @@ def test_rounds_follow_the_shuffled_order_and_merge_every_rounds_samples(tmp_pat
         assert r["latency_ms"]["samples"] == every  # the headline covers all rounds
         assert r["latency_ms"]["median"] == pytest.approx(statistics.median(every))
         assert all(x["median_ms"] == statistics.median(x["samples"]) and x["n"] == 2 for x in rounds)
-        assert r["tokens_per_s"] == pytest.approx(1000.0 / r["latency_ms"]["median"])
+        tokens = r["batch_size"] * (r["seq_len"] if r["phase"] == "prefill" else 1)  # per sample
+        assert r["tokens_per_s"] == pytest.approx(tokens * 1000.0 / r["latency_ms"]["median"])  # the merged median's
         peaks = [fake.calls.index((r["variant"], r["batch_size"], r["seq_len"]), 12 * k) + 1 for k in range(3)]
         assert r["memory_bytes"]["device_peak"] == 100 + max(peaks)  # the largest round's reading
         assert any("largest device_peak" in n for n in r["memory_notes"])
@@ -160,16 +161,21 @@ def test_retry_failed_measures_the_failed_rounds_again_and_the_exit_status_says_
 
 
 def test_merge_keeps_a_failed_round_named_and_the_first_measured_rounds_figures():
-    ok = {"variant": "baseline", "batch_size": 1, "seq_len": 8, "phase": "decode", "status": "ok", "params": 7,
-          "latency_ms": {"median": 2.0, "p10": 2.0, "p90": 2.0, "samples": [2.0]}, "tokens_per_s": 500.0}
-    err = dict(ok, status="error", error="worker exited", params=None)
-    err.pop("latency_ms")
+    point = PointSpec("baseline", 4, 8)
+    ok = PhaseRecord("baseline", 4, 8, "decode", "ok", params=7, decode_tokens=2, bytes_moved=2_000_000,
+                     latency_ms=Latency.of([2.0]), tokens_per_s=2000.0)
+    err = PhaseRecord.failed(point, "decode", "error", "worker exited")
     m = merge_round(merge_round(None, err, 1), ok, 2)
-    assert m["status"] == "ok" and m["params"] == 7 and "error" not in m
-    assert m["rounds"][0] == {"round": 1, "n": 0, "samples": [], "status": "error", "error": "worker exited"}
-    m3 = merge_round(m, dict(ok, params=99, latency_ms={"median": 4.0, "samples": [4.0]}), 3)
-    assert m3["params"] == 7 and m3["latency_ms"]["samples"] == [2.0, 4.0]
-    assert m3["tokens_per_s"] == pytest.approx(1000.0 / 3.0)
+    assert m.ok and m.params == 7 and m.error is None
+    assert m.rounds[0].to_dict() == {"round": 1, "n": 0, "samples": [], "status": "error", "error": "worker exited"}
+    peaks = {"peak_bandwidth_bytes_per_s": 1e12}
+    m3 = merge_round(m, replace(ok, params=99, latency_ms=Latency.of([4.0])), 3, peaks=peaks)
+    assert m3.params == 7 and m3.latency_ms.samples == (2.0, 4.0)
+    # the rates follow the merged median (3 ms a step), derived by hand: 4 sequences a step,
+    # 1e6 bytes a step (2e6 over 2 decode tokens) against 1e12 B/s
+    assert m3.tokens_per_s == pytest.approx(4 / 3e-3)
+    assert m3.mbu == pytest.approx(1e6 / (3e-3 * 1e12)) and m3.floor_ms == pytest.approx(1e6 / 1e12 * 1e3)
+    assert m3.mfu is None and m3.roofline_metric == "mbu"  # no FLOP peak, no FLOP count: no mfu
 
 
 def test_threads_reach_the_point_process_and_conditions_are_recorded(tmp_path):

@@ -174,13 +174,13 @@ def test_unstable_samples_get_bounded_extra_rounds_on_cuda_and_a_note():
 
     samples, st = _timed_rounds(spread, torch.device("cuda"))  # only the device's type is read
     assert len(rounds) == 1 + EXTRA_ROUNDS and len(samples) == 4 * len(rounds)
-    assert not st["stable"] and st["extra_rounds"] == EXTRA_ROUNDS and "compare with care" in st["note"]
+    assert not st.stable and st.extra_rounds == EXTRA_ROUNDS and "compare with care" in st.note
     rounds.clear()
     samples, st = _timed_rounds(spread, torch.device("cpu"))
-    assert len(rounds) == 1 and st["extra_rounds"] == 0 and not st["stable"]
+    assert len(rounds) == 1 and st.extra_rounds == 0 and not st.stable
     calls = iter([[1.0, 1.5, 1.0, 1.5], [1.0] * 40])  # settles after one more round
     samples, st = _timed_rounds(lambda: next(calls), torch.device("cuda"))
-    assert st["stable"] and st["extra_rounds"] == 1 and "note" not in st and len(samples) == 44
+    assert st.stable and st.extra_rounds == 1 and st.note is None and len(samples) == 44
 
 
 def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
@@ -246,9 +246,11 @@ def _job(**kw):
     from sabench.plan import plan_for
     from sabench.presets import resolve_config
 
+    from sabench.records import PointSpec
+
     cfg = resolve_config("tiny")
-    return PointJob(cfg=cfg, plan=plan_for("cla:2", cfg), device="cpu", dtype="float32", batch_size=2, seq_len=8,
-                    decode_tokens=3, warmup=0, repeats=2, peaks={"peak_flops_per_s": 1e12,
+    return PointJob(point=PointSpec("cla:2", 2, 8), cfg=cfg, plan=plan_for("cla:2", cfg), device="cpu",
+                    dtype="float32", decode_tokens=3, warmup=0, repeats=2, peaks={"peak_flops_per_s": 1e12,
                                                                  "peak_bandwidth_bytes_per_s": 1e11}, **kw)
 
 
@@ -257,27 +259,50 @@ def test_a_points_rates_are_read_from_its_median_and_closed_forms():
     from sabench.harness.point import measure
 
     job = _job()
-    prefill, decode = measure(job)["records"]
+    (prefill, decode), _ = measure(job)
     cfg, plan = job.cfg, job.plan
-    assert prefill["flops"]["analytic"] == accounting.prefill_flops(cfg, plan, 2, 8).total
-    med = prefill["latency_ms"]["median"] / 1e3
-    flops, nbytes = prefill["flops"]["analytic"], prefill["bytes_moved"]
-    assert prefill["mfu"] == pytest.approx(flops / med / 1e12, rel=1e-12)
-    assert prefill["floor_ms"] == pytest.approx(max(flops / 1e12, nbytes / 1e11) * 1e3, rel=1e-12)
-    med = decode["latency_ms"]["median"] / 1e3
-    step_flops, step_bytes = decode["flops"]["analytic"] / 3, decode["bytes_moved"] / 3  # per decode step
-    assert decode["tokens_per_s"] == pytest.approx(2 / med, rel=1e-12)
-    assert decode["mbu"] == pytest.approx(step_bytes / med / 1e11, rel=1e-12)
-    assert decode["floor_ms"] == pytest.approx(max(step_flops / 1e12, step_bytes / 1e11) * 1e3, rel=1e-12)
-    assert "tensor_parallel" not in decode
+    assert prefill.flops.analytic == accounting.prefill_flops(cfg, plan, 2, 8).total
+    med = prefill.latency_ms.median / 1e3
+    flops, nbytes = prefill.flops.analytic, prefill.bytes_moved
+    assert prefill.mfu == pytest.approx(flops / med / 1e12, rel=1e-12)
+    assert prefill.floor_ms == pytest.approx(max(flops / 1e12, nbytes / 1e11) * 1e3, rel=1e-12)
+    med = decode.latency_ms.median / 1e3
+    step_flops, step_bytes = decode.flops.analytic / 3, decode.bytes_moved / 3  # per decode step
+    assert decode.tokens_per_s == pytest.approx(2 / med, rel=1e-12)
+    assert decode.mbu == pytest.approx(step_bytes / med / 1e11, rel=1e-12)
+    assert decode.floor_ms == pytest.approx(max(step_flops / 1e12, step_bytes / 1e11) * 1e3, rel=1e-12)
+    assert decode.tensor_parallel is None
 
 
 def test_a_model_that_does_not_fit_makes_both_records_oom():
     from sabench.harness.point import measure
 
     job = _job(fault_oom="cla:2|2|8")
-    prefill, decode = measure(job)["records"]
+    (prefill, decode), _ = measure(job)
     for r in (prefill, decode):
-        assert r["status"] == "oom" and r["error"].startswith("building the model: OutOfMemoryError"), r
-        assert "tokens_per_s" not in r and "mfu" not in r and r["weights"] == "random"
-        assert r["params"] == accounting.params(job.cfg, job.plan)  # the closed forms stand
+        assert r.status == "oom" and r.error.startswith("building the model: OutOfMemoryError"), r
+        assert r.tokens_per_s is None and r.mfu is None and r.extra["weights"] == "random"
+        assert r.params == accounting.params(job.cfg, job.plan)  # the closed forms stand
+
+
+def test_a_cuda_phases_readings_become_typed_fields_that_survive_results_json():
+    """What phases.measured makes of a CUDA phase (NVML readings, no energy counter, the eager
+    step's timing) is what results.json holds and load_results reads back: no GPU needed."""
+    from sabench.harness.phases import measured
+    from sabench.harness.rates import with_rates
+    from sabench.records import Latency, PhaseRecord, Stability
+
+    readings = {"memory_bytes": {"device_peak": 3 << 30, "phase_rise": 1 << 20, "peak_allocated": 2 << 30,
+                                 "peak_reserved": 2 << 30, "context_bytes": 5 << 20},
+                "memory_source": "nvml-process", "memory_breakdown": {"weights": 1.0, "kv_cache": 2.0},
+                "memory_notes": ["a note"], "nvml": {"n_samples": 12, "pre_cuda_used_bytes": None},
+                "energy_j": None, "joules_per_token": None, "energy_source": None, "energy_note": "NVML unavailable"}
+    rec = PhaseRecord("cla:2", 4, 512, "decode", "error", error="not measured", decode_tokens=8)
+    out = with_rates(measured(rec, [1.0, 2.0, 3.0], Stability(1.5, False, 1.05, 0), readings, decode_mode="graph",
+                              latency_eager_ms=Latency.of([4.0, 5.0])), {})
+    assert out.ok and out.error is None and out.latency_ms.median == 2.0 and out.tokens_per_s == 4 / 2e-3
+    assert out.memory_bytes.device_peak == 3 << 30 and out.memory_bytes.extra == {"context_bytes": 5 << 20}
+    d = out.to_dict()
+    assert d["energy_j"] is None and d["energy_note"] == "NVML unavailable"  # written as null, as measured
+    assert d["memory_bytes"]["context_bytes"] == 5 << 20 and d["memory_notes"] == ["a note"]
+    assert PhaseRecord.from_dict(json.loads(json.dumps(d))) == out

@@ -10,8 +10,8 @@ import yaml
 from sabench.devices import resolve_device
 from sabench.paths import suites_dir
 from sabench.presets import PRESETS
+from sabench.records import PointSpec
 from sabench.suite import (
-    Point,
     Suite,
     SuiteError,
     available_suites,
@@ -178,8 +178,8 @@ def test_points_run_variant_then_batch_then_seq_ascending(tmp_path):
     suite = load_suite(write(tmp_path, text))
     assert (suite.batch_sizes, suite.seq_lens) == ((1, 4), (32, 128))
     points = suite.points()
-    assert points[:4] == [Point("baseline", 1, 32), Point("baseline", 1, 128),
-                          Point("baseline", 4, 32), Point("baseline", 4, 128)]
+    assert points[:4] == [PointSpec("baseline", 1, 32), PointSpec("baseline", 1, 128),
+                          PointSpec("baseline", 4, 32), PointSpec("baseline", 4, 128)]
     assert [p.variant for p in points] == ["baseline"] * 4 + ["cla:2"] * 4 + ["sa:2-3"] * 4
     assert points[-1].key == "sa:2-3|4|128"
 
@@ -197,6 +197,8 @@ def test_with_variants_restricts_and_validates(tmp_path):
     suite = load_suite(write(tmp_path, suite_text()))
     only = suite.with_variants(["sa:2-3", "CLA:4"])
     assert isinstance(only, Suite) and only.variants == ("sa:2-3", "cla:4")
+    assert {v: p.variant for v, p in only.plans.items()} == {"sa:2-3": "sa:2-3", "cla:4": "cla:4"}  # one plan each
+    assert only.plans["sa:2-3"] is suite.plans["sa:2-3"]  # a variant the suite lists is not parsed again
     assert suite.variants == ("baseline", "cla:2", "sa:2-3")  # the original is untouched
     assert [p.variant for p in only.points()][:1] == ["sa:2-3"]
     for bad in (["sa:0-1"], ["cla:2", " cla:2"], []):

@@ -18,12 +18,11 @@ from sabench.records import PointSpec
 
 @dataclass(frozen=True)
 class PointJob:
+    point: PointSpec  # the point measured (its variant is the plan's)
     cfg: ModelConfig
     plan: SharingPlan
     device: str  # resolved: "cpu", "cuda" or "cuda:N"
     dtype: str  # canonical name
-    batch_size: int
-    seq_len: int
     decode_tokens: int
     warmup: int
     repeats: int
@@ -45,13 +44,22 @@ class PointJob:
     tensor_parallel: int = 1  # ranks per point (suite parallel.tensor); > 1: measured on N ranks (harness.tp_point)
     link_bandwidth: Optional[float] = None  # bytes/s of the ranks' link (parallel.link_bandwidth)
 
+    def __post_init__(self):
+        if self.point.variant != self.plan.variant:
+            raise ValueError(f"a job of point {self.point.label} with the plan of {self.plan.variant}")
+
+    # the point's figures, as the point process reads them
     @property
     def variant(self) -> str:
-        return self.plan.variant
+        return self.point.variant
 
     @property
-    def point(self) -> PointSpec:
-        return PointSpec(self.variant, self.batch_size, self.seq_len)
+    def batch_size(self) -> int:
+        return self.point.batch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.point.seq_len
 
     @property
     def key(self) -> str:
@@ -61,13 +69,19 @@ class PointJob:
     def label(self) -> str:
         return self.point.label
 
-    def replace(self, **changes) -> "PointJob":
+    def replace(self, batch_size=None, seq_len=None, **changes) -> "PointJob":
+        """A copy with `changes`; batch_size and seq_len change its point."""
+        if batch_size is not None or seq_len is not None:
+            changes["point"] = dataclasses.replace(changes.get("point", self.point),
+                                                   **{k: v for k, v in (("batch_size", batch_size),
+                                                                        ("seq_len", seq_len)) if v is not None})
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PointJob":
-        """A job from its JSON form: the runner's spec keys (model_config, variant, ...)."""
+        """A job from its JSON form: the runner's spec keys (model_config, variant, batch_size, ...)."""
         cfg = ModelConfig(**d["model_config"])
-        names = {f.name for f in dataclasses.fields(cls)} - {"cfg", "plan"}
+        plan = plan_for(d["variant"], cfg)
+        names = {f.name for f in dataclasses.fields(cls)} - {"cfg", "plan", "point"}
         kw = {k: v for k, v in d.items() if k in names and v is not None}
-        return cls(cfg=cfg, plan=plan_for(d["variant"], cfg), **kw)
+        return cls(point=PointSpec(plan.variant, d["batch_size"], d["seq_len"]), cfg=cfg, plan=plan, **kw)

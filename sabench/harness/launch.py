@@ -26,7 +26,7 @@ from sabench.harness import interrupts
 from sabench.harness.exits import classify_exit
 from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
-from sabench.records import PHASES
+from sabench.records import PHASES, PhaseRecord
 
 _CTX = None
 # Process.start() polls every other child's exit pipe (multiprocessing's _cleanup); two threads
@@ -82,7 +82,10 @@ def warm_server() -> None:
 
 
 def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
-    """Measure one point in its own process; returns (records by phase, overhead)."""
+    """Measure one point in its own process; returns ({phase: PhaseRecord}, overhead).
+
+    The point process's result file is parsed here, the one edge its records cross (a result
+    that does not parse is the harness's bug, raised as ResultsError)."""
     from sabench.harness.point import child_main
 
     on_ranks = None  # the phases are measured in the point's process ...
@@ -112,15 +115,16 @@ def run_point(job: PointJob, workdir: Path) -> tuple[dict, dict]:
     if proc.exitcode == 0 and result_path.exists():
         result = json.loads(result_path.read_text())
         overhead = dict(result["overhead"], total_s=wall)
-        return {r["phase"]: r for r in result["records"]}, overhead
+        records = (PhaseRecord.from_dict(r, str(result_path), i) for i, r in enumerate(result["records"]))
+        return {r.phase: r for r in records}, overhead
     tail = stderr_path.read_text(errors="replace").strip().splitlines() if stderr_path.exists() else []
     oom = oom_killed(ooms_before, oom_kill_count()) if proc.exitcode == -signal.SIGKILL else None
     status, msg = classify_exit(proc.exitcode, tail, oom)
-    records = failed_records(job, status, msg, tail)
+    extra = {"stderr_tail": "\n".join(tail[-20:])}
     if proc.exitcode is not None and proc.exitcode < 0:
-        for r in records.values():
-            r["signal"] = signal.Signals(-proc.exitcode).name
-    return records, {"total_s": wall, "point": job.key}
+        extra["signal"] = signal.Signals(-proc.exitcode).name
+    return {ph: PhaseRecord.failed(job.point, ph, status, msg, **extra) for ph in PHASES}, \
+        {"total_s": wall, "point": job.key}
 
 
 def _wait(proc) -> None:
@@ -155,9 +159,3 @@ def end_point_processes() -> None:
     with _PROCS:
         for child in multiprocessing.active_children():
             child.terminate()
-
-
-def failed_records(job: PointJob, status: str, msg: str, tail: list) -> dict:
-    return {phase: {"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len,
-                    "phase": phase, "status": status, "error": msg[:500],
-                    "stderr_tail": "\n".join(tail[-20:])} for phase in PHASES}

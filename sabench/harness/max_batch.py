@@ -1,11 +1,13 @@
 """`batch_size: max`: predict the largest batch that fits, run it, step down on OOM."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 from sabench.harness.job import PointJob
 from sabench.harness.launch import run_point
-from sabench.records import PHASES
+from sabench.records import PHASES, MaxAttempt, PhaseRecord
 from sabench.suite import Suite
 from sabench.suite_fields import MAX_BATCH
 
@@ -33,8 +35,7 @@ def memory_budget(suite: Suite, env: dict, device: str) -> tuple:
 
 def done_max(records) -> set:
     """(variant, seq_len) of the `max` points a results file already resolved."""
-    return {(r["variant"], r["seq_len"]) for r in records if r.get("batch_request") == MAX_BATCH
-            and "max_attempts" in r}
+    return {(r.variant, r.seq_len) for r in records if r.batch_request == MAX_BATCH and r.max_attempts is not None}
 
 
 def predicted_max_batch(job: PointJob, budget_bytes) -> int:
@@ -47,46 +48,56 @@ def predicted_max_batch(job: PointJob, budget_bytes) -> int:
 
 
 def _attempt_status(records: dict) -> str:
-    statuses = [records[ph]["status"] for ph in PHASES]
+    statuses = [records[ph].status for ph in PHASES]
     if all(x == "ok" for x in statuses):
         return "ok"
     return "oom" if "oom" in statuses else next(x for x in statuses if x != "ok")
 
 
-def run_max_point(job: PointJob, explicit_batches, budget, workdir: Path, data: dict):
+def _swap(records: list, old: dict, new: dict) -> list:
+    """`records` with each record of `old` (by identity) replaced by `new`'s of its phase, or
+    `new`'s appended when `old` holds none of them."""
+    out = list(records)
+    for ph, r in new.items():
+        i = next((i for i, x in enumerate(out) if x is old.get(ph)), None)
+        if i is None:
+            out.append(r)
+        else:
+            out[i] = r
+    return out
+
+
+def run_max_point(job: PointJob, explicit_batches, budget, workdir: Path, records: Sequence[PhaseRecord]):
     """Resolve and measure one `max` point (`job`'s batch_size is ignored): predict the largest
     batch that fits, run it, step down by 1/8 (at least 1) on OOM, at most MAX_ATTEMPTS runs.
 
     Every attempt's records carry batch_request "max", predicted_max_batch and max_attempt; the
     last attempt's also carry max_attempts (batch and status of each). A batch the suite also
     lists explicitly (`explicit_batches`) and that was already measured is not run again: its
-    records are annotated. Returns (new records, overheads, the last attempt's records by phase)."""
+    records are annotated. Returns (the run's `records` with the attempts in, the overheads of the
+    attempts run, the last attempt's records by phase)."""
     budget_bytes, source = budget
     predicted = predicted_max_batch(job, budget_bytes)
     info = {"batch_request": MAX_BATCH, "predicted_max_batch": predicted, "memory_budget_bytes": budget_bytes,
             "memory_budget_source": source}
-    by_key = {(r["variant"], r["batch_size"], r["seq_len"], r["phase"]): r for r in data["records"]}
-    b, attempts, new, overheads = max(predicted, 1), [], [], {}
+    by_key = {r.key: r for r in records}
+    out, b, attempts, overheads = list(records), max(predicted, 1), [], {}
     while len(attempts) < MAX_ATTEMPTS:
         existing = {ph: by_key.get((job.variant, b, job.seq_len, ph)) for ph in PHASES}
-        measured = all(r and r["status"] in ("ok", "oom") for r in existing.values())
+        measured = all(r is not None and r.status in ("ok", "oom") for r in existing.values())
         if measured and (b in explicit_batches or all(
-                r.get("batch_request") == MAX_BATCH for r in existing.values())):  # measured before
-            records = existing
+                r.batch_request == MAX_BATCH for r in existing.values())):  # measured before
+            got = existing
         else:  # an explicit point skipped after an OOM elsewhere is measured now, in its place
             stale = [r for r in existing.values() if r is not None]
-            data["records"] = [r for r in data["records"] if not any(r is x for x in stale)]
+            out = [r for r in out if not any(r is x for x in stale)]
             attempt = job.replace(batch_size=b)
-            records, overhead = run_point(attempt, workdir)
-            overheads[attempt.key] = overhead
-            new += [records[ph] for ph in PHASES]
-        status = _attempt_status(records)
-        attempts.append({"batch_size": b, "status": status})
-        for r in records.values():
-            r.update(info, max_attempt=len(attempts))
-        if status != "oom" or b == 1:
+            got, overheads[attempt.key] = run_point(attempt, workdir)
+        attempts.append(MaxAttempt(b, _attempt_status(got)))
+        final = {ph: replace(r, **info, max_attempt=len(attempts)) for ph, r in got.items()}
+        out = _swap(out, got, final)
+        if attempts[-1].status != "oom" or b == 1:
             break
         b = max(1, min(b - 1, b * 7 // 8))
-    for r in records.values():
-        r["max_attempts"] = attempts
-    return new, overheads, records
+    last = {ph: replace(r, max_attempts=tuple(attempts)) for ph, r in final.items()}
+    return _swap(out, final, last), overheads, last

@@ -1,4 +1,4 @@
-"""Measuring a phase: prefill and decode timing, graph capture, stability rounds, roofline.
+"""Measuring a phase: prefill and decode timing, graph capture, stability rounds.
 
 - prefill: the prompt forward that fills a fresh cache (time to first token), `warmup`
   untimed then `repeats` timed calls;
@@ -19,6 +19,9 @@ Tensor parallelism (harness.tp_point): every rank runs these same functions on i
 with `barrier` (torch.distributed.barrier): all ranks pass it, untimed, before each timed
 call (prefill) or sequence (decode), so every sample starts with the ranks together.
 
+Each function takes the phase's record as the point process made it (identity and analytic
+figures) and returns it measured, or failed (`failed`).
+
 Stability: a timed set whose p90/p10 exceeds STABLE_RATIO gets up to EXTRA_ROUNDS more rounds
 of samples on CUDA; the record's `stability` says how it ended.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import itertools
 import time
 import traceback
+from dataclasses import replace
 
 import torch
 
@@ -37,6 +41,7 @@ from sabench.measure import CudaGraphStep, is_oom_error, time_fn, time_steps
 from sabench.stats import summarize
 from sabench.measure.timing import sync
 from sabench.measure.trackers import PhaseTrackers
+from sabench.records import Latency, Memory, PhaseRecord, Stability
 
 # Compiled prefills of at most this many tokens (batch x seq_len) are replayed from a CUDA graph:
 # they are the launch-bound ones. Larger ones run for tens of ms or more, hide their launches, and
@@ -44,13 +49,13 @@ from sabench.measure.trackers import PhaseTrackers
 PREFILL_GRAPH_MAX_TOKENS = 8192
 
 
-def _stability(samples: list) -> dict:
+def _stability(samples: list, extra_rounds: int = 0) -> Stability:
     lat = summarize(samples)
     ratio = lat["p90"] / lat["p10"] if lat["p10"] > 0 else float("inf")
-    return {"p90_over_p10": ratio, "stable": ratio <= STABLE_RATIO, "threshold": STABLE_RATIO}
+    return Stability(ratio, ratio <= STABLE_RATIO, STABLE_RATIO, extra_rounds)
 
 
-def timed_rounds(take, device: torch.device) -> tuple[list, dict]:
+def timed_rounds(take, device: torch.device) -> tuple[list, Stability]:
     """Samples from `take()` (one round), plus on CUDA up to EXTRA_ROUNDS more while
     p90/p10 > STABLE_RATIO (a CPU shared with other work rarely settles: no extra rounds).
 
@@ -59,30 +64,14 @@ def timed_rounds(take, device: torch.device) -> tuple[list, dict]:
     samples = take()
     stab = _stability(samples)
     rounds, limit = 0, EXTRA_ROUNDS if device.type == "cuda" else 0
-    while not stab["stable"] and rounds < limit:
+    while not stab.stable and rounds < limit:
         samples = samples + take()
-        stab = _stability(samples)
         rounds += 1
-    stab["extra_rounds"] = rounds
-    if not stab["stable"]:
-        stab["note"] = (f"p90/p10 {stab['p90_over_p10']:.3f} > {STABLE_RATIO} after {rounds} extra rounds: "
-                        "the samples are spread (launch-bound or a busy machine); compare with care")
+        stab = _stability(samples, rounds)
+    if not stab.stable:
+        stab = replace(stab, note=f"p90/p10 {stab.p90_over_p10:.3f} > {STABLE_RATIO} after {rounds} extra rounds: "
+                                  "the samples are spread (launch-bound or a busy machine); compare with care")
     return samples, stab
-
-
-def roofline(rec: dict, flops_per_sample: float, bytes_per_sample: float, peaks: dict, metric: str):
-    bw, pf = peaks.get("peak_bandwidth_bytes_per_s"), peaks.get("peak_flops_per_s")
-    med_s = rec["latency_ms"]["median"] / 1e3
-    floors = []
-    if pf:
-        floors.append(flops_per_sample / pf)
-        rec["mfu"] = flops_per_sample / (med_s * pf)
-    if bw:
-        floors.append(bytes_per_sample / bw)
-        rec["mbu"] = bytes_per_sample / (med_s * bw)
-    if floors:
-        rec["floor_ms"] = max(floors) * 1e3
-    rec["roofline_metric"] = metric  # which of mfu/mbu is the headline for this phase
 
 
 def first_call(fn, device: torch.device, overhead: dict, key: str) -> None:
@@ -124,10 +113,21 @@ def _then(first, second):
     return both
 
 
-def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, notes, overhead,
-                    barrier=None) -> dict:
-    """The prefill record's measured fields (status, latency, mode, stability, memory, energy).
-    barrier: called (untimed) before every call of the phase (tensor-parallel ranks)."""
+def measured(rec: PhaseRecord, samples: list, stability: Stability, trackers: dict, **fields) -> PhaseRecord:
+    """`rec` as measured: its latency over `samples`, the trackers' memory and energy readings
+    (sabench.measure.trackers: typed here), and the phase's own `fields` (its mode)."""
+    readings = dict(trackers)
+    memory = readings.pop("memory_bytes", None)
+    notes = readings.pop("memory_notes", None)
+    return replace(rec, status="ok", error=None, latency_ms=Latency.of(samples), stability=stability,
+                   memory_bytes=None if memory is None else Memory.of(memory),
+                   memory_notes=None if notes is None else tuple(notes), **readings, **fields)
+
+
+def measure_prefill(job: PointJob, rec: PhaseRecord, model, ids, cache, device, sampler, mem_kw, notes, overhead,
+                    barrier=None) -> PhaseRecord:
+    """`rec` (the prefill record before measurement) measured: status, latency, mode, stability,
+    memory, energy. barrier: called (untimed) before every call of the phase (tensor-parallel ranks)."""
     fn = lambda: model.prefill(ids, cache, job.prefill_chunk)  # noqa: E731
     compiled = job.execution == "compiled"
     if compiled:  # compiling (and autotuning) stays out of the phase's memory window
@@ -151,15 +151,14 @@ def measure_prefill(job: PointJob, model, ids, cache, device, sampler, mem_kw, n
         samples, stab = timed_rounds(one_round, device)
         if graph is not None:
             graph.close()
-    lat = summarize(samples)
-    return {"status": "ok", "latency_ms": lat, "tokens_per_s": job.batch_size * job.seq_len / (lat["median"] / 1e3),
-            "prefill_mode": mode, "stability": stab} | mem.fields(
-        job.batch_size * job.seq_len * job.repeats, f"the first {job.repeats} timed prefill calls")
+    return measured(rec, samples, stab, mem.fields(job.batch_size * job.seq_len * job.repeats,
+                                                   f"the first {job.repeats} timed prefill calls"), prefill_mode=mode)
 
 
-def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhead, barrier=None) -> dict:
-    """The decode record's measured fields: every step of the timed sequences a sample.
-    barrier: called (untimed) before every sequence (tensor-parallel ranks)."""
+def measure_decode(job: PointJob, rec: PhaseRecord, model, cache, device, sampler, mem_kw, overhead,
+                   barrier=None) -> PhaseRecord:
+    """`rec` (the decode record before measurement) measured: every step of the timed sequences
+    a sample. barrier: called (untimed) before every sequence (tensor-parallel ranks)."""
     t, n, b = job.seq_len, job.decode_tokens, job.batch_size
     compiled = job.execution == "compiled"
     tokens = torch.zeros(b, 1, dtype=torch.long, device=device)
@@ -182,7 +181,6 @@ def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhea
             energy.stop()
         return samples
 
-    out = {}
     maybe_inject_oom(job.fault_oom, job.variant, b, t, "decode")
     if compiled:  # as in prefill: compiling stays out of the memory window
         reset()
@@ -207,19 +205,25 @@ def measure_decode(job: PointJob, model, cache, device, sampler, mem_kw, overhea
             # no extra rounds off CUDA (see timed_rounds), and no energy counter either
             samples, stab = timed_rounds(lambda: eager if eager is not None else run_sequences(step), device)
             mode = "compiled" if compiled else "eager"
-    out.update(latency_ms=summarize(samples), decode_mode=mode, stability=stab, status="ok")
-    if eager is not None and device.type == "cuda":
-        out["latency_eager_ms"] = summarize(eager)
-    return out | mem.fields(b * n * job.repeats, f"the first {job.repeats} timed sequences of {n} "
-                            f"{mode} decode steps")
+    eager_ms = Latency.of(eager) if eager is not None and device.type == "cuda" else None
+    return measured(rec, samples, stab, mem.fields(b * n * job.repeats, f"the first {job.repeats} timed sequences "
+                                                                         f"of {n} {mode} decode steps"),
+                    decode_mode=mode, latency_eager_ms=eager_ms)
 
 
 def failure(e: BaseException) -> dict:
+    """{status, error[, traceback]} of a phase that raised `e` (oom when it ran out of memory)."""
     msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
     if is_oom_error(e):
         return {"status": "oom", "error": msg}
     tb = traceback.format_exc(limit=3)
     return {"status": "error", "error": msg, "traceback": tb[-2000:]}
+
+
+def failed(rec: PhaseRecord, e: BaseException, context: str = "") -> PhaseRecord:
+    """`rec` (its analytic figures kept) as a phase that raised `e`; `context` prefixes the error."""
+    fail = failure(e)
+    return rec.with_failure(fail.pop("status"), context + fail.pop("error"), **fail)
 
 
 def release(device):

@@ -2,8 +2,8 @@
 
 Runs in a forkserver child per point (harness.launch), or as
 `python -m sabench.harness.point JOB.json RESULT.json` (a job in its JSON form). It writes
-RESULT (JSON: the point's two records and its overhead) and exits 0; anything else is the
-launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
+RESULT (JSON: the point's two records, typed PhaseRecords until written, and its overhead) and
+exits 0; anything else is the launcher's to classify. The job arrives with its variant parsed (a SharingPlan): the analytic
 figures, the memory prediction, the FLOP count and the model all take that plan.
 
 `measure` is the one place a point's records are assembled; a tensor-parallel point's phases run
@@ -25,10 +25,12 @@ from sabench.io import write_json_atomic
 from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_down, slowdown_factors
 from sabench.harness.interrupts import ignore_in_this_process
 from sabench.harness.job import PointJob
-from sabench.harness.phases import failure, measure_decode, measure_prefill, release, roofline
+from sabench.harness.phases import failed, measure_decode, measure_prefill, release
+from sabench.harness.rates import with_rates
 from sabench.measure.nvml_readings import parse_pci_bus_id
 from sabench.measure.timing import sync
 from sabench.loading import add_quality, point_model
+from sabench.records import Flops, PhaseRecord
 
 
 def pre_cuda_levels(device: torch.device, notes: list):
@@ -65,9 +67,10 @@ def _weights_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[dict, dict]:
+def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple[PhaseRecord, PhaseRecord]:
     """The prefill and decode records before measurement: identity, the analytic FLOPs, bytes
-    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction."""
+    moved and parameters, the counted FLOPs (count=False: none) and the memory prediction. Their
+    status says "not measured" until measure_phases measures them (or they fail)."""
     cfg, plan, dtype = job.cfg, job.plan, job.dtype
     b, t, n, chunk = job.batch_size, job.seq_len, job.decode_tokens, job.prefill_chunk
     counted = {"prefill": None, "decode_step": None}
@@ -78,38 +81,31 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
         overhead["count_flops_s"] = time.perf_counter() - t0
     pre_an = accounting.prefill_flops(cfg, plan, b, t)
     dec_an = accounting.decode_phase_flops(cfg, plan, b, t, n)
-    base = {"variant": job.variant, "batch_size": b, "seq_len": t, "warmup": job.warmup, "repeats": job.repeats,
-            "execution": job.execution, "params": accounting.params(cfg, plan),
-            "kv_cache_bytes": accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype)}
     predicted = memory_model.predict(cfg, plan, dtype, b, t, n, chunk, torch.device(job.device).type)
-    prefill = {"phase": "prefill"} | base | {
-        "memory_predicted_bytes": predicted["prefill"].to_dict(),
-        "flops": {"counted": counted["prefill"], "analytic": pre_an.total, "analytic_breakdown": pre_an.to_dict()},
-        "bytes_moved": accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk)}
-    decode = {"phase": "decode"} | base | {
-        "decode_tokens": n, "memory_predicted_bytes": predicted["decode"].to_dict(),
-        "flops": {"counted": counted["decode_step"] and counted["decode_step"] * n, "analytic": dec_an.total,
-                  "analytic_breakdown": dec_an.to_dict()},
+    base = dict(variant=job.variant, batch_size=b, seq_len=t, status="error", error="not measured",
+                warmup=job.warmup, repeats=job.repeats, execution=job.execution,
+                params=accounting.params(cfg, plan),
+                kv_cache_bytes=accounting.kv_cache_bytes(cfg, plan, b, t + n, dtype))
+    prefill = PhaseRecord(
+        phase="prefill", memory_predicted_bytes=predicted["prefill"].to_dict(),
+        flops=Flops(counted["prefill"], pre_an.total, pre_an.to_dict()),
+        bytes_moved=accounting.prefill_bytes(cfg, plan, b, t, dtype, chunk), **base)
+    decode = PhaseRecord(
+        phase="decode", decode_tokens=n, memory_predicted_bytes=predicted["decode"].to_dict(),
+        flops=Flops(counted["decode_step"] and counted["decode_step"] * n, dec_an.total, dec_an.to_dict()),
         # every step reads all weights and, layer by layer, the whole static cache buffer it
         # attends over (t + n positions, masked ones too: what the static-shape kernel reads)
-        "bytes_moved": accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n}
-    return _ordered(prefill), _ordered(decode)
+        bytes_moved=accounting.decode_step_bytes(cfg, plan, b, t + n, dtype) * n, **base)
+    return prefill, decode
 
 
-_KEY_ORDER = ("variant", "batch_size", "seq_len", "phase", "warmup", "repeats", "execution")
+def measure(job: PointJob, on_ranks=None) -> tuple[list[PhaseRecord], dict]:
+    """([prefill, decode] records, overhead) of one point, assembled here however its phases ran:
+    the closed forms, then the measured fields, then the rates derived from them (harness.rates).
 
-
-def _ordered(rec: dict) -> dict:  # the records' keys in the order results.json always had
-    return {k: rec[k] for k in _KEY_ORDER} | {k: v for k, v in rec.items() if k not in _KEY_ORDER}
-
-
-def measure(job: PointJob, on_ranks=None) -> dict:
-    """{"records": [prefill, decode], "overhead": {...}} of one point, assembled here however its
-    phases ran: the closed forms, then the measured fields, then the rates read from them.
-
-    on_ranks(job, overhead, notes) -> (prefill fields, decode fields): the phases measured on N
-    ranks (harness.tp_point.measure_on_ranks, the launcher's choice for a tensor-parallel job);
-    without it, in this process."""
+    on_ranks(job, records, overhead, notes) -> [prefill, decode]: the phases measured on N ranks
+    (harness.tp_point.measure_on_ranks, the launcher's choice for a tensor-parallel job); without
+    it, in this process."""
     t_start = time.time()
     notes: list = []
     pre_cuda = pre_cuda_levels(torch.device(job.device), notes) if on_ranks is None else {}  # before CUDA starts
@@ -117,53 +113,29 @@ def measure(job: PointJob, on_ranks=None) -> dict:
     overhead = {"process_start_s": max(0.0, t_start - job.t_spawn) if job.t_spawn else None}
     if seen is not None:  # the GPU this process was pinned to, as it sees it (`run --devices`)
         overhead["device"] = seen
-    prefill, decode = analytic_records(job, overhead)
+    records = [r.with_extra(torch_threads=torch.get_num_threads())  # what ran (--threads)
+               for r in analytic_records(job, overhead)]
     model = None
-    if on_ranks is None:
-        model, pre, dec = _measure_here(job, overhead, notes, pre_cuda, seen)
+    if on_ranks is not None:
+        records = on_ranks(job, records, overhead, notes)
     else:
-        pre, dec = on_ranks(job, overhead, notes)
-    prefill.update(pre)
-    decode.update(dec)
-    for rec in (prefill, decode):
-        if rec["status"] == "ok":
-            _rates(rec, job)
-    add_quality(model, job, [prefill, decode])  # which weights ran; the variant's perplexity if asked
+        device = torch.device(job.device)
+        try:  # the weights alone may not fit: both phases are then out of memory, and that is data
+            model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
+        except Exception as e:
+            records = [failed(r, e, "building the model: ") for r in records]
+        else:
+            *records, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, records, seen=seen)
+    records = add_quality(model, job, [with_rates(r, job.peaks) for r in records])  # which weights ran
     finish_overhead(job, overhead, t_start)
     if notes:
-        prefill["notes"] = decode["notes"] = notes
-    return {"records": [prefill, decode], "overhead": overhead}
+        records = [r.with_extra(notes=notes) for r in records]
+    return records, overhead
 
 
-def _measure_here(job: PointJob, overhead: dict, notes: list, pre_cuda: dict, seen) -> tuple:
-    """(model or None, prefill fields, decode fields) measured in this process."""
-    device = torch.device(job.device)
-    threads = {"torch_threads": torch.get_num_threads()}  # what ran (--threads)
-    try:  # the weights alone may not fit: both phases are then out of memory, and that is data
-        model = build_point_model(job, device, overhead, lambda: point_model(job, parse_dtype(job.dtype), device))
-    except Exception as e:
-        fail = failure(e)
-        fail["error"] = "building the model: " + fail["error"]
-        return None, threads | fail, threads | fail
-    pre, dec, _ = measure_phases(job, model, device, notes, overhead, pre_cuda, seen=seen)
-    return model, threads | pre, threads | dec
-
-
-def _rates(rec: dict, job: PointJob) -> None:
-    """tokens/s (decode), mfu (prefill) or mbu (decode) and the floor of a measured record, from its
-    median and analytic figures. On a tensor-parallel point these are one rank's (its
-    `tensor_parallel.per_rank`), against one GPU's peaks, and the floor adds the rank's all-reduce
-    bytes over the link (accounting.floor_s, as inspect --tp)."""
-    decode = rec["phase"] == "decode"
-    samples = job.decode_tokens if decode else 1
-    if decode:
-        rec["tokens_per_s"] = job.batch_size / (rec["latency_ms"]["median"] / 1e3)
-    tp = rec.get("tensor_parallel")
-    work = tp["per_rank"] if tp else {"flops": rec["flops"]["analytic"], "bytes_moved": rec["bytes_moved"]}
-    roofline(rec, work["flops"] / samples, work["bytes_moved"] / samples, job.peaks, "mbu" if decode else "mfu")
-    if tp and "floor_ms" in rec:
-        tp["link_ms"] = tp["link_bytes"] / samples / tp["link_bandwidth_bytes_per_s"] * 1e3
-        rec["floor_ms"] += tp["link_ms"]
+def result_json(records, overhead: dict) -> dict:
+    """What a point process leaves in its result file (harness.launch parses it back)."""
+    return {"records": [r.to_dict() for r in records], "overhead": overhead}
 
 
 def build_point_model(job: PointJob, device: torch.device, overhead: dict, build):
@@ -181,16 +153,14 @@ def build_point_model(job: PointJob, device: torch.device, overhead: dict, build
     return model
 
 
-def _record_failure(e: BaseException, phase: str) -> dict:
-    return failure(e)
-
-
 def measure_phases(job: PointJob, model, device: torch.device, notes: list, overhead: dict, pre_cuda: dict,
-                   on_error=_record_failure, barrier=None, seen=None) -> tuple[dict, dict, int]:
-    """(prefill fields, decode fields, the cache's bytes) measured on `model`: the prefill that
-    fills a fresh cache, then decode from that cache (zeros if prefill failed: same work).
+                   records, on_error=failed, barrier=None,
+                   seen=None) -> tuple[PhaseRecord, PhaseRecord, int]:
+    """(prefill, decode, the cache's bytes): `records` (prefill, decode before measurement)
+    measured on `model`: the prefill that fills a fresh cache, then decode from that cache
+    (zeros if prefill failed: same work).
 
-    on_error(exception, phase): the failed phase's fields (default: its status and error; a
+    on_error(record, exception): the failed phase's record (default: its status and error; a
     tensor-parallel rank raises instead). barrier: see phases.py (tensor-parallel ranks). seen: the
     pinned GPU's record (`run --devices`), given the sampler's PCI bus id."""
     b, t, n = job.batch_size, job.seq_len, job.decode_tokens
@@ -202,20 +172,21 @@ def measure_phases(job: PointJob, model, device: torch.device, notes: list, over
               "pre_cuda_used": pre_cuda.get(parse_pci_bus_id(sampler.nvml_pci_bus_id)) if sampler else None}
     gen = torch.Generator(device="cpu").manual_seed(1234)
     ids = torch.randint(0, job.cfg.vocab_size, (b, t), generator=gen).to(device)
-    prefill, decode, cache = {}, {}, None
+    prefill, decode = records
+    cache = None
     try:
         maybe_inject_oom(job.fault_oom, job.variant, b, t, "prefill")
         cache = model.new_cache(b, t + n)
-        prefill = measure_prefill(job, model, ids, cache, device, sampler, mem_kw, notes, overhead, barrier)
+        prefill = measure_prefill(job, prefill, model, ids, cache, device, sampler, mem_kw, notes, overhead, barrier)
     except Exception as e:
-        prefill = on_error(e, "prefill")
+        prefill = on_error(prefill, e)
     release(device)
     try:
         if cache is None:
             cache = model.new_cache(b, t + n)
-        decode = measure_decode(job, model, cache, device, sampler, mem_kw, overhead, barrier)
+        decode = measure_decode(job, decode, model, cache, device, sampler, mem_kw, overhead, barrier)
     except Exception as e:
-        decode = on_error(e, "decode")
+        decode = on_error(decode, e)
     if sampler is not None:
         sampler.close()
     nbytes = cache.nbytes if cache is not None else 0
@@ -266,7 +237,7 @@ def child_main(job: PointJob, result_path: str, stderr_path: str, on_ranks=None)
         torch.set_num_threads(int(job.threads))
     if on_ranks is None:
         maybe_inject_kill(job.fault_kill, job.variant, job.batch_size, job.seq_len)
-    write_json_atomic(result_path, measure(job, on_ranks), indent=None, fsync=False)
+    write_json_atomic(result_path, result_json(*measure(job, on_ranks)), indent=None, fsync=False)
 
 
 def main(argv=None) -> int:
@@ -284,7 +255,7 @@ def main(argv=None) -> int:
     _pin(job.gpu)
     if job.threads:
         torch.set_num_threads(int(job.threads))
-    write_json_atomic(argv[1], measure(job), indent=None, fsync=False)
+    write_json_atomic(argv[1], result_json(*measure(job)), indent=None, fsync=False)
     return 0
 
 

@@ -48,12 +48,12 @@ class Progress:
 
 
 def summary(records: dict) -> str:
-    """'prefill 1.2 ms, decode oom': one point's outcome in a line."""
+    """'prefill 1.2 ms, decode oom': one point's outcome ({phase: PhaseRecord}) in a line."""
     parts = []
     for phase in PHASES:
-        r = records.get(phase, {})
-        if r.get("status") == "ok":
-            parts.append(f"{phase} {r['latency_ms']['median']:.3g} ms")
+        r = records.get(phase)
+        if r is not None and r.ok:
+            parts.append(f"{phase} {r.latency_ms.median:.3g} ms")
         else:
-            parts.append(f"{phase} {r.get('status')}")
+            parts.append(f"{phase} {r.status if r is not None else None}")
     return ", ".join(parts)

@@ -10,22 +10,23 @@ Each (point, round) is its own point process. Its records are merged into the po
 phase record: `rounds` keeps every round's median, sample count and samples (or the round's
 own status when it failed); the headline `latency_ms` summarises the samples of all measured
 rounds; the deterministic figures come from the first round that measured; the memory
-readings are those of the round with the largest device_peak (a note says so).
+readings are those of the round with the largest device_peak (a note says so); the rates
+(tokens/s, MFU, MBU) are derived again from the merged median (harness.rates). Records are
+typed (PhaseRecord, RoundSample) throughout.
 """
 from __future__ import annotations
 
 import random
-from typing import Iterable, Optional
+from dataclasses import replace
+from typing import Iterable, Optional, Tuple
 
-from sabench.records import MAX_REQUEST
-from sabench.stats import median, summarize
+from sabench.harness.rates import with_rates
+from sabench.records import MAX_REQUEST, Latency, PhaseRecord, RoundSample, Stability
+from sabench.stats import median
 
 # --retry-failed: which round statuses count as still failing, and are measured again
 RETRY_STATUSES = {"errors": ("error", "killed"), "oom": ("error", "killed", "oom")}
 FAILING = ("error", "killed")  # a run holding one of these exits 1
-# fields computed from the headline median: rescaled when the median changes
-_RATE_FIELDS = ("tokens_per_s", "mfu", "mbu")
-_MEMORY_FIELDS = ("memory_bytes", "memory_breakdown", "memory_source")
 
 
 def round_seed(created: str, round_index: int) -> str:
@@ -49,103 +50,78 @@ def round_order(points: Iterable, created: str, round_index: int) -> list:
     return out
 
 
-def record_rounds(rec: dict) -> list:
+def record_rounds(rec: PhaseRecord) -> Tuple[RoundSample, ...]:
     """The rounds of a stored record; one written without `rounds` (one round, or an older
     file) is read as round 1."""
-    if rec.get("rounds"):
-        return list(rec["rounds"])
-    return [round_sample(rec, 1)]
+    return rec.rounds or (round_sample(rec, 1),)
 
 
-def round_sample(rec: dict, round_index: int) -> dict:
+def round_sample(rec: PhaseRecord, round_index: int) -> RoundSample:
     """One round's entry of `rounds` from that round's own record."""
-    if rec.get("status") == "ok":
-        s = list(rec["latency_ms"]["samples"])
-        return {"round": round_index, "median_ms": median(s), "n": len(s), "samples": s}
-    out = {"round": round_index, "n": 0, "samples": [], "status": rec.get("status", "error")}
-    if rec.get("error"):
-        out["error"] = rec["error"]
-    return out
+    if rec.ok:
+        s = rec.latency_ms.samples
+        return RoundSample(round_index, median(s), len(s), tuple(s))
+    return RoundSample(round_index, status=rec.status, error=rec.error)
 
 
-def round_status(rec: Optional[dict], round_index: int) -> Optional[str]:
+def round_status(rec: Optional[PhaseRecord], round_index: int) -> Optional[str]:
     """The status of `rec`'s round `round_index`, None when that round was not measured."""
     if rec is None:
         return None
-    for r in record_rounds(rec):
-        if r["round"] == round_index:
-            return r.get("status", "ok")
-    return None
+    return next((r.status for r in record_rounds(rec) if r.round == round_index), None)
 
 
-def merge_round(old: Optional[dict], new: dict, round_index: int, where: Optional[dict] = None) -> dict:
+def merge_round(old: Optional[PhaseRecord], new: PhaseRecord, round_index: int, where: Optional[dict] = None,
+                peaks: Optional[dict] = None) -> PhaseRecord:
     """The point's phase record with round `round_index` (measured as `new`) merged in; a round
     of the same index already in `old` (a retried failure) is replaced. `where` (`run --devices`:
-    device, device_bus_id, t_start, t_end) is kept in the round's entry."""
-    sample = dict(round_sample(new, round_index), **{k: v for k, v in (where or {}).items() if v is not None})
+    device, device_bus_id, t_start, t_end) is kept in the round's entry. The rates follow the
+    merged latency (harness.rates, against `peaks`)."""
+    sample = replace(round_sample(new, round_index), **{k: v for k, v in (where or {}).items() if v is not None})
     if old is None:
-        return dict(new, rounds=[sample])
-    rounds = sorted([r for r in record_rounds(old) if r["round"] != round_index] + [sample],
-                    key=lambda r: r["round"])
-    base = old if old.get("status") == "ok" or new.get("status") != "ok" else new
-    out = dict(base, rounds=rounds)
-    ok = [r for r in rounds if r.get("status", "ok") == "ok"]
+        return with_rates(replace(new, rounds=(sample,)), peaks)
+    rounds = tuple(sorted([r for r in record_rounds(old) if r.round != round_index] + [sample],
+                          key=lambda r: r.round))
+    base = old if old.ok or not new.ok else new  # the first round that measured: its deterministic figures
+    out = replace(base, rounds=rounds)
+    ok = [r for r in rounds if r.ok]
     if not ok:
         return out
-    if base is new:  # the first round that measured: its deterministic figures; drop old errors
-        for k in ("error", "traceback", "stderr_tail"):
-            out.pop(k, None)
-    old_median = base["latency_ms"]["median"]
-    samples = [x for r in ok for x in r["samples"]]
-    lat = summarize(samples)
-    out["latency_ms"] = lat
-    for k in _RATE_FIELDS:
-        if out.get(k) is not None and lat["median"] > 0:
-            out[k] = out[k] * old_median / lat["median"]
-    out["stability"] = _stability(out.get("stability") or {}, lat, len(ok))
-    return _largest_memory(out, old, new)
+    lat = Latency.of([x for r in ok for x in r.samples])
+    out = replace(out, latency_ms=lat, stability=_stability(out.stability, lat, len(ok)))
+    return with_rates(_largest_memory(out, new, len(ok)), peaks)
 
 
-def _stability(old: dict, lat: dict, n_rounds: int) -> dict:
-    ratio = lat["p90"] / lat["p10"] if lat["p10"] > 0 else float("inf")
-    threshold = old.get("threshold")
-    st = dict(old, p90_over_p10=ratio)
-    st.pop("note", None)
-    if threshold is not None:
-        st["stable"] = ratio <= threshold
-        if not st["stable"]:
-            st["note"] = (f"p90/p10 {ratio:.3f} > {threshold} over the samples of {n_rounds} rounds: "
-                          "the samples are spread (launch-bound or a busy machine); compare with care")
-    return st
+def _stability(old: Optional[Stability], lat: Latency, n_rounds: int) -> Stability:
+    ratio = lat.p90 / lat.p10 if lat.p10 > 0 else float("inf")
+    st = replace(old or Stability(), p90_over_p10=ratio, note=None)
+    if st.threshold is None:
+        return st
+    stable = ratio <= st.threshold
+    return replace(st, stable=stable, note=None if stable else (
+        f"p90/p10 {ratio:.3f} > {st.threshold} over the samples of {n_rounds} rounds: "
+        "the samples are spread (launch-bound or a busy machine); compare with care"))
 
 
-def _peak(rec: Optional[dict]) -> float:
-    if not rec or rec.get("status") != "ok":
+def _peak(rec: PhaseRecord) -> float:
+    if not rec.ok or rec.memory_bytes is None:
         return -1
-    return ((rec.get("memory_bytes") or {}).get("device_peak")) or -1
+    return rec.memory_bytes.device_peak or -1
 
 
-def _largest_memory(out: dict, old: Optional[dict], new: dict) -> dict:
+def _largest_memory(out: PhaseRecord, new: PhaseRecord, n_ok: int) -> PhaseRecord:
     """The memory readings of the round with the largest device_peak, with a note saying so."""
     if _peak(new) > _peak(out):
-        for k in _MEMORY_FIELDS:
-            if k in new:
-                out[k] = new[k]
-    n = sum(r.get("status", "ok") == "ok" for r in out["rounds"])
-    if n > 1:
-        note = f"memory readings: those of the round with the largest device_peak, of {n} rounds"
-        notes = [x for x in (out.get("memory_notes") or []) if not x.startswith("memory readings: those of")]
-        out["memory_notes"] = notes + [note]
+        out = replace(out, memory_bytes=new.memory_bytes, memory_breakdown=new.memory_breakdown,
+                      memory_source=new.memory_source)
+    if n_ok > 1:
+        note = f"memory readings: those of the round with the largest device_peak, of {n_ok} rounds"
+        notes = [x for x in (out.memory_notes or ()) if not x.startswith("memory readings: those of")]
+        out = replace(out, memory_notes=tuple(notes + [note]))
     return out
 
 
-def failing_rounds(records: list, statuses=FAILING) -> list:
-    """(point label, round) of every round whose status is among `statuses`."""
-    out = []
-    for rec in records:
-        if rec.get("batch_request") == MAX_REQUEST:
-            continue
-        for r in record_rounds(rec):
-            if r.get("status", "ok") in statuses:
-                out.append((f"{rec['phase']} {rec['variant']} b={rec['batch_size']} s={rec['seq_len']}", r["round"]))
-    return out
+def failing_rounds(records, statuses=FAILING) -> list:
+    """(record label, round) of every round whose status is among `statuses`."""
+    return [(rec.label, r.round) for rec in records if rec.batch_request != MAX_REQUEST
+            for r in record_rounds(rec) if r.status in statuses]

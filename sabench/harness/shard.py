@@ -93,10 +93,8 @@ def point_cost(suite) -> Callable:
     A `batch_size: max` point is costed at the sweep's largest explicit batch (1 if none).
     """
     from sabench.accounting import decode_flops, prefill_flops
-    from sabench.plan import plan_for
 
-    cfg = suite.model_config
-    plans = {v: plan_for(v, cfg) for v in suite.variants}
+    cfg, plans = suite.model_config, suite.plans
     explicit = [b for b in suite.batch_sizes if isinstance(b, int)]
     big = max(explicit, default=1)
 
@@ -116,9 +114,8 @@ def suite_shard(suite, points: list, shard: Optional[Shard]) -> list:
     return shard_points(points, shard.index, shard.count, point_cost(suite))
 
 
-def check_resume(data: dict, shard: Optional[Shard], path) -> None:
-    """--resume must continue the same shard the file was started with."""
-    old = data.get("shard")
+def check_resume(old: Optional[dict], shard: Optional[Shard], path) -> None:
+    """--resume must continue the same shard the file was started with (`old`: the file's `shard`)."""
     new = shard.to_dict() if shard else None
     if old != new:
         def show(d):

@@ -7,8 +7,9 @@ the runner at any moment leaves a valid file; `--resume` with the same `--out` m
 the (point, round) pairs missing from it (and, with `retry`, those that failed), and only for
 the suite that wrote it. Ctrl-C at any stage ends the run with RunInterrupted (one line, the
 command that goes on) once every point process has ended. The suite is turned into typed
-PointJobs here, once: each variant is parsed into its SharingPlan once per run, and the point
-processes parse nothing.
+PointJobs here, from its plans (each variant parsed once, when the suite was loaded): the sweep,
+its shard and the point processes parse nothing. The records are typed PhaseRecords throughout
+(a resume continues the RunRecord that load_results returns); results.json is written from them.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 from sabench.devices import resolve_device
-from sabench.io import write_json_atomic
 from sabench.harness.environment import busy_warning, capture_run_env, run_conditions
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
 from sabench.harness import interrupts
@@ -43,8 +43,8 @@ from sabench.harness.rounds import RETRY_STATUSES, failing_rounds, merge_round, 
 from sabench.errors import RunInterrupted, UserError
 from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
-from sabench.plan import plan_for
-from sabench.records import PHASES, SCHEMA, ResultsError, load_results
+from sabench.records import (PHASES, Overhead, PhaseRecord, PointSpec, ResultsError, RunRecord, load_results,
+                             write_results)
 from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_execution, resolve_threads
 from sabench.suite_fields import MAX_BATCH
 
@@ -54,7 +54,7 @@ def default_out_dir(suite: Suite) -> Path:
 
 
 def open_results(out: Path, suite: Suite, resume: bool, variants_given: bool = False,
-                 threads_given: bool = False) -> Optional[dict]:
+                 threads_given: bool = False) -> Optional[RunRecord]:
     """The results file to complete (resume), None to start one; ValueError on a mismatch.
 
     A run is completed only by its own suite (harness.same_suite): another name, model, variant
@@ -69,10 +69,10 @@ def open_results(out: Path, suite: Suite, resume: bool, variants_given: bool = F
     if not resume:
         raise UserError(f"{path} already exists: pass --resume to complete it, or another --out")
     try:
-        data = load_results(path).to_dict()  # validated; a v1 file is upgraded to this schema
+        run = load_results(path)  # validated; a v1 file is upgraded to this schema
     except ResultsError as e:
         raise UserError(f"--resume: {e}") from None
-    old, new = data.get("suite", {}), suite.to_dict()
+    old, new = run.suite, suite.to_dict()
     fields = [k for k in FIELDS if not (variants_given and k == "variants")] + (["threads"] if threads_given else [])
     diff = differences(old, new, fields)
     if any(k in IDENTITY for k in diff):
@@ -84,7 +84,7 @@ def open_results(out: Path, suite: Suite, resume: bool, variants_given: bool = F
     if diff:
         raise UserError(f"--resume: the suite changed since {path} was written ({', '.join(diff)} differ); "
                          "use another --out")
-    return data
+    return run
 
 
 def _described(suite: dict, diff: list) -> str:
@@ -120,47 +120,41 @@ def resolve_suite(suite_arg, variants=None, execution: Optional[str] = None, rou
 
 
 def point_jobs(suite: Suite, device: str, peaks: dict, threads: Optional[int] = None) -> dict:
-    """{variant: PointJob template} with the variant parsed once; batch_size and seq_len are
-    filled per point (`job.replace(batch_size=..., seq_len=...)`)."""
+    """{variant: PointJob template} with the suite's plan of the variant (parsed once, when the
+    suite was); its point is set per point (`job.replace(point=...)`)."""
     cache_dir = str(inductor_cache_dir()) if suite.execution == "compiled" else None
-    common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype, batch_size=0, seq_len=0,
+    common = dict(cfg=suite.model_config, device=device, dtype=suite.dtype,
                   decode_tokens=suite.decode_tokens, warmup=suite.warmup, repeats=suite.repeats,
                   prefill_chunk=suite.prefill_chunk, execution=suite.execution, peaks=peaks, threads=threads,
                   fault_oom=fault_keys_from_env(), fault_slowdown=slowdown_from_env(),
                   fault_kill=kill_keys_from_env(), inductor_cache_dir=cache_dir,
                   count_cache_dir=str(cache_root() / "flops"),
                   tensor_parallel=suite.tensor_parallel, link_bandwidth=suite.link_bandwidth)
-    return {v: PointJob(plan=plan_for(v, suite.model_config), **common) for v in suite.variants}
+    return {v: PointJob(point=PointSpec(v, 0, 0), plan=suite.plans[v], **common) for v in suite.variants}
 
 
-def _new_results(suite: Suite, device: str, workdir: Path, gpus=None, shard=None, pins=None) -> dict:
-    data = {"schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "run_id": uuid.uuid4().hex,  # tells runs apart in the history even when created in the same second
-            "env": capture_run_env(device, suite.dtype, workdir), "suite": suite.to_dict(), "overhead": {},
-            "records": []}
-    data["env"]["conditions"] = run_conditions(device, "before", gpus)
+def _new_results(suite: Suite, device: str, workdir: Path, gpus=None, shard=None, pins=None) -> RunRecord:
+    env = capture_run_env(device, suite.dtype, workdir)
+    env["conditions"] = run_conditions(device, "before", gpus)
     if suite.execution == "compiled":
-        data["env"]["inductor_cache_dir"] = str(inductor_cache_dir())
-    if shard is not None:
-        data["shard"] = shard.to_dict()
+        env["inductor_cache_dir"] = str(inductor_cache_dir())
     if pins:
-        data["env"]["devices"] = device_facts(pins, device)
-    return data
+        env["devices"] = device_facts(pins, device)
+    extra = {"run_id": uuid.uuid4().hex}  # tells runs apart in the history even when created in the same second
+    if shard is not None:
+        extra["shard"] = shard.to_dict()
+    return RunRecord(env=env, suite=suite.to_dict(), extra=extra,
+                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _oom_seq_lens(records) -> dict:
     """(variant, batch) -> the smallest seq_len that ran out of memory (explicit batches)."""
     oom_at: dict = {}
     for r in records:
-        if r.get("status") == "oom" and r.get("batch_request") != MAX_BATCH:
-            k = (r["variant"], r["batch_size"])
-            oom_at[k] = min(oom_at.get(k, r["seq_len"]), r["seq_len"])
+        if r.status == "oom" and r.batch_request != MAX_BATCH:
+            k = (r.variant, r.batch_size)
+            oom_at[k] = min(oom_at.get(k, r.seq_len), r.seq_len)
     return oom_at
-
-
-def _skipped(job: PointJob, reason: str) -> dict:
-    return {ph: {"variant": job.variant, "batch_size": job.batch_size, "seq_len": job.seq_len, "phase": ph,
-                 "status": "skipped_after_oom", "error": reason} for ph in PHASES}
 
 
 @holds_run_lock
@@ -200,21 +194,21 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         existing = open_results(out, suite, resume, variants_given=bool(variants),
                                 threads_given=threads is not None)
         if existing is not None and threads is None:  # a resume measures with the threads the run measured with
-            suite = dataclasses.replace(suite, threads=existing["suite"].get("threads"))
+            suite = dataclasses.replace(suite, threads=existing.suite.get("threads"))
         preflight(suite, device, out, len(suite.points()))  # faults that would break every point, in seconds
         busy = busy_warning()
         if busy:
             print(busy, file=sys.stderr)
         workdir = Path(tempfile.mkdtemp(prefix="sabench-"))
-        data = existing if existing is not None else _new_results(suite, device, workdir, gpus, shard, pins)
         if existing is None:
-            write_json_atomic(path, data)
+            run = _new_results(suite, device, workdir, gpus, shard, pins)
+            write_results(path, run)
             started = True
         else:
-            _continue_results(data, suite, device, gpus, shard, pins, path)
-        peaks = {k: data["env"].get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
+            run = _continue_results(existing, suite, device, gpus, shard, pins, path)
+        peaks = {k: run.env.get(k) for k in ("peak_bandwidth_bytes_per_s", "peak_flops_per_s")}
         jobs = point_jobs(suite, job_device, peaks, resolve_threads(suite.threads, job_device))
-        sweep = _Sweep(suite, device, data, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()))
+        sweep = _Sweep(suite, device, run, path, workdir, jobs, RETRY_STATUSES.get(retry_failed, ()), peaks)
         sweep.points = suite_shard(suite, suite.points(), shard)
         todo = sweep.todo()
         if todo:
@@ -227,13 +221,14 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         pool = Pool(_slots(pins, workdir))
         sweep.stop = pool.stop
         try:  # every point process has ended when pool.run returns or raises
-            pool.run(cell_units(todo, by_cell=len(pool.slots) > 1), lambda kp, slot: sweep.run(kp[1], kp[0], slot))
+            pool.run(cell_units(todo, by_cell=len(pool.slots) > 1),
+                     lambda kp, slot: sweep.measure(kp[1], kp[0], slot))
         finally:
             progress.close()
             with interrupts.ignored(), sweep.lock:  # a second Ctrl-C must not cut the last write short
-                data["env"]["conditions"] = dict(data["env"].get("conditions") or {},
-                                                 **run_conditions(device, "after", gpus))
-                write_json_atomic(path, data)
+                sweep.run = dataclasses.replace(sweep.run, env=dict(sweep.run.env, conditions=dict(
+                    sweep.run.env.get("conditions") or {}, **run_conditions(device, "after", gpus))))
+                sweep.write()
         print(f"results: {path}", file=sys.stderr)
         if report:
             _finish(out, path, history=shard is None)  # a shard's partial run: its merge is recorded
@@ -245,7 +240,7 @@ def run_suite(suite_arg, out=None, resume: bool = False, variants=None, report: 
         if workdir is not None:
             with interrupts.ignored():
                 shutil.rmtree(workdir, ignore_errors=True)
-    failing = failing_rounds(data["records"])
+    failing = failing_rounds(sweep.records)
     if failing:
         shown = ", ".join(f"{label} (round {k})" for label, k in failing[:5])
         print(f"sabench: {len(failing)} point phase round(s) failed: {shown}{' ...' if len(failing) > 5 else ''}; "
@@ -264,14 +259,15 @@ def _command(suite: Suite, out: Path, variants, rounds, shard, pins, resume: boo
                     + ([f"--devices {devices_text(pins)}"] if pins else []))
 
 
-def _continue_results(data: dict, suite: Suite, device: str, gpus, shard, pins, path: Path) -> None:
+def _continue_results(run: RunRecord, suite: Suite, device: str, gpus, shard, pins, path: Path) -> RunRecord:
     """A resumed run's results, made ready for this run's points (the same shard, the variants added)."""
-    check_resume(data, shard, path)
-    data["suite"]["variants"] = list(dict.fromkeys(data["suite"]["variants"] + list(suite.variants)))
-    data["suite"]["rounds"] = max(data["suite"].get("rounds") or 1, suite.rounds)
-    data["env"]["conditions"] = dict(data["env"].get("conditions") or {}, **run_conditions(device, "before", gpus))
+    check_resume(run.extra.get("shard"), shard, path)
+    echo = dict(run.suite, variants=list(dict.fromkeys(run.suite["variants"] + list(suite.variants))),
+                rounds=max(run.suite.get("rounds") or 1, suite.rounds))
+    env = dict(run.env, conditions=dict(run.env.get("conditions") or {}, **run_conditions(device, "before", gpus)))
     if pins:  # another --devices than the first run's is fine: each round names its device
-        data["env"]["devices"] = merge_device_facts(data["env"].get("devices"), device_facts(pins, device))
+        env["devices"] = merge_device_facts(env.get("devices"), device_facts(pins, device))
+    return dataclasses.replace(run, suite=echo, env=env)
 
 
 def _slots(pins, workdir: Path) -> list:
@@ -289,40 +285,50 @@ class _Sweep:
     """The points of a run, round by round: what is left to measure, measuring one (point, round).
 
     Slots (harness.pool) call `run` concurrently: measuring holds nothing; reading and changing
-    the records, the overheads and results.json happen under `lock`."""
+    the records, the overheads and results.json happen under `lock`. The records are typed
+    (PhaseRecord) from the point process's edge (harness.launch) to results.json (`write`)."""
 
-    def __init__(self, suite: Suite, device: str, data: dict, path: Path, workdir: Path, jobs: dict, retry: tuple):
-        self.suite, self.data, self.path, self.workdir, self.jobs, self.retry = suite, data, path, workdir, jobs, retry
-        self.at = {_key(r): i for i, r in enumerate(data["records"])}
-        self.oom_at = _oom_seq_lens(data["records"])
-        self.resolved_max = done_max(data["records"])
-        self.budget = memory_budget(suite, data["env"], device) if MAX_BATCH in suite.batch_sizes else None
+    def __init__(self, suite: Suite, device: str, run: RunRecord, path: Path, workdir: Path, jobs: dict,
+                 retry: tuple, peaks: Optional[dict] = None):
+        self.suite, self.path, self.workdir, self.jobs, self.retry = suite, path, workdir, jobs, retry
+        self.run, self.peaks = run, peaks  # the run's env, suite echo and stamps; the records are kept apart
+        self.records: list = list(run.records)
+        self.overhead: dict = dict(run.overhead)
+        self.at = {r.key: i for i, r in enumerate(self.records)}
+        self.oom_at = _oom_seq_lens(self.records)
+        self.resolved_max = done_max(self.records)
+        self.budget = memory_budget(suite, run.env, device) if MAX_BATCH in suite.batch_sizes else None
         self.progress = None
         self.points = suite.points()  # run_suite narrows it to a shard
         self.lock = threading.RLock()
         self.stop = threading.Event()  # the pool's: set when the run is interrupted
 
-    def record(self, p, phase: str) -> Optional[dict]:
-        i = self.at.get((*p, phase))
-        return None if i is None else self.data["records"][i]
+    def write(self) -> None:
+        """results.json as it stands (atomically: temp file, fsync, rename)."""
+        write_results(self.path, dataclasses.replace(self.run, records=tuple(self.records),
+                                                     overhead=dict(self.overhead)))
 
-    def needed(self, p, k: int) -> bool:
+    def record(self, p: PointSpec, phase: str) -> Optional[PhaseRecord]:
+        i = self.at.get(p.record_key(phase))
+        return None if i is None else self.records[i]
+
+    def needed(self, p: PointSpec, k: int) -> bool:
         if p.batch_size == MAX_BATCH:  # resolved and measured in the first round only
             return k == 1 and (p.variant, p.seq_len) not in self.resolved_max
         return any(round_status(self.record(p, ph), k) in (None, *self.retry) for ph in PHASES)
 
     def todo(self) -> list:
-        created = self.data["created"]
+        created = self.run.created
         if self.suite.rounds == 1:  # one round: the suite's order, sizes ascending, so OOM skips apply
             return [(1, p) for p in self.points if self.needed(p, 1)]
         return [(k, p) for k in range(1, self.suite.rounds + 1)
                 for p in round_order(self.points, created, k) if self.needed(p, k)]
 
-    def run(self, p, k: int, slot: Optional[Slot] = None) -> None:
+    def measure(self, p: PointSpec, k: int, slot: Optional[Slot] = None) -> None:
         slot = slot or Slot(0, None, self.workdir)
         with self.lock:
-            job = self.jobs[p.variant].replace(batch_size=p.batch_size, seq_len=p.seq_len, gpu=slot.gpu,
-                                              **point_extras(self.suite, p.variant, self.data["records"]))
+            job = self.jobs[p.variant].replace(point=p, gpu=slot.gpu,
+                                              **point_extras(self.suite, p.variant, self.records))
             label = f"{job.label} round {k}" + (f" on GPU {slot.gpu}" if slot.gpu is not None else "")
             if p.batch_size == MAX_BATCH:  # reads and rewrites the records while it steps down: under the lock
                 return self._run_max(job, label, slot)
@@ -331,46 +337,46 @@ class _Sweep:
                 self.progress.start(label)
         where = None
         if skip is not None:
-            records, overhead = _skipped(job, skip), None
+            records, overhead = {ph: PhaseRecord.skipped_after_oom(p, ph, skip) for ph in PHASES}, None
         else:
             t0 = time.time()
             records, overhead = run_point(job, slot.workdir)
             where = _where(slot, overhead, t0, time.time())
-            if self.stop.is_set() and any(records[ph]["status"] != "ok" for ph in PHASES):
+            if self.stop.is_set() and any(not records[ph].ok for ph in PHASES):
                 return  # the run was interrupted and this process ended with it: not a measurement
         with self.lock:
             self._record(p, k, label, records, overhead, where)
 
     def _run_max(self, job: PointJob, label: str, slot: Slot) -> None:
         self.progress.start(label)
-        new, overheads, final = run_max_point(job, self.suite.batch_sizes, self.budget, slot.workdir, self.data)
-        self.data["records"] += new
-        self.at = {_key(r): i for i, r in enumerate(self.data["records"])}
-        self.data["overhead"].update(overheads)
-        write_json_atomic(self.path, self.data)
-        b_run = final[PHASES[0]]["batch_size"]
-        self.progress.finish(label, f"B={b_run} (predicted {final[PHASES[0]]['predicted_max_batch']}): "
-                             + summary(final), measured=bool(new))
+        self.records, overheads, final = run_max_point(job, self.suite.batch_sizes, self.budget, slot.workdir,
+                                                       self.records)
+        self.at = {r.key: i for i, r in enumerate(self.records)}
+        self.overhead.update({k: Overhead.of(o) for k, o in overheads.items()})
+        self.write()
+        first = final[PHASES[0]]
+        self.progress.finish(label, f"b={first.batch_size} (predicted {first.predicted_max_batch}): "
+                             + summary(final), measured=bool(overheads))
 
-    def _record(self, p, k: int, label: str, records: dict, overhead, where) -> None:
+    def _record(self, p: PointSpec, k: int, label: str, records: dict, overhead, where) -> None:
         """Merge one (point, round) into the records and rewrite results.json (under the lock)."""
-        if overhead is not None and all(records[ph]["status"] == "oom" for ph in PHASES):
+        if overhead is not None and all(records[ph].status == "oom" for ph in PHASES):
             kb = (p.variant, p.batch_size)
             self.oom_at[kb] = min(self.oom_at.get(kb, p.seq_len), p.seq_len)
         for ph in PHASES:
-            merged = merge_round(self.record(p, ph), records[ph], k, where)
-            i = self.at.get((*p, ph))
+            merged = merge_round(self.record(p, ph), records[ph], k, where, self.peaks)
+            i = self.at.get(merged.key)
             if i is None:
-                self.at[(*p, ph)] = len(self.data["records"])
-                self.data["records"].append(merged)
+                self.at[merged.key] = len(self.records)
+                self.records.append(merged)
             else:
-                self.data["records"][i] = merged
+                self.records[i] = merged
         if overhead is not None:
             self._overhead(p.key, k, overhead)
-        write_json_atomic(self.path, self.data)
+        self.write()
         self.progress.finish(label, summary(records), measured=overhead is not None)
 
-    def _skip_reason(self, p, k: int) -> Optional[str]:
+    def _skip_reason(self, p: PointSpec, k: int) -> Optional[str]:
         """Why (point, round) is not measured, or None: a point that ran out of memory in every
         earlier round, or a longer prompt than one that ran out of memory at this batch size."""
         earlier = [round_status(self.record(p, PHASES[0]), j) for j in range(1, k)]
@@ -386,10 +392,13 @@ class _Sweep:
 
     def _overhead(self, key: str, k: int, overhead: dict) -> None:
         """The first round's overhead as the point's; later rounds add their process's total time."""
-        ovh = self.data["overhead"]
-        if k == 1 or key not in ovh:
-            ovh[key] = dict(overhead, **{x: ovh[key][x] for x in ("total_s_by_round",) if key in ovh and x in ovh[key]})
-        ovh[key].setdefault("total_s_by_round", {})[str(k)] = overhead.get("total_s")
+        old = self.overhead.get(key)
+        by_round = dict(old.extra.get("total_s_by_round") or {}) if old is not None else {}
+        by_round[str(k)] = overhead.get("total_s")
+        if k == 1 or old is None:
+            self.overhead[key] = Overhead.of(dict(overhead, total_s_by_round=by_round))
+        else:
+            self.overhead[key] = dataclasses.replace(old, extra=dict(old.extra, total_s_by_round=by_round))
 
 
 def _where(slot: Slot, overhead: dict, t_start: float, t_end: float) -> Optional[dict]:
@@ -400,10 +409,6 @@ def _where(slot: Slot, overhead: dict, t_start: float, t_end: float) -> Optional
         return None
     return {"device": seen.get("gpu") if seen else slot.gpu, "device_bus_id": (seen or {}).get("pci_bus_id"),
             "t_start": t_start, "t_end": t_end}
-
-
-def _key(r: dict) -> tuple:
-    return (r["variant"], r["batch_size"], r["seq_len"], r["phase"])
 
 
 def _finish(out: Path, path: Path, history: bool = True) -> None:

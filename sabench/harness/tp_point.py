@@ -39,6 +39,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ from sabench.harness.job import PointJob
 from sabench.harness.oom_evidence import oom_kill_count, oom_killed
 from sabench.harness.phases import failure
 from sabench.harness.ranks import TPLaunchError, run_ranks
-from sabench.records import PHASES
+from sabench.records import PhaseRecord
+from sabench.records.parallel import RankMeasure, TensorParallel
+from sabench.suite_fields import MAX_BATCH
 from sabench.tp_shapes import rank_config
 
 TIMING_RANK = 0  # whose samples are the record's latency
@@ -65,8 +68,9 @@ def link(job: PointJob) -> dict:
 
 
 def tp_blocks(job: PointJob) -> dict:
-    """{phase: the record's `tensor_parallel` block before measurement: one rank's analytic figures
-    (phase totals, as the record's own), the all-reduce traffic and the link}."""
+    """{phase: the record's `tensor_parallel` block before measurement}: one rank's analytic
+    figures (phase totals, as the record's own), the all-reduce traffic and the link
+    (harness.rates derives the rank's roofline from them)."""
     world, b, t, n = job.tensor_parallel, job.batch_size, job.seq_len, job.decode_tokens
     rank_cfg = rank_config(job.cfg, world)
     rank_pre, rank_dec = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
@@ -76,62 +80,57 @@ def tp_blocks(job: PointJob) -> dict:
     payload = {"prefill": accounting.all_reduce_bytes(rank_cfg, b, t, job.dtype, world)["payload"],
                "decode": accounting.all_reduce_bytes(rank_cfg, b, 1, job.dtype, world)["payload"] * n}
     out = {}
-    for phase, rec, link_bytes in (("prefill", rank_pre, per_rank_link["prefill"]),
-                                   ("decode", rank_dec, per_rank_link["decode_step"] * n)):
-        out[phase] = {
-            "world": world, "timing_rank": TIMING_RANK,
-            "per_rank": {"params": rec["params"], "weight_bytes": summary["per_rank"]["weight_bytes"],
-                         "kv_cache_bytes": rec["kv_cache_bytes"], "flops": rec["flops"]["analytic"],
-                         "bytes_moved": rec["bytes_moved"]},
-            "all_reduce_payload_bytes": payload[phase], "link_bytes": link_bytes,
-            "link_bandwidth_bytes_per_s": lk["bytes_per_s"], "link_bandwidth_source": lk["source"]}
+    for rec, link_bytes in ((rank_pre, per_rank_link["prefill"]), (rank_dec, per_rank_link["decode_step"] * n)):
+        out[rec.phase] = TensorParallel(
+            world=world, timing_rank=TIMING_RANK,
+            per_rank={"params": rec.params, "weight_bytes": summary["per_rank"]["weight_bytes"],
+                      "kv_cache_bytes": rec.kv_cache_bytes, "flops": rec.flops.analytic,
+                      "bytes_moved": rec.bytes_moved},
+            all_reduce_payload_bytes=payload[rec.phase], link_bytes=link_bytes,
+            link_bandwidth_bytes_per_s=lk["bytes_per_s"], link_bandwidth_source=lk["source"])
     return out
 
 
-def measure_on_ranks(job: PointJob, overhead: dict, notes: list) -> tuple[dict, dict]:
-    """(prefill fields, decode fields) of a tensor-parallel point, its phases measured on
-    job.tensor_parallel ranks (harness.point.measure's `on_ranks`): rank 0's measurement, one rank's
-    memory prediction and the `tensor_parallel` block with every rank's figures; if a rank failed,
-    the point's failure (rank_failure) instead of the measurement."""
+def measure_on_ranks(job: PointJob, records, overhead: dict, notes: list) -> list[PhaseRecord]:
+    """The point's `records` (prefill, decode before measurement) measured on job.tensor_parallel
+    ranks (harness.point.measure's `on_ranks`): rank 0's measurement, one rank's memory prediction
+    and the `tensor_parallel` block with every rank's figures; if a rank failed, the point's
+    failure (rank_failure) instead of the measurement."""
     world = job.tensor_parallel
     predicted = memory_model.predict(rank_config(job.cfg, world), job.plan, job.dtype, job.batch_size,
                                      job.seq_len, job.decode_tokens, job.prefill_chunk,
                                      torch.device(job.device).type)
     blocks = tp_blocks(job)
-    fields = {phase: {"memory_predicted_bytes": predicted[phase].to_dict(), "tensor_parallel": blocks[phase]}
-              for phase in PHASES}
+    records = [replace(r, memory_predicted_bytes=predicted[r.phase].to_dict(),  # one rank's
+                       tensor_parallel=blocks[r.phase]) for r in records]
     threads = job.threads or torch.get_num_threads()
     rank_dir = Path(tempfile.mkdtemp(prefix="sabench-tp-"))
     t0, ooms_before = time.perf_counter(), oom_kill_count()
-    try:
-        ranks = run_ranks(_rank_main, world, (job, str(rank_dir), threads), device=job.device,
+    try:  # every rank measures the point's records; rank TIMING_RANK's are the point's
+        ranks = run_ranks(_rank_main, world, (job, str(rank_dir), threads, records), device=job.device,
                           log_dir=str(rank_dir / "logs"))
     except TPLaunchError as e:
         fail = rank_failure(e, rank_dir, world, (ooms_before, oom_kill_count()))
-        return fields["prefill"] | fail, fields["decode"] | fail
+        status, error = fail.pop("status"), fail.pop("error")
+        return [r.with_failure(status, error, **fail) for r in records]
     finally:
         shutil.rmtree(rank_dir, ignore_errors=True)
     overhead["ranks_s"] = time.perf_counter() - t0
     lead = ranks[TIMING_RANK]
     overhead.update(lead["overhead"])
     notes.extend(lead["notes"])
-    for phase, f in fields.items():
-        f.update(lead[phase])
-        f["torch_threads"] = lead["torch_threads"]
-        f["tensor_parallel"]["ranks"] = [_rank_summary(r, phase) for r in ranks]
-        if job.quality:
-            f["quality_error"] = "perplexity is not scored on tensor-parallel points yet"
-    return fields["prefill"], fields["decode"]
-
-
-def _rank_summary(r: dict, phase: str) -> dict:
-    fields = r[phase]
-    out = {"rank": r["rank"], "kv_cache_bytes": r["kv_cache_bytes"], "torch_threads": r["torch_threads"],
-           "latency_median_ms": fields["latency_ms"]["median"]}
-    for k in ("memory_bytes", "memory_source"):
-        if fields.get(k) is not None:
-            out[k] = fields[k]
+    out = [replace(lead[r.phase], tensor_parallel=replace(
+        r.tensor_parallel, ranks=tuple(_rank_summary(x, r.phase) for x in ranks)))
+        .with_extra(torch_threads=lead["torch_threads"]) for r in records]
+    if job.quality:
+        out = [r.with_extra(quality_error="perplexity is not scored on tensor-parallel points yet") for r in out]
     return out
+
+
+def _rank_summary(r: dict, phase: str) -> RankMeasure:
+    rec = r[phase]
+    return RankMeasure(r["rank"], r["kv_cache_bytes"], rec.latency_ms.median, r["torch_threads"], rec.memory_source,
+                       rec.memory_bytes.to_dict() if rec.memory_bytes is not None else None)
 
 
 # ---------------------------------------------------------------- failures
@@ -184,8 +183,8 @@ def _rank_model(job: PointJob, device: torch.device, rank: int, world: int):
                          rank=rank, world=world, weights="auto" if checkpoint else "random", seed=job.seed)
 
 
-def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int) -> dict:
-    """What each rank runs (in its process group): build its shard, measure the phases."""
+def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int, records) -> dict:
+    """What each rank runs (in its process group): build its shard, measure the point's `records`."""
     import torch.distributed as dist
 
     point.die_with_parent()
@@ -207,8 +206,9 @@ def _rank_main(rank: int, world: int, job: PointJob, rank_dir: str, threads: int
         model = point.build_point_model(job, device, overhead, lambda: _rank_model(job, device, rank, world))
     except Exception as e:
         on_error(e, "building the model")
-    prefill, decode, nbytes = point.measure_phases(job, model, device, notes, overhead, pre_cuda,
-                                                   on_error=on_error, barrier=dist.barrier)
+    prefill, decode, nbytes = point.measure_phases(job, model, device, notes, overhead, pre_cuda, records,
+                                                   on_error=lambda rec, e: on_error(e, rec.phase),
+                                                   barrier=dist.barrier)
     return {"rank": rank, "prefill": prefill, "decode": decode, "kv_cache_bytes": nbytes,
             "torch_threads": torch.get_num_threads(), "overhead": overhead, "notes": notes}
 
@@ -218,7 +218,6 @@ def check_run(suite, device: str) -> str:
     """UserError (one line) when a tensor-parallel suite cannot run here; else a note for stderr
     ('' when there is nothing to say). The degree against the model is checked when the suite loads."""
     from sabench.errors import UserError
-    from sabench.suite_fields import MAX_BATCH
 
     world, where = suite.tensor_parallel, f"{suite.path or suite.name}: parallel.tensor {suite.tensor_parallel}"
     if world <= 1:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -26,8 +26,9 @@ def point_key(variant: str, batch_size, seq_len: int) -> str:
     return f"{variant}|{batch_size}|{seq_len}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class PointSpec:
+    """One cell of a sweep: a variant at one batch size and prompt length (the one point type)."""
     variant: str
     batch_size: Union[int, str]  # an int, or "max": the largest batch the memory model predicts to fit
     seq_len: int
@@ -35,6 +36,10 @@ class PointSpec:
     @property
     def key(self) -> str:
         return point_key(self.variant, self.batch_size, self.seq_len)
+
+    def record_key(self, phase: str) -> "Key":
+        """(variant, batch_size, seq_len, phase): the index key of this point's record of `phase`."""
+        return (self.variant, self.batch_size, self.seq_len, phase)
 
     @property
     def size(self) -> str:
@@ -93,6 +98,14 @@ class Latency:
         d = {n: getattr(self, n) for n in _names(type(self)) if n != "samples" and getattr(self, n) is not None}
         d["samples"] = list(self.samples)
         return d
+
+    @classmethod
+    def of(cls, samples) -> "Latency":
+        """The summary of measured samples (ms): sabench.stats.summarize's figures."""
+        from sabench.stats.summary import summarize
+
+        s = summarize(samples)
+        return cls(samples=tuple(s.pop("samples")), **s)
 
 
 @lru_cache(maxsize=None)
@@ -167,6 +180,13 @@ class Memory:
     peak_reserved: Optional[int] = None
     peak_rss: Optional[int] = None        # the process's peak resident memory
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, readings: dict) -> "Memory":
+        """From a tracker's readings (sabench.measure.trackers): the named peaks, the rest in extra."""
+        names = [n for n in _names(cls) if n != "extra"]
+        return cls(extra={k: x for k, x in readings.items() if k not in names},
+                   **{n: readings.get(n) for n in names})
 
     @classmethod
     def parse(cls, w: Where, v) -> Optional["Memory"]:
@@ -287,6 +307,27 @@ class PhaseRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    # ------------------------------------------------------------ constructors (what the harness makes)
+    @classmethod
+    def failed(cls, point: PointSpec, phase: str, status: str, error: str, **extra) -> "PhaseRecord":
+        """A phase of `point` that did not measure, and nothing else known of it: `status` (oom,
+        error, killed, skipped_after_oom), a one-line `error`, and what else the failure left
+        (`extra`: stderr_tail, signal, traceback)."""
+        return cls(point.variant, point.batch_size, point.seq_len, phase, status, error=error[:500], extra=extra)
+
+    @classmethod
+    def skipped_after_oom(cls, point: PointSpec, phase: str, reason: str) -> "PhaseRecord":
+        """A phase not measured because the point (or a smaller one) ran out of memory before."""
+        return cls.failed(point, phase, "skipped_after_oom", reason)
+
+    def with_failure(self, status: str, error: str, **extra) -> "PhaseRecord":
+        """This record, its analytic figures kept, as a phase that did not measure."""
+        return replace(self, status=status, error=error[:500], extra={**self.extra, **extra})
+
+    def with_extra(self, **extra) -> "PhaseRecord":
+        """This record with more fields the types do not name (torch_threads, weights, notes, ...)."""
+        return replace(self, extra={**self.extra, **extra})
+
     @classmethod
     def from_dict(cls, d, file: str = "results.json", index: int = 0) -> "PhaseRecord":
         w = Where(file, f"record {index}")
@@ -371,6 +412,12 @@ class Overhead:
     compile_s: Optional[float] = None         # compiled execution: first_prefill_s + first_decode_s
     total_s: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, seconds: dict) -> "Overhead":
+        """From a point process's overhead (harness.point): the named figures, the rest in extra."""
+        names = [n for n in _names(cls) if n != "extra"]
+        return cls(extra={k: x for k, x in seconds.items() if k not in names}, **{n: seconds.get(n) for n in names})
 
     @classmethod
     def parse(cls, w: Where, key: str, v) -> "Overhead":
