@@ -82,7 +82,3 @@ def strings(w: Where, name: str, v) -> Optional[Tuple[str, ...]]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         w.fail(name, f"must be a list of strings, got {show(v)}")
     return tuple(v)
-
-
-def dump(v):
-    return v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
