@@ -7,7 +7,6 @@ a Llama-family decoder. Sources: a preset name, a model directory holding
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Optional
 from sabench import layouts
 from sabench.errors import UserError
 from sabench.plan import PlanError, parse_variant
+from sabench.values import is_int, is_positive
 
 
 class ModelSourceError(UserError):
@@ -28,10 +28,6 @@ _HF_NAME = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads
 ROPE_SCALING_FIELDS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_rope_scaling(rs, where: str) -> None:
     """Llama-3 rope scaling: a mapping with every field, each a finite number > 0."""
     if not isinstance(rs, dict):
@@ -39,7 +35,7 @@ def _check_rope_scaling(rs, where: str) -> None:
                                f"got {type(rs).__name__} {rs!r}, fix the model's config")
     for k in ROPE_SCALING_FIELDS:
         v = rs.get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        if not is_positive(v):
             raise ModelSourceError(f"{where}: rope_scaling.{k} must be a finite number > 0, got {v!r}, "
                                    "fix the model's config")
     if rs["high_freq_factor"] <= rs["low_freq_factor"]:
@@ -80,7 +76,7 @@ class ModelConfig:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                     "num_kv_heads", "head_dim", "max_position_embeddings"):
             v = getattr(self, key)
-            if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+            if not is_int(v) or not 1 <= v <= _MAX_DIM:
                 raise ModelSourceError(f"model {self.name!r}: {_HF_NAME.get(key, key)} must be an integer in "
                                        f"1..{_MAX_DIM}, got {v!r}, fix the model's config")
         if self.num_heads % self.num_kv_heads:
@@ -93,7 +89,7 @@ class ModelConfig:
                                    "fix the model's config")
         for key in ("rope_theta", "rms_norm_eps"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            if not is_positive(v):
                 raise ModelSourceError(f"model {self.name!r}: {key} must be a finite number > 0, got {v!r}, "
                                        "fix the model's config")
         if self.rope_scaling is not None:
@@ -244,13 +240,13 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str, closed_forms_only: bool =
         v = d[key]
         if isinstance(v, float) and v.is_integer():
             v = int(v)
-        if not _is_int(v) or not 1 <= v <= _MAX_DIM:
+        if not is_int(v) or not 1 <= v <= _MAX_DIM:
             raise ModelSourceError(f"{source}: {key} must be an integer in 1..{_MAX_DIM}, got {v!r}, "
                                    "fix the model's config")
         return v
 
     def get_number(value, key):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        if not is_positive(value):
             raise ModelSourceError(f"{source}: {key} must be a finite number > 0, got {value!r}, "
                                    "fix the model's config")
         return float(value)

@@ -69,7 +69,8 @@ from sabench.records import point_key
 from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_BATCH, MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE,  # noqa: F401  (re-exported)
                                    MAX_WARMUP, REQUIRED, SuiteError, batch_list, check_keys, int_field, int_list,
-                                   is_int, parsed, read_yaml, show, string_field)
+                                   parsed, read_yaml, show, string_field)
+from sabench.values import is_int
 
 
 DEFAULTS = {

@@ -305,7 +305,7 @@ class _Part(Record):
 @pytest.mark.parametrize("raw,message", [
     ({"x": 1.0}, "f.json: part 3: n is missing"),
     ({"n": 1.5, "x": 1.0}, "f.json: part 3: n must be an integer, got 1.5"),
-    ({"n": True, "x": 1.0}, "f.json: part 3: n must be an integer, got True"),
+    ({"n": True, "x": 1.0}, "f.json: part 3: n must be an integer, got true"),  # as JSON (and YAML) spell it
     ({"n": 0, "x": 1.0}, "f.json: part 3: n must be >= 1, got 0"),
     ({"n": 1}, "f.json: part 3: x is missing (the part's status is ok)"),
     ({"n": 1, "x": 0.0}, "f.json: part 3: x must be > 0, got 0.0"),

@@ -81,16 +81,6 @@ def dump(obj) -> dict:
 # ---------------------------------------------------------------------------- one field
 
 
-def _fast_number(integer: bool, lo, positive: bool):
-    """A test that passes the common case (a finite number in range) without building a message."""
-    def ok(v) -> bool:
-        t = type(v)
-        if not (t is int or (t is float and not integer and -math.inf < v < math.inf)):
-            return False
-        return (lo is None or v >= lo) and (not positive or v > 0)
-    return ok
-
-
 _NUMBER_TYPES = frozenset((int, float))
 
 
@@ -119,7 +109,7 @@ class _Field:
         self.null = meta.get("null", False)
         self.null_with = meta.get("null_with", ())
         self.len_of = meta.get("len_of")
-        optional, tp = _optional(tp)
+        optional, tp = optional_type(tp)
         self.default = None if optional else f.default
         self.factory = MISSING if optional else f.default_factory  # a fresh mapping for each record
         self.tp = tp
@@ -150,8 +140,8 @@ class _Field:
         return read
 
 
-def _optional(tp):
-    """(True, X) for Optional[X]; (False, tp) otherwise."""
+def optional_type(tp):
+    """(True, X) for Optional[X]; (False, tp) otherwise (records/fields.py reads the types so too)."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union and type(None) in args:
         rest = [a for a in args if a is not type(None)]
@@ -165,10 +155,13 @@ def _check(tp, o: dict) -> Callable:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp in (int, float):
         integer = tp is int and o.get("integer", True)
-        fast = _fast_number(integer, lo, positive)
 
         def read_number(w, name, v, ok_noun):
-            return v if fast(v) else number(w, name, v, integer=integer, lo=lo, positive=positive, optional=False)
+            t = type(v)  # the common case passes here; checks.number finds and words the problem
+            if ((t is int or (t is float and not integer and -math.inf < v < math.inf))
+                    and (lo is None or v >= lo) and (not positive or v > 0)):
+                return v
+            return number(w, name, v, integer=integer, lo=lo, positive=positive, optional=False)
         return read_number
     if tp is str:
         def read_text(w, name, v, ok_noun):
@@ -259,7 +252,7 @@ class _Spec:
         self.fields = [_Field(f, hints[f.name]) for f in fields(cls) if f.name != "extra"]
         self.fields = [f for f in self.fields if not f.skip]
         self.has_extra = any(f.name == "extra" for f in fields(cls))
-        self.known = frozenset(f.name for f in self.fields)
+        self.names = frozenset(f.name for f in self.fields)
         self.status = next((i for i, f in enumerate(self.fields) if "status_of" in f.meta), None)
         self.validate = getattr(cls, "validate", None)
         self._rows: Dict[str, tuple] = {}
@@ -288,8 +281,8 @@ class _Spec:
                 continue
             vals[f.name] = (f.when_ok if ok else f.plain)(w, n, x, v, ok)
         if self.has_extra:
-            known_names = self.known
-            vals["extra"] = {k: x for k, x in v.items() if k not in known_names}
+            names = self.names
+            vals["extra"] = {k: x for k, x in v.items() if k not in names}
         out = self.cls(**vals)
         if self.validate is not None:
             out.validate(w, name)

@@ -9,6 +9,7 @@ from sabench.records.parallel import TensorParallel
 from sabench.records.checks import ResultsError, Where, mapping, number, show, strings, text
 from sabench.records.codec import Record, checked, parse, parse_fields, required
 from sabench.records.rounds import RoundSample
+from sabench.values import is_int
 
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"
@@ -297,7 +298,7 @@ def _suite(w: Where, suite: dict) -> dict:
     strings(w, "suite.variants", suite.get("variants"))
     sweep = mapping(w, "suite.sweep", suite.get("sweep")) or {}
     for k, v in sweep.items():
-        if not isinstance(v, list) or not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in v):
+        if not isinstance(v, list) or not all(isinstance(x, str) or is_int(x) for x in v):
             w.fail(f"suite.sweep.{k}", f"must be a list of integers, got {show(v)}")
     for k in ("decode_tokens", "warmup", "repeats", "prefill_chunk", "rounds", "threads"):
         number(w, f"suite.{k}", suite.get(k), integer=True, lo=0)
