@@ -231,7 +231,7 @@ _ENV_TEXTS = ("device", "device_name", "host", "cpu", "git_commit", "peak_source
 @dataclass(frozen=True)
 class RunRecord(Record):
     """One results.json: the environment, the suite as run, per-point overhead, the records."""
-    schema: str = SCHEMA
+    schema: str = SCHEMA                                  # sabench-results/2 (a v1 file is upgraded as it loads)
     created: Optional[str] = None                         # UTC, ISO 8601
     env: Dict[str, Any] = field(default_factory=dict)    # sabench.measure.env.capture_env()
     suite: Dict[str, Any] = field(default_factory=dict)  # sabench.suite.Suite.to_dict()
@@ -262,13 +262,9 @@ class RunRecord(Record):
             if env.get(k) is not None and not isinstance(env.get(k), str):
                 w.fail(f"env.{k}", f"must be a string, got {show(env.get(k))}")
         suite = _suite(w, mapping(w, "suite", d.get("suite")) or {})
-        ovh = mapping(w, "overhead", d.get("overhead")) or {}
-        known = ("schema", "created", "env", "suite", "overhead", "records")
-        return cls(env=env, suite=suite,
-                   records=tuple(PhaseRecord.from_dict(r, file, i) for i, r in enumerate(recs)),
-                   overhead={str(k): parse(Overhead, w, f"overhead[{k!r}]", v) for k, v in ovh.items()},
-                   created=text(w, "created", d.get("created")), schema=SCHEMA,
-                   extra={k: v for k, v in d.items() if k not in known}, source=file)
+        records = tuple(PhaseRecord.from_dict(r, file, i) for i, r in enumerate(recs))
+        return parse(cls, w, "", d, known={"schema": SCHEMA, "env": env, "suite": suite, "records": records,
+                                           "source": file})
 
     def index(self) -> Dict[Key, PhaseRecord]:
         """(variant, batch, seq, phase) -> record (the last one wins on duplicates)."""
