@@ -6,8 +6,8 @@ Each record is shaped as a decode record of a real CPU run (gate-smoke, reports/
 every scalar field, FLOPs with their breakdown, the memory prediction, readings and notes,
 stability, a latency of 60 samples and 3 rounds of 20 samples each, plus two fields the types
 do not name (kept in `extra`). Variants, batch sizes and sequence lengths vary so every record
-has its own key. Prints the file's size and the median and range of the timed calls, each after
-one untimed warm-up.
+has its own key. Prints the file's size and the median and range of the timed calls (wall time
+and this process's CPU time), each after one untimed warm-up.
 """
 import argparse
 import random
@@ -54,13 +54,16 @@ def _record(i: int, rng: random.Random) -> dict:
 
 
 def _time(fn, repeats):
+    """(wall seconds, CPU seconds of this process) of each timed call; the CPU time is the figure to
+    compare on a busy machine, where other processes stretch the wall time."""
     fn()  # warm-up
-    out = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def main():
@@ -84,8 +87,9 @@ def main():
                          ("  of which RunRecord.from_dict", lambda: RunRecord.from_dict(data)),
                          ("write_results", lambda: write_results(Path(d) / "out.json", run)),
                          ("  of which RunRecord.to_dict", run.to_dict)):
-            s = _time(fn, args.repeats)
-            print(f"{name}: median {statistics.median(s):.2f} s [{min(s):.2f} .. {max(s):.2f}] over {len(s)}")
+            wall, cpu = _time(fn, args.repeats)
+            print(f"{name}: median {statistics.median(wall):.2f} s wall [{min(wall):.2f} .. {max(wall):.2f}], "
+                  f"{statistics.median(cpu):.2f} s CPU [{min(cpu):.2f} .. {max(cpu):.2f}] over {len(wall)}")
 
 
 if __name__ == "__main__":
