@@ -112,7 +112,6 @@ class _Field:
         optional, tp = optional_type(tp)
         self.default = None if optional else f.default
         self.factory = MISSING if optional else f.default_factory  # a fresh mapping for each record
-        self.tp = tp
         base = {k: meta[k] for k in _READ_KEYS if k in meta}
         base["required"] = base.get("required", self.default is MISSING and self.factory is MISSING)
         self.plain = self._reader(tp, base, "is missing")
