@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 from sabench.plan import PlanError, plan_from_sources
+from sabench.values import is_int
 
 # What the closed forms leave out of an architecture sabench reads only the attention shape of
 # (model_type -> one clause); inspect prints it beside "cannot run".
@@ -70,7 +71,7 @@ def _declares(d: dict, field: str) -> bool:
 def _int(v, what: str, lo: int, hi: int) -> int:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+    if not is_int(v) or not lo <= v <= hi:
         raise PlanError(f"{what} must be an integer in {lo}..{hi}, got {v!r}")
     return v
 

@@ -7,7 +7,6 @@ a Llama-family decoder. Sources: a preset name, a model directory holding
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Optional
 from sabench import layouts
 from sabench.errors import UserError
 from sabench.plan import PlanError, parse_variant
-from sabench.suite_fields import is_int
+from sabench.values import is_int, is_positive
 
 
 class ModelSourceError(UserError):
@@ -36,7 +35,7 @@ def _check_rope_scaling(rs, where: str) -> None:
                                f"got {type(rs).__name__} {rs!r}, fix the model's config")
     for k in ROPE_SCALING_FIELDS:
         v = rs.get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        if not is_positive(v):
             raise ModelSourceError(f"{where}: rope_scaling.{k} must be a finite number > 0, got {v!r}, "
                                    "fix the model's config")
     if rs["high_freq_factor"] <= rs["low_freq_factor"]:
@@ -90,7 +89,7 @@ class ModelConfig:
                                    "fix the model's config")
         for key in ("rope_theta", "rms_norm_eps"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            if not is_positive(v):
                 raise ModelSourceError(f"model {self.name!r}: {key} must be a finite number > 0, got {v!r}, "
                                        "fix the model's config")
         if self.rope_scaling is not None:
@@ -247,7 +246,7 @@ def _cfg_from_hf_dict(d: dict, name: str, source: str, closed_forms_only: bool =
         return v
 
     def get_number(value, key):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        if not is_positive(value):
             raise ModelSourceError(f"{source}: {key} must be a finite number > 0, got {value!r}, "
                                    "fix the model's config")
         return float(value)

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import yaml
 
 from sabench.errors import UserError
+from sabench.values import is_int, located, spell
 
 # Upper bounds: a value past these is a typo (or 1e20), and would hang a run rather than fail it.
 MAX_REPEATS, MAX_WARMUP, MAX_DECODE_TOKENS, MAX_SIZE = 10_000, 1_000, 1 << 20, 1 << 24
@@ -25,9 +26,7 @@ class SuiteError(UserError):
 
     def __init__(self, source: str, key: Optional[str], problem: str):
         self.source, self.key, self.problem = str(source), key, problem
-        parts = [self.source] + ([key] if key else []) + [problem]
-        # Messages quoted from YAML, presets or plans may wrap; the CLI contract is one line.
-        super().__init__(" ".join(": ".join(parts).split()))
+        super().__init__(located(self.source, key, problem))
 
 
 def read_yaml(text: str, source: str) -> Any:
@@ -94,18 +93,9 @@ def _join(path: str, key) -> str:
 
 def show(value) -> str:
     """A value as the suite author wrote it (YAML spelling for booleans and null)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
     if isinstance(value, (dict, list)):
         return f"a {'mapping' if isinstance(value, dict) else 'list'} {value!r}"
-    return repr(value)
-
-
-def is_int(value) -> bool:
-    # bool is an int subclass; `warmup: yes` is a typo, not 1.
-    return isinstance(value, int) and not isinstance(value, bool)
+    return spell(value)
 
 
 def check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:

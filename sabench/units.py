@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from sabench.errors import UserError
+from sabench.values import is_int
 
 KiB, MiB, GiB, TiB = 2 ** 10, 2 ** 20, 2 ** 30, 2 ** 40
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "kib": KiB, "m": 10 ** 6, "mb": 10 ** 6, "mib": MiB,
@@ -14,7 +15,7 @@ MAX_SIZE = 2 ** 60  # an exbibyte: larger is a typo, not a device
 
 def parse_size(text) -> int:
     """'80GiB', '16 GB', '512MiB' or plain bytes '85520809984' -> bytes; ValueError otherwise."""
-    if isinstance(text, int) and not isinstance(text, bool) and 0 < text <= MAX_SIZE:
+    if is_int(text) and 0 < text <= MAX_SIZE:
         return text
     m = _SIZE.match(str(text))
     unit = m.group(2).lower() if m else None

@@ -6,12 +6,16 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
 from report_fixtures import make_results, write_results
 from sabench.io import write_atomic
+from sabench.records.checks import Where
+from sabench.records.codec import Record, checked, parse, required
 from sabench.records import (SCHEMA, SCHEMA_V1, PhaseRecord, PointSpec, ResultsError, RunRecord, load_results,
                              point_key, write_results as write_run)
 from sabench.report.check import check
@@ -295,3 +299,43 @@ def test_failed_and_skipped_records_are_made_by_their_constructors_and_round_tri
     assert (skipped.status, skipped.label) == ("skipped_after_oom", "prefill cla:2 b=4 s=512")
     for r in (killed, skipped):
         assert PhaseRecord.from_dict(r.to_dict()) == r
+
+
+# ---------------------------------------------------------------------------- the codec itself
+
+@dataclass(frozen=True)
+class _Part(Record):
+    """A record type written for this test: the codec reads, checks and writes it from its fields alone."""
+    n: int = required(lo=1)
+    status: str = checked("ok", choices=("ok", "failed"), status_of="part", omit="ok")
+    x: Optional[float] = checked(positive=True, when_ok={"required": True})
+    tags: Tuple[str, ...] = checked((), omit=())
+    rates: Optional[Dict[str, float]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"x": 1.0}, "f.json: part 3: n is missing"),
+    ({"n": 1.5, "x": 1.0}, "f.json: part 3: n must be an integer, got 1.5"),
+    ({"n": True, "x": 1.0}, "f.json: part 3: n must be an integer, got true"),  # as JSON (and YAML) spell it
+    ({"n": 0, "x": 1.0}, "f.json: part 3: n must be >= 1, got 0"),
+    ({"n": 1}, "f.json: part 3: x is missing (the part's status is ok)"),
+    ({"n": 1, "x": 0.0}, "f.json: part 3: x must be > 0, got 0.0"),
+    ({"n": 1, "x": float("inf")}, "f.json: part 3: x must be a finite number, got inf"),
+    ({"n": 1, "x": 1.0, "status": "fine"}, "f.json: part 3: status must be one of ok, failed, got 'fine'"),
+    ({"n": 1, "x": 1.0, "tags": ["a", 2]}, "f.json: part 3: tags must be a list of strings"),
+    ({"n": 1, "x": 1.0, "rates": {"a": 1.0, "b": "fast"}}, "f.json: part 3: rates.b must be a number, got 'fast'"),
+    ([1], "f.json: part 3 must be a mapping, got list [1]"),
+])
+def test_the_codec_checks_a_type_from_its_annotations_and_metadata(raw, message):
+    with pytest.raises(ResultsError) as e:
+        parse(_Part, Where("f.json", "part 3"), "", raw)
+    assert str(e.value).startswith(message)
+
+
+def test_the_codec_reads_defaults_keeps_extras_and_writes_back_what_it_read():
+    ok = parse(_Part, Where("f.json", "part 3"), "", {"n": 2.0, "x": 1.5, "new": [1]})
+    assert ok == _Part(n=2, status="ok", x=1.5, extra={"new": [1]}) and type(ok.n) is int
+    assert ok.to_dict() == {"n": 2, "x": 1.5, "new": [1]}  # status "ok" and no tags: omitted
+    failed = {"n": 1, "status": "failed", "tags": ["t"], "rates": {"a": 0.5}}  # no x: not required
+    assert parse(_Part, Where("f.json", "p"), "", failed).to_dict() == failed

@@ -6,6 +6,7 @@ import math
 from typing import Dict, Optional, Tuple
 
 from sabench.errors import UserError
+from sabench.values import is_number, is_whole, located, spell
 
 
 class ResultsError(UserError):
@@ -19,11 +20,13 @@ class Where:
         self.file, self.what = file, what
 
     def fail(self, name: str, msg: str):
-        raise ResultsError(f"{self.file}: {self.what}: {name} {msg}" if name else f"{self.file}: {self.what} {msg}")
+        raise ResultsError(located(self.file, self.what, f"{name} {msg}") if name
+                           else located(self.file, f"{self.what} {msg}"))
 
 
 def show(v) -> str:
-    s = repr(v) if not isinstance(v, (dict, list)) else type(v).__name__ + " " + json.dumps(v)[:40]
+    """A value in a message, cut to 60 characters: 'true', '-1.0', "'abc'", 'list [1, 2]'."""
+    s = spell(v) if not isinstance(v, (dict, list)) else type(v).__name__ + " " + json.dumps(v)[:40]
     return s if len(s) <= 60 else s[:57] + "..."
 
 
@@ -37,7 +40,7 @@ def present(w: Where, name: str, v, optional: bool) -> bool:
 def number(w: Where, name: str, v, *, integer=False, lo=None, positive=False, optional=True):
     if not present(w, name, v, optional):
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not is_int(v)):
+    if not is_number(v) or (integer and not is_whole(v)):
         w.fail(name, f"must be {'an integer' if integer else 'a number'}, got {show(v)}")
     if not math.isfinite(v):
         w.fail(name, f"must be a finite number, got {v!r}")
@@ -46,10 +49,6 @@ def number(w: Where, name: str, v, *, integer=False, lo=None, positive=False, op
     if lo is not None and v < lo:
         w.fail(name, f"must be >= {lo}, got {v!r}")
     return int(v) if integer else v
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) or (isinstance(v, float) and v.is_integer())
 
 
 def text(w: Where, name: str, v, *, choices=None, optional=True):
@@ -82,7 +81,3 @@ def strings(w: Where, name: str, v) -> Optional[Tuple[str, ...]]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         w.fail(name, f"must be a list of strings, got {show(v)}")
     return tuple(v)
-
-
-def dump(v):
-    return v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v

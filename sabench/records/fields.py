@@ -12,6 +12,7 @@ from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from typing import Callable, Dict, Optional
 
+from sabench.records.codec import optional_type
 from sabench.records.types import PhaseRecord
 
 _NUMBER_TYPES = (int, float)
@@ -20,8 +21,7 @@ _SKIP = {"batch_size", "seq_len", "max_attempt"}  # the point's coordinates, and
 
 def _unwrap(tp):
     """Optional[X] -> X; anything else as is."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) is typing.Union and len(args) == 1 else tp
+    return optional_type(tp)[1]
 
 
 @lru_cache(maxsize=None)

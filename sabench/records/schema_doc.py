@@ -24,7 +24,7 @@ _MORE = re.compile(r"^    #\s+(.*)$")
 
 
 def _rows(cls) -> list:
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("skip")}  # skip: not in the file
     rows, last = [], None
     for line in inspect.getsource(cls).splitlines():
         more = _MORE.match(line)

@@ -14,23 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from sabench.records.checks import Where, mapping, number, text
+from sabench.records.checks import Where, mapping, text
+from sabench.records.codec import Record, checked, parse, required
 from sabench.records.files import read_json, run_file
 
 SERVING_SCHEMA = "sabench-serving/1"
 
 
 @dataclass(frozen=True)
-class RequestRecord:
+class RequestRecord(Record):
     """One request: its lengths and its raw times, in seconds since the run's start (a monotonic
     clock, read after a CUDA synchronise on a GPU)."""
-    id: int
-    prompt_len: int
-    output_len: int
-    slot: int                # the cache slot it was prefilled into and decoded in
-    arrival_s: float         # when it arrived (Poisson: drawn before the run; closed loop: its client's last finish)
-    admitted_s: float        # when its prefill started (a slot was free and the loop took it)
-    token_s: Tuple[float, ...] = ()  # when each output token was available, in order (output_len of them)
+    id: int = required(lo=0)
+    prompt_len: int = required(lo=1)
+    output_len: int = required(lo=1)
+    slot: int = required(lo=0)  # the cache slot it was prefilled into and decoded in
+    arrival_s: float = required(lo=0)  # when it arrived (Poisson: drawn before the run; closed loop: its client's
+    #                                    last finish)
+    admitted_s: float = required(lo=0)  # when its prefill started (a slot was free and the loop took it)
+    token_s: Tuple[float, ...] = checked((), lo=0, required=True, nonempty=True)  # when each output token was
+    #                                    available, in order (output_len of them)
 
     @property
     def queue_wait_s(self) -> float:
@@ -54,69 +57,37 @@ class RequestRecord:
         n = len(self.token_s)
         return (self.e2e_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "prompt_len": self.prompt_len, "output_len": self.output_len, "slot": self.slot,
-                "arrival_s": self.arrival_s, "admitted_s": self.admitted_s, "token_s": list(self.token_s)}
-
-    @classmethod
-    def parse(cls, w: Where, name: str, v) -> "RequestRecord":
-        m = mapping(w, name, v, optional=False)
-
-        def num(key, integer=False, lo=0):
-            return number(w, f"{name}.{key}", m.get(key), integer=integer, lo=lo, optional=False)
-
-        tokens = m.get("token_s")
-        if not isinstance(tokens, list) or not tokens:
-            w.fail(f"{name}.token_s", "must be a non-empty list of times")
-        times = tuple(number(w, f"{name}.token_s[{i}]", t, lo=0, optional=False) for i, t in enumerate(tokens))
-        r = cls(num("id", True), num("prompt_len", True, 1), num("output_len", True, 1), num("slot", True),
-                num("arrival_s"), num("admitted_s"), times)
-        if len(times) != r.output_len:
-            w.fail(f"{name}.token_s", f"holds {len(times)} times for {r.output_len} output tokens")
-        if not r.arrival_s <= r.admitted_s <= times[0] or list(times) != sorted(times):
+    def validate(self, w: Where, name: str) -> None:
+        times = self.token_s
+        if len(times) != self.output_len:
+            w.fail(f"{name}.token_s", f"holds {len(times)} times for {self.output_len} output tokens")
+        if not self.arrival_s <= self.admitted_s <= times[0] or list(times) != sorted(times):
             w.fail(name, "times out of order (arrival <= admitted <= first token <= ... <= last token)")
-        return r
 
 
 @dataclass(frozen=True)
-class ServingRun:
+class ServingRun(Record):
     """One variant under one load in one round of `sabench serve`."""
     variant: str
-    round: int
-    slots: int                    # requests decoded at once: the variant's slots at the suite's cache budget
-    cache_bytes: int              # the KV cache allocated for those slots (the memory model's figure, checked)
-    rate: Optional[float] = None  # Poisson arrivals per second; None for a closed loop
-    clients: Optional[int] = None  # closed loop: clients, each sending when its last request finished
-    requests: Tuple[RequestRecord, ...] = ()
+    round: int = required(lo=0)
+    slots: int = required(lo=1)   # requests decoded at once: the variant's slots at the suite's cache budget
+    cache_bytes: int = required(lo=0)  # the KV cache allocated for those slots (the memory model's figure, checked)
+    rate: Optional[float] = checked(positive=True, null=True)  # Poisson arrivals per second; None for a closed loop
+    clients: Optional[int] = checked(lo=1, null=True)  # closed loop: clients, each sending when its last request
+    #                               finished
+    requests: Tuple[RequestRecord, ...] = checked((), required=True, nonempty=True)
 
     @property
     def load(self) -> str:
         return f"{self.rate:g} req/s" if self.rate is not None else f"{self.clients} clients"
 
-    def to_dict(self) -> dict:
-        return {"variant": self.variant, "round": self.round, "slots": self.slots, "cache_bytes": self.cache_bytes,
-                "rate": self.rate, "clients": self.clients, "requests": [r.to_dict() for r in self.requests]}
-
-    @classmethod
-    def parse(cls, file: str, i: int, v) -> "ServingRun":
-        w = Where(file, f"run {i}")
-        m = mapping(w, "", v, optional=False)
-        rate = number(w, "rate", m.get("rate"), positive=True)
-        clients = number(w, "clients", m.get("clients"), integer=True, lo=1)
-        if (rate is None) == (clients is None):
+    def validate(self, w: Where, name: str) -> None:
+        if (self.rate is None) == (self.clients is None):
             w.fail("rate", "or clients must be given, not both")
-        reqs = m.get("requests")
-        if not isinstance(reqs, list) or not reqs:
-            w.fail("requests", "must be a non-empty list")
-        return cls(text(w, "variant", m.get("variant"), optional=False),
-                   number(w, "round", m.get("round"), integer=True, lo=0, optional=False),
-                   number(w, "slots", m.get("slots"), integer=True, lo=1, optional=False),
-                   number(w, "cache_bytes", m.get("cache_bytes"), integer=True, lo=0, optional=False),
-                   rate, clients, tuple(RequestRecord.parse(w, f"requests[{j}]", r) for j, r in enumerate(reqs)))
 
 
 @dataclass(frozen=True)
-class ServingResults:
+class ServingResults(Record):
     """A `sabench serve` run: the suite as run, where it ran, and every (variant, load, round) run."""
     schema: str
     created: str                  # ISO 8601 UTC
@@ -124,10 +95,6 @@ class ServingResults:
     suite: Dict[str, Any]         # the suite as run (Suite.to_dict, with its serving block)
     runs: Tuple[ServingRun, ...] = ()
     extra: Dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"schema": self.schema, "created": self.created, "env": self.env, "suite": self.suite,
-                "runs": [r.to_dict() for r in self.runs], **self.extra}
 
     @classmethod
     def from_dict(cls, data, file: str = "serving.json") -> "ServingResults":
@@ -139,11 +106,8 @@ class ServingResults:
         runs = m.get("runs")
         if not isinstance(runs, list):
             w.fail("runs", "must be a list")
-        known = ("schema", "created", "env", "suite", "runs")
-        return cls(schema, text(w, "created", m.get("created"), optional=False),
-                   mapping(w, "env", m.get("env")) or {}, mapping(w, "suite", m.get("suite")) or {},
-                   tuple(ServingRun.parse(file, i, r) for i, r in enumerate(runs)),
-                   {k: v for k, v in m.items() if k not in known})
+        runs = tuple(parse(ServingRun, Where(file, f"run {i}"), "", r) for i, r in enumerate(runs))
+        return parse(cls, w, "", m, known={"runs": runs})
 
 
 def serving_path(path_or_dir) -> Path:

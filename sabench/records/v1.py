@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 
+from sabench.values import is_number
+
 
 def upgrade_v1(data: dict) -> dict:
     out = copy.copy(data)
@@ -54,5 +56,4 @@ def _record(r: dict) -> dict:
 
 
 def _numbers(xs) -> bool:
-    return isinstance(xs, list) and bool(xs) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    return isinstance(xs, list) and bool(xs) and all(is_number(x) for x in xs)

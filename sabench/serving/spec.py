@@ -24,7 +24,8 @@ from typing import Optional, Union
 from sabench import accounting
 from sabench.serving.metrics import Targets
 from sabench.serving.stream import ClosedLoop, Lengths, Poisson, Workload
-from sabench.suite_fields import SuiteError, check_keys, int_field, is_int, parsed, show
+from sabench.suite_fields import SuiteError, check_keys, int_field, parsed, show
+from sabench.values import is_int, is_number
 
 KEYS = ("rates", "clients", "requests", "prompt_len", "output_len", "slots", "cache_memory", "targets",
         "goodput_share", "seed")
@@ -84,10 +85,6 @@ class ServingSpec:
                 "goodput_share": self.goodput_share, "seed": self.seed}
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _lengths(v, key: str, source: str) -> Lengths:
     if is_int(v):
         int_field(v, key, 1, source)
@@ -110,7 +107,7 @@ def _loads(block: dict, source: str) -> tuple:
     for i, x in enumerate(items):
         where = f"serving.{key}[{i}]" if isinstance(v, list) else f"serving.{key}"
         if key == "rates":
-            if not _number(x) or not 0 < x < 1e9:
+            if not is_number(x) or not 0 < x < 1e9:
                 raise SuiteError(source, where, f"expected a rate in requests/s > 0, got {show(x)}")
             loads.append(Load(rate=float(x)))
         else:
@@ -127,7 +124,7 @@ def _targets(v, source: str) -> Targets:
         raise SuiteError(source, "serving.targets", f"expected a mapping like {{ttft_ms: 200, tpot_ms: 20}}, got {show(v)}")
     check_keys(v, TARGET_KEYS, (), "serving.targets", source)
     for k, x in v.items():
-        if x is not None and (not _number(x) or not x > 0):
+        if x is not None and (not is_number(x) or not x > 0):
             raise SuiteError(source, f"serving.targets.{k}", f"expected milliseconds > 0 or null, got {show(x)}")
     return Targets(**{k: (None if x is None else float(x)) for k, x in v.items()})
 
@@ -152,7 +149,7 @@ def parse_serving(block, source: str, cfg, plans: dict, dtype: str) -> ServingSp
         raise SuiteError(source, "serving.cache_memory", "required with slots: max (the KV cache budget every "
                                                          "variant shares, e.g. 2GiB)")
     share = block.get("goodput_share", 0.9)
-    if not _number(share) or not 0 < share <= 1:
+    if not is_number(share) or not 0 < share <= 1:
         raise SuiteError(source, "serving.goodput_share", f"expected a share in (0, 1], got {show(share)}")
     seed = block.get("seed", 0)
     if not is_int(seed) or seed < 0:
