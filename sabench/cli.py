@@ -107,15 +107,24 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only` (a command's name), that command's arguments alone: the
+    others are still listed by `sabench --help`, but none of their feature code runs."""
     p = _Parser(prog="sabench", description=__doc__)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for c in COMMANDS:
         cp = sub.add_parser(c.name, help=c.help, description=c.description)
-        c.add_arguments(cp)
+        if only is None or c.name == only:
+            c.add_arguments(cp)
         cp.set_defaults(func=c.run)
     return p
+
+
+def _command_in(argv) -> Optional[str]:
+    """The command `argv` names first thing, if it does (else the whole parser is built)."""
+    first = (sys.argv[1:] if argv is None else list(argv))[:1]
+    return first[0] if first and first[0] in {c.name for c in COMMANDS} else None
 
 
 def _version() -> str:
@@ -127,7 +136,7 @@ def _version() -> str:
 def main(argv=None) -> int:
     """Run one command; user errors -> one line and 2, Ctrl-C -> one line and 130, bugs propagate."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(only=_command_in(argv)).parse_args(argv)
         return int(args.func(args) or 0)
     except UserError as e:
         return _user_error(e)

@@ -132,3 +132,21 @@ def test_every_command_comes_from_the_one_table(capsys):
     parser = build_parser()
     args = parser.parse_args(["check", "a", "b"])
     assert args.func is next(c.run for c in COMMANDS if c.name == "check")
+
+
+def test_a_command_builds_its_own_arguments_and_no_other_commands(monkeypatch):
+    """`sabench run ...` builds run's arguments only: another command's feature code never runs
+    (the whole parser, `build_parser()`, still has them all, and `--help` lists every command)."""
+    import dataclasses
+
+    import sabench.cli as cli
+
+    built = []
+    table = tuple(dataclasses.replace(c, add_arguments=(lambda add, name: lambda p: (built.append(name), add(p)))(
+        c.add_arguments, c.name)) for c in cli.COMMANDS)
+    monkeypatch.setattr(cli, "COMMANDS", table)
+    assert cli.main(["check", "missing-a.json", "missing-b.json"]) == 2  # bad input, after parsing
+    assert built == ["check"]
+    built.clear()
+    cli.build_parser()
+    assert built == [c.name for c in table]  # the whole parser has every command's arguments
