@@ -1,8 +1,8 @@
-"""harness.rates: a record's tokens/s, MFU, MBU and roofline floor, from its median, against
+"""records.rates: a record's tokens/s, MFU, MBU and roofline floor, from its median, against
 figures worked out by hand here."""
 import pytest
 
-from sabench.harness.rates import with_rates
+from sabench.records.rates import with_rates
 from sabench.records import Flops, Latency, PhaseRecord, PointSpec
 from sabench.records.parallel import TensorParallel
 

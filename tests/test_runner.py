@@ -289,7 +289,7 @@ def test_a_cuda_phases_readings_become_typed_fields_that_survive_results_json():
     """What phases.measured makes of a CUDA phase (NVML readings, no energy counter, the eager
     step's timing) is what results.json holds and load_results reads back: no GPU needed."""
     from sabench.harness.phases import measured
-    from sabench.harness.rates import with_rates
+    from sabench.records.rates import with_rates
     from sabench.records import Latency, PhaseRecord, Stability
 
     readings = {"memory_bytes": {"device_peak": 3 << 30, "phase_rise": 1 << 20, "peak_allocated": 2 << 30,

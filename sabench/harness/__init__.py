@@ -2,7 +2,6 @@
 
 - sweep.py: run_suite; rounds of points, the results file, resume, retrying failures, OOM skips
 - rounds.py: a round's shuffled order (cells shuffled, a cell's variants adjacent); merging typed rounds
-- rates.py: tokens/s, MFU, MBU and the floor, derived from a record's median where it is made or merged
 - job.py: PointJob, one point's typed job (its PointSpec; the suite's SharingPlan of its variant)
 - launch.py: one forkserver child per point; its result parsed into PhaseRecords, its exit classified
 - interrupts.py: Ctrl-C is the runner's alone; the processes it starts ignore SIGINT and are ended by it

@@ -26,7 +26,7 @@ from sabench.harness.faults import maybe_inject_kill, maybe_inject_oom, slow_dow
 from sabench.harness.interrupts import ignore_in_this_process
 from sabench.harness.job import PointJob
 from sabench.harness.phases import failed, measure_decode, measure_prefill, release
-from sabench.harness.rates import with_rates
+from sabench.records.rates import with_rates
 from sabench.measure.nvml_readings import parse_pci_bus_id
 from sabench.measure.timing import sync
 from sabench.loading import add_quality, point_model
@@ -101,7 +101,7 @@ def analytic_records(job: PointJob, overhead: dict, count: bool = True) -> tuple
 
 def measure(job: PointJob, on_ranks=None) -> tuple[list[PhaseRecord], dict]:
     """([prefill, decode] records, overhead) of one point, assembled here however its phases ran:
-    the closed forms, then the measured fields, then the rates derived from them (harness.rates).
+    the closed forms, then the measured fields, then the rates derived from them (records.rates).
 
     on_ranks(job, records, overhead, notes) -> [prefill, decode]: the phases measured on N ranks
     (harness.tp_point.measure_on_ranks, the launcher's choice for a tensor-parallel job); without

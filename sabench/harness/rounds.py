@@ -11,7 +11,7 @@ phase record: `rounds` keeps every round's median, sample count and samples (or 
 own status when it failed); the headline `latency_ms` summarises the samples of all measured
 rounds; the deterministic figures come from the first round that measured; the memory
 readings are those of the round with the largest device_peak (a note says so); the rates
-(tokens/s, MFU, MBU) are derived again from the merged median (harness.rates). Records are
+(tokens/s, MFU, MBU) are derived again from the merged median (records.rates). Records are
 typed (PhaseRecord, RoundSample) throughout.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 from dataclasses import replace
 from typing import Iterable, Optional, Tuple
 
-from sabench.harness.rates import with_rates
+from sabench.records.rates import with_rates
 from sabench.records import MAX_REQUEST, Latency, PhaseRecord, RoundSample, Stability
 from sabench.stats import median
 
@@ -76,7 +76,7 @@ def merge_round(old: Optional[PhaseRecord], new: PhaseRecord, round_index: int, 
     """The point's phase record with round `round_index` (measured as `new`) merged in; a round
     of the same index already in `old` (a retried failure) is replaced. `where` (`run --devices`:
     device, device_bus_id, t_start, t_end) is kept in the round's entry. The rates follow the
-    merged latency (harness.rates, against `peaks`)."""
+    merged latency (records.rates, against `peaks`)."""
     sample = replace(round_sample(new, round_index), **{k: v for k, v in (where or {}).items() if v is not None})
     if old is None:
         return with_rates(replace(new, rounds=(sample,)), peaks)

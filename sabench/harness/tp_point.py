@@ -70,7 +70,7 @@ def link(job: PointJob) -> dict:
 def tp_blocks(job: PointJob) -> dict:
     """{phase: the record's `tensor_parallel` block before measurement}: one rank's analytic
     figures (phase totals, as the record's own), the all-reduce traffic and the link
-    (harness.rates derives the rank's roofline from them)."""
+    (records.rates derives the rank's roofline from them)."""
     world, b, t, n = job.tensor_parallel, job.batch_size, job.seq_len, job.decode_tokens
     rank_cfg = rank_config(job.cfg, world)
     rank_pre, rank_dec = point.analytic_records(job.replace(cfg=rank_cfg), {}, count=False)
