@@ -1,6 +1,5 @@
 """sabench: profile and benchmark cross-layer attention sharing (baseline, CLA, SA)."""
-__version__ = "0.1.0"
-
+from sabench.constants import VERSION as __version__  # noqa: E402
 from sabench.plan import PlanError, SharingPlan, parse_variant, plan_for  # noqa: E402
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config  # noqa: E402
 

@@ -16,7 +16,7 @@ from sabench import continuous, inspect_command, quality_command
 from sabench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, RunInterrupted, UserError, one_line, os_error
 from sabench.harness import command as harness_command
 from sabench.report import commands as report_commands
-from sabench.serving import command as serving_command
+from sabench import serve_command as serving_command
 
 
 class _Parser(argparse.ArgumentParser):

@@ -59,9 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sabench.devices import DEVICE_PATTERN
+from sabench.devices import DEVICE_PATTERN, EXECUTION_CHOICES
 from sabench.dtypes import dtype_name
-from sabench.errors import UserError
 from sabench.paths import suites_dir
 from sabench.plan import PlanError, plan_for
 from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_config
@@ -92,7 +91,6 @@ DEFAULTS = {
 # freedom) and let `check` judge a point (stats.MIN_ROUNDS); it triples a one-round run's time.
 DEFAULT_ROUNDS = DEFAULTS["rounds"]
 MAX_ROUNDS, MAX_THREADS = 100, 4096
-EXECUTION_CHOICES = ("auto", "eager", "compiled")
 ALLOWED_KEYS = ("name", "description", "model", "dtype", "device", "variants", "sweep",
                 "decode_tokens", "warmup", "repeats", "prefill_chunk", "memory", "execution",
                 "allow_long_context", "parallel", "weights", "quality", "rounds", "threads", "serving")
@@ -123,14 +121,14 @@ class Suite:
     prefill_chunk: Optional[int]
     path: Optional[str] = None
     memory: Optional[int] = None  # bytes `max` fits in; None: the device's (CUDA) or available RAM (CPU)
-    execution: str = "auto"  # as written; resolve_execution() says what runs on a device
+    execution: str = "auto"  # as written; devices.resolve_execution() says what runs on a device
     tensor_parallel: int = 1  # ranks per point (parallel.tensor)
     link_bandwidth: Optional[float] = None  # bytes/s (parallel.link_bandwidth); None: datasheet default
     allow_long_context: bool = False  # seq_len + decode_tokens may exceed the model's positions
     weights: str = "random"  # random | checkpoint (sabench/loading.py)
     quality: Optional[dict] = dataclasses.field(default=None, hash=False)  # perplexity windows, or None
     rounds: int = DEFAULT_ROUNDS  # passes over every point (sabench.harness.rounds)
-    threads: Optional[int] = None  # torch intra-op threads per point process; None: resolve_threads(device)
+    threads: Optional[int] = None  # torch intra-op threads per point process; None: devices.resolve_threads(device)
     serving: Optional[ServingSpec] = dataclasses.field(default=None, hash=False)  # `sabench serve`'s scenario
     # variant -> its SharingPlan for this model, parsed once when the suite is (None: parsed here)
     plans: Optional[dict] = dataclasses.field(default=None, hash=False, compare=False, repr=False)
@@ -197,29 +195,6 @@ class Suite:
                 raise SuiteError(source, "--variant", f"{text!r} is given twice (as {plan.variant!r})")
             plans[plan.variant] = plan
         return dataclasses.replace(self, variants=tuple(plans), plans=plans)
-
-
-def resolve_execution(execution: str, device: str) -> str:
-    """'auto' -> 'compiled' on CUDA, 'eager' on CPU; 'eager' and 'compiled' as given."""
-    if execution not in EXECUTION_CHOICES:
-        raise UserError(f"unsupported execution {execution!r}: use {', '.join(EXECUTION_CHOICES)}")
-    if execution == "auto":
-        return "compiled" if str(device).startswith("cuda") else "eager"
-    return execution
-
-
-def resolve_threads(threads: Optional[int], device: str) -> Optional[int]:
-    """The torch intra-op threads of a point process: the suite's (or --threads), else 1 on CPU
-    and torch's own choice (None) on CUDA.
-
-    One thread on CPU because torch's default (a thread per core, spinning while it waits) turns
-    any other work on the machine into 10-30x slower and erratic steps: the `tiny` decode step at
-    b=4 s=128 measured 1.45-1.58 ms a round with one thread and 26-40 ms with two (prefill 19-32 ms
-    vs 430-918 ms) on 2 cores at a 1-minute load average of 6 to 10 (docs/methodology.md,
-    "Threads"). On CUDA the host threads only launch kernels."""
-    if threads is not None:
-        return threads
-    return None if str(device).startswith("cuda") else 1
 
 
 def find_suite(name_or_path) -> Path:

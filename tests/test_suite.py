@@ -267,7 +267,7 @@ def test_smoke_suite_stays_small():
 
 
 def test_resolve_execution():
-    from sabench.suite import resolve_execution
+    from sabench.devices import resolve_execution
 
     assert resolve_execution("auto", "cuda:0") == "compiled" and resolve_execution("auto", "cpu") == "eager"
     assert resolve_execution("eager", "cuda") == "eager" and resolve_execution("compiled", "cpu") == "compiled"
@@ -330,7 +330,8 @@ def test_allow_long_context_runs_past_the_models_positions(tmp_path):
 
 def test_defaults_rounds_enough_to_judge_and_one_cpu_thread():
     from sabench.stats import MIN_ROUNDS
-    from sabench.suite import DEFAULT_ROUNDS, resolve_threads
+    from sabench.devices import resolve_threads
+    from sabench.suite import DEFAULT_ROUNDS
 
     assert DEFAULT_ROUNDS == MIN_ROUNDS == 3
     assert resolve_threads(None, "cpu") == 1

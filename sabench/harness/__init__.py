@@ -3,7 +3,8 @@
 - sweep.py: run_suite; rounds of points, the results file, resume, retrying failures, OOM skips
 - rounds.py: a round's shuffled order (cells shuffled, a cell's variants adjacent); merging typed rounds
 - job.py: PointJob, one point's typed job (its PointSpec; the suite's SharingPlan of its variant)
-- launch.py: one forkserver child per point; its result parsed into PhaseRecords, its exit classified
+- launch.py: one forkserver child per point (preload.py: what the forkserver imports once); its result
+  parsed into PhaseRecords, its exit classified
 - interrupts.py: Ctrl-C is the runner's alone; the processes it starts ignore SIGINT and are ended by it
 - oom_evidence.py: the cgroup's OOM-kill counter, which tells the OOM killer from a `kill`
 - lock.py: the output directory's exclusive lock for the length of a run

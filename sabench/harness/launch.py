@@ -38,7 +38,7 @@ _PROCS = threading.Lock()
 def _context():
     """A forkserver that has imported torch and sabench once: each point is still a fresh
     process but starts in milliseconds, not the 1-2 s an interpreter needs to import torch.
-    The server never touches CUDA; it ignores SIGINT (sabench._forkserver_preload)."""
+    The server never touches CUDA; it ignores SIGINT (sabench.harness.preload)."""
     global _CTX
     if _CTX is None:
         import multiprocessing as mp
@@ -47,7 +47,7 @@ def _context():
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
         _CTX = mp.get_context("forkserver")
-        _CTX.set_forkserver_preload(["sabench._forkserver_preload"])
+        _CTX.set_forkserver_preload(["sabench.harness.preload"])
     return _CTX
 
 

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from sabench.devices import resolve_device
+from sabench.devices import resolve_device, resolve_execution, resolve_threads
 from sabench.harness.environment import busy_warning, capture_run_env, run_conditions
 from sabench.harness.device_list import device_facts, devices_text, merge_device_facts, physical_gpu, resolve_pins
 from sabench.harness import interrupts
@@ -45,7 +45,7 @@ from sabench.loading import point_extras
 from sabench.paths import cache_root, inductor_cache_dir, reports_dir
 from sabench.records import (PHASES, Overhead, PhaseRecord, PointSpec, ResultsError, RunRecord, load_results,
                              write_results)
-from sabench.suite import Suite, SuiteError, find_suite, load_suite, resolve_execution, resolve_threads
+from sabench.suite import Suite, SuiteError, find_suite, load_suite
 from sabench.suite_fields import MAX_BATCH
 
 def default_out_dir(suite: Suite) -> Path:

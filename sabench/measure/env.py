@@ -41,9 +41,9 @@ def _package_version(name: str) -> Optional[str]:
 
 
 def _sabench_version() -> Optional[str]:
-    import sabench
+    from sabench.constants import VERSION
 
-    return getattr(sabench, "__version__", None)
+    return VERSION
 
 
 def _git(args: list[str], cwd: Path) -> Optional[subprocess.CompletedProcess]:
@@ -63,9 +63,7 @@ def git_state(path: Optional[Path] = None) -> tuple[Optional[str], Optional[bool
     A checkout without commits yet gives (None, dirty).
     """
     if path is None:
-        import sabench
-
-        path = Path(sabench.__file__).resolve().parent
+        path = Path(__file__).resolve().parents[1]  # the sabench package
     r = _git(["rev-parse", "--is-inside-work-tree"], path)
     if r is None or r.returncode != 0 or r.stdout.strip() != "true":
         return None, None

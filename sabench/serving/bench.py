@@ -25,7 +25,6 @@ from sabench.serving.runtime import SlotRuntime
 from sabench.serving.scheduler import ModelEngine, WallClock, serve
 from sabench.serving.spec import Load, ServingSpec
 from sabench.serving.stream import ClosedLoop
-from sabench.suite import resolve_threads
 
 
 def _sync(device: torch.device) -> Optional[Callable[[], None]]:
@@ -58,8 +57,7 @@ def _env(device: torch.device) -> dict:
 
 def run_serving(suite, out: Path, log: Callable[[str], None] = print) -> ServingResults:
     """Measure `suite.serving`; writes OUT/serving.json and returns what it wrote."""
-    from sabench.devices import resolve_device
-    from sabench.suite import resolve_execution
+    from sabench.devices import resolve_device, resolve_execution, resolve_threads
 
     spec = suite.serving
     device = torch.device(resolve_device(suite.device))
