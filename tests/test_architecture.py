@@ -156,3 +156,28 @@ def test_the_stored_records_sit_below_harness_and_report():
     assert not {m: d for m, d in upward.items() if d}, upward
     # and the harness records runs through it, the report reads them back
     assert "sabench.history" in graph["sabench.harness.sweep"] and "sabench.history" in graph["sabench.report.history"]
+
+
+def _layer(module: str) -> str:
+    """A module's layer: its subpackage (sabench.harness, sabench.report, ...) or the module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if _is_package_init(".".join(parts[:2])) else module
+
+
+def layer_graph(graph: dict) -> dict:
+    out: dict = {}
+    for m, deps in graph.items():
+        out.setdefault(_layer(m), set()).update(_layer(d) for d in deps if _layer(d) != _layer(m))
+    return out
+
+
+def test_no_layer_imports_a_layer_above_it():
+    """Each subpackage taken as one layer, the layers still form no cycle: a module in a lower layer
+    never imports a higher one (e.g. suite.py parses the serving: block with serving/spec.py, so
+    nothing in serving/ may import suite.py or the harness)."""
+    cycles = find_cycles(layer_graph(import_graph()))
+    assert not cycles, "layers importing each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+    # the finder sees such a loop: serving's bench importing the suite would close one
+    assert find_cycles(layer_graph({"sabench.suite": {"sabench.serving.spec"},
+                                    "sabench.serving.bench": {"sabench.suite"},
+                                    "sabench.serving.spec": set()})) == [["sabench.serving", "sabench.suite"]]
