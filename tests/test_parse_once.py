@@ -18,21 +18,10 @@ from sabench.harness.job import PointJob
 from sabench.io import write_json_atomic
 from sabench.presets import resolve_config
 from sabench.records import PointSpec, load_results
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: parse-once
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "sa:2-3"]
-sweep:
-  batch_size: [1]
-  seq_len: [8, 16]
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 1
-"""
+SUITE = tiny_suite("parse-once", variants=("baseline", "sa:2-3"), batch_sizes=(1,), seq_lens=(8, 16),
+                   decode_tokens=2, warmup=0, repeats=1)
 ONCE = Counter({"baseline": 1, "sa:2-3": 1})
 
 

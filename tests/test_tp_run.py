@@ -14,22 +14,9 @@ from sabench import accounting
 from sabench.cli import main
 from sabench.harness.faults import FAULT_ENV, KILL_ENV
 from sabench.presets import resolve_config
+from tests.helpers import tiny_suite
 
-SUITE = """\
-name: tp
-model: tiny
-dtype: float32
-device: cpu
-variants: [baseline, "cla:2", "sa:2-3"]
-sweep:
-  batch_size: [1]
-  seq_len: [8, 16]
-decode_tokens: 2
-rounds: 1
-warmup: 0
-repeats: 2
-threads: 2
-"""
+SUITE = tiny_suite("tp", batch_sizes=(1,), seq_lens=(8, 16), decode_tokens=2, warmup=0, repeats=2) + "threads: 2\n"
 TP2 = SUITE + "parallel:\n  tensor: 2\n"
 DECODE_TOKENS, DTYPE_BYTES = 2, 4
 FAILING = {("cla:2", 16): ("error", "rank 1 of 2 died of SIGSEGV"),
