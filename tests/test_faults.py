@@ -322,3 +322,29 @@ def test_a_decode_slowdown_leaves_prefill_alone():
     before = m.prefill
     slow_down(m, {"prefill": 1.0, "decode": 1.2})
     assert m.prefill == before and m.greedy_step_fn()() == 7
+
+
+def _refuse_to_unpickle():
+    raise RuntimeError("this job cannot be unpickled")
+
+
+class _Unpicklable:
+    """Pickles in the runner, fails to unpickle in the point process: before its code runs."""
+
+    def __reduce__(self):
+        return _refuse_to_unpickle, ()
+
+
+def test_a_point_process_that_fails_before_its_code_runs_says_where_its_traceback_went(tmp_path):
+    from sabench.harness.job import PointJob
+    from sabench.harness.launch import run_point
+    from sabench.plan import plan_for
+    from sabench.records import PointSpec
+
+    cfg = PRESETS["tiny"]
+    job = PointJob(point=PointSpec("baseline", 1, 8), cfg=cfg, plan=plan_for("baseline", cfg), device="cpu",
+                   dtype="float32", decode_tokens=2, warmup=0, repeats=1, quality=_Unpicklable())
+    records, _ = run_point(job, tmp_path)
+    for r in records.values():
+        assert r.status == "error" and r.error.startswith("worker exited with code 1: no message in its stderr file")
+        assert "the run's own stderr" in r.error

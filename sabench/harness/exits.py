@@ -20,7 +20,10 @@ def classify_exit(exitcode: Optional[int], stderr_tail: list, oom_killed: Option
     """(status, message) of a process that did not deliver its result; a negative exit code is the
     signal that ended it. oom_killed: whether the cgroup's OOM-kill counter rose while it ran (None:
     cannot tell). who: how the message names the process ("worker", "rank 1 of 2")."""
-    last = stderr_tail[-1] if stderr_tail else "no message"
+    # an empty stderr file: the process failed before its own code redirected stderr (importing or
+    # unpickling its job), and Python printed the traceback on the run's stderr instead
+    last = stderr_tail[-1] if stderr_tail else ("no message in its stderr file (it failed before its code ran: "
+                                                "the traceback, if any, is in the run's own stderr)")
     if exitcode is not None and exitcode < 0:
         sig = signal.Signals(-exitcode).name
         if sig == "SIGKILL" and oom_killed:
