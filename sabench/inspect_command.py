@@ -141,7 +141,7 @@ def run(args) -> int:
         ["KV bytes / token"] + [f"{human_bytes(r['kv_cache_bytes_per_token'])} "
                                 f"({r['kv_cache_bytes_per_token'] / base['kv_cache_bytes_per_token']:.1%})"
                                 for r in rows],
-        [f"KV cache (B={args.batch}, T={seq})"] + [human_bytes(r["kv_cache_bytes"]) for r in rows],
+        [f"KV cache (b={args.batch}, s={seq})"] + [human_bytes(r["kv_cache_bytes"]) for r in rows],
         [f"prefill FLOPs (T={seq})"] + [f"{human_flops(r['flops']['prefill'])} "
                                         f"({r['flops']['prefill'] / base['flops']['prefill']:.1%})" for r in rows],
         ["  attention part"] + [human_flops(r["flops"]["prefill_breakdown"]["attention"]) for r in rows],

@@ -88,7 +88,7 @@ def test_report_says_checkpoint_and_shows_perplexity_beside_latency(checkpoint_r
     section = report.split("## Weights and quality")[1].split("\n## ")[0]
     base = next(r for r in results["records"] if r["variant"] == "baseline" and "perplexity" in r)
     header = next(line for line in section.splitlines() if line.startswith("| variant"))
-    assert "perplexity" in header and "B=1 T=16: prefill / decode ms" in header
+    assert "perplexity" in header and "b=1 s=16: prefill / decode ms" in header
     row = next(line for line in section.splitlines() if line.startswith("| `baseline`"))
     assert f"{base['perplexity']:.5g}" in row
     assert "non-overlapping windows" in section

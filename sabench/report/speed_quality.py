@@ -56,7 +56,7 @@ def section(results: RunRecord, index: Dict[tuple, object]) -> List[str]:
             pre, dec = index.get((v, b, t, "prefill")), index.get((v, b, t, "decode"))
             cells.append(f"{_ms(pre)} / {_ms(dec)}")
         rows.append(cells)
-    headers = ["variant", "perplexity", "Δ perplexity"] + [f"B={b} T={t}: prefill / decode ms" for b, t in points]
+    headers = ["variant", "perplexity", "Δ perplexity"] + [f"b={b} s={t}: prefill / decode ms" for b, t in points]
     lines += [md_table(headers, rows), "",
               f"_Perplexity of each variant on the same windows ({conv or 'see results.json'}); Δ against "
               "baseline. Latencies are medians: prefill of the whole prompt, decode per step._", ""]
