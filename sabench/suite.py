@@ -67,9 +67,9 @@ from sabench.presets import PRESETS, ModelConfig, ModelSourceError, resolve_conf
 from sabench.records import PointSpec
 from sabench.serving.spec import ServingSpec, parse_serving
 from sabench.suite_fields import (MAX_DECODE_TOKENS, MAX_REPEATS, MAX_SIZE, MAX_WARMUP, REQUIRED, SuiteError,
-                                  batch_list, check_keys, int_field, int_list, parsed, read_yaml, show,
+                                  batch_list, check_keys, int_field, int_list, parsed, read_yaml,
                                   string_field)
-from sabench.values import is_int
+from sabench.values import is_int, show
 
 
 DEFAULTS = {

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import yaml
 
 from sabench.errors import UserError
-from sabench.values import is_int, located, spell
+from sabench.values import is_int, located, show
 
 # Upper bounds: a value past these is a typo (or 1e20), and would hang a run rather than fail it.
 MAX_REPEATS, MAX_WARMUP, MAX_DECODE_TOKENS, MAX_SIZE = 10_000, 1_000, 1 << 20, 1 << 24
@@ -89,13 +89,6 @@ def _vet_nodes(node, path: str, source: str, seen=None) -> None:
 
 def _join(path: str, key) -> str:
     return f"{path}.{key}" if path else str(key)
-
-
-def show(value) -> str:
-    """A value as the suite author wrote it (YAML spelling for booleans and null)."""
-    if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'} {value!r}"
-    return spell(value)
 
 
 def check_keys(mapping: dict, allowed, required, path: str, source: str) -> None:

@@ -4,6 +4,7 @@ shown, and one line naming the file, the place and the problem.
 """
 from __future__ import annotations
 
+import json
 import math
 
 
@@ -31,6 +32,17 @@ def spell(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return "null" if v is None else repr(v)
+
+
+def show(v) -> str:
+    """A value in a one-line message, as the file spells it and cut to 60 characters: 'true', 'null',
+    '-1.0', "'abc'", 'a list [1, 2]', 'a mapping {"a": 1}' (suites and results alike)."""
+    if isinstance(v, (dict, list)):
+        kind = "a mapping" if isinstance(v, dict) else "a list"
+        s = f"{kind} {json.dumps(v, default=repr)}"
+    else:
+        s = spell(v)
+    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def located(*parts) -> str:

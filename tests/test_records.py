@@ -188,7 +188,7 @@ DAMAGED = [
     ("seq-zero", _set(("rec", "seq_len"), 0), "seq_len must be > 0"),
     ("variant-number", _set(("rec", "variant"), 3), "variant must be a string"),
     ("attempts-mapping", _set(("rec", "max_attempts"), {"batch_size": 1}), "max_attempts must be a list"),
-    ("record-list", _set(("records", 0), [1, 2]), "record 0 must be a mapping, got list [1, 2]"),
+    ("record-list", _set(("records", 0), [1, 2]), "record 0 must be a mapping, got a list [1, 2]"),
     ("records-mapping", _set(("records",), {"a": 1}), "records must be a list"),
     ("env-list", _set(("env",), ["cpu"]), "env must be a mapping"),
     ("env-peak-string", _set(("env", "peak_flops_per_s"), "fast"), "env.peak_flops_per_s must be a number"),
@@ -325,7 +325,7 @@ class _Part(Record):
     ({"n": 1, "x": 1.0, "status": "fine"}, "f.json: part 3: status must be one of ok, failed, got 'fine'"),
     ({"n": 1, "x": 1.0, "tags": ["a", 2]}, "f.json: part 3: tags must be a list of strings"),
     ({"n": 1, "x": 1.0, "rates": {"a": 1.0, "b": "fast"}}, "f.json: part 3: rates.b must be a number, got 'fast'"),
-    ([1], "f.json: part 3 must be a mapping, got list [1]"),
+    ([1], "f.json: part 3 must be a mapping, got a list [1]"),
 ])
 def test_the_codec_checks_a_type_from_its_annotations_and_metadata(raw, message):
     with pytest.raises(ResultsError) as e:

@@ -1,12 +1,11 @@
 """Checks of results.json values that name the file, the record and the field in one line."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Dict, Optional, Tuple
 
 from sabench.errors import UserError
-from sabench.values import is_number, is_whole, located, spell
+from sabench.values import is_number, is_whole, located, show
 
 
 class ResultsError(UserError):
@@ -22,12 +21,6 @@ class Where:
     def fail(self, name: str, msg: str):
         raise ResultsError(located(self.file, self.what, f"{name} {msg}") if name
                            else located(self.file, f"{self.what} {msg}"))
-
-
-def show(v) -> str:
-    """A value in a message, cut to 60 characters: 'true', '-1.0', "'abc'", 'list [1, 2]'."""
-    s = spell(v) if not isinstance(v, (dict, list)) else type(v).__name__ + " " + json.dumps(v)[:40]
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def present(w: Where, name: str, v, optional: bool) -> bool:

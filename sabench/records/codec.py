@@ -34,7 +34,8 @@ import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from typing import Any, Callable, Dict, Optional
 
-from sabench.records.checks import Where, mapping, number, show, strings, text
+from sabench.records.checks import Where, mapping, number, strings, text
+from sabench.values import show
 
 _READ_KEYS = ("lo", "positive", "choices", "nonempty", "required", "integer")
 

@@ -5,10 +5,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sabench.records.parallel import TensorParallel
-from sabench.records.checks import ResultsError, Where, mapping, number, show, strings, text
+from sabench.records.checks import ResultsError, Where, mapping, number, strings, text
 from sabench.records.codec import Record, checked, parse, parse_fields, required, with_extra
 from sabench.records.rounds import RoundSample
-from sabench.values import is_int
+from sabench.values import is_int, show
 
 SCHEMA = "sabench-results/2"
 SCHEMA_V1 = "sabench-results/1"

@@ -24,8 +24,8 @@ from typing import Optional, Union
 from sabench import accounting
 from sabench.serving.metrics import Targets
 from sabench.serving.stream import ClosedLoop, Lengths, Poisson, Workload
-from sabench.suite_fields import SuiteError, check_keys, int_field, parsed, show
-from sabench.values import is_int, is_number
+from sabench.suite_fields import SuiteError, check_keys, int_field, parsed
+from sabench.values import is_int, is_number, show
 
 KEYS = ("rates", "clients", "requests", "prompt_len", "output_len", "slots", "cache_memory", "targets",
         "goodput_share", "seed")
