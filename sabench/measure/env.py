@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from sabench.constants import VERSION
 from sabench.measure.nvml_readings import gpu_facts, why_unavailable
 from sabench.measure.timing import DeviceLike, as_device, is_cuda
 
@@ -38,12 +39,6 @@ def _package_version(name: str) -> Optional[str]:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _sabench_version() -> Optional[str]:
-    from sabench.constants import VERSION
-
-    return VERSION
 
 
 def _git(args: list[str], cwd: Path) -> Optional[subprocess.CompletedProcess]:
@@ -132,7 +127,7 @@ def capture_env(device: DeviceLike) -> dict:
         cuda, dev, device_str = False, None, str(device)
     commit, dirty = _safe(git_state, (None, None))
     env = {
-        "sabench": _safe(_sabench_version),
+        "sabench": VERSION,
         "torch": _safe(lambda: str(torch.__version__)),
         "transformers": _safe(lambda: _package_version("transformers")),
         "python": _safe(platform.python_version),

@@ -74,7 +74,7 @@ def parse_fields(cls, w: Where, v: dict, names) -> dict:
     return out
 
 
-def with_extra(cls, values: dict) -> dict:
+def named_and_extra(cls, values: dict) -> dict:
     """The keyword arguments of `cls` from plain values already checked (what a tracker or the point
     process measured): its fields by name, every other key in `extra`."""
     names = _spec(cls).names

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sabench.records.parallel import TensorParallel
 from sabench.records.checks import ResultsError, Where, mapping, number, strings, text
-from sabench.records.codec import Record, checked, parse, parse_fields, required, with_extra
+from sabench.records.codec import Record, checked, named_and_extra, parse, parse_fields, required
 from sabench.records.rounds import RoundSample
 from sabench.values import is_int, show
 
@@ -118,7 +118,7 @@ class Memory(Record):
     @classmethod
     def of(cls, readings: dict) -> "Memory":
         """From a tracker's readings (sabench.measure.trackers): the named peaks, the rest in extra."""
-        return cls(**with_extra(cls, readings))
+        return cls(**named_and_extra(cls, readings))
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class Overhead(Record):
     @classmethod
     def of(cls, seconds: dict) -> "Overhead":
         """From a point process's overhead (harness.point): the named figures, the rest in extra."""
-        return cls(**with_extra(cls, seconds))
+        return cls(**named_and_extra(cls, seconds))
 
 
 # env keys whose type readers rely on (the rest of env is shown as written)
